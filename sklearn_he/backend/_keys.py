@@ -1,0 +1,379 @@
+"""Key management: generation, public bundles, secret-key files, fingerprints.
+
+A :class:`KeySet` is what the data owner (the client) creates and keeps. It
+hands the training server a *public bundle*: the CKKS context and the public,
+relinearisation and rotation keys, never the secret key. Every artefact made
+under a key set carries its fingerprint, so data and keys that do not belong
+together are refused with a clear error instead of decrypting to garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..exceptions import KeyMismatchError, SecretKeyPicklingError
+from ._params import CKKSParameters
+from ._pyfhel import CKKSContext
+from ._serialization import (
+    Kind,
+    atomic_write,
+    join_sections,
+    pack,
+    split_sections,
+    unpack,
+)
+
+__all__ = ["KeySet"]
+
+PUBLIC_BUNDLE_FILE = "public.bundle"
+SECRET_KEY_FILE = "secret.key"
+
+_PUBLIC_SECTIONS = ("context", "public", "relin", "rotation")
+
+
+def _fingerprint(params: CKKSParameters, public_key: bytes) -> str:
+    h = hashlib.sha256(b"sklearn-he/keyset/v1\0")
+    h.update(json.dumps(params.to_dict(), sort_keys=True).encode())
+    h.update(public_key)
+    return h.hexdigest()[:32]
+
+
+class KeySet:
+    """A CKKS key set: secret key (client side only) and public evaluation keys.
+
+    Create one with :meth:`generate`, or load one with :meth:`load`,
+    :meth:`from_public_bundle` or :meth:`from_bytes`. The constructor is
+    private.
+
+    Attributes
+    ----------
+    params : CKKSParameters
+        The CKKS parameters the keys belong to.
+    fingerprint : str
+        32 hex digits identifying the key set (a hash of the parameters and
+        the public key). Every ciphertext, bundle and secret-key file carries it.
+    rotation_steps : frozenset of int
+        Steps (mod ``slots``) for which rotation keys exist.
+    has_secret_key : bool
+        True on the client, False for a key set loaded from a public bundle.
+    context : CKKSContext
+        Performs encryption, decryption (client only) and every homomorphic
+        operation under these keys.
+    pickle_secret_key : bool
+        Opt-in to let :mod:`pickle` carry the secret key. False by default:
+        pickling a key set that holds a secret key raises
+        :class:`~sklearn_he.exceptions.SecretKeyPicklingError`.
+
+    Notes
+    -----
+    Pyfhel objects are never pickled: a key set pickles as its serialised
+    bundle (plus, with the opt-in, its serialised secret key) and is rebuilt
+    from those bytes on the other side.
+
+    Examples
+    --------
+    >>> from sklearn_he import CKKSParameters, KeySet
+    >>> keys = KeySet.generate(CKKSParameters.for_depth(2), rotation_steps=[1, 2])
+    >>> ct = keys.context.encrypt([1.0, 2.0, 3.0])
+    >>> keys.context.decrypt(ct, length=3).round(6)
+    array([1., 2., 3.])
+    >>> server = KeySet.from_public_bundle(keys.public_bundle())
+    >>> server.has_secret_key, server.fingerprint == keys.fingerprint
+    (False, True)
+    """
+
+    def __init__(
+        self,
+        context: CKKSContext,
+        key_bytes: dict[str, bytes],
+        *,
+        allow_insecure_for_testing: bool,
+        _token: object = None,
+    ) -> None:
+        if _token is not _PRIVATE:
+            raise TypeError(
+                "KeySet is created with KeySet.generate(...), KeySet.load(...), "
+                "KeySet.from_public_bundle(...) or KeySet.from_bytes(...)"
+            )
+        self._context = context
+        self._keys = key_bytes
+        self._allow_insecure = allow_insecure_for_testing
+        self.pickle_secret_key = False
+
+    # ------------------------------------------------------------- creation
+    @classmethod
+    def generate(
+        cls,
+        params: CKKSParameters | None = None,
+        *,
+        depth: int | None = None,
+        rotation_steps: Iterable[int] = (),
+        allow_insecure_for_testing: bool = False,
+    ) -> KeySet:
+        """Generate a fresh secret key and its public evaluation keys.
+
+        Parameters
+        ----------
+        params : CKKSParameters, optional
+            Parameters to use. Exactly one of ``params`` and ``depth``.
+        depth : int, optional
+            Pick the smallest 128-bit-secure parameters with this many levels.
+        rotation_steps : iterable of int, default=()
+            Rotation keys to generate (only these: each costs memory and
+            bandwidth). A compiled circuit reports the steps it needs.
+        allow_insecure_for_testing : bool, default=False
+            Accept parameters below 128-bit security (tests only; warns).
+
+        Returns
+        -------
+        KeySet
+        """
+        if (params is None) == (depth is None):
+            raise TypeError("pass exactly one of params= or depth=")
+        if params is None:
+            params = CKKSParameters.for_depth(int(depth))  # type: ignore[arg-type]
+        if not isinstance(params, CKKSParameters):
+            raise TypeError(f"params must be a CKKSParameters; got {type(params).__name__}")
+        params.validate(allow_insecure_for_testing=allow_insecure_for_testing)
+        context, keys = CKKSContext._generate(params, rotation_steps)
+        context.fingerprint = _fingerprint(params, keys["public"])
+        return cls(
+            context, keys, allow_insecure_for_testing=allow_insecure_for_testing, _token=_PRIVATE
+        )
+
+    @classmethod
+    def from_public_bundle(
+        cls,
+        data: bytes,
+        *,
+        allow_insecure_for_testing: bool = False,
+        source: str = "public bundle",
+    ) -> KeySet:
+        """Load a public bundle (server side: no secret key)."""
+        return cls.from_bytes(
+            data, allow_insecure_for_testing=allow_insecure_for_testing, source=source
+        )
+
+    @classmethod
+    def from_bytes(
+        cls,
+        public_bundle: bytes,
+        secret_key: bytes | None = None,
+        *,
+        allow_insecure_for_testing: bool = False,
+        source: str = "public bundle",
+    ) -> KeySet:
+        """Rebuild a key set from :meth:`public_bundle` and, optionally, :meth:`secret_key_bytes`.
+
+        Raises
+        ------
+        FormatError
+            Truncated, corrupted or foreign data.
+        KeyMismatchError
+            The secret key does not belong to the bundle.
+        InsecureParametersError
+            The bundle uses insecure parameters and the opt-in was not given.
+        """
+        env = unpack(public_bundle, expected_kind=Kind.PUBLIC_BUNDLE, source=source)
+        params = CKKSParameters.from_dict(env.meta.get("params", {}))
+        params.validate(allow_insecure_for_testing=allow_insecure_for_testing)
+        keys = split_sections(env.meta.get("sections"), env.payload, source=source)
+        if "public" not in keys or "context" not in keys:
+            raise KeyMismatchError(f"{source} lacks the public key or the context")
+        if _fingerprint(params, keys["public"]) != env.fingerprint:
+            raise KeyMismatchError(
+                f"{source}: the public key does not match the fingerprint recorded in the "
+                "bundle; the bundle was altered"
+            )
+        if secret_key is not None:
+            senv = unpack(
+                secret_key,
+                expected_kind=Kind.SECRET_KEY,
+                expected_fingerprint=env.fingerprint,
+                source="secret key",
+            )
+            keys["secret"] = senv.payload
+        steps = [int(s) for s in env.meta.get("rotation_steps", [])]
+        context = CKKSContext._from_key_bytes(
+            params, keys, rotation_steps=steps, fingerprint=env.fingerprint
+        )
+        if secret_key is not None:
+            _check_pair(context)
+        return cls(
+            context, keys, allow_insecure_for_testing=allow_insecure_for_testing, _token=_PRIVATE
+        )
+
+    @classmethod
+    def load(
+        cls,
+        public_bundle: str | os.PathLike[str],
+        secret_key: str | os.PathLike[str] | None = None,
+        *,
+        allow_insecure_for_testing: bool = False,
+    ) -> KeySet:
+        """Load a key set from files written by :meth:`save` (or the two save methods).
+
+        ``public_bundle`` may also be a directory holding ``public.bundle``
+        (and, when ``secret_key`` is None, ``secret.key`` if present).
+        """
+        bundle_path = Path(public_bundle)
+        if bundle_path.is_dir():
+            directory = bundle_path
+            bundle_path = directory / PUBLIC_BUNDLE_FILE
+            if secret_key is None and (directory / SECRET_KEY_FILE).exists():
+                secret_key = directory / SECRET_KEY_FILE
+        secret = None
+        if secret_key is not None:
+            secret = _read(Path(secret_key), "secret key")
+        return cls.from_bytes(
+            _read(bundle_path, "public bundle"),
+            secret,
+            allow_insecure_for_testing=allow_insecure_for_testing,
+            source=str(bundle_path),
+        )
+
+    # ------------------------------------------------------------ accessors
+    @property
+    def params(self) -> CKKSParameters:
+        return self._context.params
+
+    @property
+    def fingerprint(self) -> str:
+        return self._context.fingerprint
+
+    @property
+    def rotation_steps(self) -> frozenset[int]:
+        return self._context.rotation_steps
+
+    @property
+    def has_secret_key(self) -> bool:
+        return self._context.has_secret_key
+
+    @property
+    def context(self) -> CKKSContext:
+        return self._context
+
+    @property
+    def allow_insecure_for_testing(self) -> bool:
+        return self._allow_insecure
+
+    def public(self) -> KeySet:
+        """The same key set without its secret key (what the server gets)."""
+        if not self.has_secret_key:
+            return self
+        return KeySet.from_public_bundle(
+            self.public_bundle(), allow_insecure_for_testing=self._allow_insecure
+        )
+
+    def __repr__(self) -> str:
+        side = "with secret key" if self.has_secret_key else "public only"
+        return f"KeySet({self.params.describe()}, {side}, fingerprint={self.fingerprint[:16]})"
+
+    # --------------------------------------------------------- serialisation
+    def public_bundle(self) -> bytes:
+        """Context and evaluation keys as bytes: everything the server needs, no secret."""
+        sections = {k: self._keys[k] for k in _PUBLIC_SECTIONS if k in self._keys}
+        index, blob = join_sections(sections)
+        meta = {
+            "params": self.params.to_dict(),
+            "rotation_steps": sorted(self.rotation_steps),
+            "sections": index,
+        }
+        return pack(Kind.PUBLIC_BUNDLE, self.fingerprint, meta, blob)
+
+    def secret_key_bytes(self) -> bytes:
+        """The secret key, framed with the fingerprint. Keep it on the client."""
+        self._context._require_secret("export the secret key")
+        return pack(
+            Kind.SECRET_KEY,
+            self.fingerprint,
+            {"params": self.params.to_dict()},
+            self._keys["secret"],
+        )
+
+    def save_public_bundle(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
+        """Write the public bundle to ``path`` (atomically)."""
+        return atomic_write(path, self.public_bundle(), mode=0o644, overwrite=overwrite)
+
+    def save_secret_key(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the secret key to ``path``, readable by the owner only (mode 0600).
+
+        Refuses to replace an existing file unless ``overwrite=True``: a lost
+        secret key makes every ciphertext under it unrecoverable.
+        """
+        return atomic_write(path, self.secret_key_bytes(), mode=0o600, overwrite=overwrite)
+
+    def save(
+        self, directory: str | os.PathLike[str], *, overwrite: bool = False
+    ) -> dict[str, Path]:
+        """Write ``public.bundle`` and (client side) ``secret.key`` into ``directory``."""
+        directory = Path(directory)
+        out = {
+            "public_bundle": self.save_public_bundle(
+                directory / PUBLIC_BUNDLE_FILE, overwrite=overwrite
+            )
+        }
+        if self.has_secret_key:
+            out["secret_key"] = self.save_secret_key(
+                directory / SECRET_KEY_FILE, overwrite=overwrite
+            )
+        return out
+
+    # --------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict[str, Any]:
+        if self.has_secret_key and not self.pickle_secret_key:
+            raise SecretKeyPicklingError(
+                "refusing to pickle a KeySet that holds the secret key. Pickle "
+                "keys.public() to ship the public keys, save the secret key with "
+                "keys.save_secret_key(path) (mode 0600), or set keys.pickle_secret_key = True "
+                "if the pickle stays on the client"
+            )
+        secret = self.secret_key_bytes() if self.has_secret_key else None
+        return {
+            "bundle": self.public_bundle(),
+            "secret": secret,
+            "allow_insecure": self._allow_insecure,
+            "pickle_secret_key": self.pickle_secret_key,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        other = KeySet.from_bytes(
+            state["bundle"], state["secret"], allow_insecure_for_testing=state["allow_insecure"]
+        )
+        self.__dict__.update(other.__dict__)
+        self.pickle_secret_key = state["pickle_secret_key"]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> KeySet:
+        # Keys are immutable: a deep copy (as sklearn.clone makes) can share them.
+        return self
+
+    def __copy__(self) -> KeySet:
+        return self
+
+
+_PRIVATE = object()
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} file {path} does not exist") from None
+
+
+def _check_pair(context: CKKSContext) -> None:
+    """Encrypt a probe with the public key and decrypt it with the secret key."""
+    probe = np.linspace(-1.0, 1.0, 8)
+    back = context.decrypt(context.encrypt(probe), length=probe.size)
+    if not np.allclose(back, probe, atol=1e-3):
+        raise KeyMismatchError(
+            "the secret key does not belong to this public bundle (a test encryption did not "
+            "decrypt); load the secret key that was saved together with the bundle"
+        )

@@ -1,0 +1,638 @@
+"""The CKKS backend: the only module of sklearn-he that imports Pyfhel.
+
+It wraps Pyfhel's native handles in two small classes that never expose them:
+
+* :class:`CKKSContext` - a CKKS context plus whichever keys this side holds
+  (the client: all of them; the server: public, relinearisation and
+  rotation keys only). It performs every homomorphic operation, tracks
+  levels and scales, aligns operands, and checks preconditions so that
+  SEAL is never handed something it would silently get wrong.
+* :class:`Ciphertext` - an immutable encrypted vector bound to its context.
+  Every operation returns a new ciphertext. It serialises to bytes through
+  the sklearn-he envelope and refuses to be pickled (a pickled Pyfhel
+  ciphertext loses its keys and decrypts to garbage, see DESIGN.md).
+
+Levels count the rescales a ciphertext can still take: a fresh ciphertext
+sits at ``params.max_level`` and a product consumes one level.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from Pyfhel import PyCtxt, Pyfhel
+
+from ..exceptions import (
+    DepthExhaustedError,
+    FormatError,
+    KeyMismatchError,
+    LevelMismatchError,
+    MissingKeyError,
+    ParameterError,
+    ScaleMismatchError,
+)
+from ._params import CKKSParameters
+from ._serialization import Kind, pack, unpack
+
+__all__ = ["SCALE_SNAP_RTOL", "CKKSContext", "Ciphertext"]
+
+#: Two operands whose scales differ by less than this relative amount are
+#: aligned by relabelling one scale (the value then carries a relative error
+#: of the same size, below 1e-5 with SEAL's primes near 2**40). Larger gaps
+#: mean an operand was not rescaled and are reported as errors.
+SCALE_SNAP_RTOL = 1e-4
+
+#: Integer scalars up to this magnitude are multiplied at scale 1, without
+#: consuming a level.
+_MAX_FREE_INT_SCALAR = 2**20
+
+_COMPR = "none"  # see tools/seal-offline.cmake: SEAL is built without compressors
+
+
+class Ciphertext:
+    """An encrypted vector of ``slots`` real numbers, bound to a :class:`CKKSContext`.
+
+    Instances are created by a context (``encrypt``, operations,
+    ``ciphertext_from_bytes``); they are immutable.
+
+    Attributes
+    ----------
+    level : int
+        Rescales left before the modulus is exhausted.
+    scale : float
+        Current encoding scale (tracked exactly by SEAL).
+    size : int
+        Number of polynomials (2, or 3 after a product without relinearisation).
+    """
+
+    __slots__ = ("_context", "_ct", "level")
+
+    def __init__(self, ct: PyCtxt, context: CKKSContext, level: int) -> None:
+        self._ct = ct
+        self._context = context
+        self.level = level
+
+    @property
+    def scale(self) -> float:
+        return float(self._ct.scale)
+
+    @property
+    def scale_bits(self) -> float:
+        return math.log2(self._ct.scale)
+
+    @property
+    def size(self) -> int:
+        return int(self._ct.size())
+
+    @property
+    def context(self) -> CKKSContext:
+        return self._context
+
+    @property
+    def fingerprint(self) -> str:
+        return self._context.fingerprint
+
+    def to_bytes(self) -> bytes:
+        """Serialise to the sklearn-he envelope (key fingerprint, level, scale, checksum)."""
+        return self._context.ciphertext_to_bytes(self)
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "sklearn-he ciphertexts are not picklable: a pickled SEAL ciphertext loses its "
+            "keys and decrypts to garbage. Use ct.to_bytes() and "
+            "context.ciphertext_from_bytes(data) instead"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Ciphertext(level={self.level}, scale=2^{self.scale_bits:.2f}, size={self.size}, "
+            f"keys={self.fingerprint[:12]})"
+        )
+
+
+class CKKSContext:
+    """CKKS context and keys of one side, and every homomorphic operation on them.
+
+    Do not call the constructor: get a context from a
+    :class:`~sklearn_he.backend.KeySet` (``keys.context``), which also
+    handles serialisation of the keys.
+
+    Parameters
+    ----------
+    auto_align : bool, default=True
+        Binary operations on ciphertexts at different levels mod-switch the
+        higher one down. With ``False`` they raise a
+        :class:`~sklearn_he.exceptions.LevelMismatchError` instead, which a
+        compiler that places every mod-switch itself uses as an assertion.
+    """
+
+    def __init__(
+        self,
+        he: Pyfhel,
+        params: CKKSParameters,
+        *,
+        fingerprint: str,
+        rotation_steps: Iterable[int],
+        has_secret_key: bool,
+        has_relin_key: bool,
+        auto_align: bool = True,
+    ) -> None:
+        self._he = he
+        self.params = params
+        self.fingerprint = fingerprint
+        self.rotation_steps = frozenset(int(s) for s in rotation_steps)
+        self.has_secret_key = has_secret_key
+        self.has_relin_key = has_relin_key
+        self.auto_align = auto_align
+        self._primes = [int(q) for q in he.qi]
+
+    # ------------------------------------------------------------- factories
+    @staticmethod
+    def _new_pyfhel(params: CKKSParameters) -> Pyfhel:
+        he = Pyfhel()
+        sec = 128 if params.security_level == 128 else 0
+        status = he.contextGen(
+            scheme="ckks",
+            n=params.poly_modulus_degree,
+            scale=float(2**params.scale_bits),
+            qi_sizes=list(params.coeff_modulus_bits),
+            sec=sec,
+        )
+        status = status.decode() if isinstance(status, bytes) else str(status)
+        if "success" not in status:
+            raise ParameterError(f"SEAL refused the parameters {params.describe()}: {status}")
+        return he
+
+    @classmethod
+    def _generate(
+        cls, params: CKKSParameters, rotation_steps: Iterable[int]
+    ) -> tuple[CKKSContext, dict[str, bytes]]:
+        """Generate fresh keys; return the client context and the key bytes."""
+        he = cls._new_pyfhel(params)
+        he.keyGen()
+        he.relinKeyGen()
+        steps = sorted(normalize_steps(rotation_steps, params.slots))
+        if steps:
+            he.rotateKeyGen(steps)
+        ctx = cls(
+            he,
+            params,
+            fingerprint="",
+            rotation_steps=steps,
+            has_secret_key=True,
+            has_relin_key=True,
+        )
+        return ctx, ctx._export_keys(include_secret=True)
+
+    @classmethod
+    def _from_key_bytes(
+        cls,
+        params: CKKSParameters,
+        keys: Mapping[str, bytes],
+        *,
+        rotation_steps: Iterable[int],
+        fingerprint: str,
+    ) -> CKKSContext:
+        """Rebuild a context from exported key bytes (any subset with 'context' and 'public')."""
+        he = cls._new_pyfhel(params)
+        expected_ctx = he.to_bytes_context(_COMPR)
+        if keys.get("context") != expected_ctx:
+            raise KeyMismatchError(
+                "the serialised CKKS context does not match the parameters "
+                f"{params.describe()} recorded beside it; the bundle is inconsistent"
+            )
+        try:
+            he.from_bytes_public_key(keys["public"])
+            if keys.get("relin"):
+                he.from_bytes_relin_key(keys["relin"])
+            if keys.get("rotation"):
+                he.from_bytes_rotate_key(keys["rotation"])
+            if keys.get("secret"):
+                he.from_bytes_secret_key(keys["secret"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise FormatError(f"SEAL could not load the key material: {exc}") from exc
+        return cls(
+            he,
+            params,
+            fingerprint=fingerprint,
+            rotation_steps=rotation_steps,
+            has_secret_key=bool(keys.get("secret")),
+            has_relin_key=bool(keys.get("relin")),
+        )
+
+    def _export_keys(self, *, include_secret: bool) -> dict[str, bytes]:
+        he = self._he
+        out = {
+            "context": he.to_bytes_context(_COMPR),
+            "public": he.to_bytes_public_key(_COMPR),
+        }
+        if self.has_relin_key:
+            out["relin"] = he.to_bytes_relin_key(_COMPR)
+        if self.rotation_steps:
+            out["rotation"] = he.to_bytes_rotate_key(_COMPR)
+        if include_secret:
+            self._require_secret("export the secret key")
+            out["secret"] = he.to_bytes_secret_key(_COMPR)
+        return out
+
+    # ------------------------------------------------------------ properties
+    @property
+    def slots(self) -> int:
+        return self.params.slots
+
+    @property
+    def max_level(self) -> int:
+        return self.params.max_level
+
+    def prime(self, level: int) -> int:
+        """The prime removed when a ciphertext at ``level`` is rescaled."""
+        return self._primes[level]
+
+    def __repr__(self) -> str:
+        side = "client (secret key)" if self.has_secret_key else "server (public keys only)"
+        return f"CKKSContext({self.params.describe()}, {side}, keys={self.fingerprint[:12]})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "CKKSContext is not picklable (it wraps native SEAL objects). Ship the public "
+            "bundle instead: keys.public_bundle() and KeySet.from_public_bundle(data)"
+        )
+
+    # -------------------------------------------------------- input checking
+    def _vector(self, values: Any, what: str = "values") -> np.ndarray:
+        """A fresh, writable, C-contiguous float64 copy of a finite 1-D vector."""
+        arr = np.asarray(values)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(
+                f"{what} must be real numbers; got an array of dtype {arr.dtype}"
+                + (
+                    " (take .real explicitly if the imaginary part is zero)"
+                    if arr.dtype.kind == "c"
+                    else ""
+                )
+            )
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        if arr.ndim != 1:
+            raise ValueError(
+                f"{what} must be a 1-D vector; got shape {arr.shape} "
+                "(flatten it, or use sklearn_he.linalg to encode matrices)"
+            )
+        if arr.size == 0:
+            raise ValueError(f"{what} is empty")
+        if arr.size > self.slots:
+            raise ValueError(
+                f"{what} has {arr.size} entries but a ciphertext holds {self.slots} slots at "
+                f"poly_modulus_degree={self.params.poly_modulus_degree}; split the vector or "
+                "use a larger poly_modulus_degree"
+            )
+        out = np.array(arr, dtype=np.float64, order="C", copy=True)
+        if not np.isfinite(out).all():
+            bad = int(np.flatnonzero(~np.isfinite(out))[0])
+            raise ValueError(
+                f"{what} contains NaN or infinity (first at index {bad}); CKKS encodes finite "
+                "numbers only: impute or drop those entries first"
+            )
+        limit = self.params.max_abs_value
+        peak = float(np.abs(out).max())
+        if peak >= limit:
+            raise ValueError(
+                f"{what} has magnitude up to {peak:.3g}, beyond the {limit:.3g} that decrypts "
+                f"correctly with a {self.params.coeff_modulus_bits[0]}-bit first prime and "
+                f"scale 2^{self.params.scale_bits}; standardise the data (e.g. StandardScaler)"
+            )
+        return out
+
+    def _check(self, ct: Any, what: str = "operand") -> Ciphertext:
+        if not isinstance(ct, Ciphertext):
+            raise TypeError(f"{what} must be a Ciphertext; got {type(ct).__name__}")
+        if ct._context is not self and ct._context.fingerprint != self.fingerprint:
+            raise KeyMismatchError(
+                f"{what} was encrypted under a different key set (fingerprint "
+                f"{ct.fingerprint[:16]}...) than this context ({self.fingerprint[:16]}...)"
+            )
+        return ct
+
+    def _require_secret(self, action: str) -> None:
+        if not self.has_secret_key:
+            raise MissingKeyError(
+                f"cannot {action}: this context holds public keys only (server side). "
+                f"Do it on the client, with the KeySet whose fingerprint is "
+                f"{self.fingerprint[:16]}..."
+            )
+
+    def _require_level(self, ct: Ciphertext, action: str) -> None:
+        if ct.level <= 0:
+            raise DepthExhaustedError(
+                f"cannot {action}: the ciphertext is at level 0 and has no modulus left to "
+                f"rescale by (parameters provide {self.max_level} levels). Use parameters "
+                "with more levels (CKKSParameters.for_depth), or refresh the ciphertext "
+                "(decrypt and re-encrypt on the client)"
+            )
+
+    def _wrap(self, ct: PyCtxt, level: int) -> Ciphertext:
+        return Ciphertext(ct, self, level)
+
+    # --------------------------------------------------- encrypt / decrypt
+    def encrypt(self, values: Any) -> Ciphertext:
+        """Encrypt a real vector of at most ``slots`` entries (zero padded) at the top level.
+
+        Needs only the public key, so the server can encrypt too.
+        """
+        arr = self._vector(values)
+        ct = self._he.encryptFrac(arr)
+        return self._wrap(ct, self.max_level)
+
+    def decrypt(self, ct: Ciphertext, length: int | None = None) -> np.ndarray:
+        """Decrypt to a float64 vector of ``length`` (default: all) slots. Client only."""
+        self._require_secret("decrypt")
+        ct = self._check(ct)
+        out = np.asarray(self._he.decryptFrac(ct._ct), dtype=np.float64)
+        if length is not None:
+            if not 0 < length <= self.slots:
+                raise ValueError(f"length must be between 1 and {self.slots}; got {length}")
+            out = out[:length]
+        return out
+
+    def encrypt_zeros(self) -> Ciphertext:
+        """An encryption of the all-zero vector (an accumulator's start value)."""
+        return self.encrypt(np.zeros(1))
+
+    # ----------------------------------------------------------- encoding
+    def _encode(self, values: np.ndarray | float, level: int, scale: float) -> Any:
+        """Plaintext of ``values`` (vector or scalar, broadcast) at ``level`` and ``scale``."""
+        # Vectors were checked by _vector; scalars are broadcast to every slot.
+        arr = np.full(self.slots, float(values)) if np.ndim(values) == 0 else values
+        pt = self._he.encodeFrac(arr, scale=float(scale))
+        for _ in range(self.max_level - level):
+            self._he.mod_switch_to_next_ptxt(pt, in_new_ptxt=False)
+        return pt
+
+    # ----------------------------------------------------- level and scale
+    def rescale(self, ct: Ciphertext) -> Ciphertext:
+        """Divide by the last prime of the ciphertext's chain (one level)."""
+        ct = self._check(ct)
+        self._require_level(ct, "rescale")
+        out = PyCtxt(copy_ctxt=ct._ct)
+        self._he.rescale_to_next(out)
+        return self._wrap(out, ct.level - 1)
+
+    def mod_switch_to(self, ct: Ciphertext, level: int) -> Ciphertext:
+        """Drop primes (without dividing) until the ciphertext sits at ``level``."""
+        ct = self._check(ct)
+        if level > ct.level:
+            raise LevelMismatchError(
+                f"cannot mod-switch up from level {ct.level} to {level}: levels only go down "
+                "(refresh the ciphertext on the client to regain levels)"
+            )
+        if level < 0:
+            raise ValueError(f"level must be >= 0; got {level}")
+        if level == ct.level:
+            return ct
+        out = PyCtxt(copy_ctxt=ct._ct)
+        for _ in range(ct.level - level):
+            self._he.mod_switch_to_next_ctxt(out, in_new_ctxt=False)
+        return self._wrap(out, level)
+
+    def relinearize(self, ct: Ciphertext) -> Ciphertext:
+        """Reduce a size-3 product back to size 2 (needs the relinearisation key)."""
+        ct = self._check(ct)
+        if ct.size == 2:
+            return ct
+        if not self.has_relin_key:
+            raise MissingKeyError("cannot relinearise: this context has no relinearisation key")
+        out = PyCtxt(copy_ctxt=ct._ct)
+        self._he.relinearize(out)
+        return self._wrap(out, ct.level)
+
+    def align(self, a: Ciphertext, b: Ciphertext) -> tuple[Ciphertext, Ciphertext]:
+        """Bring two ciphertexts to one level and one scale (for addition).
+
+        The higher operand is mod-switched down (unless ``auto_align`` is
+        off). Scales within :data:`SCALE_SNAP_RTOL` are snapped to the first
+        operand's; larger differences raise.
+        """
+        a = self._check(a, "first operand")
+        b = self._check(b, "second operand")
+        if a.level != b.level:
+            if not self.auto_align:
+                raise LevelMismatchError(
+                    f"operands are at levels {a.level} and {b.level}; mod-switch the higher one "
+                    "down first (context.mod_switch_to), or enable auto_align"
+                )
+            lo = min(a.level, b.level)
+            a, b = self.mod_switch_to(a, lo), self.mod_switch_to(b, lo)
+        return a, self._match_scale(b, a.scale)
+
+    def _match_scale(self, ct: Ciphertext, scale: float) -> Ciphertext:
+        if ct.scale == scale:
+            return ct
+        if abs(ct.scale / scale - 1.0) > SCALE_SNAP_RTOL:
+            raise ScaleMismatchError(
+                f"operands have scales 2^{math.log2(scale):.2f} and 2^{ct.scale_bits:.2f}; "
+                "one of them was probably not rescaled after a product. Rescale it first "
+                "(the multiply methods do so by default)"
+            )
+        out = PyCtxt(copy_ctxt=ct._ct)
+        out.set_scale(scale)
+        return self._wrap(out, ct.level)
+
+    # ------------------------------------------------------------ addition
+    def add(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+        """Slot-wise sum of two ciphertexts (aligned automatically)."""
+        a, b = self.align(a, b)
+        return self._wrap(self._he.add(a._ct, b._ct, in_new_ctxt=True), a.level)
+
+    def sub(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+        """Slot-wise difference ``a - b``."""
+        a, b = self.align(a, b)
+        return self._wrap(self._he.sub(a._ct, b._ct, in_new_ctxt=True), a.level)
+
+    def negate(self, a: Ciphertext) -> Ciphertext:
+        """Slot-wise ``-a`` (free: no level, no noise)."""
+        a = self._check(a)
+        return self._wrap(self._he.negate(a._ct, in_new_ctxt=True), a.level)
+
+    def add_plain(self, a: Ciphertext, values: Any) -> Ciphertext:
+        """``a + values`` for a plaintext vector (or scalar, broadcast to every slot)."""
+        a = self._check(a)
+        arr: np.ndarray | float = (
+            float(self._vector(values)[0]) if np.ndim(values) == 0 else self._vector(values)
+        )
+        pt = self._encode(arr, a.level, a.scale)
+        return self._wrap(self._he.add_plain(a._ct, pt, in_new_ctxt=True), a.level)
+
+    def sub_plain(self, a: Ciphertext, values: Any) -> Ciphertext:
+        """``a - values`` for a plaintext vector or scalar."""
+        return self.add_plain(
+            a, -np.asarray(values, dtype=np.float64) if np.ndim(values) else -float(values)
+        )
+
+    def add_many(self, cts: Iterable[Ciphertext]) -> Ciphertext:
+        """Sum of several ciphertexts (aligned to the lowest level)."""
+        items = [self._check(c) for c in cts]
+        if not items:
+            raise ValueError("add_many needs at least one ciphertext")
+        acc = items[0]
+        for c in items[1:]:
+            acc = self.add(acc, c)
+        return acc
+
+    # ------------------------------------------------------ multiplication
+    def multiply(
+        self, a: Ciphertext, b: Ciphertext, *, relinearize: bool = True, rescale: bool = True
+    ) -> Ciphertext:
+        """Slot-wise product of two ciphertexts.
+
+        By default the product is relinearised and rescaled, consuming one
+        level. Operands at different levels are aligned first.
+        """
+        a = self._check(a, "first operand")
+        b = self._check(b, "second operand")
+        if a.level != b.level:
+            a, b = self.align(a, b)
+        if rescale:
+            self._require_level(a, "multiply")
+        self._check_scale_room(a.scale * b.scale, a.level, rescale)
+        out = self._he.multiply(a._ct, b._ct, in_new_ctxt=True)
+        if relinearize:
+            if not self.has_relin_key:
+                raise MissingKeyError(
+                    "cannot relinearise: this context has no relinearisation key"
+                )
+            self._he.relinearize(out)
+        res = self._wrap(out, a.level)
+        return self.rescale(res) if rescale else res
+
+    def square(
+        self, a: Ciphertext, *, relinearize: bool = True, rescale: bool = True
+    ) -> Ciphertext:
+        """Slot-wise square (one level)."""
+        return self.multiply(a, a, relinearize=relinearize, rescale=rescale)
+
+    def multiply_plain(self, a: Ciphertext, values: Any, *, rescale: bool = True) -> Ciphertext:
+        """Slot-wise product with a plaintext vector (one level when rescaled).
+
+        The plaintext is encoded at the scale of the prime that the rescale
+        removes, so the result keeps exactly the input's scale.
+        """
+        a = self._check(a)
+        arr = self._vector(values)
+        return self._mul_encoded(a, arr, rescale=rescale)
+
+    def multiply_scalar(self, a: Ciphertext, c: float, *, rescale: bool = True) -> Ciphertext:
+        """Multiply every slot by the real number ``c``.
+
+        Integers up to 2**20 in magnitude cost no level (encoded at scale 1);
+        other values cost one level, like :meth:`multiply_plain`.
+        """
+        a = self._check(a)
+        c = float(self._vector(c, "scalar")[0])
+        if c.is_integer() and abs(c) <= _MAX_FREE_INT_SCALAR:
+            if c == 1.0:
+                return a
+            if c == -1.0:
+                return self.negate(a)
+            pt = self._encode(c, a.level, 1.0)
+            return self._wrap(self._he.multiply_plain(a._ct, pt, in_new_ctxt=True), a.level)
+        return self._mul_encoded(a, c, rescale=rescale)
+
+    def _mul_encoded(
+        self, a: Ciphertext, values: np.ndarray | float, *, rescale: bool
+    ) -> Ciphertext:
+        if rescale:
+            self._require_level(a, "multiply by a plaintext")
+            pt_scale = float(self.prime(a.level))
+        else:
+            pt_scale = self.params.scale
+        self._check_scale_room(a.scale * pt_scale, a.level, rescale)
+        pt = self._encode(values, a.level, pt_scale)
+        out = self._he.multiply_plain(a._ct, pt, in_new_ctxt=True)
+        res = self._wrap(out, a.level)
+        return self.rescale(res) if rescale else res
+
+    def _check_scale_room(self, scale: float, level: int, rescale: bool) -> None:
+        # The product must fit the modulus at its level with room for the
+        # integer part of the values (first prime minus scale bits).
+        bits = self.params.coeff_modulus_bits
+        room = sum(bits[: level + 1])
+        need = math.log2(scale) + (bits[0] - self.params.scale_bits) - 1
+        if need > room:
+            raise DepthExhaustedError(
+                f"a product at scale 2^{math.log2(scale):.1f} does not fit the {room}-bit "
+                f"modulus left at level {level}; "
+                + ("rescale the operands first" if not rescale else "use more levels")
+            )
+
+    # ------------------------------------------------------------ rotation
+    def rotate(self, a: Ciphertext, steps: int) -> Ciphertext:
+        """Cyclic rotation to the left: slot ``i`` receives slot ``i + steps``.
+
+        Negative steps rotate right. The key for ``steps mod slots`` must
+        have been generated (see ``KeySet.generate(rotation_steps=...)``).
+        """
+        a = self._check(a)
+        k = int(steps) % self.slots
+        if k == 0:
+            return a
+        if k not in self.rotation_steps:
+            raise MissingKeyError(
+                f"no rotation key for step {int(steps)} (= {k} mod {self.slots}); keys exist for "
+                f"steps {sorted(self.rotation_steps) or 'none'}. Generate the KeySet with "
+                "rotation_steps including it (a compiled circuit lists the steps it needs)"
+            )
+        return self._wrap(self._he.rotate(a._ct, k, in_new_ctxt=True), a.level)
+
+    # ------------------------------------------------------- serialisation
+    def ciphertext_to_bytes(self, ct: Ciphertext) -> bytes:
+        ct = self._check(ct)
+        meta = {"level": ct.level, "scale": ct.scale, "n": self.params.poly_modulus_degree}
+        return pack(Kind.CIPHERTEXT, self.fingerprint, meta, ct._ct.to_bytes(_COMPR))
+
+    def ciphertext_from_bytes(self, data: bytes, *, source: str = "ciphertext") -> Ciphertext:
+        """Load a ciphertext serialised by :meth:`Ciphertext.to_bytes` under these keys."""
+        env = unpack(
+            data,
+            expected_kind=Kind.CIPHERTEXT,
+            expected_fingerprint=self.fingerprint,
+            source=source,
+        )
+        try:
+            level = int(env.meta["level"])
+            n = int(env.meta["n"])
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{source} has malformed ciphertext metadata") from None
+        if n != self.params.poly_modulus_degree or not 0 <= level <= self.max_level:
+            raise FormatError(
+                f"{source} does not fit these parameters (N={n}, level={level}; context has "
+                f"N={self.params.poly_modulus_degree}, max level {self.max_level})"
+            )
+        # A SEAL ciphertext stores size * N * (level + 1) 64-bit words plus a
+        # small header: check the level the metadata claims against the data.
+        words = n * (level + 1) * 8
+        if not any(0 < len(env.payload) - s * words < 4096 for s in (2, 3)):
+            raise FormatError(
+                f"{source}: payload of {len(env.payload)} bytes does not match a ciphertext at "
+                f"level {level} with N={n}"
+            )
+        ct = PyCtxt(pyfhel=self._he)
+        try:
+            ct.from_bytes(env.payload, "ckks")
+        except (RuntimeError, ValueError) as exc:
+            raise FormatError(f"SEAL could not load {source}: {exc}") from exc
+        return self._wrap(ct, level)
+
+
+def normalize_steps(steps: Iterable[int], slots: int) -> set[int]:
+    """Rotation steps reduced modulo ``slots``, zero dropped (it needs no key)."""
+    out = set()
+    for s in steps:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"rotation steps must be integers; got {s!r}")
+        k = int(s) % slots
+        if k:
+            out.add(k)
+    return out

@@ -1,0 +1,68 @@
+"""Exceptions and warnings raised by sklearn-he.
+
+Every error names the problem and what to do about it. All of them derive
+from :class:`SklearnHEError`, and most also from the built-in exception a
+caller would naturally catch (``ValueError``, ``TypeError``, ...).
+"""
+
+from __future__ import annotations
+
+import pickle
+
+__all__ = [
+    "DepthExhaustedError",
+    "FormatError",
+    "InsecureParametersError",
+    "InsecureParametersWarning",
+    "KeyMismatchError",
+    "LevelMismatchError",
+    "MissingKeyError",
+    "ParameterError",
+    "ScaleMismatchError",
+    "SecretKeyPicklingError",
+    "SklearnHEError",
+]
+
+
+class SklearnHEError(Exception):
+    """Base class of every sklearn-he error."""
+
+
+class ParameterError(SklearnHEError, ValueError):
+    """CKKS parameters that SEAL or sklearn-he cannot use."""
+
+
+class InsecureParametersError(ParameterError):
+    """Parameters below 128-bit security, used without the explicit opt-in."""
+
+
+class InsecureParametersWarning(UserWarning):
+    """Issued whenever insecure parameters are used through the opt-in."""
+
+
+class DepthExhaustedError(SklearnHEError, ValueError):
+    """A computation needs more multiplicative levels than the ciphertext has."""
+
+
+class LevelMismatchError(SklearnHEError, ValueError):
+    """Operands sit at different levels and automatic alignment is off."""
+
+
+class ScaleMismatchError(SklearnHEError, ValueError):
+    """Operands carry scales too far apart to be aligned without losing precision."""
+
+
+class KeyMismatchError(SklearnHEError, ValueError):
+    """Data produced under one key set was given to another."""
+
+
+class MissingKeyError(SklearnHEError, LookupError):
+    """An operation needs a key this side does not hold (secret or rotation key)."""
+
+
+class FormatError(SklearnHEError, ValueError):
+    """Serialised bytes that are truncated, corrupted, or of the wrong kind/version."""
+
+
+class SecretKeyPicklingError(SklearnHEError, pickle.PicklingError):
+    """Pickling would have carried the secret key without the explicit opt-in."""

@@ -1,0 +1,268 @@
+"""Every CKKSContext operation against NumPy, under real CKKS (small test parameters).
+
+Tolerances: fresh encryption at scale 2**40 has noise around 1e-9 for N=4096;
+each rescale adds noise of the same order relative to the values, and scale
+alignment adds a relative error below 1e-5 (SCALE_SNAP_RTOL bounds it at
+1e-4). We assert ``ATOL = 1e-6`` absolute on values of magnitude <= 10 for
+single operations and ``1e-5`` where products chain or scales are snapped.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from sklearn_he import KeySet
+from sklearn_he.backend import CKKSContext
+from sklearn_he.exceptions import (
+    DepthExhaustedError,
+    FormatError,
+    KeyMismatchError,
+    LevelMismatchError,
+    MissingKeyError,
+    ScaleMismatchError,
+)
+
+pytestmark = pytest.mark.ckks
+
+ATOL = 1e-6
+N_SLOTS = 2048
+
+
+@pytest.fixture(scope="module")
+def ctx(small_keys) -> CKKSContext:
+    return small_keys.context
+
+
+@pytest.fixture
+def xy(rng):
+    return rng.uniform(-10, 10, N_SLOTS), rng.uniform(-10, 10, N_SLOTS)
+
+
+def dec(ctx, ct):
+    return ctx.decrypt(ct)
+
+
+def test_round_trip_precision_small(ctx, xy):
+    x, _ = xy
+    ct = ctx.encrypt(x)
+    assert ct.level == ctx.max_level == 3
+    assert ct.scale == 2.0**40
+    np.testing.assert_allclose(dec(ctx, ct), x, atol=ATOL, rtol=0)
+
+
+def test_round_trip_precision_at_secure_defaults(rng):
+    keys = KeySet.generate(depth=2)  # N=8192, [60, 40, 40, 60], 128-bit
+    assert keys.params.poly_modulus_degree == 8192 and keys.params.is_secure
+    x = rng.uniform(-100, 100, keys.params.slots)
+    back = keys.context.decrypt(keys.context.encrypt(x))
+    # 2**40 scale: ~12 decimal digits of fixed-point precision; 1e-6 leaves
+    # a wide margin for the encryption noise (measured ~1e-9).
+    np.testing.assert_allclose(back, x, atol=1e-6, rtol=0)
+
+
+def test_short_vectors_are_zero_padded(ctx):
+    out = ctx.decrypt(ctx.encrypt([1.5, -2.5]))
+    np.testing.assert_allclose(out[:2], [1.5, -2.5], atol=ATOL)
+    np.testing.assert_allclose(out[2:], 0, atol=ATOL)
+    assert ctx.decrypt(ctx.encrypt([1.0]), length=1).shape == (1,)
+
+
+def test_add_sub_negate(ctx, xy):
+    x, y = xy
+    a, b = ctx.encrypt(x), ctx.encrypt(y)
+    np.testing.assert_allclose(dec(ctx, ctx.add(a, b)), x + y, atol=ATOL)
+    np.testing.assert_allclose(dec(ctx, ctx.sub(a, b)), x - y, atol=ATOL)
+    np.testing.assert_allclose(dec(ctx, ctx.negate(a)), -x, atol=ATOL)
+    np.testing.assert_allclose(dec(ctx, ctx.add_plain(a, y)), x + y, atol=ATOL)
+    np.testing.assert_allclose(dec(ctx, ctx.sub_plain(a, y)), x - y, atol=ATOL)
+    np.testing.assert_allclose(dec(ctx, ctx.add_plain(a, 2.5)), x + 2.5, atol=ATOL)
+    np.testing.assert_allclose(dec(ctx, ctx.sub_plain(a, 2.5)), x - 2.5, atol=ATOL)
+    np.testing.assert_allclose(dec(ctx, ctx.add_many([a, b, a])), 2 * x + y, atol=ATOL)
+    assert ctx.add(a, b).level == a.level  # additions are free
+
+
+def test_multiply_ciphertexts_consumes_one_level(ctx, xy):
+    x, y = xy
+    p = ctx.multiply(ctx.encrypt(x), ctx.encrypt(y))
+    assert p.level == ctx.max_level - 1 and p.size == 2
+    np.testing.assert_allclose(dec(ctx, p), x * y, atol=1e-5)
+    s = ctx.square(ctx.encrypt(x))
+    np.testing.assert_allclose(dec(ctx, s), x * x, atol=1e-5)
+
+
+def test_relinearize_and_rescale_as_separate_steps(ctx, xy):
+    x, y = xy
+    raw = ctx.multiply(ctx.encrypt(x), ctx.encrypt(y), relinearize=False, rescale=False)
+    assert raw.size == 3 and raw.level == ctx.max_level
+    assert abs(raw.scale_bits - 80) < 1e-9
+    lin = ctx.relinearize(raw)
+    assert lin.size == 2
+    res = ctx.rescale(lin)
+    assert res.level == ctx.max_level - 1 and abs(res.scale_bits - 40) < 1e-4
+    np.testing.assert_allclose(dec(ctx, res), x * y, atol=1e-5)
+
+
+def test_plaintext_and_scalar_products(ctx, xy):
+    x, y = xy
+    a = ctx.encrypt(x)
+    mp = ctx.multiply_plain(a, y)
+    assert mp.level == a.level - 1
+    assert mp.scale == a.scale  # encoded at the dropped prime: scale exactly kept
+    np.testing.assert_allclose(dec(ctx, mp), x * y, atol=1e-5)
+    frac = ctx.multiply_scalar(a, 0.37)
+    assert frac.level == a.level - 1
+    np.testing.assert_allclose(dec(ctx, frac), 0.37 * x, atol=ATOL)
+    whole = ctx.multiply_scalar(a, -3)
+    assert whole.level == a.level  # integers are free
+    np.testing.assert_allclose(dec(ctx, whole), -3 * x, atol=ATOL)
+    assert ctx.multiply_scalar(a, 1) is a
+    np.testing.assert_allclose(dec(ctx, ctx.multiply_scalar(a, -1)), -x, atol=ATOL)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 100, -1, -4, N_SLOTS + 1, 0])
+def test_rotations_match_numpy_roll(ctx, xy, k):
+    x, _ = xy
+    out = dec(ctx, ctx.rotate(ctx.encrypt(x), k))
+    np.testing.assert_allclose(out, np.roll(x, -k), atol=ATOL)
+
+
+def test_missing_rotation_key_is_named(ctx):
+    with pytest.raises(MissingKeyError, match=r"no rotation key for step 5 .* rotation_steps"):
+        ctx.rotate(ctx.encrypt([1.0]), 5)
+
+
+def test_rotation_sum_of_zeros_stays_small(ctx):
+    """DESIGN.md: low scales give a key-dependent offset in rotation sums."""
+    acc = ctx.encrypt(np.zeros(N_SLOTS))
+    for k in (1, 2, 4, 8, 16, 32):
+        acc = ctx.add(acc, ctx.rotate(acc, k))
+    assert np.abs(dec(ctx, acc)).max() < 1e-6
+
+
+def test_mod_switch_keeps_values(ctx, xy):
+    x, _ = xy
+    a = ctx.encrypt(x)
+    low = ctx.mod_switch_to(a, 0)
+    assert low.level == 0 and low.scale == a.scale
+    np.testing.assert_allclose(dec(ctx, low), x, atol=ATOL)
+    assert ctx.mod_switch_to(a, a.level) is a
+    with pytest.raises(LevelMismatchError, match="levels only go down"):
+        ctx.mod_switch_to(low, 1)
+
+
+def test_automatic_alignment_of_levels_and_scales(ctx, xy):
+    x, y = xy
+    prod = ctx.multiply(ctx.encrypt(x), ctx.encrypt(y))  # level 2, scale ~2^40
+    fresh = ctx.encrypt(x)  # level 3
+    s = ctx.add(prod, fresh)
+    assert s.level == prod.level
+    np.testing.assert_allclose(dec(ctx, s), x * y + x, atol=1e-4)
+    m = ctx.multiply(prod, fresh)  # aligned to level 2, then level 1
+    assert m.level == 1
+    np.testing.assert_allclose(dec(ctx, m), x * y * x, atol=1e-3)
+
+
+def test_alignment_off_reports_levels(small_keys, xy):
+    x, y = xy
+    ctx = small_keys.context
+    prod = ctx.multiply(ctx.encrypt(x), ctx.encrypt(y))
+    ctx.auto_align = False
+    try:
+        with pytest.raises(LevelMismatchError, match="levels 2 and 3"):
+            ctx.add(prod, ctx.encrypt(x))
+    finally:
+        ctx.auto_align = True
+
+
+def test_unrescaled_operand_gives_scale_error(ctx, xy):
+    x, y = xy
+    raw = ctx.multiply(ctx.encrypt(x), ctx.encrypt(y), rescale=False)
+    with pytest.raises(ScaleMismatchError, match="not rescaled"):
+        ctx.add(raw, ctx.encrypt(x))
+
+
+def test_depth_exhaustion_is_explained(ctx):
+    a = ctx.encrypt([0.5])
+    for _ in range(ctx.max_level):
+        a = ctx.multiply(a, a)
+    assert a.level == 0
+    with pytest.raises(DepthExhaustedError, match="level 0 .* provide 3 levels"):
+        ctx.multiply(a, a)
+    with pytest.raises(DepthExhaustedError, match="level 0"):
+        ctx.multiply_scalar(a, 0.5)
+    with pytest.raises(DepthExhaustedError, match="does not fit"):
+        ctx.multiply(a, a, rescale=False)
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        ([1.0, np.nan], ValueError, "NaN or infinity .*index 1"),
+        ([np.inf], ValueError, "NaN or infinity"),
+        (np.ones(2, dtype=complex), TypeError, "real numbers; .*complex128.*real"),
+        (np.array(["a"]), TypeError, "real numbers"),
+        (np.ones((2, 2)), ValueError, "1-D vector; got shape \\(2, 2\\)"),
+        (np.ones(N_SLOTS + 1), ValueError, "2049 entries but a ciphertext holds 2048"),
+        (np.array([]), ValueError, "empty"),
+        ([1e6], ValueError, "magnitude up to 1e\\+06"),
+    ],
+)
+def test_bad_inputs_get_clear_errors(ctx, bad, error, message):
+    with pytest.raises(error, match=message):
+        ctx.encrypt(bad)
+
+
+def test_readonly_noncontiguous_and_integer_arrays_work(ctx):
+    x = np.arange(20.0)
+    x.setflags(write=False)
+    np.testing.assert_allclose(ctx.decrypt(ctx.encrypt(x), 20), x, atol=ATOL)
+    strided = np.arange(40.0)[::2]
+    assert not strided.flags.c_contiguous
+    np.testing.assert_allclose(ctx.decrypt(ctx.encrypt(strided), 20), strided, atol=ATOL)
+    ints = np.arange(5, dtype=np.int32)
+    np.testing.assert_allclose(ctx.decrypt(ctx.encrypt(ints), 5), ints, atol=ATOL)
+    assert x[3] == 3.0  # input untouched
+
+
+def test_ciphertext_serialisation_round_trip(ctx, xy):
+    x, y = xy
+    ct = ctx.multiply(ctx.encrypt(x), ctx.encrypt(y))
+    data = ct.to_bytes()
+    back = ctx.ciphertext_from_bytes(data)
+    assert back.level == ct.level and back.scale == ct.scale
+    np.testing.assert_allclose(dec(ctx, back), x * y, atol=1e-5)
+    # A loaded ciphertext still multiplies and rotates with the original keys.
+    np.testing.assert_allclose(dec(ctx, ctx.rotate(back, 1)), np.roll(x * y, -1), atol=1e-5)
+
+
+def test_ciphertext_from_other_keys_is_refused(ctx, other_keys):
+    foreign = other_keys.context.encrypt([1.0]).to_bytes()
+    with pytest.raises(KeyMismatchError, match="different key set"):
+        ctx.ciphertext_from_bytes(foreign)
+    with pytest.raises(KeyMismatchError, match="different key set"):
+        ctx.add(ctx.encrypt([1.0]), other_keys.context.encrypt([1.0]))
+
+
+def test_truncated_or_corrupted_ciphertext_bytes(ctx):
+    data = ctx.encrypt([1.0, 2.0]).to_bytes()
+    with pytest.raises(FormatError, match="truncated"):
+        ctx.ciphertext_from_bytes(data[: len(data) // 2])
+    bad = bytearray(data)
+    bad[len(bad) // 2] ^= 0xFF
+    with pytest.raises(FormatError, match="corrupted"):
+        ctx.ciphertext_from_bytes(bytes(bad))
+
+
+def test_native_objects_refuse_pickling(ctx):
+    with pytest.raises(TypeError, match="to_bytes"):
+        pickle.dumps(ctx.encrypt([1.0]))
+    with pytest.raises(TypeError, match="public bundle"):
+        pickle.dumps(ctx)
+
+
+def test_operands_must_be_ciphertexts(ctx):
+    with pytest.raises(TypeError, match="must be a Ciphertext; got ndarray"):
+        ctx.add(ctx.encrypt([1.0]), np.ones(3))

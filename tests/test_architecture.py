@@ -1,0 +1,71 @@
+"""Layering rules: only the backend touches Pyfhel, and lower layers never import higher ones."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sklearn_he"
+
+#: Layers from the bottom up. A module may import from its own layer and
+#: the ones below it, never above.
+LAYERS = [
+    "exceptions",
+    "_version",
+    "backend",
+    "linalg",
+    "circuit",
+    "training",
+    "_estimator",
+    "protocol",
+    "_demo",
+    "cli",
+]
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level:  # relative: resolve against the package path
+                base = path.relative_to(PACKAGE.parent).with_suffix("").parts[: -node.level]
+                mod = ".".join((*base, mod)) if mod else ".".join(base)
+            found.add(mod)
+    return found
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "sklearn_he" or len(parts) < 2:
+        return None
+    return parts[1]
+
+
+def test_only_the_backend_module_imports_pyfhel():
+    offenders = [
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if any(m.split(".")[0] == "Pyfhel" for m in _imports(p))
+    ]
+    assert offenders == ["backend/_pyfhel.py"]
+
+
+def test_no_module_imports_a_higher_layer():
+    violations = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).with_suffix("")
+        own = rel.parts[0]
+        if own not in LAYERS:
+            if own == "__init__":
+                continue
+            violations.append(f"{rel}: unknown layer {own!r}; add it to LAYERS")
+            continue
+        for mod in _imports(path):
+            layer = _layer(mod)
+            if layer in LAYERS and LAYERS.index(layer) > LAYERS.index(own):
+                violations.append(f"{rel} imports {mod}")
+    assert violations == []
