@@ -6,7 +6,7 @@ touches Pyfhel (in ``_pyfhel.py``). Everything above it talks to
 """
 
 from ._keys import KeySet
-from ._params import MAX_COEFF_MODULUS_BITS_128, CKKSParameters
+from ._params import MAX_COEFF_MODULUS_BITS_128, CKKSParameters, scalar_level_cost
 from ._pyfhel import SCALE_SNAP_RTOL, Ciphertext, CKKSContext
 from ._serialization import FORMAT_VERSION
 
@@ -18,4 +18,5 @@ __all__ = [
     "CKKSParameters",
     "Ciphertext",
     "KeySet",
+    "scalar_level_cost",
 ]

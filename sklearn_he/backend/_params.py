@@ -12,7 +12,12 @@ from typing import Any
 
 from ..exceptions import InsecureParametersError, InsecureParametersWarning, ParameterError
 
-__all__ = ["MAX_COEFF_MODULUS_BITS_128", "CKKSParameters"]
+__all__ = [
+    "MAX_COEFF_MODULUS_BITS_128",
+    "MAX_FREE_INT_SCALAR",
+    "CKKSParameters",
+    "scalar_level_cost",
+]
 
 #: Largest total coefficient-modulus size (sum of prime bit sizes, special
 #: prime included) that keeps 128-bit classical security, per the
@@ -26,6 +31,17 @@ MAX_COEFF_MODULUS_BITS_128: dict[int, int] = {
     16384: 438,
     32768: 881,
 }
+
+#: Integer scalars up to this magnitude are multiplied at scale 1, without
+#: consuming a level.
+MAX_FREE_INT_SCALAR = 2**20
+
+
+def scalar_level_cost(c: float) -> int:
+    """Levels a product with the scalar ``c`` consumes: 0 for small integers, else 1."""
+    c = float(c)
+    return 0 if c.is_integer() and abs(c) <= MAX_FREE_INT_SCALAR else 1
+
 
 _MIN_PRIME_BITS = 20
 _MAX_PRIME_BITS = 60

@@ -34,7 +34,7 @@ from ..exceptions import (
     ParameterError,
     ScaleMismatchError,
 )
-from ._params import CKKSParameters
+from ._params import CKKSParameters, scalar_level_cost
 from ._serialization import Kind, pack, unpack
 
 __all__ = ["SCALE_SNAP_RTOL", "CKKSContext", "Ciphertext"]
@@ -44,10 +44,6 @@ __all__ = ["SCALE_SNAP_RTOL", "CKKSContext", "Ciphertext"]
 #: of the same size, below 1e-5 with SEAL's primes near 2**40). Larger gaps
 #: mean an operand was not rescaled and are reported as errors.
 SCALE_SNAP_RTOL = 1e-4
-
-#: Integer scalars up to this magnitude are multiplied at scale 1, without
-#: consuming a level.
-_MAX_FREE_INT_SCALAR = 2**20
 
 _COMPR = "none"  # see tools/seal-offline.cmake: SEAL is built without compressors
 
@@ -336,6 +332,25 @@ class CKKSContext:
     def _wrap(self, ct: PyCtxt, level: int) -> Ciphertext:
         return Ciphertext(ct, self, level)
 
+    def _exact_zero_guard(
+        self, op: Any, like: Ciphertext, *, scale: float | None = None
+    ) -> Ciphertext:
+        """Run ``op``; if SEAL refuses an exactly-zero ("transparent") result, encrypt 0.
+
+        ``x - x`` or a product with an all-zero mask cancels the ciphertext's
+        mask polynomial; SEAL then throws rather than return a ciphertext that
+        reveals its content. The mathematically right value is an encryption
+        of zero at the same level and scale, which is what we return.
+        """
+        try:
+            return self._wrap(op(), like.level)
+        except RuntimeError as exc:
+            if "transparent" not in str(exc):
+                raise
+        zero = PyCtxt(copy_ctxt=self.mod_switch_to(self.encrypt_zeros(), like.level)._ct)
+        zero.set_scale(like.scale if scale is None else scale)
+        return self._wrap(zero, like.level)
+
     # --------------------------------------------------- encrypt / decrypt
     def encrypt(self, values: Any) -> Ciphertext:
         """Encrypt a real vector of at most ``slots`` entries (zero padded) at the top level.
@@ -444,12 +459,12 @@ class CKKSContext:
     def add(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
         """Slot-wise sum of two ciphertexts (aligned automatically)."""
         a, b = self.align(a, b)
-        return self._wrap(self._he.add(a._ct, b._ct, in_new_ctxt=True), a.level)
+        return self._exact_zero_guard(lambda: self._he.add(a._ct, b._ct, in_new_ctxt=True), a)
 
     def sub(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
         """Slot-wise difference ``a - b``."""
         a, b = self.align(a, b)
-        return self._wrap(self._he.sub(a._ct, b._ct, in_new_ctxt=True), a.level)
+        return self._exact_zero_guard(lambda: self._he.sub(a._ct, b._ct, in_new_ctxt=True), a)
 
     def negate(self, a: Ciphertext) -> Ciphertext:
         """Slot-wise ``-a`` (free: no level, no noise)."""
@@ -531,13 +546,15 @@ class CKKSContext:
         """
         a = self._check(a)
         c = float(self._vector(c, "scalar")[0])
-        if c.is_integer() and abs(c) <= _MAX_FREE_INT_SCALAR:
+        if scalar_level_cost(c) == 0:
             if c == 1.0:
                 return a
             if c == -1.0:
                 return self.negate(a)
             pt = self._encode(c, a.level, 1.0)
-            return self._wrap(self._he.multiply_plain(a._ct, pt, in_new_ctxt=True), a.level)
+            return self._exact_zero_guard(
+                lambda: self._he.multiply_plain(a._ct, pt, in_new_ctxt=True), a
+            )
         return self._mul_encoded(a, c, rescale=rescale)
 
     def _mul_encoded(
@@ -550,8 +567,11 @@ class CKKSContext:
             pt_scale = self.params.scale
         self._check_scale_room(a.scale * pt_scale, a.level, rescale)
         pt = self._encode(values, a.level, pt_scale)
-        out = self._he.multiply_plain(a._ct, pt, in_new_ctxt=True)
-        res = self._wrap(out, a.level)
+        res = self._exact_zero_guard(
+            lambda: self._he.multiply_plain(a._ct, pt, in_new_ctxt=True),
+            a,
+            scale=a.scale * pt_scale,
+        )
         return self.rescale(res) if rescale else res
 
     def _check_scale_room(self, scale: float, level: int, rescale: bool) -> None:

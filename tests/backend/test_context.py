@@ -266,3 +266,19 @@ def test_native_objects_refuse_pickling(ctx):
 def test_operands_must_be_ciphertexts(ctx):
     with pytest.raises(TypeError, match="must be a Ciphertext; got ndarray"):
         ctx.add(ctx.encrypt([1.0]), np.ones(3))
+
+
+def test_exact_zero_results_are_encryptions_of_zero(ctx, xy):
+    """SEAL refuses 'transparent' results (x - x, x * 0); the backend returns Enc(0)."""
+    x, _ = xy
+    a = ctx.encrypt(x)
+    for ct, level in (
+        (ctx.sub(a, a), a.level),
+        (ctx.add(a, ctx.negate(a)), a.level),
+        (ctx.multiply_plain(a, np.zeros(N_SLOTS)), a.level - 1),
+        (ctx.multiply_scalar(a, 0), a.level),
+    ):
+        assert ct.level == level
+        np.testing.assert_allclose(ctx.decrypt(ct), 0, atol=ATOL)
+    z = ctx.multiply_plain(a, np.zeros(N_SLOTS))
+    np.testing.assert_allclose(ctx.decrypt(ctx.add(z, ctx.multiply_plain(a, x))), x * x, atol=1e-5)

@@ -1,0 +1,51 @@
+"""Circuit IR, compiler passes and interchangeable evaluators.
+
+Write an algorithm once against the slot algebra (usually through
+:class:`~sklearn_he.linalg.LinAlg`), run it on a :class:`Tracer` to record a
+:class:`Circuit`, compile it, then evaluate the same compiled circuit:
+
+>>> import numpy as np
+>>> from sklearn_he.circuit import Tracer, compile_circuit, PlaintextEvaluator, analyze
+>>> t = Tracer(8)
+>>> x = t.input("x")
+>>> t.output("y", t.add(t.rotate(t.multiply(x, x), 1), x))
+>>> c = compile_circuit(t.circuit)
+>>> analyze(c).depth
+1
+>>> PlaintextEvaluator().run(c, {"x": np.arange(8.0)})["y"][:3]
+array([1., 5., 11.])
+"""
+
+from ._analysis import AnalysisEvaluator, CircuitReport, analyze
+from ._compiler import CompiledCircuit, compile_circuit
+from ._cost import CostModel
+from ._evaluators import (
+    CKKSEvaluator,
+    DebugEvaluator,
+    DebugReport,
+    PlaintextEvaluator,
+    PrecisionError,
+)
+from ._ir import Circuit, Node, Op
+from ._params import select_parameters
+from ._tracer import Sym, Tracer
+
+__all__ = [
+    "AnalysisEvaluator",
+    "CKKSEvaluator",
+    "Circuit",
+    "CircuitReport",
+    "CompiledCircuit",
+    "CostModel",
+    "DebugEvaluator",
+    "DebugReport",
+    "Node",
+    "Op",
+    "PlaintextEvaluator",
+    "PrecisionError",
+    "Sym",
+    "Tracer",
+    "analyze",
+    "compile_circuit",
+    "select_parameters",
+]

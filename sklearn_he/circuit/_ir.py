@@ -1,0 +1,138 @@
+"""Circuit intermediate representation: a DAG of slot-vector operations.
+
+A :class:`Circuit` is what tracing an algorithm produces (see
+:class:`~sklearn_he.circuit.Tracer`): a list of :class:`Node` in topological
+order, named encrypted inputs and outputs, and the public plaintext
+constants (masks, coefficient vectors) the nodes refer to. Every evaluator
+interprets the same circuit.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..backend import scalar_level_cost
+
+__all__ = ["Circuit", "Node", "Op"]
+
+
+class Op(str, enum.Enum):
+    """Node kinds. All values are slot vectors; ciphertexts unless stated."""
+
+    INPUT = "input"  #: encrypted input; attr = name
+    ADD = "add"
+    SUB = "sub"
+    NEG = "neg"
+    ADD_PLAIN = "add_plain"  #: attr = ("scalar", c) or ("const", key)
+    MUL = "mul"  #: ciphertext x ciphertext, relinearised and rescaled: 1 level
+    MUL_PLAIN = "mul_plain"  #: attr = constant key; rescaled: 1 level
+    MUL_SCALAR = "mul_scalar"  #: attr = c; 1 level, 0 for small integers
+    ROTATE = "rotate"  #: attr = steps (left), normalised to [1, slots)
+    MODSWITCH = "modswitch"  #: attr = levels dropped (inserted by the compiler)
+
+    @property
+    def is_binary(self) -> bool:
+        return self in (Op.ADD, Op.SUB, Op.MUL)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One operation. ``args`` are ids of earlier nodes."""
+
+    id: int
+    op: Op
+    args: tuple[int, ...] = ()
+    attr: Any = None
+
+    def level_cost(self) -> int:
+        """Levels this node consumes (rescales it performs)."""
+        if self.op in (Op.MUL, Op.MUL_PLAIN):
+            return 1
+        if self.op is Op.MUL_SCALAR:
+            return scalar_level_cost(self.attr)
+        if self.op is Op.MODSWITCH:
+            return int(self.attr)
+        return 0
+
+    def label(self) -> str:
+        if self.op is Op.INPUT:
+            return f"input {self.attr}"
+        if self.op is Op.ROTATE:
+            return f"rotate {self.attr}"
+        if self.op is Op.MUL_SCALAR:
+            return f"mul_scalar {self.attr:.4g}"
+        if self.op is Op.ADD_PLAIN:
+            kind, val = self.attr
+            return f"add_plain {val:.4g}" if kind == "scalar" else "add_plain const"
+        if self.op is Op.MODSWITCH:
+            return f"modswitch -{self.attr}"
+        return self.op.value
+
+
+@dataclass
+class Circuit:
+    """A traced circuit.
+
+    Attributes
+    ----------
+    slots : int
+        Length of every slot vector.
+    nodes : list of Node
+        Topologically ordered; ``nodes[i].id == i``.
+    inputs : dict
+        Input name -> node id.
+    outputs : dict
+        Output name -> node id.
+    constants : dict
+        Key -> public plaintext vector (read-only float64 arrays).
+    input_depths : dict
+        Input name -> levels already consumed when the input arrives
+        (0 for fresh ciphertexts).
+    """
+
+    slots: int
+    nodes: list[Node] = field(default_factory=list)
+    inputs: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, int] = field(default_factory=dict)
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    input_depths: dict[str, int] = field(default_factory=dict)
+
+    def consumers(self) -> list[list[int]]:
+        """For each node id, the ids of the nodes that use it."""
+        out: list[list[int]] = [[] for _ in self.nodes]
+        for n in self.nodes:
+            for a in n.args:
+                out[a].append(n.id)
+        return out
+
+    def constant(self, key: str) -> np.ndarray:
+        return self.constants[key]
+
+    def summary(self) -> dict[str, int]:
+        """Number of nodes by kind."""
+        counts: dict[str, int] = {}
+        for n in self.nodes:
+            counts[n.op.value] = counts.get(n.op.value, 0) + 1
+        return counts
+
+    def check(self) -> None:
+        """Validate structural invariants (ids, order, references)."""
+        for i, n in enumerate(self.nodes):
+            if n.id != i:
+                raise ValueError(f"node {i} has id {n.id}")
+            if any(a >= i or a < 0 for a in n.args):
+                raise ValueError(
+                    f"node {i} ({n.op.value}) refers forward or out of range: {n.args}"
+                )
+        for name, nid in {**self.inputs, **self.outputs}.items():
+            if not 0 <= nid < len(self.nodes):
+                raise ValueError(f"{name!r} refers to missing node {nid}")
+
+
+def remap_outputs(outputs: Mapping[str, int], mapping: Mapping[int, int]) -> dict[str, int]:
+    return {name: mapping[nid] for name, nid in outputs.items()}
