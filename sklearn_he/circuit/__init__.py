@@ -12,8 +12,8 @@ Write an algorithm once against the slot algebra (usually through
 >>> c = compile_circuit(t.circuit)
 >>> analyze(c).depth
 1
->>> PlaintextEvaluator().run(c, {"x": np.arange(8.0)})["y"][:3]
-array([1., 5., 11.])
+>>> PlaintextEvaluator().run(c, {"x": np.arange(8.0)})["y"][:3].tolist()
+[1.0, 5.0, 11.0]
 """
 
 from ._analysis import AnalysisEvaluator, CircuitReport, analyze

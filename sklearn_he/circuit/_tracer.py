@@ -110,6 +110,7 @@ class Tracer:
             raise ValueError(f"slots must be a positive power of two; got {slots}")
         self.circuit = Circuit(slots=int(slots))
         self._memo: dict[tuple[Any, ...], int] = {}
+        self._depth: list[int] = []
 
     @property
     def slots(self) -> int:
@@ -121,9 +122,20 @@ class Tracer:
         nid = self._memo.get(key)
         if nid is None:
             nid = len(self.circuit.nodes)
-            self.circuit.nodes.append(Node(nid, op, args, attr))
+            node = Node(nid, op, args, attr)
+            self.circuit.nodes.append(node)
             self._memo[key] = nid
+            base = max((self._depth[a] for a in args), default=0)
+            self._depth.append(base + node.level_cost())
         return Sym(self, nid)
+
+    def depth(self, value: Sym) -> int:
+        """Levels consumed when ``value`` is produced (before mod-switch placement).
+
+        Lets algorithm code make depth-aware choices while tracing, e.g. scale a
+        shallow operand with a product but fold the scalar into a deep one.
+        """
+        return self._depth[self._arg(value)]
 
     def _arg(self, x: Any, what: str = "operand") -> int:
         if not isinstance(x, Sym):
@@ -154,6 +166,7 @@ class Tracer:
         if name in self.circuit.inputs:
             raise ValueError(f"input {name!r} declared twice")
         sym = self._emit(Op.INPUT, (), name)
+        self._depth[sym.id] = int(depth)
         self.circuit.inputs[name] = sym.id
         self.circuit.input_depths[name] = int(depth)
         return sym

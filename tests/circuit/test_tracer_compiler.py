@@ -187,3 +187,15 @@ def test_random_circuits_match_direct_numpy(program, eager):
             assert c.depths[n.args[0]] == c.depths[n.args[1]]
         if n.args:
             assert c.depths[n.id] == c.depths[n.args[0]] + n.level_cost()
+
+
+def test_tracer_reports_depth_while_tracing():
+    t = Tracer(8)
+    x = t.input("x")
+    y = t.input("y", depth=2)
+    assert t.depth(x) == 0 and t.depth(y) == 2
+    p = t.multiply(x, t.multiply_scalar(x, 0.5))
+    assert t.depth(p) == 2
+    assert t.depth(t.add(p, y)) == 2
+    assert t.depth(t.multiply_scalar(y, 3)) == 2  # integer scalar: free
+    assert t.depth(t.rotate(t.multiply(p, y), 1)) == 3

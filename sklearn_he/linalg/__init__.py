@@ -1,0 +1,45 @@
+"""Homomorphic linear algebra, written once against :class:`SlotAlgebra`.
+
+* :mod:`._algebra` - the slot algebra protocol and :class:`NumpySlots`;
+* :mod:`._encoding` - tile layouts (:class:`TileShape`), client-side
+  encoders and decoders, and the generic containers :class:`EncMatrix`,
+  :class:`RowVector` and :class:`ColVector`;
+* :mod:`._toolkit` - :class:`LinAlg`: sums, products, matrix-vector and
+  matrix-matrix products, re-orientation, with documented level and
+  rotation costs;
+* :mod:`._poly` - :func:`poly_eval` at minimal depth and :func:`poly_depth`.
+"""
+
+from ._algebra import NumpySlots, SlotAlgebra
+from ._encoding import (
+    ColVector,
+    EncMatrix,
+    RowVector,
+    TileShape,
+    decode_col_vector,
+    decode_matrix,
+    decode_row_vector,
+    encode_col_vector,
+    encode_matrix,
+    encode_row_vector,
+)
+from ._poly import poly_depth, poly_eval
+from ._toolkit import LinAlg
+
+__all__ = [
+    "ColVector",
+    "EncMatrix",
+    "LinAlg",
+    "NumpySlots",
+    "RowVector",
+    "SlotAlgebra",
+    "TileShape",
+    "decode_col_vector",
+    "decode_matrix",
+    "decode_row_vector",
+    "encode_col_vector",
+    "encode_matrix",
+    "encode_row_vector",
+    "poly_depth",
+    "poly_eval",
+]

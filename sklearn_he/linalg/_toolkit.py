@@ -1,0 +1,556 @@
+"""Homomorphic linear algebra on tiled matrices and vectors, over any :class:`SlotAlgebra`.
+
+:class:`LinAlg` is written once against the slot algebra and never looks at
+the values it handles: it runs on plaintext NumPy vectors
+(:class:`~sklearn_he.linalg.NumpySlots`), on CKKS ciphertexts
+(:class:`~sklearn_he.backend.CKKSContext`) and on the symbolic handles of a
+circuit tracer alike. Masks and constants are public NumPy vectors passed to
+``multiply_plain`` and ``add_plain``.
+
+Costs
+-----
+Notation: tiles are ``h x w`` (``h * w`` slots); a matrix has ``R x C`` tiles;
+``n`` is a vector's length; for ``matmul_transposed(A, B)``, ``m`` is the
+number of rows of ``B``, ``O = ceil(m / w)`` and ``R``, ``C`` are ``A``'s block
+counts. *Levels* is the depth an operation adds to inputs that sit at the
+same depth, counting every product (``multiply_scalar`` included) as one
+level, as :class:`~sklearn_he.backend.CKKSContext` does for non-integer
+scalars. An algebra may simplify further (CKKS multiplies small integers for
+free; a tracer drops a product by an all-ones mask), so there the figures are
+upper bounds. Rotation counts are exact.
+
+======================  =======================  =========================================
+operation               levels                   rotations
+======================  =======================  =========================================
+add, sub, add_scalar    0                        0
+scale, hadamard         1                        0
+poly                    ``poly_depth(coeffs)``   0
+matvec                  2                        ``2 R log2(w)``
+rmatvec                 1 (2 if ``scale != 1``)  ``C log2(h)``
+sum_rows                1                        ``2 R log2(w)``
+sum_cols                0                        ``C log2(h)``
+col_to_row              1                        ``ceil(n / w) log2(h)``
+row_to_col              2                        ``2 ceil(n / h) log2(w)``
+transpose (``h == w``)  1                        ``2 (w - 1) R C``
+matmul_transposed       3                        ``m C log2(h) + R m log2(w) + R (m - O)``
+======================  =======================  =========================================
+
+Why the reductions cost what they cost: rotating by a multiple of ``w``
+moves whole rows cyclically, so a sum *down the rows* by rotations ``w, 2w,
+.., (h/2) w`` is exact and replicated in every row (no mask). A sum *within
+rows* by rotations ``1, 2, .., w/2`` reaches into the next row for every
+column but 0, so only column 0 is exact: it is masked (one level) and
+replicated back across the row by rotations ``-1, -2, .., -w/2``, which is
+exact because the masked tile is zero outside column 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from ._algebra import SlotAlgebra
+from ._encoding import (
+    ColVector,
+    Container,
+    EncMatrix,
+    RowVector,
+    TileShape,
+    _check_same,
+    _describe,
+)
+from ._poly import _coefficients, poly_eval
+
+__all__ = ["LinAlg"]
+
+T = TypeVar("T")
+
+_CONTAINERS = (EncMatrix, RowVector, ColVector)
+
+
+def _powers_below(n: int) -> list[int]:
+    """``1, 2, 4, ..`` up to but excluding ``n`` (a power of two)."""
+    return [1 << k for k in range(n.bit_length() - 1)]
+
+
+def _real_scalar(c: Any, what: str) -> float:
+    if isinstance(c, bool) or not isinstance(c, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{what} must be a real number; got {c!r}")
+    value = float(c)
+    if not np.isfinite(value):
+        raise ValueError(f"{what} must be finite; got {value}")
+    return value
+
+
+class LinAlg(Generic[T]):
+    """Matrix and vector operations on tiles held by a slot algebra.
+
+    Parameters
+    ----------
+    alg : SlotAlgebra
+        Performs the slot-wise operations (``CKKSContext``, ``NumpySlots``, a tracer).
+    shape : TileShape
+        Tile shape of every container this instance handles; ``shape.slots``
+        must equal ``alg.slots``.
+
+    Notes
+    -----
+    Every method keeps the padding slots of its results at zero (given inputs
+    whose padding is zero, which the encoders guarantee). Level costs and
+    rotation counts are listed in the module docstring and in each method.
+    """
+
+    def __init__(self, alg: SlotAlgebra[T], shape: TileShape) -> None:
+        if not isinstance(alg, SlotAlgebra):
+            raise TypeError(
+                f"alg must implement SlotAlgebra (CKKSContext, NumpySlots, a tracer); "
+                f"got {type(alg).__name__}"
+            )
+        if not isinstance(shape, TileShape):
+            raise TypeError(f"shape must be a TileShape; got {type(shape).__name__}")
+        if alg.slots != shape.slots:
+            raise ValueError(
+                f"tile shape {shape.rows}x{shape.cols} has {shape.slots} slots but the algebra "
+                f"has {alg.slots}; use TileShape.for_matrix(n_rows, n_cols, {alg.slots})"
+            )
+        self.alg = alg
+        self.shape = shape
+
+    def __repr__(self) -> str:
+        return f"LinAlg({type(self.alg).__name__}, {self.shape.rows}x{self.shape.cols} tiles)"
+
+    # ------------------------------------------------------------------ checks
+    def _check(self, x: Any, kinds: type | tuple[type, ...], what: str) -> None:
+        if not isinstance(x, kinds):
+            names = " or ".join(
+                ("an " if k is EncMatrix else "a ") + k.__name__
+                for k in (kinds if isinstance(kinds, tuple) else (kinds,))
+            )
+            raise TypeError(f"{what} must be {names}; got {_describe(x)}")
+        if x.shape != self.shape:
+            raise ValueError(
+                f"{what} uses {x.shape.rows}x{x.shape.cols} tiles but this LinAlg works on "
+                f"{self.shape.rows}x{self.shape.cols} tiles; re-encode it with the same "
+                "TileShape"
+            )
+
+    # ------------------------------------------------------------ slot helpers
+    def _sum(self, values: Sequence[T]) -> T:
+        acc = values[0]
+        for v in values[1:]:
+            acc = self.alg.add(acc, v)
+        return acc
+
+    def _sum_within_rows(self, t: T) -> T:
+        """Rotations ``1, 2, .., w/2``: column 0 of each row holds the row's sum."""
+        for s in _powers_below(self.shape.cols):
+            t = self.alg.add(t, self.alg.rotate(t, s))
+        return t
+
+    def _replicate_right(self, t: T) -> T:
+        """Copy column 0 across each row (``t`` must be zero outside column 0)."""
+        for s in _powers_below(self.shape.cols):
+            t = self.alg.add(t, self.alg.rotate(t, -s))
+        return t
+
+    def _sum_down(self, t: T) -> T:
+        """Rotations ``w, 2w, .., (h/2) w``: every row holds the column sums."""
+        for s in _powers_below(self.shape.rows):
+            t = self.alg.add(t, self.alg.rotate(t, s * self.shape.cols))
+        return t
+
+    def _column0_mask(self, rb: int, n_rows: int, value: float) -> np.ndarray:
+        """``value`` in column 0 of the rows of row block ``rb`` below ``n_rows``."""
+        h, w = self.shape.rows, self.shape.cols
+        mask = np.zeros((h, w))
+        mask[: max(0, min(h, n_rows - rb * h)), 0] = value
+        return mask.ravel()
+
+    def _entry_mask(self, entries: np.ndarray) -> np.ndarray:
+        """1 at the slots ``(g mod h, g mod w)`` for the global indices ``entries``."""
+        mask = np.zeros(self.shape.slots)
+        mask[(entries % self.shape.rows) * self.shape.cols + entries % self.shape.cols] = 1.0
+        return mask
+
+    # --------------------------------------------------------------- elementwise
+    def add(self, x: Container[T], y: Container[T]) -> Container[T]:
+        """``x + y`` for two containers of the same kind and size.
+
+        Levels: 0. Rotations: 0.
+        """
+        self._check(x, _CONTAINERS, "x")
+        _check_same(x, y)
+        return x.zip_map(y, self.alg.add)
+
+    def sub(self, x: Container[T], y: Container[T]) -> Container[T]:
+        """``x - y`` for two containers of the same kind and size.
+
+        Levels: 0. Rotations: 0.
+        """
+        self._check(x, _CONTAINERS, "x")
+        _check_same(x, y)
+        return x.zip_map(y, self.alg.sub)
+
+    def scale(self, x: Container[T], c: float) -> Container[T]:
+        """``c * x``.
+
+        Levels: 1 (CKKS: 0 for integers up to ``2**20``). Rotations: 0.
+        """
+        self._check(x, _CONTAINERS, "x")
+        c = _real_scalar(c, "c")
+        return x.map(lambda t: self.alg.multiply_scalar(t, c))
+
+    def add_scalar(self, x: Container[T], c: float) -> Container[T]:
+        """Add ``c`` to every entry of ``x``; the padding stays zero.
+
+        Levels: 0. Rotations: 0.
+        """
+        self._check(x, _CONTAINERS, "x")
+        c = _real_scalar(c, "c")
+        return x.zip_map(x.valid_masks(), lambda t, m: self.alg.add_plain(t, c * m))
+
+    def hadamard(self, x: Container[T], y: Container[T]) -> Container[T]:
+        """Entry-wise product.
+
+        ``x`` and ``y`` are containers of the same kind and size, or ``x`` is
+        an :class:`EncMatrix` and ``y`` a vector broadcast over it: a
+        :class:`RowVector` of length ``n_cols`` multiplies every row, a
+        :class:`ColVector` of length ``n_rows`` every column.
+
+        Levels: 1. Rotations: 0.
+        """
+        self._check(x, _CONTAINERS, "x")
+        self._check(y, _CONTAINERS, "y")
+        mul = self.alg.multiply
+        if not isinstance(x, EncMatrix) or isinstance(y, EncMatrix):
+            _check_same(x, y)
+            return x.zip_map(y, mul)
+        if isinstance(y, RowVector):
+            if y.length != x.n_cols:
+                raise ValueError(
+                    f"cannot broadcast a RowVector of length {y.length} over the rows of a "
+                    f"{x.n_rows}x{x.n_cols} matrix; its length must equal n_cols"
+                )
+            return EncMatrix(
+                [[mul(t, y.blocks[cb]) for cb, t in enumerate(row)] for row in x.tiles],
+                self.shape,
+                x.n_rows,
+                x.n_cols,
+            )
+        if y.length != x.n_rows:
+            raise ValueError(
+                f"cannot broadcast a ColVector of length {y.length} over the columns of a "
+                f"{x.n_rows}x{x.n_cols} matrix; its length must equal n_rows"
+            )
+        return EncMatrix(
+            [[mul(t, y.blocks[rb]) for t in row] for rb, row in enumerate(x.tiles)],
+            self.shape,
+            x.n_rows,
+            x.n_cols,
+        )
+
+    def poly(self, x: Container[T], coeffs: Sequence[float] | np.ndarray) -> Container[T]:
+        """Apply the polynomial ``sum_k coeffs[k] t**k`` to every entry of ``x``.
+
+        The constant term is added to the entries only, so the padding stays
+        zero (the other terms vanish there).
+
+        Levels: :func:`~sklearn_he.linalg.poly_depth` ``(coeffs)``,
+        ``ceil(log2(d + 1))`` for degree ``d``. Rotations: 0.
+        """
+        self._check(x, _CONTAINERS, "x")
+        cs = _coefficients(coeffs)
+        tail = (0.0, *cs[1:])
+        out = x.map(lambda t: poly_eval(self.alg, t, tail))
+        return self.add_scalar(out, cs[0]) if cs[0] else out
+
+    # ------------------------------------------------------------ reductions
+    def sum_rows(self, M: EncMatrix[T]) -> ColVector[T]:
+        """Row sums ``M @ 1`` as a column vector of length ``n_rows``.
+
+        Levels: 1 (the column-0 mask). Rotations: ``2 R log2(w)``.
+        """
+        self._check(M, EncMatrix, "M")
+        blocks = []
+        for rb, row in enumerate(M.tiles):
+            acc = self._sum_within_rows(self._sum(row))
+            acc = self.alg.multiply_plain(acc, self._column0_mask(rb, M.n_rows, 1.0))
+            blocks.append(self._replicate_right(acc))
+        return ColVector(blocks, self.shape, M.n_rows)
+
+    def sum_cols(self, M: EncMatrix[T]) -> RowVector[T]:
+        """Column sums ``1 @ M`` as a row vector of length ``n_cols``.
+
+        Levels: 0. Rotations: ``C log2(h)``.
+        """
+        self._check(M, EncMatrix, "M")
+        blocks = [
+            self._sum_down(self._sum([row[cb] for row in M.tiles])) for cb in range(M.n_col_blocks)
+        ]
+        return RowVector(blocks, self.shape, M.n_cols)
+
+    # ------------------------------------------------------ matrix-vector
+    def matvec(self, M: EncMatrix[T], v: RowVector[T], *, scale: float = 1.0) -> ColVector[T]:
+        """``scale * M @ v`` as a column vector of length ``n_rows``.
+
+        Per row block: tiles times ``v``'s blocks, summed; a sum within rows
+        (exact in column 0); a mask keeping column 0 of the valid rows, with
+        ``scale`` folded into it; replication back across the rows.
+
+        Parameters
+        ----------
+        M : EncMatrix
+            ``n_rows x n_cols``.
+        v : RowVector
+            Length ``n_cols``.
+        scale : float, default=1.0
+            Public factor, free (folded into the mask).
+
+        Returns
+        -------
+        ColVector
+            Length ``n_rows``.
+
+        Notes
+        -----
+        Levels: 2. Rotations: ``2 R log2(w)``.
+        """
+        self._check(M, EncMatrix, "M")
+        self._check(v, RowVector, "v")
+        scale = _real_scalar(scale, "scale")
+        if v.length != M.n_cols:
+            raise ValueError(
+                f"matvec needs a RowVector of length n_cols={M.n_cols} for a "
+                f"{M.n_rows}x{M.n_cols} matrix; got length {v.length}"
+            )
+        blocks = []
+        for rb, row in enumerate(M.tiles):
+            acc = self._sum([self.alg.multiply(t, b) for t, b in zip(row, v.blocks, strict=True)])
+            acc = self._sum_within_rows(acc)
+            acc = self.alg.multiply_plain(acc, self._column0_mask(rb, M.n_rows, scale))
+            blocks.append(self._replicate_right(acc))
+        return ColVector(blocks, self.shape, M.n_rows)
+
+    def rmatvec(self, M: EncMatrix[T], u: ColVector[T], *, scale: float = 1.0) -> RowVector[T]:
+        """``scale * M.T @ u`` as a row vector of length ``n_cols``.
+
+        Per column block: tiles times ``u``'s blocks, summed, then a sum down
+        the rows, exact and replicated in every row (no mask).
+
+        Parameters
+        ----------
+        M : EncMatrix
+            ``n_rows x n_cols``.
+        u : ColVector
+            Length ``n_rows``.
+        scale : float, default=1.0
+            Public factor. When it is not 1 it multiplies ``M``'s tiles
+            (``multiply_scalar``, ``R C`` of them), off the path of ``u``.
+
+        Returns
+        -------
+        RowVector
+            Length ``n_cols``.
+
+        Notes
+        -----
+        Levels: 1, plus 1 when ``scale != 1``. Precisely, the result sits at
+        depth ``max(depth(M) + [scale != 1], depth(u)) + 1``: the scale is free
+        when ``u`` is deeper than ``M`` (e.g. data times a sigmoid output).
+        Rotations: ``C log2(h)``.
+        """
+        self._check(M, EncMatrix, "M")
+        self._check(u, ColVector, "u")
+        scale = _real_scalar(scale, "scale")
+        if u.length != M.n_rows:
+            raise ValueError(
+                f"rmatvec needs a ColVector of length n_rows={M.n_rows} for a "
+                f"{M.n_rows}x{M.n_cols} matrix; got length {u.length}"
+            )
+        if scale != 1.0:
+            M = self.scale(M, scale)
+        blocks = []
+        for cb in range(M.n_col_blocks):
+            acc = self._sum(
+                [self.alg.multiply(row[cb], b) for row, b in zip(M.tiles, u.blocks, strict=True)]
+            )
+            blocks.append(self._sum_down(acc))
+        return RowVector(blocks, self.shape, M.n_cols)
+
+    # ------------------------------------------------------- re-orientation
+    def col_to_row(self, u: ColVector[T]) -> RowVector[T]:
+        """The same vector, re-encoded as a :class:`RowVector`.
+
+        For each output block, entry ``g`` is kept at slot ``(g mod h, g mod w)``
+        of its input block (a shifted-diagonal mask; one entry per column),
+        and a sum down the rows replicates it to every row.
+
+        Levels: 1. Rotations: ``ceil(n / w) log2(h)``.
+        """
+        self._check(u, ColVector, "u")
+        w = self.shape.cols
+        blocks = []
+        for cb in range(-(-u.length // w)):
+            g = np.arange(cb * w, min((cb + 1) * w, u.length))
+            parts = [
+                self.alg.multiply_plain(
+                    u.blocks[rb], self._entry_mask(g[g // self.shape.rows == rb])
+                )
+                for rb in np.unique(g // self.shape.rows)
+            ]
+            blocks.append(self._sum_down(self._sum(parts)))
+        return RowVector(blocks, self.shape, u.length)
+
+    def row_to_col(self, v: RowVector[T]) -> ColVector[T]:
+        """The same vector, re-encoded as a :class:`ColVector`.
+
+        For each output block, entry ``g`` is kept at slot ``(g mod h, g mod w)``
+        of its input block (one entry per row); a sum within rows brings it to
+        column 0, a mask keeps column 0 and a replication fills the row.
+
+        Levels: 2. Rotations: ``2 ceil(n / h) log2(w)``.
+        """
+        self._check(v, RowVector, "v")
+        h, w = self.shape.rows, self.shape.cols
+        blocks = []
+        for rb in range(-(-v.length // h)):
+            g = np.arange(rb * h, min((rb + 1) * h, v.length))
+            parts = [
+                self.alg.multiply_plain(v.blocks[cb], self._entry_mask(g[g // w == cb]))
+                for cb in np.unique(g // w)
+            ]
+            acc = self._sum_within_rows(self._sum(parts))
+            acc = self.alg.multiply_plain(acc, self._column0_mask(rb, v.length, 1.0))
+            blocks.append(self._replicate_right(acc))
+        return ColVector(blocks, self.shape, v.length)
+
+    # ------------------------------------------------------ matrix-matrix
+    def transpose(self, M: EncMatrix[T]) -> EncMatrix[T]:
+        """``M.T``, for square tiles (``h == w``) only.
+
+        In each tile, the generalised diagonal ``j - i = d`` is masked out and
+        rotated by ``-d (w - 1)`` (which sends slot ``(i, j)`` to ``(j, i)``);
+        the grid positions are swapped.
+
+        Levels: 1. Rotations: ``2 (w - 1)`` per tile, ``2 (w - 1) R C`` in all.
+        """
+        self._check(M, EncMatrix, "M")
+        w = self.shape.cols
+        if self.shape.rows != w:
+            raise ValueError(
+                f"transpose needs square tiles; this LinAlg uses {self.shape.rows}x{w}. "
+                "Use a TileShape(r, r) with r * r == slots (an even power of two), or "
+                "encode the transposed matrix on the client"
+            )
+        i, j = np.divmod(np.arange(self.shape.slots), w)
+        diagonals = [(d, (j - i == d).astype(np.float64)) for d in range(-(w - 1), w)]
+
+        def transpose_tile(t: T) -> T:
+            parts = []
+            for d, mask in diagonals:
+                part = self.alg.multiply_plain(t, mask)
+                parts.append(self.alg.rotate(part, -d * (w - 1)) if d else part)
+            return self._sum(parts)
+
+        tiles = [[transpose_tile(row[cb]) for row in M.tiles] for cb in range(M.n_col_blocks)]
+        return EncMatrix(tiles, self.shape, M.n_cols, M.n_rows)
+
+    def matmul_transposed(self, A: EncMatrix[T], B: EncMatrix[T]) -> EncMatrix[T]:
+        """``A @ B.T`` (e.g. the Gram blocks ``Z_t Z_j^T``), in tiles of the same shape.
+
+        For each row ``s`` of ``B``: mask it and replicate it down the rows
+        (sum down the rows), multiply ``A``'s tiles by it, sum within rows
+        (exact in column 0), mask column 0; the ``w`` column-0 tiles of one
+        output tile are then moved to columns ``0 .. w-1`` by a binary tree
+        of right rotations ``1, 2, 4, ..`` (exact: each tile is zero outside
+        the columns it brings).
+
+        Parameters
+        ----------
+        A : EncMatrix
+            ``n x f``.
+        B : EncMatrix
+            ``m x f``.
+
+        Returns
+        -------
+        EncMatrix
+            ``n x m``.
+
+        Notes
+        -----
+        Levels: 3; precisely ``max(depth(A), depth(B) + 1) + 2``. Rotations:
+        ``m C log2(h) + R m log2(w) + R (m - O)`` with ``R``, ``C`` the block
+        counts of ``A`` and ``O = ceil(m / w)``. It also uses ``m C + R m``
+        plaintext and ``R C m`` ciphertext products.
+        """
+        self._check(A, EncMatrix, "A")
+        self._check(B, EncMatrix, "B")
+        if A.n_cols != B.n_cols:
+            raise ValueError(
+                f"matmul_transposed(A, B) needs the same number of columns; got "
+                f"{A.n_rows}x{A.n_cols} and {B.n_rows}x{B.n_cols}"
+            )
+        h, w = self.shape.rows, self.shape.cols
+        n_out = -(-B.n_rows // w)
+        tiles: list[list[T]] = [[] for _ in range(A.n_row_blocks)]
+        for ob in range(n_out):
+            pieces: list[list[T]] = [[] for _ in range(A.n_row_blocks)]
+            for s in range(ob * w, min((ob + 1) * w, B.n_rows)):
+                sb, r = divmod(s, h)
+                row_mask = np.zeros((h, w))
+                row_mask[r] = 1.0
+                reps = [
+                    self._sum_down(self.alg.multiply_plain(t, row_mask.ravel()))
+                    for t in B.tiles[sb]
+                ]
+                for rb, row in enumerate(A.tiles):
+                    acc = self._sum(
+                        [self.alg.multiply(t, rep) for t, rep in zip(row, reps, strict=True)]
+                    )
+                    acc = self._sum_within_rows(acc)
+                    acc = self.alg.multiply_plain(acc, self._column0_mask(rb, A.n_rows, 1.0))
+                    pieces[rb].append(acc)
+            for rb in range(A.n_row_blocks):
+                tiles[rb].append(self._place_columns(pieces[rb]))
+        return EncMatrix(tiles, self.shape, A.n_rows, B.n_rows)
+
+    def _place_columns(self, pieces: list[T]) -> T:
+        """Move ``pieces[t]`` (zero outside column 0) to column ``t``: ``len - 1`` rotations."""
+        step = 1
+        while len(pieces) > 1:
+            merged = [
+                self.alg.add(pieces[k], self.alg.rotate(pieces[k + 1], -step))
+                if k + 1 < len(pieces)
+                else pieces[k]
+                for k in range(0, len(pieces), 2)
+            ]
+            pieces, step = merged, 2 * step
+        return pieces[0]
+
+    # ------------------------------------------------------------ key steps
+    @staticmethod
+    def rotation_steps(shape: TileShape) -> set[int]:
+        """Every rotation step a :class:`LinAlg` method may use for ``shape``.
+
+        Pass it to ``KeySet.generate(rotation_steps=...)`` to evaluate
+        eagerly on CKKS. Steps are reduced modulo ``shape.slots`` (right
+        rotations appear as ``slots - k``); zero is left out.
+
+        Returns
+        -------
+        set of int
+            ``+-1, +-2, .., +-w/2`` (sums within rows, replication, column
+            placement), ``w, 2w, .., (h/2) w`` (sums down the rows) and, for
+            square tiles, ``d (w - 1)`` for ``0 < |d| < w`` (transpose).
+        """
+        if not isinstance(shape, TileShape):
+            raise TypeError(f"shape must be a TileShape; got {type(shape).__name__}")
+        h, w = shape.rows, shape.cols
+        steps = {sign * s for s in _powers_below(w) for sign in (1, -1)}
+        steps |= {s * w for s in _powers_below(h)}
+        if h == w:
+            steps |= {d * (w - 1) for d in range(-(w - 1), w) if d}
+        return {s % shape.slots for s in steps} - {0}
