@@ -379,6 +379,144 @@ class LinAlg(Generic[T]):
             blocks.append(self._sum_down(acc))
         return RowVector(blocks, self.shape, M.n_cols)
 
+    # ------------------------------------------- fused polynomial products
+    def _tile_poly(
+        self, tile: T, powers: dict[int, T], cs: Sequence[float], fold: str
+    ) -> T | None:
+        """``sum_k cs[k] tile * x**k`` (k >= 1) with the polynomial distributed over the product.
+
+        ``powers[2**i]`` holds ``x**(2**i)``. Each monomial multiplies the
+        coefficient-scaled tile (``fold="matrix"``) or tile times the
+        coefficient-scaled lowest power (``fold="vector"``) by the powers of
+        its binary expansion in increasing order. With a tile no deeper than
+        ``x``, every monomial of degree ``k`` ends ``ceil(log2(k + 1))``
+        levels below ``x`` (``fold="matrix"``), the depth of the bare
+        polynomial: the product with the tile costs nothing extra.
+        """
+        alg = self.alg
+        terms = []
+        for k, c in enumerate(cs):
+            if k == 0 or c == 0.0:
+                continue
+            bits = [1 << i for i in range(k.bit_length()) if k >> i & 1]
+            if fold == "matrix":
+                acc = alg.multiply_scalar(tile, c)
+                for b in bits:
+                    acc = alg.multiply(acc, powers[b])
+            else:
+                acc = alg.multiply(tile, alg.multiply_scalar(powers[bits[0]], c))
+                for b in bits[1:]:
+                    acc = alg.multiply(acc, powers[b])
+            terms.append(acc)
+        if cs[0] != 0.0:
+            terms.append(alg.multiply_scalar(tile, cs[0]))
+        return self._sum(terms) if terms else None
+
+    def _powers(self, x: T, degree: int) -> dict[int, T]:
+        powers = {1: x}
+        b = 2
+        while b <= degree:
+            powers[b] = self.alg.multiply(powers[b // 2], powers[b // 2])
+            b *= 2
+        return powers
+
+    def rmatvec_poly(
+        self,
+        M: EncMatrix[T],
+        u: ColVector[T],
+        coeffs: Sequence[float] | np.ndarray,
+        *,
+        scale: float = 1.0,
+        fold: str = "matrix",
+    ) -> RowVector[T]:
+        """``scale * M.T @ p(u)`` with ``p`` distributed over the product.
+
+        Equal to ``rmatvec(M, poly(u, coeffs), scale=scale)`` but one level
+        shallower: ``M (.) c3 u**3`` is computed as ``((c3 M) (.) u) (.) u**2``,
+        so the product with ``M`` hides inside the polynomial's own depth.
+        ``scale`` is folded into the coefficients.
+
+        Parameters
+        ----------
+        M : EncMatrix
+            ``n_rows x n_cols``.
+        u : ColVector
+            Length ``n_rows``.
+        coeffs : sequence of float
+            Polynomial coefficients, constant first.
+        scale : float, default=1.0
+            Public factor (free).
+        fold : {"matrix", "vector"}, default="matrix"
+            Where each coefficient is multiplied in: into ``M``'s tiles (best
+            when ``M`` is shallower than ``u``, e.g. client data) or into
+            ``u`` (best when ``M`` is deeper, e.g. a Gram block computed on
+            the server).
+
+        Returns
+        -------
+        RowVector
+            Length ``n_cols``.
+
+        Notes
+        -----
+        Levels: ``poly_depth(coeffs)`` below ``u`` when ``depth(M) < depth(u)``
+        (``fold="matrix"``). Rotations: ``C log2(h)``.
+        """
+        self._check(M, EncMatrix, "M")
+        self._check(u, ColVector, "u")
+        cs = self._fused_coeffs(coeffs, scale, fold)
+        if u.length != M.n_rows:
+            raise ValueError(
+                f"rmatvec_poly needs a ColVector of length n_rows={M.n_rows}; got {u.length}"
+            )
+        powers = [self._powers(b, len(cs) - 1) for b in u.blocks]
+        blocks = []
+        for cb in range(M.n_col_blocks):
+            parts = [
+                self._tile_poly(row[cb], powers[rb], cs, fold) for rb, row in enumerate(M.tiles)
+            ]
+            blocks.append(self._sum_down(self._sum([p for p in parts if p is not None])))
+        return RowVector(blocks, self.shape, M.n_cols)
+
+    def matvec_poly(
+        self,
+        M: EncMatrix[T],
+        v: RowVector[T],
+        coeffs: Sequence[float] | np.ndarray,
+        *,
+        scale: float = 1.0,
+        fold: str = "matrix",
+    ) -> ColVector[T]:
+        """``scale * M @ p(v)`` with ``p`` distributed over the product (see :meth:`rmatvec_poly`).
+
+        Levels: ``poly_depth(coeffs) + 1`` below ``v`` (the column-0 mask) when
+        ``depth(M) < depth(v)``. Rotations: ``2 R log2(w)``.
+        """
+        self._check(M, EncMatrix, "M")
+        self._check(v, RowVector, "v")
+        cs = self._fused_coeffs(coeffs, scale, fold)
+        if v.length != M.n_cols:
+            raise ValueError(
+                f"matvec_poly needs a RowVector of length n_cols={M.n_cols}; got {v.length}"
+            )
+        powers = [self._powers(b, len(cs) - 1) for b in v.blocks]
+        blocks = []
+        for rb, row in enumerate(M.tiles):
+            parts = [self._tile_poly(t, powers[cb], cs, fold) for cb, t in enumerate(row)]
+            acc = self._sum_within_rows(self._sum([p for p in parts if p is not None]))
+            acc = self.alg.multiply_plain(acc, self._column0_mask(rb, M.n_rows, 1.0))
+            blocks.append(self._replicate_right(acc))
+        return ColVector(blocks, self.shape, M.n_rows)
+
+    def _fused_coeffs(self, coeffs: Any, scale: float, fold: str) -> tuple[float, ...]:
+        if fold not in ("matrix", "vector"):
+            raise ValueError(f"fold must be 'matrix' or 'vector'; got {fold!r}")
+        scale = _real_scalar(scale, "scale")
+        cs = tuple(scale * c for c in _coefficients(coeffs))
+        if not any(cs):
+            raise ValueError("the polynomial is identically zero")
+        return cs
+
     # ------------------------------------------------------- re-orientation
     def col_to_row(self, u: ColVector[T]) -> RowVector[T]:
         """The same vector, re-encoded as a :class:`RowVector`.
