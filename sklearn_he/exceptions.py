@@ -21,6 +21,7 @@ __all__ = [
     "ScaleMismatchError",
     "SecretKeyPicklingError",
     "SklearnHEError",
+    "TrainingDivergedError",
 ]
 
 
@@ -66,3 +67,7 @@ class FormatError(SklearnHEError, ValueError):
 
 class SecretKeyPicklingError(SklearnHEError, pickle.PicklingError):
     """Pickling would have carried the secret key without the explicit opt-in."""
+
+
+class TrainingDivergedError(SklearnHEError, ArithmeticError):
+    """The decrypted model state blew up between two circuits (learning rate too high)."""

@@ -103,7 +103,9 @@ class KeySet:
                 "KeySet.from_public_bundle(...) or KeySet.from_bytes(...)"
             )
         self._context = context
-        self._keys = key_bytes
+        # Only the small, fixed parts are kept as bytes; evaluation keys (tens
+        # of MB to GB) are exported from the native objects when needed.
+        self._keys = {k: key_bytes[k] for k in ("public", "secret") if k in key_bytes}
         self._allow_insecure = allow_insecure_for_testing
         self.pickle_secret_key = False
 
@@ -279,7 +281,8 @@ class KeySet:
     # --------------------------------------------------------- serialisation
     def public_bundle(self) -> bytes:
         """Context and evaluation keys as bytes: everything the server needs, no secret."""
-        sections = {k: self._keys[k] for k in _PUBLIC_SECTIONS if k in self._keys}
+        exported = self._context._export_keys(include_secret=False)
+        sections = {k: exported[k] for k in _PUBLIC_SECTIONS if k in exported}
         index, blob = join_sections(sections)
         meta = {
             "params": self.params.to_dict(),

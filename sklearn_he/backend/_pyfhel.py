@@ -181,7 +181,11 @@ class CKKSContext:
             has_secret_key=True,
             has_relin_key=True,
         )
-        return ctx, ctx._export_keys(include_secret=True)
+        he_keys = {
+            "public": he.to_bytes_public_key(_COMPR),
+            "secret": he.to_bytes_secret_key(_COMPR),
+        }
+        return ctx, he_keys
 
     @classmethod
     def _from_key_bytes(

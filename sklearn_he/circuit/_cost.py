@@ -43,6 +43,33 @@ _KINDS = (
 )
 
 
+def _monotone_fit(p: np.ndarray, t: np.ndarray) -> list[float]:
+    """Least-squares ``a + b p + c p**2`` with ``b, c >= 0`` (cost never falls with p).
+
+    Fitted on the few measured chain lengths; non-negative slope and
+    curvature keep extrapolation to unmeasured levels sane.
+    """
+    one = np.ones_like(p)
+    designs = (  # (design matrix, positions of its coefficients in [a, b, c])
+        (np.stack([one, p, p * p], axis=1), (0, 1, 2)),
+        (np.stack([one, p], axis=1), (0, 1)),
+        (np.stack([one, p * p], axis=1), (0, 2)),
+        (one[:, None], (0,)),
+    )
+    best, best_err = [float(np.mean(t)), 0.0, 0.0], np.inf
+    for A, where in designs:
+        coef, *_ = np.linalg.lstsq(A, t, rcond=None)
+        full = [0.0, 0.0, 0.0]
+        for pos, c in zip(where, coef, strict=True):
+            full[pos] = float(c)
+        if full[1] < 0 or full[2] < 0:
+            continue
+        err = float(np.sum((A @ coef - t) ** 2))
+        if err < best_err - 1e-18:
+            best, best_err = full, err
+    return best
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("SKLEARN_HE_CACHE_DIR", Path.home() / ".cache" / "sklearn-he"))
 
@@ -94,38 +121,44 @@ class CostModel:
         )
         ctx = keys.context
         top = params.max_level
-        levels = sorted({top, max(1, top // 2), 1} if top >= 1 else {0})
+        # Operations that rescale need a level below them; level 0 is timed
+        # for the others (and the rescaling ones get their level-1 cost there).
+        levels = sorted({top, top // 2, min(1, top), 0})
         x = np.random.default_rng(0).uniform(-1, 1, params.slots)
-        fresh = ctx.encrypt(x)
+        fresh, other = ctx.encrypt(x), ctx.encrypt(x[::-1].copy())
         ops = {
-            Op.MUL: lambda c: ctx.multiply(c, c),
-            Op.MUL_PLAIN: lambda c: ctx.multiply_plain(c, x),
-            Op.MUL_SCALAR: lambda c: ctx.multiply_scalar(c, 0.5),
-            Op.ROTATE: lambda c: ctx.rotate(c, 1),
-            Op.ADD: lambda c: ctx.add(c, c),
-            Op.SUB: lambda c: ctx.sub(c, c),
-            Op.NEG: lambda c: ctx.negate(c),
-            Op.ADD_PLAIN: lambda c: ctx.add_plain(c, x),
-            Op.MODSWITCH: lambda c: ctx.mod_switch_to(c, c.level - 1),
+            Op.MUL: lambda a, b: ctx.multiply(a, b),
+            Op.MUL_PLAIN: lambda a, b: ctx.multiply_plain(a, x),
+            Op.MUL_SCALAR: lambda a, b: ctx.multiply_scalar(a, 0.5),
+            Op.ROTATE: lambda a, b: ctx.rotate(a, 1),
+            Op.ADD: lambda a, b: ctx.add(a, b),
+            Op.SUB: lambda a, b: ctx.sub(a, b),  # distinct operands: a - a is special-cased
+            Op.NEG: lambda a, b: ctx.negate(a),
+            Op.ADD_PLAIN: lambda a, b: ctx.add_plain(a, x),
+            Op.MODSWITCH: lambda a, b: ctx.mod_switch_to(a, a.level - 1),
         }
+        rescaling = {Op.MUL, Op.MUL_PLAIN, Op.MUL_SCALAR, Op.MODSWITCH}
         samples: dict[str, list[tuple[int, float]]] = {k.value: [] for k in _KINDS}
         for level in levels:
-            ct = ctx.mod_switch_to(fresh, level)
+            a, b = ctx.mod_switch_to(fresh, level), ctx.mod_switch_to(other, level)
             for op, fn in ops.items():
-                fn(ct)  # warm-up
+                if op in rescaling and level == 0:
+                    continue
+                fn(a, b)  # warm-up
                 ts = []
                 for _ in range(repeats):
                     t0 = time.perf_counter()
-                    fn(ct)
+                    fn(a, b)
                     ts.append(time.perf_counter() - t0)
                 samples[op.value].append((level + 1, float(np.median(ts))))
         fits = {}
         for kind, pts in samples.items():
+            if not pts:  # depth-0 parameters: nothing rescales
+                fits[kind] = [0.0, 0.0, 0.0]
+                continue
             p = np.array([q for q, _ in pts], dtype=float)
             t = np.array([s for _, s in pts])
-            deg = min(2, len(p) - 1)
-            coef = np.polyfit(p, t, deg)[::-1] if deg > 0 else np.array([t[0]])
-            fits[kind] = [*coef.tolist(), *([0.0] * (3 - len(coef)))]
+            fits[kind] = _monotone_fit(p, t)
         return cls({params.poly_modulus_degree: fits})
 
     @classmethod

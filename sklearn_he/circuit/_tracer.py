@@ -204,8 +204,8 @@ class Tracer:
                 return self.add_plain(Sym(self, node.args[0]), node.attr[1] + c)
             return self._emit(Op.ADD_PLAIN, (x,), ("scalar", c))
         key, vec = self._const(values)
-        if not vec.any():
-            return a
+        if (vec == vec[0]).all():  # a constant vector is a scalar
+            return self.add_plain(a, float(vec[0]))
         return self._emit(Op.ADD_PLAIN, (x,), ("const", key))
 
     def sub_plain(self, a: Sym, values: Any) -> Sym:

@@ -204,3 +204,17 @@ def test_dot_export_shows_levels():
 def test_select_then_generate_then_run_end_to_end_is_consistent():
     p = select_parameters(every_op_circuit())
     assert isinstance(p, CKKSParameters) and p.max_level >= 3
+
+
+@pytest.mark.ckks
+def test_cost_model_depth_zero_and_monotone():
+    params = CKKSParameters.for_depth(0)
+    model = CostModel.measure(params, repeats=1)
+    n = params.poly_modulus_degree
+    assert model.op_seconds(Op.ROTATE, n, 0) > 0
+    assert model.op_seconds(Op.MUL, n, 0) == 0.0  # nothing rescales at depth 0
+    small = CKKSParameters(4096, (60, 40, 40, 40, 60), 40, security_level=0)
+    fitted = CostModel.measure(small, repeats=1, allow_insecure_for_testing=True)
+    for op in (Op.MUL, Op.ROTATE, Op.ADD, Op.SUB):
+        costs = [fitted.op_seconds(op, 4096, lvl) for lvl in range(4)]
+        assert costs == sorted(costs), op

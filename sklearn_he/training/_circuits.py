@@ -1,0 +1,160 @@
+"""Compiling the training circuits: one chunk of ``k`` minibatch steps.
+
+:func:`build_chunk` traces :func:`~sklearn_he.training._program.nag_program`
+through a :class:`~sklearn_he.training._lowering.Lowering` on a
+:class:`~sklearn_he.circuit.Tracer` and compiles it. Input names (the
+contract with whoever encrypts them):
+
+* ``Z{t}[rb,cb]``: tile (rb, cb) of minibatch matrix ``Z_t`` (``m x f``),
+  step ``t`` of the chunk;
+* ``v[cb]``, ``w[cb]``: blocks of the model state (RowVectors, length ``f``);
+* ``G{a},{b}[rb,cb]``: tiles of the Gram block ``Z_a Z_b^T`` (``m x m``),
+  only in the pipelined circuit; at depth 0 when the client computes them,
+  at the depth of the server's precomputation otherwise.
+
+Outputs: ``w[cb]`` and ``v[cb]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..circuit import CompiledCircuit, Tracer, compile_circuit
+from ..linalg import EncMatrix, LinAlg, RowVector, TileShape
+from ._lowering import ChunkInputs, Lowering, alternating, columns
+from ._program import nag_program, pipeline
+
+__all__ = ["CIRCUITS", "ChunkCircuit", "build_chunk", "build_gram_circuit"]
+
+CIRCUITS = ("baseline", "pipelined")
+
+
+@dataclass
+class ChunkCircuit:
+    """A compiled chunk and what the rest of the system needs to know about it."""
+
+    compiled: CompiledCircuit
+    circuit: str
+    n_steps: int
+    shape: TileShape
+    batch_size: int
+    n_features: int
+    margin_depths: dict[int, int] = field(default_factory=dict)
+    grams: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def depth(self) -> int:
+        return self.compiled.depth
+
+    @property
+    def depth_per_minibatch(self) -> float:
+        """Levels each additional minibatch adds along the margin chain.
+
+        ``(depth(u_{k-1}) - depth(u_0)) / (k - 1)``; for one step, the whole
+        depth of the chunk.
+        """
+        d = self.margin_depths
+        if self.n_steps < 2 or len(d) < self.n_steps:
+            return float(self.depth)
+        return (d[self.n_steps - 1] - d[0]) / (self.n_steps - 1)
+
+
+def z_name(t: int, rb: int, cb: int) -> str:
+    return f"Z{t}[{rb},{cb}]"
+
+
+def gram_name(a: int, b: int, rb: int, cb: int) -> str:
+    return f"G{a},{b}[{rb},{cb}]"
+
+
+def build_chunk(
+    steps: Sequence[tuple[float, float]],
+    coeffs: Sequence[float],
+    *,
+    circuit: str,
+    shape: TileShape,
+    batch_size: int,
+    n_features: int,
+    gram_depth: int = 0,
+) -> ChunkCircuit:
+    """Trace and compile ``len(steps)`` NAG steps (``steps[t] = (a_t, e_t)``).
+
+    Parameters
+    ----------
+    circuit : {"baseline", "pipelined"}
+    shape : TileShape
+        Tile shape of every ciphertext.
+    batch_size, n_features : int
+        ``m`` and ``f`` (bias column included).
+    gram_depth : int, default=0
+        Depth at which Gram blocks arrive (0: uploaded by the client).
+    """
+    if circuit not in CIRCUITS:
+        raise ValueError(f"circuit must be one of {CIRCUITS}; got {circuit!r}")
+    tracer = Tracer(shape.slots)
+    la = LinAlg(tracer, shape)
+    m, f = batch_size, n_features
+    Z = [
+        EncMatrix.from_index(shape, m, f, lambda rb, cb, t=t: tracer.input(z_name(t, rb, cb)))
+        for t in range(len(steps))
+    ]
+    state = {
+        name: RowVector.from_index(shape, f, lambda cb, name=name: tracer.input(f"{name}[{cb}]"))
+        for name in ("v", "w")
+    }
+    grams: dict[tuple[int, int], EncMatrix] = {}
+
+    def gram(a: int, b: int) -> EncMatrix:
+        if (a, b) not in grams:
+            grams[(a, b)] = EncMatrix.from_index(
+                shape,
+                m,
+                m,
+                lambda rb, cb: tracer.input(gram_name(a, b, rb, cb), depth=gram_depth),
+            )
+        return grams[(a, b)]
+
+    program = nag_program(steps)
+    pipelined = circuit == "pipelined"
+    if pipelined:
+        program = pipeline(program)
+    inputs = ChunkInputs(Z=Z, state=state, gram=gram)
+    lowering = Lowering(
+        tracer, la, coeffs, inputs, fuse=pipelined, orient=alternating if pipelined else columns
+    )
+    for name, vec in lowering.lower(program).items():
+        for cb, blk in enumerate(vec.blocks):
+            tracer.output(f"{name}[{cb}]", blk)
+    return ChunkCircuit(
+        compiled=compile_circuit(tracer.circuit),
+        circuit=circuit,
+        n_steps=len(steps),
+        shape=shape,
+        batch_size=m,
+        n_features=f,
+        margin_depths=dict(lowering.margin_depths),
+        grams=sorted(inputs.used_grams),
+    )
+
+
+def build_gram_circuit(shape: TileShape, batch_size: int, n_features: int) -> CompiledCircuit:
+    """Server-side precomputation of one Gram block ``Z_a Z_b^T`` from encrypted data.
+
+    Inputs ``A[rb,cb]`` and ``B[rb,cb]``; outputs ``G[rb,cb]``. Depth 3.
+    """
+    tracer = Tracer(shape.slots)
+    la = LinAlg(tracer, shape)
+    m, f = batch_size, n_features
+    A = EncMatrix.from_index(shape, m, f, lambda rb, cb: tracer.input(f"A[{rb},{cb}]"))
+    B = EncMatrix.from_index(shape, m, f, lambda rb, cb: tracer.input(f"B[{rb},{cb}]"))
+    G = la.matmul_transposed(A, B)
+    for rb, row in enumerate(G.tiles):
+        for cb, tile in enumerate(row):
+            tracer.output(f"G[{rb},{cb}]", tile)
+    return compile_circuit(tracer.circuit)
+
+
+def gram_depth() -> int:
+    """Depth of :func:`build_gram_circuit`'s outputs (fixed by the toolkit)."""
+    return 3

@@ -1,0 +1,209 @@
+"""Lowering a training program to a circuit, through the linear-algebra toolkit.
+
+Feature-space vectors (weights, gradient directions) are
+:class:`~sklearn_he.linalg.RowVector` (replicated down the rows of a tile).
+Sample-space vectors (margins) are a :class:`~sklearn_he.linalg.ColVector`
+or a ``RowVector``: each margin ``u_t`` has one *preferred orientation*
+chosen by :func:`alternating` or :func:`columns`, and whoever needs the
+other orientation converts it.
+
+Two modes:
+
+``fuse=False`` (the baseline, "as written")
+    ``g(u)`` is evaluated on its own (2 levels) before the product with the
+    data (1 level); margins ``Z_t v_t`` use the masked matvec (2 levels).
+``fuse=True`` (with the pipelined program)
+    the sigmoid polynomial is distributed through the product with the data
+    or with a Gram block (``((c3 G) (.) u) (.) u**2``), so the product costs
+    no level of its own; a Gram product costs 0 levels more when ``u_j`` is
+    a column vector (free down-the-rows sum) and 1 when it is a row vector
+    (masked within-row sum), hence the alternation.
+
+Linear combinations are depth-aware: a term that is not on the critical path
+is scaled with a product (one level it can afford), the deepest terms get
+their coefficient folded into the operation that produces them (free).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..circuit import Sym, Tracer
+from ..linalg import ColVector, EncMatrix, LinAlg, RowVector
+from ._program import Gram, Lin, MatVec, Program, RMatVec, Sig, Var, VExpr
+
+__all__ = ["ChunkInputs", "Lowering", "alternating", "columns"]
+
+Orient = str  # "C" (ColVector) or "R" (RowVector)
+Vec = ColVector[Sym] | RowVector[Sym]
+
+
+def columns(t: int) -> Orient:
+    """Every margin as a column vector (the baseline layout)."""
+    return "C"
+
+
+def alternating(t: int) -> Orient:
+    """Even steps as column vectors, odd steps as row vectors (2.5 levels per step)."""
+    return "C" if t % 2 == 0 else "R"
+
+
+@dataclass
+class ChunkInputs:
+    """The encrypted inputs of one chunk circuit, as traced handles.
+
+    Attributes
+    ----------
+    Z : list of EncMatrix
+        ``Z_t`` (``m x f``) per step of the chunk.
+    state : dict
+        ``"v"`` and ``"w"`` RowVectors (length ``f``).
+    gram : callable
+        ``gram(a, b)`` returns the block ``Z_a Z_b^T`` (``m x m``); how it is
+        obtained (client upload or server precomputation) is the caller's.
+    """
+
+    Z: list[EncMatrix[Sym]]
+    state: dict[str, RowVector[Sym]]
+    gram: Callable[[int, int], EncMatrix[Sym]]
+    used_grams: set[tuple[int, int]] = field(default_factory=set)
+
+
+class Lowering:
+    """Turns a :class:`~sklearn_he.training._program.Program` into traced toolkit calls."""
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        la: LinAlg[Sym],
+        coeffs: Sequence[float],
+        inputs: ChunkInputs,
+        *,
+        fuse: bool,
+        orient: Callable[[int], Orient],
+    ) -> None:
+        self.tracer = tracer
+        self.la = la
+        self.coeffs = np.asarray(coeffs, dtype=float)
+        self.inputs = inputs
+        self.fuse = fuse
+        self.orient = orient
+        self._memo: dict[tuple[Any, ...], Any] = {}
+        self.margin_depths: dict[int, int] = {}
+
+    # ------------------------------------------------------------- helpers
+    def depth(self, x: EncMatrix[Sym] | Vec) -> int:
+        blocks = [t for row in x.tiles for t in row] if isinstance(x, EncMatrix) else x.blocks
+        return max(self.tracer.depth(b) for b in blocks)
+
+    def _convert(self, x: Vec, o: Orient) -> Vec:
+        if o == "C":
+            return x if isinstance(x, ColVector) else self.la.row_to_col(x)
+        return x if isinstance(x, RowVector) else self.la.col_to_row(x)
+
+    def _fold(self, matrix: EncMatrix[Sym], vec: Vec) -> str:
+        return "matrix" if self.depth(matrix) < self.depth(vec) else "vector"
+
+    def _lin(self, x: Lin, lower: Callable[[VExpr, float], Any]) -> Any:
+        base = {y.uid: lower(y, 1.0) for y, _ in x.terms}
+        deepest = max(self.depth(v) for v in base.values())
+        parts = []
+        for y, c in x.terms:
+            b = base[y.uid]
+            if c == 1.0:
+                parts.append(b)
+            elif self.depth(b) + 1 <= deepest or isinstance(y, Var):
+                parts.append(self.la.scale(b, c))
+            else:
+                parts.append(lower(y, c))  # fold into the producer: free
+        acc = parts[0]
+        for p in parts[1:]:
+            acc = self.la.add(acc, p)
+        return acc
+
+    # ------------------------------------------------------ feature space
+    def feature(self, x: VExpr, c: float = 1.0) -> RowVector[Sym]:
+        """Lower a weight-space expression, times ``c``, as a RowVector."""
+        key = ("f", x.uid, c)
+        if key not in self._memo:
+            self._memo[key] = self._feature(x, c)
+        return self._memo[key]
+
+    def _feature(self, x: VExpr, c: float) -> RowVector[Sym]:
+        la = self.la
+        if isinstance(x, Var):
+            v = self.inputs.state[x.name]
+            return v if c == 1.0 else la.scale(v, c)
+        if isinstance(x, Lin):
+            return self._lin(x, self.feature)
+        if isinstance(x, RMatVec):
+            Z = self.inputs.Z[x.batch]
+            if isinstance(x.s, Sig) and self.fuse:
+                u = self._convert(self.margin(x.s.x, self._pref(x.s.x)), "C")
+                return la.rmatvec_poly(Z, u, self.coeffs, scale=c, fold=self._fold(Z, u))
+            s = self.margin(x.s, "C", c)
+            return la.rmatvec(Z, s)
+        raise TypeError(f"{x!r} is not a feature-space expression")
+
+    # ------------------------------------------------------- sample space
+    def _pref(self, u: VExpr) -> Orient:
+        return self.orient(_batch_of(u))
+
+    def margin(self, x: VExpr, o: Orient, c: float = 1.0) -> Vec:
+        """Lower a sample-space expression, times ``c``, in orientation ``o``."""
+        key = ("s", x.uid, o, c)
+        if key not in self._memo:
+            self._memo[key] = self._margin(x, o, c)
+        return self._memo[key]
+
+    def _margin(self, x: VExpr, o: Orient, c: float) -> Vec:
+        la = self.la
+        if isinstance(x, MatVec):
+            return self._convert(la.matvec(self.inputs.Z[x.batch], self.feature(x.x), scale=c), o)
+        if isinstance(x, Sig):
+            return la.poly(self.margin(x.x, o), c * self.coeffs)
+        if isinstance(x, Lin):
+            return self._lin(x, lambda y, d: self.margin(y, o, d))
+        if isinstance(x, Gram):
+            if not isinstance(x.s, Sig):
+                raise TypeError(f"Gram products are lowered for g(u) only; got {x.s!r}")
+            uj = x.s.x
+            pref = self._pref(uj)
+            u = self.margin(uj, pref)
+            if pref == "C":  # free: column sums of G_{j,t}, weighted by g(u_j)
+                G = self.inputs.gram(x.j, x.t)
+                self.inputs.used_grams.add((x.j, x.t))
+                r: Vec = la.rmatvec_poly(G, u, self.coeffs, scale=c, fold=self._fold(G, u))
+            else:  # masked: row sums of G_{t,j} against g(u_j) replicated down the rows
+                G = self.inputs.gram(x.t, x.j)
+                self.inputs.used_grams.add((x.t, x.j))
+                r = la.matvec_poly(G, u, self.coeffs, scale=c, fold=self._fold(G, u))
+            return self._convert(r, o)
+        raise TypeError(f"{x!r} is not a sample-space expression")
+
+    # --------------------------------------------------------------- entry
+    def lower(self, program: Program) -> dict[str, RowVector[Sym]]:
+        """Lower every output; records the depth of each margin ``u_t``."""
+        out = {name: self.feature(expr) for name, expr in program.outputs.items()}
+        for x in program.nodes():
+            if isinstance(x, Sig):
+                t = _batch_of(x.x)
+                key = ("s", x.x.uid, self._pref(x.x), 1.0)
+                if key in self._memo:
+                    self.margin_depths[t] = self.depth(self._memo[key])
+        return out
+
+
+def _batch_of(u: VExpr) -> int:
+    """The minibatch a margin expression belongs to."""
+    if isinstance(u, MatVec):
+        return u.batch
+    if isinstance(u, Gram):
+        return u.t
+    if isinstance(u, Lin):
+        return _batch_of(u.terms[0][0])
+    raise TypeError(f"{u!r} is not a margin")

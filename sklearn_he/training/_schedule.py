@@ -1,0 +1,97 @@
+"""Learning-rate and momentum schedules of minibatch Nesterov training, and its NumPy reference."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["NAGSchedule", "nag_reference"]
+
+
+@dataclass(frozen=True)
+class NAGSchedule:
+    """Step sizes ``a_t`` and momentum weights ``e_t`` of the NAG recurrence::
+
+        u_t     = Z_t v_t
+        q_t     = Z_t^T g(u_t)                 (g ~ sigmoid(-u))
+        w_{t+1} = v_t + a_t q_t                (a_t = learning_rate_t / batch_size)
+        v_{t+1} = (1 - e_t) w_{t+1} + e_t w_t
+
+    Parameters
+    ----------
+    learning_rate : float, default=1.0
+        Initial learning rate.
+    decay : {"inverse", "constant"}, default="inverse"
+        ``"inverse"``: rate ``learning_rate / (t + 1)`` at step t (Kim et al.);
+        ``"constant"``: ``learning_rate`` throughout.
+    momentum : {"nesterov", "none"}, default="nesterov"
+        ``"nesterov"``: ``s_0 = 0.01``, ``s_{t+1} = (1 + sqrt(1 + 4 s_t^2)) / 2``,
+        ``e_t = (1 - s_t) / s_{t+1}``; ``"none"``: ``e_t = 0`` (plain minibatch
+        gradient ascent).
+
+    All values are public constants, known when a circuit is compiled.
+    """
+
+    learning_rate: float = 1.0
+    decay: str = "inverse"
+    momentum: str = "nesterov"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise ValueError(
+                f"learning_rate must be a positive number; got {self.learning_rate!r}"
+            )
+        if self.decay not in ("inverse", "constant"):
+            raise ValueError(f"decay must be 'inverse' or 'constant'; got {self.decay!r}")
+        if self.momentum not in ("nesterov", "none"):
+            raise ValueError(f"momentum must be 'nesterov' or 'none'; got {self.momentum!r}")
+
+    def rate(self, t: int) -> float:
+        return self.learning_rate / (t + 1) if self.decay == "inverse" else self.learning_rate
+
+    def momentum_weight(self, t: int) -> float:
+        if self.momentum == "none":
+            return 0.0
+        s = 0.01
+        for _ in range(t):
+            s = (1 + math.sqrt(1 + 4 * s * s)) / 2
+        s_next = (1 + math.sqrt(1 + 4 * s * s)) / 2
+        return (1 - s) / s_next
+
+    def steps(self, start: int, count: int, batch_size: int) -> list[tuple[float, float]]:
+        """``(a_t, e_t)`` for steps ``start .. start + count - 1``."""
+        return [
+            (self.rate(t) / batch_size, self.momentum_weight(t))
+            for t in range(start, start + count)
+        ]
+
+
+def nag_reference(
+    batches: Sequence[np.ndarray],
+    schedule: NAGSchedule,
+    coeffs: Sequence[float],
+    *,
+    start: int = 0,
+    w: np.ndarray | None = None,
+    v: np.ndarray | None = None,
+    batch_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The recurrence in NumPy, step by step (what every circuit must reproduce).
+
+    ``batches`` are the minibatch matrices Z_t (rows ``y_i (1, x_i)``).
+    Returns ``(w, v)`` after the last batch.
+    """
+    f = batches[0].shape[1]
+    w = np.zeros(f) if w is None else np.asarray(w, dtype=float)
+    v = np.zeros(f) if v is None else np.asarray(v, dtype=float)
+    m = batch_size or batches[0].shape[0]
+    p = np.asarray(coeffs, dtype=float)[::-1]
+    for (a, e), Z in zip(schedule.steps(start, len(batches), m), batches, strict=True):
+        q = Z.T @ np.polyval(p, Z @ v)
+        w_next = v + a * q
+        v = (1 - e) * w_next + e * w
+        w = w_next
+    return w, v

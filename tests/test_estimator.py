@@ -1,0 +1,215 @@
+"""EncryptedLogisticRegression: scikit-learn compatibility, both backends, both circuits."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import load_breast_cancer, make_classification
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sklearn_he import CKKSParameters, EncryptedLogisticRegression, KeySet
+from sklearn_he.exceptions import SecretKeyPicklingError, SklearnHEError, TrainingDivergedError
+
+#: Insecure but fast parameters for CKKS tests: N=4096, 6 levels.
+SMALL = CKKSParameters(4096, (60, *([40] * 6), 60), 40, security_level=0)
+
+
+def plain(**kw):
+    kw.setdefault("max_iter", 3)
+    kw.setdefault("random_state", 0)
+    return EncryptedLogisticRegression(backend="plaintext", **kw)
+
+
+def ckks(**kw):
+    kw.setdefault("max_iter", 2)
+    kw.setdefault("random_state", 0)
+    return EncryptedLogisticRegression(
+        backend="ckks", ckks_params=SMALL, allow_insecure_for_testing=True, **kw
+    )
+
+
+@parametrize_with_checks([plain(), plain(circuit="baseline")], xfail_strict=True)
+def test_sklearn_compatible_plaintext(estimator, check):
+    check(estimator)
+
+
+CKKS_CHECKS = {
+    "check_estimators_dtypes",
+    "check_fit_score_takes_y",
+    "check_estimators_fit_returns_self",
+    "check_classifiers_train",
+    "check_classifiers_classes",
+    "check_supervised_y_2d",
+    "check_estimators_empty_data_messages",
+    "check_n_features_in",
+    "check_fit2d_predict1d",
+}
+
+
+@pytest.mark.ckks
+@pytest.mark.slow
+@parametrize_with_checks([ckks()], xfail_strict=True)
+def test_sklearn_compatible_ckks(estimator, check):
+    name = getattr(check, "func", check).__name__
+    if name not in CKKS_CHECKS:
+        pytest.skip("the full check suite runs on the plaintext backend (same circuits)")
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    X, y = load_breast_cancer(return_X_y=True)
+    return train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
+
+
+def test_accuracy_close_to_scikit_learn(cancer):
+    Xtr, Xte, ytr, yte = cancer
+    ref = make_pipeline(StandardScaler(), LogisticRegression()).fit(Xtr, ytr).score(Xte, yte)
+    for circuit in ("baseline", "pipelined"):
+        clf = plain(circuit=circuit, max_iter=10).fit(Xtr, ytr)
+        assert clf.score(Xte, yte) >= ref - 0.02, circuit
+
+
+def test_both_circuits_learn_the_same_model(cancer):
+    Xtr, _, ytr, _ = cancer
+    a = plain(circuit="baseline", minibatches_per_circuit=2).fit(Xtr, ytr)
+    b = plain(circuit="pipelined", minibatches_per_circuit=2).fit(Xtr, ytr)
+    np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-9)
+    np.testing.assert_allclose(a.intercept_, b.intercept_, rtol=1e-9)
+
+
+def test_report_fields(cancer):
+    Xtr, _, ytr, _ = cancer
+    r = plain(sigmoid_degree=3, learning_rate=3.0, minibatches_per_circuit=4).fit(Xtr, ytr).report_
+    assert r.depth_per_minibatch <= 2.5 and r.minibatches_per_circuit == 4
+    assert r.poly_modulus_degree in (16384, 32768) and r.coeff_modulus_bits[0] == 60
+    assert r.bytes_uploaded > 0 and r.fit_seconds > 0 and r.refreshes >= 0
+    b = plain(circuit="baseline", sigmoid_degree=3, learning_rate=3.0, minibatches_per_circuit=2)
+    b = b.fit(Xtr, ytr)
+    assert b.report_.depth_per_minibatch == 5.0
+    assert set(r.as_dict()) >= {
+        "depth_per_minibatch",
+        "minibatches_per_circuit",
+        "poly_modulus_degree",
+        "coeff_modulus_bits",
+        "bytes_uploaded",
+        "refreshes",
+        "fit_seconds",
+    }
+
+
+def test_coef_is_in_the_original_feature_space(cancer):
+    Xtr, Xte, ytr, _ = cancer
+    clf = plain().fit(Xtr, ytr)
+    scores = Xte @ clf.coef_.ravel() + clf.intercept_[0]
+    np.testing.assert_allclose(clf.decision_function(Xte), scores)
+    proba = clf.predict_proba(Xte)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(clf.predict(Xte), clf.classes_[(proba[:, 1] > 0.5).astype(int)])
+
+
+def test_multiclass_one_vs_rest():
+    X, y = make_classification(
+        n_samples=240,
+        n_features=6,
+        n_informative=4,
+        n_classes=3,
+        n_clusters_per_class=1,
+        random_state=0,
+    )
+    clf = plain(max_iter=5).fit(X, y)
+    assert clf.coef_.shape == (3, 6) and clf.intercept_.shape == (3,)
+    assert clf.score(X, y) > 0.8
+    assert clf.predict_proba(X).shape == (240, 3)
+
+
+def test_pipeline_cross_val_grid_search_clone(cancer):
+    Xtr, _, ytr, _ = cancer
+    pipe = make_pipeline(StandardScaler(), plain())
+    scores = cross_val_score(pipe, Xtr, ytr, cv=3)
+    assert scores.mean() > 0.9
+    grid = GridSearchCV(plain(), {"learning_rate": [3.0, 30.0]}, cv=2).fit(Xtr, ytr)
+    assert grid.best_params_["learning_rate"] in (3.0, 30.0)
+    c = clone(plain(learning_rate=7.0))
+    assert c.get_params()["learning_rate"] == 7.0 and not hasattr(c, "coef_")
+
+
+def test_warm_start_continues(cancer):
+    Xtr, _, ytr, _ = cancer
+    once = plain(max_iter=4).fit(Xtr, ytr)
+    twice = plain(max_iter=2, warm_start=True).fit(Xtr, ytr)
+    twice.fit(Xtr, ytr)
+    np.testing.assert_allclose(once.coef_, twice.coef_, rtol=1e-9)
+
+
+def test_divergence_is_reported_not_garbage(cancer):
+    Xtr, _, ytr, _ = cancer
+    with pytest.raises(TrainingDivergedError, match="Lower the learning rate"):
+        plain(
+            sigmoid_degree=3, learning_rate=1e4, learning_rate_schedule="constant", max_iter=20
+        ).fit(Xtr, ytr)
+
+
+def test_bad_parameters_are_refused(cancer):
+    Xtr, _, ytr, _ = cancer
+    with pytest.raises(ValueError, match="sigmoid_degree"):
+        plain(sigmoid_degree=4).fit(Xtr, ytr)
+    with pytest.raises(ValueError, match="circuit"):
+        plain(circuit="fast").fit(Xtr, ytr)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        plain().fit(Xtr, np.zeros(len(Xtr)))
+
+
+@pytest.mark.ckks
+def test_ckks_fit_matches_plaintext_backend(cancer):
+    Xtr, Xte, ytr, yte = cancer
+    for circuit in ("baseline", "pipelined"):
+        enc = ckks(circuit=circuit).fit(Xtr[:160], ytr[:160])
+        ref = plain(circuit=circuit, max_iter=2, ckks_params=SMALL).fit(Xtr[:160], ytr[:160])
+        # CKKS noise (~1e-6 per operation) grows through the training steps to
+        # ~1e-4 relative on the weights; a borderline test point may flip.
+        assert abs(enc.score(Xte, yte) - ref.score(Xte, yte)) <= 0.02
+        np.testing.assert_allclose(enc.coef_, ref.coef_, atol=5e-3 * np.abs(ref.coef_).max())
+        assert enc.report_.key_fingerprint is not None
+        assert enc.report_.poly_modulus_degree == 4096
+
+
+@pytest.mark.ckks
+def test_user_keys_and_pickling_policy(cancer):
+    Xtr, _, ytr, _ = cancer
+    probe = ckks(max_iter=1)
+    params, steps = probe.plan(100, Xtr.shape[1])
+    assert params == SMALL
+    keys = KeySet.generate(params, rotation_steps=steps, allow_insecure_for_testing=True)
+    clf = ckks(max_iter=1, keys=keys).fit(Xtr[:100], ytr[:100])
+    assert clf.report_.key_fingerprint == keys.fingerprint
+    with pytest.raises(SecretKeyPicklingError):
+        pickle.dumps(clf)  # the key set (a parameter) holds the secret key
+    keys.pickle_secret_key = True
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(again.coef_, clf.coef_)
+    keys.pickle_secret_key = False
+    # Without user keys a fitted estimator carries no key material at all.
+    fitted = probe.fit(Xtr[:100], ytr[:100])
+    data = pickle.dumps(fitted)
+    assert b"SKHE" not in data
+    with pytest.raises(SklearnHEError, match="no secret key"):
+        ckks(max_iter=1, keys=keys.public()).fit(Xtr[:100], ytr[:100])
+    few = KeySet.generate(SMALL, rotation_steps=[1], allow_insecure_for_testing=True)
+    with pytest.raises(SklearnHEError, match="lacks rotation keys"):
+        ckks(max_iter=1, keys=few).fit(Xtr[:100], ytr[:100])
+
+
+def test_no_warning_on_a_normal_fit(cancer):
+    Xtr, _, ytr, _ = cancer
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain().fit(Xtr, ytr)

@@ -1,0 +1,134 @@
+"""The training program, its two lowerings, and their agreement with the recurrence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sklearn_he.circuit import PlaintextEvaluator, analyze
+from sklearn_he.linalg import EncMatrix, RowVector, TileShape
+from sklearn_he.training import (
+    NAGSchedule,
+    build_chunk,
+    evaluate,
+    nag_program,
+    nag_reference,
+    pipeline,
+    sigmoid_poly,
+)
+from sklearn_he.training._program import Gram, Lin, MatVec
+
+
+def _inputs(chunk, batches, v0, w0, shape):
+    ins = {}
+    for t, Z in enumerate(batches):
+        for rb, row in enumerate(EncMatrix.from_array(Z, shape).tiles):
+            for cb, tile in enumerate(row):
+                ins[f"Z{t}[{rb},{cb}]"] = tile
+    for a, b in chunk.grams:
+        for rb, row in enumerate(EncMatrix.from_array(batches[a] @ batches[b].T, shape).tiles):
+            for cb, tile in enumerate(row):
+                ins[f"G{a},{b}[{rb},{cb}]"] = tile
+    for name, vec in (("v", v0), ("w", w0)):
+        for cb, blk in enumerate(RowVector.from_array(vec, shape).blocks):
+            ins[f"{name}[{cb}]"] = blk
+    return ins
+
+
+def _run(chunk, batches, v0, w0, shape):
+    out = PlaintextEvaluator().run(chunk.compiled, _inputs(chunk, batches, v0, w0, shape))
+    f = len(v0)
+    n = len(RowVector.from_array(v0, shape).blocks)
+    return {
+        k: RowVector([out[f"{k}[{cb}]"] for cb in range(n)], shape, f).decode() for k in ("w", "v")
+    }
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    k=st.integers(1, 5),
+    m=st.sampled_from([5, 8, 13]),
+    f=st.sampled_from([3, 9, 20]),
+    start=st.integers(0, 7),
+    degree=st.sampled_from([3, 5]),
+    shape=st.sampled_from([TileShape(16, 16), TileShape(8, 32), TileShape(32, 8)]),
+)
+def test_baseline_pipelined_and_numpy_agree(k, m, f, start, degree, shape):
+    """Both circuits reproduce the direct recurrence to 1e-9 relative (DESIGN.md section 2)."""
+    rng = np.random.default_rng(k * 1000 + m * 10 + f)
+    batches = [rng.normal(size=(m, f)) * 0.3 for _ in range(k)]
+    v0, w0 = rng.normal(size=f) * 0.2, rng.normal(size=f) * 0.2
+    sched = NAGSchedule(3.0)
+    coeffs = sigmoid_poly(degree)
+    w_ref, v_ref = nag_reference(batches, sched, coeffs, start=start, w=w0, v=v0)
+    steps = sched.steps(start, k, m)
+    for circuit in ("baseline", "pipelined"):
+        chunk = build_chunk(
+            steps, coeffs, circuit=circuit, shape=shape, batch_size=m, n_features=f
+        )
+        got = _run(chunk, batches, v0, w0, shape)
+        scale = max(np.abs(w_ref).max(), 1e-12)
+        assert np.abs(got["w"] - w_ref).max() / scale < 1e-9
+        assert np.abs(got["v"] - v_ref).max() / max(np.abs(v_ref).max(), 1e-12) < 1e-9
+
+
+def test_program_rewrite_is_exact_and_removes_the_weight_chain():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(6, 4)) for _ in range(4)]
+    steps = NAGSchedule(2.0).steps(0, 4, 6)
+    p = nag_program(steps)
+    q = pipeline(p)
+    ins = {"v": rng.normal(size=4) * 0.1, "w": rng.normal(size=4) * 0.1}
+    a, b = evaluate(p, batches, sigmoid_poly(3), ins), evaluate(q, batches, sigmoid_poly(3), ins)
+    np.testing.assert_allclose(a["w"], b["w"], rtol=1e-12)
+    # After the rewrite no margin multiplies a weight combination containing
+    # a gradient: Z_t only ever meets the inputs v and w.
+    for x in q.nodes():
+        if isinstance(x, MatVec):
+            assert not isinstance(x.x, Lin)
+    assert sum(isinstance(x, Gram) for x in q.nodes()) == 4 * 3 // 2
+
+
+@pytest.mark.parametrize(("circuit", "per_mb"), [("baseline", 5.0), ("pipelined", 2.5)])
+def test_depth_per_minibatch_degree3(circuit, per_mb):
+    steps = NAGSchedule(1.0).steps(0, 6, 64)
+    chunk = build_chunk(
+        steps,
+        sigmoid_poly(3),
+        circuit=circuit,
+        shape=TileShape(64, 256),
+        batch_size=64,
+        n_features=197,
+    )
+    if circuit == "baseline":
+        assert chunk.depth_per_minibatch == per_mb
+        assert chunk.depth == 30
+    else:
+        assert chunk.depth_per_minibatch <= per_mb
+        assert chunk.depth <= 19  # six minibatches fit N=32768 at 128-bit security
+    assert analyze(chunk.compiled).depth == chunk.depth
+
+
+def test_server_side_gram_blocks_arrive_deeper():
+    steps = NAGSchedule(1.0).steps(0, 4, 16)
+    kw = {"circuit": "pipelined", "shape": TileShape(16, 16), "batch_size": 16, "n_features": 10}
+    client = build_chunk(steps, sigmoid_poly(3), gram_depth=0, **kw)
+    server = build_chunk(steps, sigmoid_poly(3), gram_depth=3, **kw)
+    assert client.grams == server.grams and len(client.grams) == 6
+    assert client.depth < server.depth <= client.depth + 1
+
+
+def test_schedule_values_and_errors():
+    s = NAGSchedule(10.0)
+    assert s.rate(0) == 10.0 and s.rate(4) == 2.0
+    assert s.momentum_weight(0) == pytest.approx(0.99 / ((1 + np.sqrt(1.0004)) / 2))
+    assert NAGSchedule(1.0, momentum="none").momentum_weight(5) == 0.0
+    assert NAGSchedule(1.0, decay="constant").rate(9) == 1.0
+    with pytest.raises(ValueError, match="learning_rate must be a positive"):
+        NAGSchedule(0.0)
+    with pytest.raises(ValueError, match="decay must be"):
+        NAGSchedule(1.0, decay="cosine")
+    with pytest.raises(ValueError, match="sigmoid_degree must be one of"):
+        sigmoid_poly(4)
