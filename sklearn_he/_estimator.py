@@ -51,6 +51,8 @@ class FitReport:
     fit_seconds: float
     key_fingerprint: str | None
     margin_max: float
+    seconds_per_sample_epoch: float
+    estimated_seconds_per_sample_epoch: float
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -333,6 +335,9 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             fit_seconds=time.perf_counter() - t_start,
             key_fingerprint=keys.fingerprint if keys is not None else None,
             margin_max=worst,
+            seconds_per_sample_epoch=sum(r.train_seconds for r in results)
+            / (self.max_iter * X.shape[0]),
+            estimated_seconds_per_sample_epoch=plan.estimated_seconds_per_sample * len(targets),
         )
         return self
 

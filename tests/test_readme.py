@@ -38,3 +38,13 @@ def test_python_example_runs_and_prints_what_it_says(tmp_path, monkeypatch):
         exec(compile(code, "README.md", "exec"), {})
     assert out.getvalue().split() == " ".join(expected).split()
     assert (tmp_path / "client-keys" / "secret.key").exists()
+
+
+@pytest.mark.ckks
+@pytest.mark.slow
+def test_quick_start_runs():
+    (code,) = [b for b in _blocks("python") if "EncryptedLogisticRegression(" in b]
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["clf"].score(scope["X"], scope["y"]) > 0.9
+    assert scope["clf"].report_.backend == "ckks"

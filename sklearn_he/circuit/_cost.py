@@ -107,6 +107,55 @@ class CostModel:
         p = level + 1
         return max(0.0, a + b * p + c * p * p)
 
+    @classmethod
+    def nominal(cls) -> CostModel:
+        """Per-op costs measured once on a 2-core development machine (1 core used).
+
+        From ``benchmarks/backend_ops.py`` (``benchmarks/results/backend_ops.json``):
+        key-switching operations fitted as ``a + c p**2`` and the others as
+        ``a + b p`` through the top level and level 1. Good for *comparing*
+        plans (rings, minibatches per circuit) on similar hardware; for
+        estimates of your own machine use :meth:`for_params`.
+        """
+        ms = 1e-3
+        table = {
+            8192: {
+                "mul": (2.28, 0.0, 0.604),
+                "rotate": (1.48, 0.0, 0.43),
+                "plain": (0.95, 0.74, 0.0),
+                "add": (0.02, 0.03, 0.0),
+            },
+            16384: {
+                "mul": (6.23, 0.0, 0.87),
+                "rotate": (3.92, 0.0, 0.702),
+                "plain": (6.0, 1.40, 0.0),
+                "add": (0.0, 0.098, 0.0),
+            },
+            32768: {
+                "mul": (17.0, 0.0, 1.315),
+                "rotate": (8.84, 0.0, 1.435),
+                "plain": (45.1, 2.71, 0.0),
+                "add": (0.0, 0.287, 0.0),
+            },
+        }
+        fits = {}
+        for n, t in table.items():
+            scaled = {k: [v * ms for v in coef] for k, coef in t.items()}
+            fits[n] = {
+                Op.MUL.value: scaled["mul"],
+                Op.ROTATE.value: scaled["rotate"],
+                Op.MUL_PLAIN.value: scaled["plain"],
+                Op.MUL_SCALAR.value: scaled["plain"],
+                Op.ADD_PLAIN.value: scaled["plain"],
+                Op.ADD.value: scaled["add"],
+                Op.SUB.value: scaled["add"],
+                Op.NEG.value: scaled["add"],
+                Op.MODSWITCH.value: scaled["add"],
+            }
+        for n in (1024, 2048, 4096):  # smaller rings: scaled from N=8192 (test parameters)
+            fits[n] = {k: [c * n / 8192 for c in v] for k, v in fits[8192].items()}
+        return cls(fits)
+
     def merge(self, other: CostModel) -> CostModel:
         return CostModel({**self.fits, **other.fits})
 

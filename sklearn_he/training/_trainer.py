@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from ..backend import MAX_COEFF_MODULUS_BITS_128, CKKSParameters, KeySet
-from ..circuit import CKKSEvaluator, PlaintextEvaluator
+from ..circuit import CKKSEvaluator, CostModel, PlaintextEvaluator, analyze
 from ..exceptions import TrainingDivergedError
-from ..linalg import EncMatrix, LinAlg, RowVector, TileShape
+from ..linalg import EncMatrix, RowVector, TileShape
 from ._circuits import ChunkCircuit, build_chunk, build_gram_circuit, gram_name, z_name
 from ._schedule import NAGSchedule
 
@@ -44,6 +44,7 @@ class Plan:
     k: int
     params: CKKSParameters | None
     gram_source: str
+    estimated_seconds_per_sample: float = float("nan")
 
     def chunks(self) -> list[tuple[int, int]]:
         """(first batch, length) of each chunk of one epoch."""
@@ -64,7 +65,11 @@ def choose_shape(n_features: int, slots: int) -> TileShape:
     return TileShape(slots // w, w)
 
 
-def _depth_for(
+#: Encryption + decryption seconds of one ciphertext (nominal, like CostModel.nominal).
+_REFRESH_SECONDS = {8192: 0.0115, 16384: 0.056, 32768: 0.35}
+
+
+def _chunk(
     k: int,
     *,
     circuit: str,
@@ -73,8 +78,8 @@ def _depth_for(
     f: int,
     gram_depth: int,
     coeffs: Sequence[float],
-) -> int:
-    steps = [(0.1, 0.1)] * k  # depth does not depend on the constants
+) -> ChunkCircuit:
+    steps = [(0.1, 0.1)] * k  # structure and depth do not depend on the constants
     return build_chunk(
         steps,
         coeffs,
@@ -83,7 +88,26 @@ def _depth_for(
         batch_size=m,
         n_features=f,
         gram_depth=gram_depth,
-    ).depth
+    )
+
+
+def estimate_seconds_per_minibatch(
+    chunk: ChunkCircuit, params: CKKSParameters, costs: CostModel | None = None
+) -> float:
+    """Estimated server time of one chunk plus its client refresh, per minibatch."""
+    costs = costs or CostModel.nominal()
+    work = analyze(chunk.compiled, params, costs).work_seconds or 0.0
+    n = params.poly_modulus_degree
+    blocks = 2 * -(-chunk.n_features // chunk.shape.cols)  # v and w
+    refresh = blocks * _REFRESH_SECONDS.get(n, 0.35 * (n / 32768) ** 2)
+    return (work + refresh) / chunk.n_steps
+
+
+def estimate_seconds_per_sample(
+    chunk: ChunkCircuit, params: CKKSParameters, costs: CostModel | None = None
+) -> float:
+    """:func:`estimate_seconds_per_minibatch` divided by the batch size."""
+    return estimate_seconds_per_minibatch(chunk, params, costs) / chunk.batch_size
 
 
 def plan_training(
@@ -96,65 +120,61 @@ def plan_training(
     minibatches_per_circuit: int | str = "auto",
     gram_source: str = "client",
     params: CKKSParameters | None = None,
+    costs: CostModel | None = None,
 ) -> Plan:
     """Choose tile shape, batch size, ``k`` and (unless given) CKKS parameters.
 
-    With ``params`` given, ``k="auto"`` is the largest ``k`` whose circuit fits
-    its depth. Otherwise the ring is chosen among N = 16384 and 32768 (the
-    128-bit-secure rings with useful depth): for ``k="auto"`` the largest
-    ring and the largest ``k`` its depth budget allows; for a fixed ``k``, the
-    smallest ring that fits.
+    Candidates are the 128-bit-secure rings with useful depth (N = 16384 and
+    32768) or the ring of ``params``, and every ``k`` (minibatches per
+    circuit) whose circuit fits the ring's depth budget. With ``k="auto"``
+    the candidate with the smallest estimated time per minibatch wins
+    (server work from the compiled circuit times per-op costs, plus the
+    client refresh, divided by ``k``; ``costs`` defaults to
+    :meth:`CostModel.nominal`). A fixed ``k`` takes the cheapest ring that
+    fits it.
     """
     if gram_source not in ("client", "server"):
         raise ValueError(f"gram_source must be 'client' or 'server'; got {gram_source!r}")
-    rings = [params.poly_modulus_degree] if params is not None else [32768]
-    if params is None and minibatches_per_circuit != "auto":
-        rings = [16384, 32768]
-    last_error = ""
+    rings = [params.poly_modulus_degree] if params is not None else [16384, 32768]
+    gd = 3 if (gram_source == "server" and circuit == "pipelined") else 0
+    best: tuple[float, Plan] | None = None
+    reasons = []
     for n_ring in rings:
-        slots = n_ring // 2
-        shape = choose_shape(n_features, slots)
+        shape = choose_shape(n_features, n_ring // 2)
         m = min(shape.rows, n_samples) if batch_size == "auto" else int(batch_size)
-        gd = 3 if (gram_source == "server" and circuit == "pipelined") else 0
+        n_batches = max(1, -(-n_samples // m))
         budget = (
             params.max_level
             if params is not None
             else (MAX_COEFF_MODULUS_BITS_128[n_ring] - 120) // 40
         )
-        n_batches = max(1, -(-n_samples // m))
-
-        def depth(k: int, shape=shape, m=m, gd=gd) -> int:
-            return _depth_for(
+        if minibatches_per_circuit == "auto":
+            ks = range(1, min(MAX_K, n_batches) + 1)
+        else:
+            ks = [int(minibatches_per_circuit)]
+        for k in ks:
+            chunk = _chunk(
                 k, circuit=circuit, shape=shape, m=m, f=n_features, gram_depth=gd, coeffs=coeffs
             )
-
-        if minibatches_per_circuit == "auto":
-            k = 0
-            while k < min(MAX_K, n_batches) and depth(k + 1) <= budget:
-                k += 1
-            if k == 0:
-                last_error = (
-                    f"even one minibatch needs {depth(1)} levels; the parameters provide {budget}"
+            if chunk.depth > budget:
+                reasons.append(
+                    f"{k} minibatches per circuit need {chunk.depth} levels; "
+                    f"N={n_ring} provides {budget}"
                 )
-                continue
-        else:
-            k = int(minibatches_per_circuit)
-            need = depth(k)
-            if need > budget:
-                last_error = (
-                    f"{k} minibatches per circuit need {need} levels; N={n_ring} provides {budget}"
-                )
-                continue
-        chosen = (
-            params
-            if params is not None
-            else CKKSParameters.for_depth(depth(k), min_poly_modulus_degree=n_ring)
+                break  # deeper k only get deeper
+            chosen = params or CKKSParameters.for_depth(
+                chunk.depth, min_poly_modulus_degree=n_ring
+            )
+            cost = estimate_seconds_per_sample(chunk, chosen, costs)
+            plan = Plan(circuit, shape, m, n_features, n_batches, k, chosen, gram_source, cost)
+            if best is None or cost < best[0]:
+                best = (cost, plan)
+    if best is None:
+        raise ValueError(
+            f"no CKKS parameters fit the training circuit: {reasons[-1]}. Use fewer "
+            "minibatches per circuit, circuit='pipelined', or parameters with more levels"
         )
-        return Plan(circuit, shape, m, n_features, n_batches, k, chosen, gram_source)
-    raise ValueError(
-        f"no CKKS parameters fit the training circuit: {last_error}. Use fewer minibatches "
-        "per circuit, circuit='pipelined', or a larger poly_modulus_degree"
-    )
+    return best[1]
 
 
 @dataclass
@@ -230,7 +250,7 @@ class Trainer:
     def rotation_steps(self) -> set[int]:
         """Every rotation the plan's circuits (and Gram precomputation) use."""
         p = self.plan
-        steps = set(LinAlg.rotation_steps(p.shape))
+        steps: set[int] = set()
         for s, length in p.chunks():
             steps |= set(self.chunk_circuit(s, length).compiled.rotation_steps)
         if p.circuit == "pipelined" and p.gram_source == "server":

@@ -35,10 +35,10 @@ def test_backend_client_server(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_trains_on_ciphertexts(capsys):
-    assert _demo.main(["--iterations", "2"]) == 0
+    assert _demo.main(["--epochs", "1"]) == 0
     out = capsys.readouterr().out
-    assert "trained on ciphertexts" in out
-    assert "2 refresh round trips" in out
-    # The encrypted run decrypts to the plaintext recurrence's weights.
-    diff = float(out.split("max weight difference ")[1].split(")")[0])
-    assert diff < 1e-3
+    lines = {line[:44].strip(): line[44:].split() for line in out.splitlines() if len(line) > 44}
+    enc = float(lines["trained on ciphertexts (CKKS, 128-bit)"][0])
+    same = float(lines["same circuits in plaintext"][0])
+    assert abs(enc - same) <= 0.01  # encryption changes (almost) nothing
+    assert "refresh round trips" in out and "128-bit" in out
