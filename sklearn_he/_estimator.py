@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .backend import CKKSParameters, KeySet
 from .exceptions import SklearnHEError
 from .training import NAGSchedule, Trainer, plan_training, sigmoid_poly
+from .training._trainer import gram_block_costs
 
 __all__ = ["EncryptedLogisticRegression", "FitReport", "SigmoidRangeWarning"]
 
@@ -101,11 +102,13 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
     minibatches_per_circuit : int or "auto", default="auto"
         Minibatches ``k`` per circuit between two client refreshes; "auto" is
         the largest ``k`` the depth budget allows.
-    gram_source : {"client", "server"}, default="client"
+    gram_source : {"auto", "client", "server"}, default="auto"
         Where the pipelined circuit's data-only Gram blocks ``Z_t Z_j^T`` are
         computed: in plaintext on the client (uploaded encrypted: more bytes,
-        fewer levels) or homomorphically on the server (3 more levels on the
-        first steps, fewer bytes).
+        no extra level) or homomorphically on the server (one more level on
+        the first steps, thousands of rotations per block, nothing extra to
+        upload). "auto" weighs the upload (at 100 Mbit/s) against the server
+        work with the cost model; ``report_.extra`` gives both.
     ckks_params : CKKSParameters or None, default=None
         Fix the CKKS parameters (otherwise chosen from the circuit's depth).
     keys : KeySet or None, default=None
@@ -162,7 +165,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             Interval(Integral, 1, None, closed="left"),
             StrOptions({"auto"}),
         ],
-        "gram_source": [StrOptions({"client", "server"})],
+        "gram_source": [StrOptions({"auto", "client", "server"})],
         "ckks_params": [CKKSParameters, None],
         "keys": [HasMethods(["public_bundle"]), None],
         "allow_insecure_for_testing": ["boolean"],
@@ -185,7 +188,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         sigmoid_degree: int = 5,
         fit_intercept: bool = True,
         minibatches_per_circuit: int | str = "auto",
-        gram_source: str = "client",
+        gram_source: str = "auto",
         ckks_params: CKKSParameters | None = None,
         keys: KeySet | None = None,
         allow_insecure_for_testing: bool = False,
@@ -338,6 +341,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             seconds_per_sample_epoch=sum(r.train_seconds for r in results)
             / (self.max_iter * X.shape[0]),
             estimated_seconds_per_sample_epoch=plan.estimated_seconds_per_sample * len(targets),
+            extra=self._gram_report(trainer),
         )
         return self
 
@@ -360,6 +364,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             minibatches_per_circuit=self.minibatches_per_circuit,
             gram_source=self.gram_source,
             params=params,
+            epochs=self.max_iter,
         )
         return Trainer(
             plan, schedule, coeffs, backend=self.backend, log=print if self.verbose else None
@@ -375,6 +380,21 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         self._validate_params()
         trainer = self._trainer(int(n_samples), int(n_features) + int(self.fit_intercept))
         return trainer.plan.params, trainer.rotation_steps()
+
+    @staticmethod
+    def _gram_report(trainer: Trainer) -> dict[str, Any]:
+        plan = trainer.plan
+        grams = sum(len(trainer.chunk_circuit(0, length).grams) for _, length in plan.chunks())
+        if not grams:
+            return {"gram_source": None}
+        g = gram_block_costs(plan.shape, plan.batch_size, plan.n_features, plan.params, None)
+        return {
+            "gram_source": plan.gram_source,
+            "gram_blocks_per_epoch": grams,
+            "gram_block_upload_bytes": int(g["client_bytes"]),
+            "gram_block_server_seconds_estimate": g["server_seconds"],
+            "gram_depth": plan.gram_depth,
+        }
 
     def _keys_for(self, trainer: Trainer) -> KeySet:
         need = trainer.rotation_steps()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
@@ -436,7 +436,85 @@ class EncMatrix(Generic[T]):
 
 
 @dataclass(frozen=True, eq=False)
-class RowVector(Generic[T]):
+class _Vector(Generic[T]):
+    """Shared implementation of :class:`RowVector` and :class:`ColVector`.
+
+    A subclass names the tile axis its blocks run along and its encoder and
+    decoder; everything else is the same for both orientations.
+    """
+
+    blocks: list[T]
+    shape: TileShape
+    length: int
+
+    _axis: ClassVar[str]  # "cols" (RowVector) or "rows" (ColVector)
+    _what: ClassVar[str]
+
+    @staticmethod
+    def _encode(v: np.ndarray, shape: TileShape) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _decode(blocks: Sequence[Any], shape: TileShape, length: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def __post_init__(self) -> None:
+        _post_init_vector(self, self._axis)
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of blocks, ``ceil(length / block size)``."""
+        return _blocks(self.length, getattr(self.shape, self._axis))
+
+    def map(self, fn: Callable[[T], U]) -> Any:
+        """The same vector with ``fn`` applied to every block."""
+        return type(self)([fn(b) for b in self.blocks], self.shape, self.length)
+
+    def zip_map(self, other: Any, fn: Callable[[T, U], V]) -> Any:
+        """Combine the blocks of two vectors of the same kind, length and tile shape pairwise."""
+        _check_same(self, other)
+        return type(self)(
+            [fn(a, b) for a, b in zip(self.blocks, other.blocks, strict=True)], *self._meta()
+        )
+
+    def _meta(self) -> tuple[TileShape, int]:
+        return self.shape, self.length
+
+    @classmethod
+    def from_encoded(
+        cls,
+        blocks: Sequence[Any],
+        shape: TileShape,
+        length: int,
+        fn: Callable[[np.ndarray], T] = _identity,
+    ) -> Any:
+        """Apply ``fn`` (e.g. ``ctx.encrypt``) to every encoded block."""
+        return cls([fn(b) for b in blocks], shape, length)
+
+    @classmethod
+    def from_index(cls, shape: TileShape, length: int, fn: Callable[[int], T]) -> Any:
+        """Build a vector from ``fn(block)`` per block, without data (e.g. tracer inputs)."""
+        n = _blocks(_positive_int(length, "length"), getattr(_check_shape(shape), cls._axis))
+        return cls([fn(b) for b in range(n)], shape, length)
+
+    @classmethod
+    def from_array(
+        cls, v: Any, shape: TileShape, fn: Callable[[np.ndarray], T] = _identity
+    ) -> Any:
+        """Encode ``v`` in this orientation and apply ``fn`` to every block."""
+        v = _real_array(v, 1, cls._what)
+        return cls.from_encoded(cls._encode(v, shape), shape, v.size, fn)
+
+    def valid_masks(self) -> Any:
+        """0/1 slot vectors marking the slots that hold entries (not padding)."""
+        return type(self).from_array(np.ones(self.length), self.shape)
+
+    def decode(self) -> np.ndarray:
+        """The vector held by plaintext blocks (e.g. after ``.map(ctx.decrypt)``)."""
+        return self._decode(self.blocks, *self._meta())
+
+
+class RowVector(_Vector[T]):
     """A vector replicated down the rows of one tile per column block.
 
     Parameters
@@ -447,68 +525,13 @@ class RowVector(Generic[T]):
     length : int
     """
 
-    blocks: list[T]
-    shape: TileShape
-    length: int
-
-    def __post_init__(self) -> None:
-        _post_init_vector(self, "cols")
-
-    @property
-    def n_blocks(self) -> int:
-        """Number of column blocks, ``ceil(length / w)``."""
-        return _blocks(self.length, self.shape.cols)
-
-    def map(self, fn: Callable[[T], U]) -> RowVector[U]:
-        """The same vector with ``fn`` applied to every block."""
-        return RowVector([fn(b) for b in self.blocks], self.shape, self.length)
-
-    def zip_map(self, other: RowVector[U], fn: Callable[[T, U], V]) -> RowVector[V]:
-        """Combine the blocks of two row vectors of the same length and tile shape pairwise."""
-        _check_same(self, other)
-        return RowVector(
-            [fn(a, b) for a, b in zip(self.blocks, other.blocks, strict=True)], *self._meta()
-        )
-
-    def _meta(self) -> tuple[TileShape, int]:
-        return self.shape, self.length
-
-    @classmethod
-    def from_encoded(
-        cls,
-        blocks: Sequence[Any],
-        shape: TileShape,
-        length: int,
-        fn: Callable[[np.ndarray], T] = _identity,
-    ) -> RowVector[T]:
-        """Apply ``fn`` (e.g. ``ctx.encrypt``) to every block of :func:`encode_row_vector`."""
-        return cls([fn(b) for b in blocks], shape, length)
-
-    @classmethod
-    def from_index(cls, shape: TileShape, length: int, fn: Callable[[int], T]) -> RowVector[T]:
-        """Build a vector from ``fn(block)`` per block, without data (e.g. tracer inputs)."""
-        n = _blocks(_positive_int(length, "length"), _check_shape(shape).cols)
-        return cls([fn(b) for b in range(n)], shape, length)
-
-    @classmethod
-    def from_array(
-        cls, v: Any, shape: TileShape, fn: Callable[[np.ndarray], T] = _identity
-    ) -> RowVector[T]:
-        """Encode ``v`` (:func:`encode_row_vector`) and apply ``fn`` to every block."""
-        v = _real_array(v, 1, "row vector")
-        return cls.from_encoded(encode_row_vector(v, shape), shape, v.size, fn)
-
-    def valid_masks(self) -> RowVector[np.ndarray]:
-        """0/1 slot vectors marking the slots that hold entries (not padding)."""
-        return RowVector.from_array(np.ones(self.length), self.shape)
-
-    def decode(self) -> np.ndarray:
-        """The vector held by plaintext blocks (reads row 0 of each)."""
-        return decode_row_vector(self.blocks, *self._meta())
+    _axis = "cols"
+    _what = "row vector"
+    _encode = staticmethod(encode_row_vector)
+    _decode = staticmethod(decode_row_vector)
 
 
-@dataclass(frozen=True, eq=False)
-class ColVector(Generic[T]):
+class ColVector(_Vector[T]):
     """A vector replicated across the columns of one tile per row block.
 
     Parameters
@@ -519,64 +542,10 @@ class ColVector(Generic[T]):
     length : int
     """
 
-    blocks: list[T]
-    shape: TileShape
-    length: int
-
-    def __post_init__(self) -> None:
-        _post_init_vector(self, "rows")
-
-    @property
-    def n_blocks(self) -> int:
-        """Number of row blocks, ``ceil(length / h)``."""
-        return _blocks(self.length, self.shape.rows)
-
-    def map(self, fn: Callable[[T], U]) -> ColVector[U]:
-        """The same vector with ``fn`` applied to every block."""
-        return ColVector([fn(b) for b in self.blocks], self.shape, self.length)
-
-    def zip_map(self, other: ColVector[U], fn: Callable[[T, U], V]) -> ColVector[V]:
-        """Combine the blocks of two column vectors of the same length and tile shape pairwise."""
-        _check_same(self, other)
-        return ColVector(
-            [fn(a, b) for a, b in zip(self.blocks, other.blocks, strict=True)], *self._meta()
-        )
-
-    def _meta(self) -> tuple[TileShape, int]:
-        return self.shape, self.length
-
-    @classmethod
-    def from_encoded(
-        cls,
-        blocks: Sequence[Any],
-        shape: TileShape,
-        length: int,
-        fn: Callable[[np.ndarray], T] = _identity,
-    ) -> ColVector[T]:
-        """Apply ``fn`` (e.g. ``ctx.encrypt``) to every block of :func:`encode_col_vector`."""
-        return cls([fn(b) for b in blocks], shape, length)
-
-    @classmethod
-    def from_index(cls, shape: TileShape, length: int, fn: Callable[[int], T]) -> ColVector[T]:
-        """Build a vector from ``fn(block)`` per block, without data (e.g. tracer inputs)."""
-        n = _blocks(_positive_int(length, "length"), _check_shape(shape).rows)
-        return cls([fn(b) for b in range(n)], shape, length)
-
-    @classmethod
-    def from_array(
-        cls, u: Any, shape: TileShape, fn: Callable[[np.ndarray], T] = _identity
-    ) -> ColVector[T]:
-        """Encode ``u`` (:func:`encode_col_vector`) and apply ``fn`` to every block."""
-        u = _real_array(u, 1, "column vector")
-        return cls.from_encoded(encode_col_vector(u, shape), shape, u.size, fn)
-
-    def valid_masks(self) -> ColVector[np.ndarray]:
-        """0/1 slot vectors marking the slots that hold entries (not padding)."""
-        return ColVector.from_array(np.ones(self.length), self.shape)
-
-    def decode(self) -> np.ndarray:
-        """The vector held by plaintext blocks (reads column 0 of each)."""
-        return decode_col_vector(self.blocks, *self._meta())
+    _axis = "rows"
+    _what = "column vector"
+    _encode = staticmethod(encode_col_vector)
+    _decode = staticmethod(decode_col_vector)
 
 
 Container = EncMatrix[T] | RowVector[T] | ColVector[T]

@@ -110,6 +110,37 @@ def estimate_seconds_per_sample(
     return estimate_seconds_per_minibatch(chunk, params, costs) / chunk.batch_size
 
 
+#: Client upload bandwidth assumed when weighing client-computed Gram blocks
+#: (bytes per second; 100 Mbit/s).
+UPLOAD_BYTES_PER_SECOND = 12.5e6
+
+
+def ciphertext_bytes(params: CKKSParameters, level: int | None = None) -> int:
+    """Serialised size of one ciphertext (two polynomials, 8 bytes per coefficient)."""
+    level = params.max_level if level is None else level
+    return 2 * params.poly_modulus_degree * (level + 1) * 8 + 128
+
+
+def gram_block_costs(
+    plan_shape: TileShape, m: int, f: int, params: CKKSParameters, costs: CostModel | None
+) -> dict[str, float]:
+    """Cost of one Gram block ``Z_a Z_b^T`` either way.
+
+    ``client_bytes``: its encrypted tiles (what the client uploads);
+    ``client_seconds``: that upload at :data:`UPLOAD_BYTES_PER_SECOND`;
+    ``server_seconds``: the homomorphic precomputation (3 levels deeper).
+    """
+    tiles = -(-m // plan_shape.rows) * -(-m // plan_shape.cols)
+    nbytes = tiles * ciphertext_bytes(params)
+    compiled = build_gram_circuit(plan_shape, m, f)
+    work = analyze(compiled, params, costs or CostModel.nominal()).work_seconds or 0.0
+    return {
+        "client_bytes": float(nbytes),
+        "client_seconds": nbytes / UPLOAD_BYTES_PER_SECOND,
+        "server_seconds": work,
+    }
+
+
 def plan_training(
     n_samples: int,
     n_features: int,
@@ -118,25 +149,31 @@ def plan_training(
     coeffs: Sequence[float],
     batch_size: int | str = "auto",
     minibatches_per_circuit: int | str = "auto",
-    gram_source: str = "client",
+    gram_source: str = "auto",
     params: CKKSParameters | None = None,
     costs: CostModel | None = None,
+    epochs: int = 1,
 ) -> Plan:
-    """Choose tile shape, batch size, ``k`` and (unless given) CKKS parameters.
+    """Choose tile shape, batch size, ``k``, Gram source and (unless given) CKKS parameters.
 
     Candidates are the 128-bit-secure rings with useful depth (N = 16384 and
-    32768) or the ring of ``params``, and every ``k`` (minibatches per
-    circuit) whose circuit fits the ring's depth budget. With ``k="auto"``
-    the candidate with the smallest estimated time per minibatch wins
-    (server work from the compiled circuit times per-op costs, plus the
-    client refresh, divided by ``k``; ``costs`` defaults to
-    :meth:`CostModel.nominal`). A fixed ``k`` takes the cheapest ring that
-    fits it.
+    32768) or the ring of ``params``, every ``k`` (minibatches per circuit)
+    whose circuit fits the ring's depth budget and, for the pipelined
+    circuit with ``gram_source="auto"``, both places to compute the Gram
+    blocks. The candidate with the smallest estimated time per sample-epoch
+    wins: server work from the compiled circuit times per-op costs
+    (``costs`` defaults to :meth:`CostModel.nominal`), plus the client
+    refresh, plus the Gram blocks (uploaded, or computed on the server)
+    amortised over ``epochs``. Fixed ``k`` or ``gram_source`` restrict the
+    candidates.
     """
-    if gram_source not in ("client", "server"):
-        raise ValueError(f"gram_source must be 'client' or 'server'; got {gram_source!r}")
+    if gram_source not in ("client", "server", "auto"):
+        raise ValueError(f"gram_source must be 'client', 'server' or 'auto'; got {gram_source!r}")
     rings = [params.poly_modulus_degree] if params is not None else [16384, 32768]
-    gd = 3 if (gram_source == "server" and circuit == "pipelined") else 0
+    if circuit != "pipelined":
+        sources = ["client"]
+    else:
+        sources = ["client", "server"] if gram_source == "auto" else [gram_source]
     best: tuple[float, Plan] | None = None
     reasons = []
     for n_ring in rings:
@@ -152,23 +189,35 @@ def plan_training(
             ks = range(1, min(MAX_K, n_batches) + 1)
         else:
             ks = [int(minibatches_per_circuit)]
-        for k in ks:
-            chunk = _chunk(
-                k, circuit=circuit, shape=shape, m=m, f=n_features, gram_depth=gd, coeffs=coeffs
-            )
-            if chunk.depth > budget:
-                reasons.append(
-                    f"{k} minibatches per circuit need {chunk.depth} levels; "
-                    f"N={n_ring} provides {budget}"
+        for source in sources:
+            gd = 3 if source == "server" else 0
+            for k in ks:
+                chunk = _chunk(
+                    k,
+                    circuit=circuit,
+                    shape=shape,
+                    m=m,
+                    f=n_features,
+                    gram_depth=gd,
+                    coeffs=coeffs,
                 )
-                break  # deeper k only get deeper
-            chosen = params or CKKSParameters.for_depth(
-                chunk.depth, min_poly_modulus_degree=n_ring
-            )
-            cost = estimate_seconds_per_sample(chunk, chosen, costs)
-            plan = Plan(circuit, shape, m, n_features, n_batches, k, chosen, gram_source, cost)
-            if best is None or cost < best[0]:
-                best = (cost, plan)
+                if chunk.depth > budget:
+                    reasons.append(
+                        f"{k} minibatches per circuit need {chunk.depth} levels; "
+                        f"N={n_ring} provides {budget}"
+                    )
+                    break  # deeper k only get deeper
+                chosen = params or CKKSParameters.for_depth(
+                    chunk.depth, min_poly_modulus_degree=n_ring
+                )
+                cost = estimate_seconds_per_sample(chunk, chosen, costs)
+                if chunk.grams:
+                    g = gram_block_costs(shape, m, n_features, chosen, costs)
+                    per_chunk = len(chunk.grams) * g[f"{source}_seconds"]
+                    cost += per_chunk / (chunk.n_steps * m * max(1, epochs))
+                plan = Plan(circuit, shape, m, n_features, n_batches, k, chosen, source, cost)
+                if best is None or cost < best[0]:
+                    best = (cost, plan)
     if best is None:
         raise ValueError(
             f"no CKKS parameters fit the training circuit: {reasons[-1]}. Use fewer "
@@ -274,11 +323,7 @@ class Trainer:
         return CKKSEvaluator(self.keys.context).run(compiled, inputs)
 
     def _ct_bytes(self) -> int:
-        if self.backend == "plaintext" or self.plan.params is None:
-            p = self.plan.params or CKKSParameters.for_depth(1)
-        else:
-            p = self.plan.params
-        return 2 * p.poly_modulus_degree * (p.max_level + 1) * 8 + 128
+        return ciphertext_bytes(self.plan.params or CKKSParameters.for_depth(1))
 
     def _bundle_bytes(self) -> int:
         p = self.plan.params or CKKSParameters.for_depth(1)
