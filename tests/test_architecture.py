@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sklearn_he"
 LAYERS = [
     "exceptions",
     "_version",
+    "datasets",
     "backend",
     "linalg",
     "circuit",
