@@ -102,6 +102,13 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
     minibatches_per_circuit : int or "auto", default="auto"
         Minibatches ``k`` per circuit between two client refreshes; "auto" is
         the largest ``k`` the depth budget allows.
+    layout : {"alternating", "diagonal"}, default="alternating"
+        Pipelined circuit only. "alternating": margins alternate between
+        column and row vectors (about 2.5 levels per minibatch with the
+        degree-3 sigmoid, few rotations). "diagonal": margins stay row
+        vectors and the client uploads Gram blocks in diagonal-major form
+        (2 levels per minibatch, but ``O(batch_size)`` rotations and products
+        per Gram product: much more work, so not the default).
     gram_source : {"auto", "client", "server"}, default="auto"
         Where the pipelined circuit's data-only Gram blocks ``Z_t Z_j^T`` are
         computed: in plaintext on the client (uploaded encrypted: more bytes,
@@ -165,6 +172,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             Interval(Integral, 1, None, closed="left"),
             StrOptions({"auto"}),
         ],
+        "layout": [StrOptions({"alternating", "diagonal"})],
         "gram_source": [StrOptions({"auto", "client", "server"})],
         "ckks_params": [CKKSParameters, None],
         "keys": [HasMethods(["public_bundle"]), None],
@@ -188,6 +196,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         sigmoid_degree: int = 5,
         fit_intercept: bool = True,
         minibatches_per_circuit: int | str = "auto",
+        layout: str = "alternating",
         gram_source: str = "auto",
         ckks_params: CKKSParameters | None = None,
         keys: KeySet | None = None,
@@ -207,6 +216,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         self.sigmoid_degree = sigmoid_degree
         self.fit_intercept = fit_intercept
         self.minibatches_per_circuit = minibatches_per_circuit
+        self.layout = layout
         self.gram_source = gram_source
         self.ckks_params = ckks_params
         self.keys = keys
@@ -365,6 +375,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             gram_source=self.gram_source,
             params=params,
             epochs=self.max_iter,
+            layout=self.layout,
         )
         return Trainer(
             plan, schedule, coeffs, backend=self.backend, log=print if self.verbose else None

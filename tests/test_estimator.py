@@ -213,3 +213,12 @@ def test_no_warning_on_a_normal_fit(cancer):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plain().fit(Xtr, ytr)
+
+
+def test_diagonal_layout_same_model_two_levels(cancer):
+    Xtr, _, ytr, _ = cancer
+    kw = {"minibatches_per_circuit": 3, "sigmoid_degree": 3, "learning_rate": 3.0}
+    alt = plain(**kw).fit(Xtr, ytr)
+    diag = plain(layout="diagonal", **kw).fit(Xtr, ytr)
+    np.testing.assert_allclose(diag.coef_, alt.coef_, rtol=1e-9)
+    assert diag.report_.depth_per_minibatch == 2.0 < alt.report_.depth_per_minibatch <= 2.5

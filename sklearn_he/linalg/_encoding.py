@@ -314,6 +314,40 @@ def decode_col_vector(blocks: Sequence[Any], shape: TileShape, length: int) -> n
     return np.concatenate(cols)[:length]
 
 
+def diagonal_offsets(n_rows: int, n_cols: int, width: int) -> list[int]:
+    """Offsets ``k`` of the generalised diagonals of an ``n_rows x n_cols`` matrix mod ``width``.
+
+    Entry ``(r, c)`` lies on diagonal ``(c - r) mod width``; only the
+    diagonals that hold an entry are listed (``2 min - 1`` of them, or
+    ``width`` when the matrix fills the width).
+    """
+    if not 0 < n_rows <= width or not 0 < n_cols <= width:
+        raise ValueError(
+            f"a {n_rows}x{n_cols} matrix does not fit diagonals of width {width}; "
+            "use tiles at least as wide as both dimensions"
+        )
+    return sorted({(c - r) % width for r in range(n_rows) for c in range(n_cols)})
+
+
+def encode_diagonals(G: Any, shape: TileShape) -> tuple[list[int], np.ndarray]:
+    """Diagonal-major form of ``G`` for :meth:`LinAlg.diagonal_matvec_poly`.
+
+    Returns ``(offsets, D)`` with ``D[i, r] = G[r, (r + offsets[i]) mod w]``
+    (zero outside ``G``), one row per non-empty generalised diagonal, ``w``
+    columns; encode ``D`` with :meth:`EncMatrix.from_array`. The client
+    computes it in plaintext; it costs ``len(offsets) / n_rows`` times the
+    tiles of ``G``.
+    """
+    G = _real_array(G, 2, "matrix")
+    w = _check_shape(shape).cols
+    offsets = diagonal_offsets(G.shape[0], G.shape[1], w)
+    padded = np.zeros((w, w))
+    padded[: G.shape[0], : G.shape[1]] = G
+    r = np.arange(w)
+    D = np.stack([padded[r, (r + k) % w] for k in offsets])
+    return offsets, D
+
+
 def _identity(value: Any) -> Any:
     return value
 

@@ -508,6 +508,87 @@ class LinAlg(Generic[T]):
             blocks.append(self._replicate_right(acc))
         return ColVector(blocks, self.shape, M.n_rows)
 
+    def diagonal_matvec_poly(
+        self,
+        D: EncMatrix[T],
+        offsets: Sequence[int],
+        x: RowVector[T],
+        coeffs: Sequence[float] | np.ndarray,
+        *,
+        scale: float = 1.0,
+    ) -> RowVector[T]:
+        """``scale * G @ p(x)`` from the diagonal-major ``D`` (:func:`encode_diagonals`).
+
+        Keeps the row orientation: ``x`` and the result are both RowVectors,
+        with no mask on the path of ``x``. Because every row of ``x`` is the
+        same vector, rotating the ciphertext by ``k`` rotates each row by
+        ``k`` (Halevi-Shoup): ``(G p(x))_r = sum_k D[k, r] p(x)[(r + k) mod w]``.
+        Row ``i`` of ``D`` is isolated by a mask multiplied into ``D`` with
+        the coefficient (off the path of ``x``, since ``D`` is data), then
+        multiplied by the rotated powers of ``x``; a sum down the rows adds
+        the diagonals.
+
+        Parameters
+        ----------
+        D : EncMatrix
+            ``len(offsets) x w``, from :func:`encode_diagonals`.
+        offsets : sequence of int
+            The diagonal offsets returned with ``D``.
+        x : RowVector
+            One block (length at most ``w``).
+        coeffs : sequence of float
+            Polynomial, constant first.
+        scale : float, default=1.0
+            Public factor (folded into the coefficients).
+
+        Returns
+        -------
+        RowVector
+            Length ``w`` (entries beyond ``G``'s rows are zero).
+
+        Notes
+        -----
+        Levels: ``poly_depth(coeffs)`` below ``x`` when ``D`` is at least one
+        level shallower than ``x`` -- the orientation-keeping step that makes
+        2 levels per training step possible. Rotations:
+        ``len(offsets) * (1 + floor(log2 degree)) + log2(h)``; products:
+        ``len(offsets)`` per monomial and coefficient, which makes it the
+        heavy variant for wide diagonals.
+        """
+        self._check(D, EncMatrix, "D")
+        self._check(x, RowVector, "x")
+        h, w = self.shape.rows, self.shape.cols
+        if x.n_blocks != 1:
+            raise ValueError("diagonal_matvec_poly needs a RowVector of one block (length <= w)")
+        if D.n_cols != w or D.n_rows != len(offsets):
+            raise ValueError(
+                f"D must be len(offsets) x w = {len(offsets)}x{w}; got {D.n_rows}x{D.n_cols}"
+            )
+        cs = self._fused_coeffs(coeffs, scale, "matrix")
+        powers = self._powers(x.blocks[0], len(cs) - 1)
+        rotated: dict[tuple[int, int], T] = {}
+
+        def rot(b: int, k: int) -> T:
+            if (b, k) not in rotated:
+                rotated[(b, k)] = self.alg.rotate(powers[b], k) if k else powers[b]
+            return rotated[(b, k)]
+
+        terms = []
+        for i, k in enumerate(offsets):
+            rb, row = divmod(i, h)
+            tile = D.tiles[rb][0]
+            mask = np.zeros((h, w))
+            mask[row, :] = 1.0
+            mask = mask.ravel()
+            for e, c in enumerate(cs):
+                if c == 0.0:
+                    continue
+                acc = self.alg.multiply_plain(tile, c * mask)
+                for b in (1 << j for j in range(e.bit_length()) if e >> j & 1):
+                    acc = self.alg.multiply(acc, rot(b, k))
+                terms.append(acc)
+        return RowVector([self._sum_down(self._sum(terms))], self.shape, w)
+
     def _fused_coeffs(self, coeffs: Any, scale: float, fold: str) -> tuple[float, ...]:
         if fold not in ("matrix", "vector"):
             raise ValueError(f"fold must be 'matrix' or 'vector'; got {fold!r}")

@@ -21,13 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..circuit import CompiledCircuit, Tracer, compile_circuit
-from ..linalg import EncMatrix, LinAlg, RowVector, TileShape
-from ._lowering import ChunkInputs, Lowering, alternating, columns
+from ..linalg import EncMatrix, LinAlg, RowVector, TileShape, diagonal_offsets
+from ._lowering import ChunkInputs, Lowering, alternating, columns, rows
 from ._program import nag_program, pipeline
 
 __all__ = ["CIRCUITS", "ChunkCircuit", "build_chunk", "build_gram_circuit"]
 
 CIRCUITS = ("baseline", "pipelined")
+LAYOUTS = ("alternating", "diagonal")
 
 
 @dataclass
@@ -42,6 +43,8 @@ class ChunkCircuit:
     n_features: int
     margin_depths: dict[int, int] = field(default_factory=dict)
     grams: list[tuple[int, int]] = field(default_factory=list)
+    diagonals: list[tuple[int, int]] = field(default_factory=list)
+    layout: str = "alternating"
 
     @property
     def depth(self) -> int:
@@ -68,6 +71,10 @@ def gram_name(a: int, b: int, rb: int, cb: int) -> str:
     return f"G{a},{b}[{rb},{cb}]"
 
 
+def diagonal_name(a: int, b: int, rb: int, cb: int) -> str:
+    return f"D{a},{b}[{rb},{cb}]"
+
+
 def build_chunk(
     steps: Sequence[tuple[float, float]],
     coeffs: Sequence[float],
@@ -77,6 +84,7 @@ def build_chunk(
     batch_size: int,
     n_features: int,
     gram_depth: int = 0,
+    layout: str = "alternating",
 ) -> ChunkCircuit:
     """Trace and compile ``len(steps)`` NAG steps (``steps[t] = (a_t, e_t)``).
 
@@ -89,9 +97,22 @@ def build_chunk(
         ``m`` and ``f`` (bias column included).
     gram_depth : int, default=0
         Depth at which Gram blocks arrive (0: uploaded by the client).
+    layout : {"alternating", "diagonal"}, default="alternating"
+        Pipelined circuit only. "alternating": margins alternate between
+        column and row vectors, Gram blocks as plain tiles (2.5 levels per
+        step, few rotations). "diagonal": margins stay row vectors, Gram
+        blocks in diagonal-major form uploaded by the client (2 levels per
+        step, about ``2m`` rotations and products per Gram product).
     """
     if circuit not in CIRCUITS:
         raise ValueError(f"circuit must be one of {CIRCUITS}; got {circuit!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
+    diagonal = circuit == "pipelined" and layout == "diagonal"
+    if diagonal and batch_size > shape.cols:
+        raise ValueError(
+            f"the diagonal layout needs batch_size <= tile width ({shape.cols}); got {batch_size}"
+        )
     tracer = Tracer(shape.slots)
     la = LinAlg(tracer, shape)
     m, f = batch_size, n_features
@@ -115,14 +136,26 @@ def build_chunk(
             )
         return grams[(a, b)]
 
+    offsets = diagonal_offsets(m, m, shape.cols) if diagonal else []
+    diags: dict[tuple[int, int], EncMatrix] = {}
+
+    def diagonals(a: int, b: int) -> tuple[list[int], EncMatrix]:
+        if (a, b) not in diags:
+            diags[(a, b)] = EncMatrix.from_index(
+                shape,
+                len(offsets),
+                shape.cols,
+                lambda rb, cb: tracer.input(diagonal_name(a, b, rb, cb)),
+            )
+        return offsets, diags[(a, b)]
+
     program = nag_program(steps)
     pipelined = circuit == "pipelined"
     if pipelined:
         program = pipeline(program)
-    inputs = ChunkInputs(Z=Z, state=state, gram=gram)
-    lowering = Lowering(
-        tracer, la, coeffs, inputs, fuse=pipelined, orient=alternating if pipelined else columns
-    )
+    inputs = ChunkInputs(Z=Z, state=state, gram=gram, diagonals=diagonals if diagonal else None)
+    orient = (rows if diagonal else alternating) if pipelined else columns
+    lowering = Lowering(tracer, la, coeffs, inputs, fuse=pipelined, orient=orient)
     for name, vec in lowering.lower(program).items():
         for cb, blk in enumerate(vec.blocks):
             tracer.output(f"{name}[{cb}]", blk)
@@ -135,6 +168,8 @@ def build_chunk(
         n_features=f,
         margin_depths=dict(lowering.margin_depths),
         grams=sorted(inputs.used_grams),
+        diagonals=sorted(inputs.used_diagonals),
+        layout=layout if pipelined else "alternating",
     )
 
 

@@ -36,7 +36,7 @@ from ..circuit import Sym, Tracer
 from ..linalg import ColVector, EncMatrix, LinAlg, RowVector
 from ._program import Gram, Lin, MatVec, Program, RMatVec, Sig, Var, VExpr
 
-__all__ = ["ChunkInputs", "Lowering", "alternating", "columns"]
+__all__ = ["ChunkInputs", "Lowering", "alternating", "columns", "rows"]
 
 Orient = str  # "C" (ColVector) or "R" (RowVector)
 Vec = ColVector[Sym] | RowVector[Sym]
@@ -50,6 +50,11 @@ def columns(t: int) -> Orient:
 def alternating(t: int) -> Orient:
     """Even steps as column vectors, odd steps as row vectors (2.5 levels per step)."""
     return "C" if t % 2 == 0 else "R"
+
+
+def rows(t: int) -> Orient:
+    """Every margin as a row vector (with diagonal-major Gram blocks: 2 levels per step)."""
+    return "R"
 
 
 @dataclass
@@ -71,6 +76,8 @@ class ChunkInputs:
     state: dict[str, RowVector[Sym]]
     gram: Callable[[int, int], EncMatrix[Sym]]
     used_grams: set[tuple[int, int]] = field(default_factory=set)
+    diagonals: Callable[[int, int], tuple[list[int], EncMatrix[Sym]]] | None = None
+    used_diagonals: set[tuple[int, int]] = field(default_factory=set)
 
 
 class Lowering:
@@ -174,6 +181,13 @@ class Lowering:
             uj = x.s.x
             pref = self._pref(uj)
             u = self.margin(uj, pref)
+            if pref == "R" and self.inputs.diagonals is not None:
+                # Diagonal-major G_{t,j}: row orientation kept, no mask.
+                offsets, D = self.inputs.diagonals(x.t, x.j)
+                self.inputs.used_diagonals.add((x.t, x.j))
+                y = la.diagonal_matvec_poly(D, offsets, u, self.coeffs, scale=c)
+                m = self.inputs.Z[x.t].n_rows
+                return self._convert(RowVector(y.blocks, y.shape, m), o)
             if pref == "C":  # free: column sums of G_{j,t}, weighted by g(u_j)
                 G = self.inputs.gram(x.j, x.t)
                 self.inputs.used_grams.add((x.j, x.t))

@@ -21,8 +21,15 @@ import numpy as np
 from ..backend import MAX_COEFF_MODULUS_BITS_128, CKKSParameters, KeySet
 from ..circuit import CKKSEvaluator, CostModel, PlaintextEvaluator, analyze
 from ..exceptions import TrainingDivergedError
-from ..linalg import EncMatrix, RowVector, TileShape
-from ._circuits import ChunkCircuit, build_chunk, build_gram_circuit, gram_name, z_name
+from ..linalg import EncMatrix, RowVector, TileShape, encode_diagonals
+from ._circuits import (
+    ChunkCircuit,
+    build_chunk,
+    build_gram_circuit,
+    diagonal_name,
+    gram_name,
+    z_name,
+)
 from ._schedule import NAGSchedule
 
 __all__ = ["Plan", "TrainResult", "Trainer", "plan_training"]
@@ -45,6 +52,7 @@ class Plan:
     params: CKKSParameters | None
     gram_source: str
     estimated_seconds_per_sample: float = float("nan")
+    layout: str = "alternating"
 
     def chunks(self) -> list[tuple[int, int]]:
         """(first batch, length) of each chunk of one epoch."""
@@ -78,6 +86,7 @@ def _chunk(
     f: int,
     gram_depth: int,
     coeffs: Sequence[float],
+    layout: str = "alternating",
 ) -> ChunkCircuit:
     steps = [(0.1, 0.1)] * k  # structure and depth do not depend on the constants
     return build_chunk(
@@ -88,6 +97,7 @@ def _chunk(
         batch_size=m,
         n_features=f,
         gram_depth=gram_depth,
+        layout=layout,
     )
 
 
@@ -153,6 +163,7 @@ def plan_training(
     params: CKKSParameters | None = None,
     costs: CostModel | None = None,
     epochs: int = 1,
+    layout: str = "alternating",
 ) -> Plan:
     """Choose tile shape, batch size, ``k``, Gram source and (unless given) CKKS parameters.
 
@@ -170,8 +181,8 @@ def plan_training(
     if gram_source not in ("client", "server", "auto"):
         raise ValueError(f"gram_source must be 'client', 'server' or 'auto'; got {gram_source!r}")
     rings = [params.poly_modulus_degree] if params is not None else [16384, 32768]
-    if circuit != "pipelined":
-        sources = ["client"]
+    if circuit != "pipelined" or layout == "diagonal":
+        sources = ["client"]  # diagonal-major blocks are made by the client
     else:
         sources = ["client", "server"] if gram_source == "auto" else [gram_source]
     best: tuple[float, Plan] | None = None
@@ -200,6 +211,7 @@ def plan_training(
                     f=n_features,
                     gram_depth=gd,
                     coeffs=coeffs,
+                    layout=layout,
                 )
                 if chunk.depth > budget:
                     reasons.append(
@@ -215,7 +227,9 @@ def plan_training(
                     g = gram_block_costs(shape, m, n_features, chosen, costs)
                     per_chunk = len(chunk.grams) * g[f"{source}_seconds"]
                     cost += per_chunk / (chunk.n_steps * m * max(1, epochs))
-                plan = Plan(circuit, shape, m, n_features, n_batches, k, chosen, source, cost)
+                plan = Plan(
+                    circuit, shape, m, n_features, n_batches, k, chosen, source, cost, layout
+                )
                 if best is None or cost < best[0]:
                     best = (cost, plan)
     if best is None:
@@ -293,6 +307,7 @@ class Trainer:
                 batch_size=p.batch_size,
                 n_features=p.n_features,
                 gram_depth=p.gram_depth if p.circuit == "pipelined" else 0,
+                layout=p.layout,
             )
         return self._circuits[key]
 
@@ -369,6 +384,17 @@ class Trainer:
                     grams[(a, b)] = self._server_gram(enc_batches[a], enc_batches[b])
             return grams[(a, b)]
 
+        diagonals: dict[tuple[int, int], EncMatrix] = {}
+
+        def diagonal(a: int, b: int) -> EncMatrix:
+            nonlocal uploaded
+            if (a, b) not in diagonals:
+                _, D = encode_diagonals(batches[a] @ batches[b].T, shape)
+                diagonals[(a, b)] = EncMatrix.from_array(D, shape, self._encrypt)
+                tiles = diagonals[(a, b)].tiles
+                uploaded += len(tiles) * len(tiles[0]) * self._ct_bytes()
+            return diagonals[(a, b)]
+
         encrypt_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         w, v = np.asarray(w0, dtype=float), np.asarray(v0, dtype=float)
@@ -385,6 +411,10 @@ class Trainer:
                 for rb, row in enumerate(gram(first + a, first + b).tiles):
                     for cb, tile in enumerate(row):
                         inputs[gram_name(a, b, rb, cb)] = tile
+            for a, b in chunk.diagonals:
+                for rb, row in enumerate(diagonal(first + a, first + b).tiles):
+                    for cb, tile in enumerate(row):
+                        inputs[diagonal_name(a, b, rb, cb)] = tile
             for name, vec in (("v", v), ("w", w)):
                 for cb, blk in enumerate(RowVector.from_array(vec, shape, self._encrypt).blocks):
                     inputs[f"{name}[{cb}]"] = blk

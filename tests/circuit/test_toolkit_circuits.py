@@ -383,7 +383,7 @@ def test_every_linalg_operation_is_covered():
         name
         for name in vars(LinAlg)
         if not name.startswith("_") and callable(getattr(LinAlg, name))
-    } - {"rotation_steps"}
+    } - {"rotation_steps", "diagonal_matvec_poly"}  # the latter: test_diagonal_* below
     assert public == {c.method for c in CASES}
 
 
@@ -580,3 +580,56 @@ def test_ckks_evaluator_matches_numpy_and_consumes_analysed_levels(ckks_ctx, cas
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_ckks_square_tiles(square_ctx, case, rng):
     run_ckks(square_ctx, case, SQUARE_SHAPE, rng)
+
+
+# ------------------------------------------------------ diagonal-major Gram
+def _diagonal_circuit(shape: TileShape, G: np.ndarray, x: np.ndarray, coeffs, x_depth: int):
+    from sklearn_he.linalg import encode_diagonals
+
+    offsets, D = encode_diagonals(G, shape)
+    t = Tracer(shape.slots)
+    la = LinAlg(t, shape)
+    Ds = EncMatrix.from_index(shape, *D.shape, lambda rb, cb: t.input(f"D[{rb},{cb}]"))
+    xs = RowVector.from_index(shape, x.size, lambda b: t.input(f"x[{b}]", depth=x_depth))
+    out = la.diagonal_matvec_poly(Ds, offsets, xs, coeffs, scale=0.5)
+    t.output("y", out.blocks[0])
+    feed = {
+        **_named(EncMatrix.from_array(D, shape), "D"),
+        **_named(RowVector.from_array(x, shape), "x"),
+    }
+    want = np.zeros(shape.cols)
+    want[: G.shape[0]] = 0.5 * G @ _p(coeffs, x)
+    return compile_circuit(t.circuit), feed, want
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [TileShape(8, 8), TileShape(4, 16), TileShape(16, 4)],
+    ids=lambda s: f"{s.rows}x{s.cols}",
+)
+def test_diagonal_matvec_poly_plaintext(shape, rng):
+    n = min(shape.cols, 4)
+    G, x = rng.uniform(-1, 1, (n, n)), rng.uniform(-2, 2, n)
+    compiled, feed, want = _diagonal_circuit(shape, G, x, SIGMOID3, x_depth=1)
+    got = PlaintextEvaluator().run(compiled, feed)["y"]
+    np.testing.assert_allclose(
+        RowVector([got], shape, shape.cols).decode(), want, rtol=1e-12, atol=1e-12
+    )
+    assert analyze(compiled).output_depths["y"] == 1 + 2
+
+
+@pytest.mark.ckks
+def test_diagonal_matvec_poly_ckks(rng):
+    shape = TileShape(32, 64)
+    G, x = rng.uniform(-1, 1, (20, 20)), rng.uniform(-2, 2, 20)
+    compiled, feed, want = _diagonal_circuit(shape, G, x, SIGMOID3, x_depth=1)
+    keys = KeySet.generate(
+        CKKS_PARAMS, rotation_steps=compiled.rotation_steps, allow_insecure_for_testing=True
+    )
+    ctx = keys.context
+    enc = {k: ctx.encrypt(v) for k, v in feed.items()}
+    enc["x[0]"] = ctx.mod_switch_to(enc["x[0]"], ctx.max_level - 1)
+    out = CKKSEvaluator(ctx).run(compiled, enc)["y"]
+    assert ctx.max_level - out.level == analyze(compiled).output_depths["y"] == 3
+    got = RowVector([ctx.decrypt(out)], shape, shape.cols).decode()
+    np.testing.assert_allclose(got, want, atol=1e-4)

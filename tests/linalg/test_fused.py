@@ -81,3 +81,38 @@ def test_fused_argument_errors():
         la.rmatvec_poly(M, ColVector.from_array(np.ones(3), shape), SIG[3])
     with pytest.raises(ValueError, match="identically zero"):
         la.matvec_poly(M, RowVector.from_array(np.ones(4), shape), [0.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [TileShape(8, 8), TileShape(4, 16), TileShape(16, 4)],
+    ids=lambda s: f"{s.rows}x{s.cols}",
+)
+@pytest.mark.parametrize("degree", [3, 5])
+@pytest.mark.parametrize(("n", "m"), [(4, 4), (3, 4), (4, 2)])
+def test_diagonal_matvec_poly_keeps_rows(shape, degree, n, m, rng):
+    from sklearn_he.linalg import encode_diagonals
+
+    if max(n, m) > shape.cols:
+        pytest.skip("matrix wider than the tile")
+    la = LinAlg(NumpySlots(shape.slots), shape)
+    G = rng.uniform(-1, 1, (n, m))
+    x = rng.uniform(-2, 2, m)
+    offsets, D = encode_diagonals(G, shape)
+    got = la.diagonal_matvec_poly(
+        EncMatrix.from_array(D, shape),
+        offsets,
+        RowVector.from_array(x, shape),
+        SIG[degree],
+        scale=0.5,
+    )
+    want = np.zeros(shape.cols)
+    want[:n] = 0.5 * G @ _p(SIG[degree], x)
+    np.testing.assert_allclose(got.decode(), want, rtol=1e-12, atol=1e-12)
+    # depth: the polynomial's, below x, with D shallower than x
+    alg = TrackingSlots(shape.slots)
+    lt = LinAlg(alg, shape)
+    Dt = EncMatrix.from_array(D, shape, lambda t: alg.input(t, depth=0))
+    xt = RowVector.from_array(x, shape, lambda t: alg.input(t, depth=2))
+    out = lt.diagonal_matvec_poly(Dt, offsets, xt, SIG[degree])
+    assert out.blocks[0].depth == 2 + poly_depth(SIG[degree])

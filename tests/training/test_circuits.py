@@ -111,6 +111,29 @@ def test_depth_per_minibatch_degree3(circuit, per_mb):
     assert analyze(chunk.compiled).depth == chunk.depth
 
 
+@pytest.mark.parametrize("k", [2, 4, 6])
+def test_diagonal_layout_reaches_two_levels_per_minibatch(k):
+    steps = NAGSchedule(1.0).steps(0, k, 64)
+    kw = {"circuit": "pipelined", "shape": TileShape(64, 256), "batch_size": 64, "n_features": 197}
+    diag = build_chunk(steps, sigmoid_poly(3), layout="diagonal", **kw)
+    alt = build_chunk(steps, sigmoid_poly(3), **kw)
+    assert diag.depth_per_minibatch == 2.0
+    assert diag.grams == [] and len(diag.diagonals) == k * (k - 1) // 2
+    # Fewer levels, far more work: why "alternating" stays the default.
+    da, aa = analyze(diag.compiled), analyze(alt.compiled)
+    assert da.op_counts["mul"] > 10 * aa.op_counts["mul"]
+    with pytest.raises(ValueError, match="batch_size <= tile width"):
+        build_chunk(
+            steps,
+            sigmoid_poly(3),
+            layout="diagonal",
+            circuit="pipelined",
+            shape=TileShape(512, 32),
+            batch_size=64,
+            n_features=20,
+        )
+
+
 def test_server_side_gram_blocks_arrive_deeper():
     steps = NAGSchedule(1.0).steps(0, 4, 16)
     kw = {"circuit": "pipelined", "shape": TileShape(16, 16), "batch_size": 16, "n_features": 10}

@@ -1,0 +1,271 @@
+"""Worker side of :class:`~sklearn_he.circuit.ParallelCKKSEvaluator`.
+
+A worker process (a loky process, a Dask worker, ...) receives *tasks*: a
+few nodes of a compiled circuit plus the serialised ciphertexts they read.
+Nothing Pyfhel-backed ever crosses a process boundary (DESIGN.md section 5):
+
+* the keys travel as a :class:`BundleRef` - the key-set fingerprint, the
+  path of a file holding the *public* bundle (context, public,
+  relinearisation and rotation keys; never the secret key) and, only when a
+  worker reports that it cannot read that file (a remote machine), the
+  bundle bytes themselves;
+* every worker process rebuilds one server-side
+  :class:`~sklearn_he.backend.KeySet` per fingerprint and keeps it in
+  :data:`_KEYS` (this module is importable, so the cache survives from task
+  to task in the same process);
+* ciphertexts travel as :meth:`~sklearn_he.backend.Ciphertext.to_bytes`
+  envelopes, checked against the fingerprint when they are loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..backend import Ciphertext, CKKSContext, KeySet
+from ..exceptions import InsecureParametersWarning, KeyMismatchError
+from ._evaluators import _ckks_step
+from ._ir import Node, Op
+
+__all__ = [
+    "BundleRef",
+    "TaskResult",
+    "TaskSpec",
+    "cache_info",
+    "clear_cache",
+    "execute",
+    "run_task",
+    "tile_constants",
+]
+
+#: Key sets rebuilt in this process, by fingerprint (most recently used last).
+_KEYS: OrderedDict[str, KeySet] = OrderedDict()
+#: A bundle with rotation keys is hundreds of MB in memory: keep few.
+_MAX_KEYSETS = 2
+
+
+@dataclass(frozen=True)
+class BundleRef:
+    """How a worker finds the public keys (small: pickled into every task).
+
+    Attributes
+    ----------
+    fingerprint : str
+        Key-set fingerprint; the cache key.
+    path : str or None
+        File holding the public bundle (read when the process has no cached
+        key set and the file exists there).
+    data : numpy.ndarray or None
+        The bundle bytes as a ``uint8`` array, sent only after a worker
+        reported :attr:`TaskResult.missing_bundle` (an array, not ``bytes``,
+        so that Dask scatters it once per call instead of once per task).
+    allow_insecure_for_testing : bool
+        Passed to :meth:`KeySet.from_public_bundle`.
+    """
+
+    fingerprint: str
+    path: str | None = None
+    data: np.ndarray | None = None
+    allow_insecure_for_testing: bool = False
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: nodes to compute, in topological order, and what to return.
+
+    Attributes
+    ----------
+    index : int
+        Task number within the run (used in error messages and markers).
+    label : str
+        Human-readable description for error messages.
+    slots : int
+        Slot count of the circuit (constants are tiled to fill the context's).
+    nodes : tuple of Node
+        Nodes to compute (operands are computed here or in ``inputs``).
+    levels : dict
+        Node id -> level the compiler assigned (checked when ``check_levels``).
+    constants : dict
+        Plaintext constants the nodes use, at the circuit's slot count.
+    returns : tuple of int
+        Ids of the values to send back.
+    check_levels : bool
+        Verify every node's level, like :class:`CKKSEvaluator`.
+    """
+
+    index: int
+    label: str
+    slots: int
+    nodes: tuple[Node, ...]
+    levels: Mapping[int, int]
+    constants: Mapping[str, np.ndarray]
+    returns: tuple[int, ...]
+    check_levels: bool = True
+
+
+@dataclass
+class TaskResult:
+    """What a task sends back: serialised values and timings (seconds)."""
+
+    index: int
+    values: dict[int, bytes] = field(default_factory=dict)
+    missing_bundle: bool = False
+    pid: int = 0
+    host: str = ""
+    load_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    serialize_seconds: float = 0.0
+    deserialize_seconds: float = 0.0
+
+
+def context_for(ref: BundleRef) -> CKKSContext | None:
+    """The cached server context for ``ref``, loading the bundle if needed.
+
+    Returns None when the key set is neither cached nor loadable here (the
+    bundle file does not exist on this machine and no bytes came along).
+    """
+    keys = _KEYS.get(ref.fingerprint)
+    if keys is None:
+        if ref.data is not None:
+            data = ref.data.tobytes()
+        elif ref.path is not None and os.path.exists(ref.path):
+            with open(ref.path, "rb") as fh:
+                data = fh.read()
+        else:
+            return None
+        with warnings.catch_warnings():
+            if ref.allow_insecure_for_testing:  # the caller opted in (and was warned) already
+                warnings.simplefilter("ignore", InsecureParametersWarning)
+            keys = KeySet.from_public_bundle(
+                data,
+                allow_insecure_for_testing=ref.allow_insecure_for_testing,
+                source="public bundle sent to a worker",
+            )
+        if keys.fingerprint != ref.fingerprint:
+            raise KeyMismatchError(
+                f"the public bundle at {ref.path} belongs to key set {keys.fingerprint[:16]}..., "
+                f"not {ref.fingerprint[:16]}...; it was replaced while the evaluation ran"
+            )
+        # Workers only run compiled circuits, which place every mod-switch
+        # themselves: a level mismatch is a bug, never something to align.
+        keys.context.auto_align = False
+        _KEYS[ref.fingerprint] = keys
+        while len(_KEYS) > _MAX_KEYSETS:
+            _KEYS.popitem(last=False)
+    _KEYS.move_to_end(ref.fingerprint)
+    return keys.context
+
+
+def cache_info() -> list[dict[str, Any]]:
+    """The key sets cached in this process (for tests and diagnostics)."""
+    return [
+        {
+            "pid": os.getpid(),
+            "fingerprint": fp,
+            "has_secret_key": keys.has_secret_key,
+            "rotation_steps": len(keys.rotation_steps),
+        }
+        for fp, keys in _KEYS.items()
+    ]
+
+
+def clear_cache() -> None:
+    """Forget every cached key set of this process."""
+    _KEYS.clear()
+
+
+def tile_constants(
+    constants: Mapping[str, np.ndarray], circuit_slots: int, ctx: CKKSContext
+) -> dict[str, np.ndarray]:
+    """Repeat circuit-sized constants to fill the context's slots (as CKKSEvaluator does)."""
+    reps = ctx.slots // circuit_slots
+    return {k: np.tile(v, reps) for k, v in constants.items()}
+
+
+def execute(
+    ctx: CKKSContext,
+    nodes: Sequence[Node],
+    values: dict[int, Ciphertext],
+    consts: Mapping[str, np.ndarray],
+    levels: Mapping[int, int],
+    *,
+    keep: set[int],
+    check_levels: bool = True,
+) -> dict[int, Ciphertext]:
+    """Compute ``nodes`` (topologically ordered) into ``values``.
+
+    ``consts`` are already tiled to the context's slots. Values that no
+    later node of ``nodes`` reads are dropped as soon as possible unless
+    they are in ``keep``. The context's ``auto_align`` should be off (the
+    compiler placed every mod-switch). Returns ``values``.
+    """
+    remaining: dict[int, int] = {}
+    for n in nodes:
+        for a in n.args:
+            remaining[a] = remaining.get(a, 0) + 1
+    for n in nodes:
+        out = _ckks_step(ctx, consts, n, [values[a] for a in n.args])
+        if check_levels and out.level != levels[n.id]:
+            raise AssertionError(
+                f"node {n.id} ({n.label()}) is at level {out.level}, compiler assigned "
+                f"{levels[n.id]}"
+            )
+        values[n.id] = out
+        for a in n.args:
+            remaining[a] -= 1
+            if remaining[a] == 0 and a not in keep:
+                values.pop(a, None)
+    return values
+
+
+def run_task(ref: BundleRef, spec: TaskSpec, inputs: Mapping[int, bytes]) -> TaskResult:
+    """Entry point of a worker task (module-level, so every backend can pickle it)."""
+    result = TaskResult(index=spec.index, pid=os.getpid(), host=socket.gethostname())
+    t0 = time.perf_counter()
+    ctx = context_for(ref)
+    if ctx is None:
+        result.missing_bundle = True
+        return result
+    t1 = time.perf_counter()
+    values = {
+        nid: ctx.ciphertext_from_bytes(data, source=f"value of node {nid}")
+        for nid, data in inputs.items()
+    }
+    t2 = time.perf_counter()
+    ordered = sorted(spec.nodes, key=lambda n: n.id)
+    if any(n.op is Op.INPUT for n in ordered):
+        raise AssertionError("circuit inputs are never computed in a task")
+    saved = ctx.auto_align
+    ctx.auto_align = False
+    try:
+        execute(
+            ctx,
+            ordered,
+            values,
+            tile_constants(spec.constants, spec.slots, ctx),
+            spec.levels,
+            keep=set(spec.returns),
+            check_levels=spec.check_levels,
+        )
+    finally:
+        ctx.auto_align = saved
+    t3 = time.perf_counter()
+    result.values = {nid: values[nid].to_bytes() for nid in spec.returns}
+    t4 = time.perf_counter()
+    result.load_seconds = t1 - t0
+    result.deserialize_seconds = t2 - t1
+    result.compute_seconds = t3 - t2
+    result.serialize_seconds = t4 - t3
+    return result
+
+
+#: Signature of a task function (tests substitute one that fails on purpose).
+TaskFunction = Callable[[BundleRef, TaskSpec, Mapping[int, bytes]], TaskResult]
