@@ -227,7 +227,23 @@ def execute(
 
 
 def run_task(ref: BundleRef, spec: TaskSpec, inputs: Mapping[int, bytes]) -> TaskResult:
-    """Entry point of a worker task (module-level, so every backend can pickle it)."""
+    """Entry point of a worker task (module-level, so every backend can pickle it).
+
+    An exception raised here reaches the caller with the attribute
+    ``sklearn_he_task`` set to ``spec.index`` (exception attributes survive
+    pickling), so that the caller can name the task that failed.
+    """
+    try:
+        return _run_task(ref, spec, inputs)
+    except Exception as exc:
+        try:
+            exc.sklearn_he_task = spec.index  # type: ignore[attr-defined]
+        except AttributeError:  # pragma: no cover - exceptions with __slots__
+            pass
+        raise
+
+
+def _run_task(ref: BundleRef, spec: TaskSpec, inputs: Mapping[int, bytes]) -> TaskResult:
     result = TaskResult(index=spec.index, pid=os.getpid(), host=socket.gethostname())
     t0 = time.perf_counter()
     ctx = context_for(ref)

@@ -434,7 +434,8 @@ class Trainer:
                 )
             step += length
             depths.append(chunk.depth)
-            per_mb.append(chunk.depth_per_minibatch)
+            if length == p.k or p.n_batches < p.k:  # a short last chunk says little
+                per_mb.append(chunk.depth_per_minibatch)
             if i + 1 < len(chunks):
                 refreshes += 1
                 uploaded += 2 * n_blk * self._ct_bytes()

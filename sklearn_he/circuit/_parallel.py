@@ -1,0 +1,970 @@
+"""Evaluate a compiled circuit on ciphertexts with several worker processes.
+
+SEAL holds the GIL, so parallel CKKS means processes, and every value that
+moves between processes is a serialised ciphertext: 1.6 MB at N=16384 and
+six primes, 10 MB at N=32768, and moving one costs about as much as a
+rotation (serialise, pipe, check and load: ~12 ms for 1.6 MB here, against
+~20 ms for a rotation at the top level). :class:`ParallelCKKSEvaluator`
+therefore hands workers *coarse tasks*, chosen by a scheduler that weighs
+operation costs (:class:`~sklearn_he.circuit.CostModel`) against transfer
+costs (:class:`TransferCosts`).
+
+The schedule (:func:`plan_schedule`) is *bulk synchronous*: a sequence of
+supersteps, each a set of independent tasks that start together from values
+the caller holds and end at a barrier where they return what later
+supersteps (or the outputs) read. That fits joblib, whose ``Parallel`` maps
+a function over independent calls and offers no way to make one call wait
+for another, and it runs unchanged on any joblib backend (loky by default,
+Dask inside ``parallel_config(backend="dask")``). A superstep is built by
+greedy list scheduling on ``n_jobs`` simulated workers:
+
+* nodes are taken in order of *bottom level* (the cost of the longest path
+  from the node to an output: critical path first), each by the worker on
+  which it can start earliest, counting the transfer of the operands it
+  does not hold;
+* within a superstep a node may only use values computed on the same worker
+  or held by the caller; cheap nodes (additions, mod-switches, ...) that
+  another worker needs are *recomputed* there when that costs less than a
+  transfer would (deterministic, so bit-identical);
+* the superstep ends when ``close_at`` workers have nothing left they could
+  start, and the next one begins after the barrier.
+
+Every ``close_at`` from 1 to ``n_jobs`` is tried and the schedule with the
+smallest simulated time (compute + transfers + per-call overhead) wins; if
+even that is predicted slower than running in-process, the evaluator runs
+in-process (``serial_fallback``). A superstep with a single task runs in the
+calling process (no transfer at all), so sequential stretches of a circuit
+- the tail after a reduction, say - cost no pipe traffic.
+
+Measured (``benchmarks/parallel.py``): the MNIST-sized training chunks at
+N=16384 have about 2.5x parallelism (work / span) and the scheduler splits
+them into one task per row tile of the data matrix, then a local tail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from concurrent.futures import BrokenExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from joblib import Parallel, delayed, effective_n_jobs
+
+from ..backend import Ciphertext, CKKSContext, KeySet
+from ..exceptions import DepthExhaustedError, ParallelEvaluationError
+from ._compiler import CompiledCircuit
+from ._cost import CostModel
+from ._evaluators import CKKSEvaluator
+from ._ir import Op
+from ._worker import BundleRef, TaskFunction, TaskResult, TaskSpec, execute, run_task
+
+__all__ = [
+    "ParallelCKKSEvaluator",
+    "Schedule",
+    "Task",
+    "TransferCosts",
+    "ciphertext_nbytes",
+    "plan_schedule",
+]
+
+_MB = 1e6
+
+
+def ciphertext_nbytes(poly_modulus_degree: int, level: int) -> int:
+    """Serialised size of a (relinearised) ciphertext at ``level``: 2 N (level+1) words."""
+    return 2 * int(poly_modulus_degree) * (int(level) + 1) * 8 + 256
+
+
+@dataclass(frozen=True)
+class TransferCosts:
+    """Seconds to move values between processes, and per joblib call and task.
+
+    Attributes
+    ----------
+    serialize, deserialize : float
+        Seconds per MB for ``Ciphertext.to_bytes`` and
+        ``context.ciphertext_from_bytes`` (SEAL save/load plus the
+        envelope's checksum).
+    pipe : float
+        Seconds per MB for one process hop (pickling and the pipe).
+    superstep : float
+        Fixed cost of one ``Parallel`` call (dispatch, barrier).
+    task : float
+        Fixed cost of one task (pickling the nodes, constants, bookkeeping).
+
+    The defaults were measured on the 2-core development machine with loky
+    (N=16384: ``to_bytes`` 3.7 ms and ``ciphertext_from_bytes`` 4.2 ms for a
+    1.6 MB ciphertext; 2-task ``Parallel`` call ~10 ms; pipe ~2.5-3.5 ms/MB
+    with both cores busy). A Dask cluster has larger per-call costs.
+    """
+
+    serialize: float = 2.4e-3
+    deserialize: float = 2.7e-3
+    pipe: float = 3.0e-3
+    superstep: float = 0.010
+    task: float = 0.002
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a :class:`Schedule`.
+
+    Attributes
+    ----------
+    number : int
+        Position in the schedule (0, 1, ... over all supersteps).
+    superstep : int
+        Superstep it belongs to.
+    nodes : tuple of int
+        Ids of the nodes it computes, ascending (topological).
+    needs : tuple of int
+        Values it receives (circuit inputs or results of earlier supersteps).
+    returns : tuple of int
+        Values it sends back (read later, or circuit outputs).
+    local : bool
+        Runs in the calling process (single-task supersteps).
+    seconds : float
+        Predicted compute seconds.
+    """
+
+    number: int
+    superstep: int
+    nodes: tuple[int, ...]
+    needs: tuple[int, ...]
+    returns: tuple[int, ...]
+    local: bool
+    seconds: float
+
+    def describe(self, compiled: CompiledCircuit) -> str:
+        ops = Counter(compiled.nodes[i].op.value for i in self.nodes)
+        costly = ", ".join(
+            f"{ops[k]} {k}" for k in ("mul", "rotate", "mul_plain", "mul_scalar") if ops[k]
+        )
+        where = "in-process" if self.local else "worker"
+        return (
+            f"task {self.number} (superstep {self.superstep}, {where}, {len(self.nodes)} nodes "
+            f"{self.nodes[0]}..{self.nodes[-1]}: {costly or 'no products or rotations'})"
+        )
+
+
+@dataclass
+class Schedule:
+    """How a compiled circuit is split into tasks (see the module docstring).
+
+    Attributes
+    ----------
+    supersteps : list of list of Task
+    n_workers : int
+        Workers the schedule was planned for.
+    close_at : int
+        Idle workers that ended a superstep (the policy that won).
+    predicted_seconds : float
+        Simulated time of the parallel run (compute, transfers, overheads).
+    serial_seconds : float
+        Predicted time of an in-process run (the circuit's work).
+    span_seconds : float
+        Critical path (a lower bound on any run).
+    transfers : int
+        Ciphertexts that cross a process boundary.
+    transfer_bytes : int
+        Their serialised size.
+    recomputed : int
+        Node evaluations beyond one per node (cheap nodes recomputed on a
+        second worker instead of a transfer).
+    """
+
+    supersteps: list[list[Task]]
+    n_workers: int
+    close_at: int
+    predicted_seconds: float
+    serial_seconds: float
+    span_seconds: float
+    transfers: int
+    transfer_bytes: int
+    recomputed: int
+
+    @property
+    def tasks(self) -> list[Task]:
+        return [t for step in self.supersteps for t in step]
+
+    @property
+    def parallel(self) -> bool:
+        """False when the whole circuit is one in-process task."""
+        return any(not t.local for t in self.tasks)
+
+    @property
+    def predicted_speedup(self) -> float:
+        return self.serial_seconds / self.predicted_seconds if self.predicted_seconds else 1.0
+
+    def describe(self, compiled: CompiledCircuit | None = None) -> str:
+        lines = [
+            f"{len(self.supersteps)} supersteps, {len(self.tasks)} tasks on {self.n_workers} "
+            f"workers (close_at={self.close_at}); {self.transfers} transfers "
+            f"({self.transfer_bytes / _MB:.1f} MB), {self.recomputed} recomputed nodes",
+            f"predicted {self.predicted_seconds:.3f} s vs serial {self.serial_seconds:.3f} s "
+            f"(span {self.span_seconds:.3f} s): speed-up {self.predicted_speedup:.2f}",
+        ]
+        for step in self.supersteps:
+            for t in step:
+                text = t.describe(compiled) if compiled is not None else f"task {t.number}"
+                lines.append(
+                    f"  {text}: {t.seconds * 1e3:.0f} ms, {len(t.needs)} in, "
+                    f"{len(t.returns)} out"
+                )
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------- planning
+class _Planner:
+    def __init__(
+        self,
+        compiled: CompiledCircuit,
+        poly_modulus_degree: int,
+        max_level: int,
+        costs: CostModel,
+        transfer: TransferCosts,
+    ) -> None:
+        self.compiled = compiled
+        circuit = compiled.circuit
+        self.nodes = circuit.nodes
+        n_nodes = len(self.nodes)
+        self.transfer = transfer
+        self.level = [max_level - d for d in compiled.depths]
+        self.mb = [ciphertext_nbytes(poly_modulus_degree, lvl) / _MB for lvl in self.level]
+        self.cost = [0.0] * n_nodes
+        for n in self.nodes:
+            if n.op is not Op.INPUT:
+                level_in = max_level - (compiled.depths[n.id] - n.level_cost())
+                self.cost[n.id] = costs.op_seconds(n.op, poly_modulus_degree, level_in)
+        #: Receiving a value the caller holds: pipe + load at the worker.
+        self.receive = [mb * (transfer.pipe + transfer.deserialize) for mb in self.mb]
+        self.consumers = circuit.consumers()
+        self.inputs = frozenset(circuit.inputs.values())
+        self.outputs = frozenset(circuit.outputs.values())
+        bottom = [0.0] * n_nodes
+        for n in reversed(self.nodes):
+            bottom[n.id] = self.cost[n.id] + max(
+                (bottom[c] for c in self.consumers[n.id]), default=0.0
+            )
+        self.bottom = bottom
+        top = [0.0] * n_nodes
+        for n in self.nodes:
+            top[n.id] = self.cost[n.id] + max((top[a] for a in n.args), default=0.0)
+        self.span = max(top, default=0.0)
+        self.work = sum(self.cost)
+
+    # ------------------------------------------------------------- greedy
+    def _acquire(
+        self,
+        v: int,
+        have: set[int],
+        placed: Mapping[int, Any],
+        done: set[int],
+        depth: int = 0,
+    ) -> tuple[float, list[int], list[int]] | None:
+        """Cheapest way to get value ``v`` onto a worker holding ``have``.
+
+        Returns (seconds, nodes to recompute there (topological), values to
+        receive) or None when impossible in this superstep.
+        """
+        if v in have:
+            return 0.0, [], []
+        best: tuple[float, list[int], list[int]] | None = None
+        if v in done:
+            best = (self.receive[v], [], [v])
+        if v not in self.inputs and depth < 4 and self.cost[v] <= self.receive[v]:
+            total, dups, recv = self.cost[v], [], []
+            for a in dict.fromkeys(self.nodes[v].args):
+                got = self._acquire(a, have, placed, done, depth + 1)
+                if got is None:
+                    total = float("inf")
+                    break
+                total += got[0]
+                dups += [d for d in got[1] if d not in dups]
+                recv += [r for r in got[2] if r not in recv]
+            if total < float("inf") and (best is None or total < best[0]):
+                best = (total, [*dups, v], recv)
+        return best
+
+    def _superstep(
+        self, done: set[int], remaining: set[int], workers: int, close_at: int
+    ) -> list[list[int]]:
+        have: list[set[int]] = [set() for _ in range(workers)]
+        comp: list[list[int]] = [[] for _ in range(workers)]
+        clock = [0.0] * workers
+        idle = [False] * workers
+        placed: dict[int, int] = {}
+        frontier = {
+            n for n in remaining if all(a in done for a in self.nodes[n].args)
+        }
+        while True:
+            busy = [w for w in range(workers) if not idle[w]]
+            if not busy:
+                break
+            w = min(busy, key=lambda i: (clock[i], i))
+            best_score, best = -float("inf"), None
+            for n in frontier:
+                total, dups, recv = 0.0, [], []
+                for a in dict.fromkeys(self.nodes[n].args):
+                    got = self._acquire(a, have[w], placed, done)
+                    if got is None:
+                        break
+                    total += got[0]
+                    dups += [d for d in got[1] if d not in dups]
+                    recv += [r for r in got[2] if r not in recv]
+                else:
+                    score = self.bottom[n] - total
+                    if score > best_score or (score == best_score and best and n < best[0]):
+                        best_score, best = score, (n, total, dups, recv)
+            if best is None:
+                idle[w] = True
+                if sum(idle) >= close_at:
+                    break
+                continue
+            n, total, dups, recv = best
+            have[w].update(recv)
+            for d in dups:
+                if d not in have[w]:
+                    comp[w].append(d)
+                    have[w].add(d)
+                    placed.setdefault(d, w)
+            comp[w].append(n)
+            have[w].add(n)
+            placed[n] = w
+            clock[w] += total + self.cost[n]
+            frontier.discard(n)
+            for c in self.consumers[n]:
+                if c in remaining and c not in placed:
+                    if all(a in done or a in placed for a in self.nodes[c].args):
+                        frontier.add(c)
+        return [sorted(c) for c in comp if c]
+
+    def plan(self, workers: int, close_at: int) -> list[list[list[int]]]:
+        done = set(self.inputs)
+        remaining = {n.id for n in self.nodes if n.op is not Op.INPUT}
+        steps: list[list[list[int]]] = []
+        while remaining:
+            tasks = self._superstep(done, remaining, workers, close_at)
+            if not tasks:  # pragma: no cover - the frontier is never empty
+                raise AssertionError("scheduler made no progress")
+            computed = {n for t in tasks for n in t}
+            done |= computed
+            remaining -= computed
+            if len(tasks) == 1 and steps and len(steps[-1]) == 1:
+                steps[-1] = [sorted({*steps[-1][0], *tasks[0]})]  # merge in-process runs
+            else:
+                steps.append(tasks)
+        return steps
+
+    # ---------------------------------------------------------- finishing
+    def finish(self, steps: list[list[list[int]]], workers: int, close_at: int) -> Schedule:
+        """Work out what each task receives and returns; simulate the run."""
+        tr = self.transfer
+        producer: dict[int, tuple[int, int]] = {}  # value -> (superstep, task position)
+        for s, tasks in enumerate(steps):
+            for k, nodes in enumerate(tasks):
+                for n in nodes:
+                    producer.setdefault(n, (s, k))
+        needs: list[list[set[int]]] = []
+        wanted: set[tuple[int, int, int]] = set()  # (superstep, task, value) to return
+        for s, tasks in enumerate(steps):
+            row = []
+            for k, nodes in enumerate(tasks):
+                own = set(nodes)
+                need = {a for n in nodes for a in self.nodes[n].args if a not in own}
+                row.append(need)
+                for v in need:
+                    if v not in self.inputs:
+                        ps, pk = producer[v]
+                        if ps >= s:  # pragma: no cover - guarded by construction
+                            raise AssertionError(f"value {v} used before it is computed")
+                        wanted.add((ps, pk, v))
+            needs.append(row)
+        for v in self.outputs:
+            if v not in self.inputs:
+                ps, pk = producer[v]
+                wanted.add((ps, pk, v))
+        out: list[list[Task]] = []
+        number = 0
+        held_ct = set(self.inputs)  # deserialised at the caller
+        held_bytes: set[int] = set()  # serialised at the caller
+        predicted = transfers = nbytes = 0.0
+        for s, tasks in enumerate(steps):
+            local = len(tasks) == 1
+            step_tasks = []
+            for k, nodes in enumerate(tasks):
+                returns = tuple(sorted(v for (ps, pk, v) in wanted if ps == s and pk == k))
+                step_tasks.append(
+                    Task(
+                        number=number,
+                        superstep=s,
+                        nodes=tuple(nodes),
+                        needs=tuple(sorted(needs[s][k])),
+                        returns=returns if not local else (),
+                        local=local,
+                        seconds=sum(self.cost[n] for n in nodes),
+                    )
+                )
+                number += 1
+            out.append(step_tasks)
+            if local:
+                (t,) = step_tasks
+                load = sum(self.mb[v] * tr.deserialize for v in t.needs if v not in held_ct)
+                predicted += load + t.seconds
+                held_ct |= set(t.needs) | set(t.nodes)
+                continue
+            # The caller serialises what it sends (once), pipes tasks one after
+            # the other; each worker loads, computes, serialises and pipes back.
+            sent = {v for t in step_tasks for v in t.needs}
+            prep = sum(self.mb[v] * tr.serialize for v in sent - held_bytes)
+            held_bytes |= sent
+            start = finish = 0.0
+            for t in step_tasks:
+                mb_in = sum(self.mb[v] for v in t.needs)
+                mb_out = sum(self.mb[v] for v in t.returns)
+                start += mb_in * tr.pipe + tr.task
+                end = (
+                    start
+                    + mb_in * tr.deserialize
+                    + t.seconds
+                    + mb_out * (tr.serialize + tr.pipe)
+                )
+                finish = max(finish, end)
+                transfers += len(t.needs) + len(t.returns)
+                nbytes += (mb_in + mb_out) * _MB
+            predicted += tr.superstep + prep + finish
+            for t in step_tasks:
+                held_bytes |= set(t.returns)
+        for v in self.outputs:
+            if v not in held_ct:
+                predicted += self.mb[v] * tr.deserialize
+        return Schedule(
+            supersteps=out,
+            n_workers=workers,
+            close_at=close_at,
+            predicted_seconds=predicted,
+            serial_seconds=self.work,
+            span_seconds=self.span,
+            transfers=int(transfers),
+            transfer_bytes=int(nbytes),
+            recomputed=sum(len(t.nodes) for t in out_tasks(out))
+            - sum(1 for n in self.nodes if n.op is not Op.INPUT),
+        )
+
+
+def out_tasks(steps: Sequence[Sequence[Task]]) -> list[Task]:
+    return [t for step in steps for t in step]
+
+
+def plan_schedule(
+    compiled: CompiledCircuit,
+    *,
+    n_workers: int,
+    poly_modulus_degree: int,
+    max_level: int,
+    costs: CostModel | None = None,
+    transfer: TransferCosts | None = None,
+    close_at: int | None = None,
+) -> Schedule:
+    """Split ``compiled`` into supersteps of tasks for ``n_workers`` processes.
+
+    Parameters
+    ----------
+    compiled : CompiledCircuit
+    n_workers : int
+        Worker processes available.
+    poly_modulus_degree, max_level : int
+        Ring and top level of the parameters the circuit runs with (fix the
+        cost of every operation and the size of every ciphertext).
+    costs : CostModel, optional
+        Per-operation costs; default :meth:`CostModel.nominal`.
+    transfer : TransferCosts, optional
+        Costs of moving ciphertexts; default :class:`TransferCosts()`.
+    close_at : int, optional
+        Fix the superstep-closing policy (idle workers that end a
+        superstep). By default every value from 1 to ``n_workers`` is tried
+        and the fastest simulated schedule is returned.
+
+    Returns
+    -------
+    Schedule
+    """
+    if n_workers < 1:
+        raise ValueError(f"n_workers must be >= 1; got {n_workers}")
+    costs = CostModel.nominal() if costs is None else CostModel.nominal().merge(costs)
+    planner = _Planner(
+        compiled, poly_modulus_degree, max_level, costs, transfer or TransferCosts()
+    )
+    if close_at is not None:
+        policies = [int(close_at)]
+    elif n_workers <= 8:
+        policies = list(range(1, n_workers + 1))
+    else:
+        policies = sorted({1, 2, n_workers // 4, n_workers // 2, n_workers})
+    best: Schedule | None = None
+    for c in policies:
+        sched = planner.finish(planner.plan(n_workers, c), n_workers, c)
+        if best is None or sched.predicted_seconds < best.predicted_seconds:
+            best = sched
+    assert best is not None
+    return best
+
+
+# --------------------------------------------------------------------- running
+@dataclass
+class RunReport:
+    """What the last :meth:`ParallelCKKSEvaluator.run` did.
+
+    Attributes
+    ----------
+    mode : {"serial", "parallel"}
+    n_workers : int
+    wall_seconds : float
+    schedule : Schedule or None
+    supersteps : list of dict
+        Per superstep: tasks, local or not, wall seconds.
+    tasks : list of TaskResult
+        Timings reported by the workers (values dropped).
+    """
+
+    mode: str
+    n_workers: int
+    wall_seconds: float = 0.0
+    schedule: Schedule | None = None
+    supersteps: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[TaskResult] = field(default_factory=list)
+
+
+class ParallelCKKSEvaluator:
+    """Run a compiled circuit on ciphertexts with several processes (through joblib).
+
+    Returns exactly what :class:`CKKSEvaluator` returns (same ciphertexts,
+    bit for bit: the same SEAL operations run on the same ciphertexts, only
+    in other processes), faster when the circuit is wide enough to pay for
+    moving ciphertexts between processes. See the module docstring for the
+    scheduler.
+
+    Parameters
+    ----------
+    keys_or_bundle : KeySet or bytes
+        The key set (client or server side) or a public bundle
+        (``keys.public_bundle()``). Workers only ever receive the public
+        bundle - never the secret key - through a temporary file that each
+        worker process reads once and caches (a worker that cannot read the
+        file, on another machine, gets the bytes instead).
+    n_jobs : int, optional
+        Worker processes. ``None`` means 1 unless inside a
+        ``joblib.parallel_config(n_jobs=...)`` context (as in
+        scikit-learn); ``-1`` means all cores. With 1 the circuit runs
+        in-process through :class:`CKKSEvaluator`.
+    costs : CostModel, optional
+        Operation costs for the scheduler (default :meth:`CostModel.nominal`).
+    transfer : TransferCosts, optional
+        Costs of moving ciphertexts (default :class:`TransferCosts()`).
+    serial_fallback : bool, default=True
+        Run in-process when the scheduler predicts no speed-up.
+    check_levels : bool, default=True
+        Verify every node's level against the compiler's assignment.
+    timeout : float, optional
+        Seconds one superstep may take before the run is abandoned (passed
+        to ``joblib.Parallel``).
+    allow_insecure_for_testing : bool, default=False
+        Accept a bundle with insecure parameters (tests only). Taken from
+        the key set when one is given.
+
+    Attributes
+    ----------
+    context : CKKSContext
+        Context the inputs belong to and the outputs are returned in.
+    last_run_ : RunReport or None
+        Schedule and timings of the last :meth:`run`.
+
+    Notes
+    -----
+    Uses ``joblib.Parallel`` without choosing a backend, so
+    ``with joblib.parallel_config(backend="dask"):`` runs the tasks on a Dask
+    cluster. Tasks are submitted with ``batch_size=1`` (one joblib batch per
+    task: the scheduler already made them coarse).
+
+    Each worker process caches up to two key sets (hundreds of MB each with
+    rotation keys) in :mod:`sklearn_he.circuit._worker` for as long as the
+    process lives; loky reuses its worker processes between calls.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_he import CKKSParameters, KeySet
+    >>> from sklearn_he.circuit import Tracer, compile_circuit, ParallelCKKSEvaluator
+    >>> t = Tracer(2048)
+    >>> x = t.input("x")
+    >>> t.output("y", t.add(t.multiply(x, x), t.rotate(x, 1)))
+    >>> c = compile_circuit(t.circuit)
+    >>> keys = KeySet.generate(
+    ...     CKKSParameters(4096, (60, 40, 60), 40, security_level=0),
+    ...     rotation_steps=c.rotation_steps, allow_insecure_for_testing=True)
+    >>> ev = ParallelCKKSEvaluator(keys, n_jobs=2)
+    >>> out = ev.run(c, {"x": keys.context.encrypt(np.arange(4.0))})
+    >>> keys.context.decrypt(out["y"], 3).round(3)
+    array([1., 3., 7.])
+    >>> ev.last_run_.mode  # too small to pay for processes: ran in-process
+    'serial'
+    """
+
+    #: The function each task runs in a worker (tests substitute a failing one).
+    _task_function: TaskFunction = staticmethod(run_task)
+
+    def __init__(
+        self,
+        keys_or_bundle: KeySet | bytes,
+        *,
+        n_jobs: int | None = None,
+        costs: CostModel | None = None,
+        transfer: TransferCosts | None = None,
+        serial_fallback: bool = True,
+        check_levels: bool = True,
+        timeout: float | None = None,
+        allow_insecure_for_testing: bool = False,
+    ) -> None:
+        if isinstance(keys_or_bundle, KeySet):
+            self._keys = keys_or_bundle
+            allow_insecure_for_testing = keys_or_bundle.allow_insecure_for_testing
+            self._bundle: bytes | None = None
+        elif isinstance(keys_or_bundle, (bytes, bytearray, memoryview)):
+            self._bundle = bytes(keys_or_bundle)
+            self._keys = KeySet.from_public_bundle(
+                self._bundle, allow_insecure_for_testing=allow_insecure_for_testing
+            )
+        else:
+            raise TypeError(
+                "keys_or_bundle must be a KeySet or public bundle bytes "
+                f"(keys.public_bundle()); got {type(keys_or_bundle).__name__}"
+            )
+        if n_jobs is not None and (not isinstance(n_jobs, int) or n_jobs == 0):
+            raise ValueError(f"n_jobs must be a non-zero integer or None; got {n_jobs!r}")
+        self.n_jobs = n_jobs
+        self.costs = costs
+        self.transfer = transfer or TransferCosts()
+        self.serial_fallback = serial_fallback
+        self.check_levels = check_levels
+        self.timeout = timeout
+        self.allow_insecure_for_testing = allow_insecure_for_testing
+        self.last_run_: RunReport | None = None
+        self._dir: str | None = None
+        self._schedules: dict[tuple[int, int], tuple[weakref.ref[Any], Schedule]] = {}
+
+    @property
+    def context(self) -> CKKSContext:
+        return self._keys.context
+
+    def __repr__(self) -> str:
+        return f"ParallelCKKSEvaluator(n_jobs={self.n_jobs}, keys={self._keys.fingerprint[:12]})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "ParallelCKKSEvaluator is not picklable (it holds native SEAL objects); build one "
+            "from the public bundle on the other side"
+        )
+
+    # ------------------------------------------------------------ the bundle
+    def public_bundle(self) -> bytes:
+        """The bytes workers receive: the public bundle, without the secret key."""
+        if self._bundle is None:
+            self._bundle = self._keys.public_bundle()
+        return self._bundle
+
+    def _bundle_ref(self, *, with_data: bool = False) -> BundleRef:
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="sklearn-he-parallel-")
+            weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
+        path = os.path.join(self._dir, "public.bundle")
+        if not os.path.exists(path):
+            tmp = path + ".tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(self.public_bundle())
+            os.replace(tmp, path)
+        data = np.frombuffer(self.public_bundle(), dtype=np.uint8) if with_data else None
+        return BundleRef(
+            fingerprint=self._keys.fingerprint,
+            path=path,
+            data=data,
+            allow_insecure_for_testing=self.allow_insecure_for_testing,
+        )
+
+    # -------------------------------------------------------------- planning
+    def schedule(self, compiled: CompiledCircuit, n_workers: int | None = None) -> Schedule:
+        """The schedule :meth:`run` would use (cached per circuit and worker count)."""
+        workers = effective_n_jobs(self.n_jobs) if n_workers is None else int(n_workers)
+        key = (id(compiled), workers)
+        hit = self._schedules.get(key)
+        if hit is not None and hit[0]() is compiled:
+            return hit[1]
+        params = self._keys.params
+        sched = plan_schedule(
+            compiled,
+            n_workers=max(1, workers),
+            poly_modulus_degree=params.poly_modulus_degree,
+            max_level=params.max_level,
+            costs=self.costs,
+            transfer=self.transfer,
+        )
+        self._schedules = {k: v for k, v in self._schedules.items() if v[0]() is not None}
+        self._schedules[key] = (weakref.ref(compiled), sched)
+        return sched
+
+    # --------------------------------------------------------------- running
+    def run(
+        self, compiled: CompiledCircuit, inputs: Mapping[str, Ciphertext]
+    ) -> dict[str, Ciphertext]:
+        """Evaluate; returns the output ciphertexts by name (as :meth:`CKKSEvaluator.run`)."""
+        t0 = time.perf_counter()
+        serial = CKKSEvaluator(self.context, check_levels=self.check_levels)
+        workers = effective_n_jobs(self.n_jobs)
+        if workers <= 1:
+            out = serial.run(compiled, inputs)
+            self.last_run_ = RunReport("serial", 1, time.perf_counter() - t0)
+            return out
+        serial.prepare(compiled)
+        ready = self._check_inputs(compiled, inputs)
+        sched = self.schedule(compiled, workers)
+        if not sched.parallel or (
+            self.serial_fallback and sched.predicted_seconds >= sched.serial_seconds
+        ):
+            out = serial.run(compiled, inputs)
+            self.last_run_ = RunReport("serial", workers, time.perf_counter() - t0, sched)
+            return out
+        report = RunReport("parallel", workers, schedule=sched)
+        out = self._run_parallel(compiled, ready, sched, report)
+        report.wall_seconds = time.perf_counter() - t0
+        self.last_run_ = report
+        return out
+
+    def _check_inputs(
+        self, compiled: CompiledCircuit, inputs: Mapping[str, Ciphertext]
+    ) -> dict[int, Ciphertext]:
+        """Same checks as CKKSEvaluator.run; inputs mod-switched to their levels, by node id."""
+        circuit = compiled.circuit
+        missing = set(circuit.inputs) - set(inputs)
+        if missing:
+            raise KeyError(f"missing circuit inputs: {sorted(missing)}")
+        extra = set(inputs) - set(circuit.inputs)
+        if extra:
+            raise KeyError(
+                f"unknown circuit inputs {sorted(extra)}; expected {sorted(circuit.inputs)}"
+            )
+        ctx = self.context
+        ready = {}
+        for name, ct in inputs.items():
+            want = ctx.max_level - circuit.input_depths.get(name, 0)
+            if not isinstance(ct, Ciphertext):
+                raise TypeError(f"input {name!r} must be a Ciphertext; got {type(ct).__name__}")
+            if ct.level < want:
+                raise DepthExhaustedError(
+                    f"input {name!r} is at level {ct.level} but the circuit expects it at "
+                    f"{want}; refresh it (decrypt and re-encrypt on the client)"
+                )
+            ready[circuit.inputs[name]] = ctx.mod_switch_to(ct, want)
+        return ready
+
+    def _run_parallel(
+        self,
+        compiled: CompiledCircuit,
+        ready: dict[int, Ciphertext],
+        sched: Schedule,
+        report: RunReport,
+    ) -> dict[str, Ciphertext]:
+        ctx = self.context
+        circuit = compiled.circuit
+        top = ctx.max_level
+        cts: dict[int, Ciphertext] = dict(ready)  # values held deserialised
+        blobs: dict[int, bytes] = {}  # values held serialised
+        last_use: dict[int, int] = {}
+        for s, step in enumerate(sched.supersteps):
+            for t in step:
+                for v in t.needs:
+                    last_use[v] = s
+        keep = set(circuit.outputs.values())
+
+        def blob(v: int) -> bytes:
+            if v not in blobs:
+                blobs[v] = cts[v].to_bytes()
+            return blobs[v]
+
+        def ciphertext(v: int) -> Ciphertext:
+            if v not in cts:
+                cts[v] = ctx.ciphertext_from_bytes(blobs[v], source=f"value of node {v}")
+            return cts[v]
+
+        all_consts = circuit.constants
+        saved = ctx.auto_align
+        parallel = Parallel(
+            n_jobs=self.n_jobs,
+            batch_size=1,
+            pre_dispatch="all",
+            timeout=self.timeout,
+            **_generator_kwargs(self.n_jobs),
+        )
+        try:
+            with parallel:
+                for s, step in enumerate(sched.supersteps):
+                    t_step = time.perf_counter()
+                    if step[0].local:
+                        (t,) = step
+                        values = {v: ciphertext(v) for v in t.needs}
+                        ctx.auto_align = False
+                        try:
+                            consts = _tile(all_consts, t.nodes, compiled, ctx)
+                            execute(
+                                ctx,
+                                [compiled.nodes[i] for i in t.nodes],
+                                values,
+                                consts,
+                                {i: top - compiled.depths[i] for i in t.nodes},
+                                keep=set(t.nodes),
+                                check_levels=self.check_levels,
+                            )
+                        except Exception as exc:
+                            raise ParallelEvaluationError(
+                                f"{t.describe(compiled)} failed: {type(exc).__name__}: {exc}"
+                            ) from exc
+                        finally:
+                            ctx.auto_align = saved
+                        cts.update({i: values[i] for i in t.nodes})
+                    else:
+                        jobs = []
+                        for t in step:
+                            used = {
+                                _const_key(compiled.nodes[i])
+                                for i in t.nodes
+                                if _const_key(compiled.nodes[i]) is not None
+                            }
+                            spec = TaskSpec(
+                                index=t.number,
+                                label=t.describe(compiled),
+                                slots=compiled.slots,
+                                nodes=tuple(compiled.nodes[i] for i in t.nodes),
+                                levels={i: top - compiled.depths[i] for i in t.nodes},
+                                constants={k: all_consts[k] for k in sorted(used)},
+                                returns=t.returns,
+                                check_levels=self.check_levels,
+                            )
+                            jobs.append((t, spec, {v: blob(v) for v in t.needs}))
+                        for res in self._dispatch(parallel, jobs, compiled):
+                            blobs.update(res.values)
+                            res.values = {}
+                            report.tasks.append(res)
+                    report.supersteps.append(
+                        {
+                            "tasks": len(step),
+                            "local": step[0].local,
+                            "seconds": time.perf_counter() - t_step,
+                        }
+                    )
+                    for v in [v for v, last in last_use.items() if last == s]:
+                        if v not in keep:
+                            cts.pop(v, None)
+                            blobs.pop(v, None)
+        finally:
+            ctx.auto_align = saved
+        return {name: ciphertext(nid) for name, nid in circuit.outputs.items()}
+
+    def _dispatch(
+        self,
+        parallel: Parallel,
+        jobs: list[tuple[Task, TaskSpec, dict[int, bytes]]],
+        compiled: CompiledCircuit,
+    ) -> list[TaskResult]:
+        """Run one superstep's tasks; map worker failures to ParallelEvaluationError."""
+        fn = type(self)._task_function
+        results: list[TaskResult] = []
+        todo = jobs
+        for attempt in range(2):
+            ref = self._bundle_ref(with_data=attempt > 0)
+            pending = {spec.index: task for task, spec, _ in todo}
+            try:
+                for res in parallel(delayed(fn)(ref, spec, payload) for _, spec, payload in todo):
+                    pending.pop(res.index, None)
+                    results.append(res)
+            except Exception as exc:
+                raise _task_error(exc, pending, compiled) from exc
+            missing = {r.index for r in results if r.missing_bundle}
+            if not missing:
+                return results
+            results = [r for r in results if not r.missing_bundle]
+            todo = [j for j in todo if j[1].index in missing]
+        raise ParallelEvaluationError(
+            f"workers could not load the public bundle for tasks {sorted(missing)} even when "
+            "sent the bytes"
+        )
+
+
+def _generator_kwargs(n_jobs: int | None) -> dict[str, Any]:
+    """``return_as="generator_unordered"`` when the active backend supports it.
+
+    Results then arrive as tasks finish, so a failure names the tasks that
+    had not finished.
+    """
+    try:
+        Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+    except ValueError:
+        return {}
+    return {"return_as": "generator_unordered"}
+
+
+def _const_key(node: Any) -> str | None:
+    if node.op is Op.MUL_PLAIN:
+        return node.attr
+    if node.op is Op.ADD_PLAIN and node.attr[0] == "const":
+        return node.attr[1]
+    return None
+
+
+def _tile(
+    constants: Mapping[str, np.ndarray],
+    nodes: Sequence[int],
+    compiled: CompiledCircuit,
+    ctx: CKKSContext,
+) -> dict[str, np.ndarray]:
+    reps = ctx.slots // compiled.slots
+    out = {}
+    for i in nodes:
+        key = _const_key(compiled.nodes[i])
+        if key is not None and key not in out:
+            out[key] = np.tile(constants[key], reps)
+    return out
+
+
+def _is_worker_death(exc: BaseException) -> bool:
+    return isinstance(exc, BrokenExecutor) or type(exc).__name__ in (
+        "TerminatedWorkerError",
+        "KilledWorker",
+    )
+
+
+def _task_error(
+    exc: BaseException, pending: Mapping[int, Task], compiled: CompiledCircuit
+) -> ParallelEvaluationError:
+    failed = getattr(exc, "sklearn_he_task", None)
+    if failed is not None and failed in pending:
+        return ParallelEvaluationError(
+            f"{pending[failed].describe(compiled)} failed in a worker: "
+            f"{type(exc).__name__}: {exc}"
+        )
+    names = "; ".join(t.describe(compiled) for t in pending.values()) or "no task"
+    if _is_worker_death(exc):
+        what = "a worker process died (killed, crashed or out of memory)"
+    elif isinstance(exc, TimeoutError):
+        what = "a superstep exceeded the timeout"
+    else:
+        what = f"the parallel backend failed ({type(exc).__name__}: {exc})"
+    if len(pending) == 1:
+        where = f"while running {names}"
+    else:
+        where = f"while one of these tasks was unfinished: {names}"
+    return ParallelEvaluationError(f"{what} {where}. Cause: {type(exc).__name__}: {exc}")
