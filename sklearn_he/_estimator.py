@@ -83,7 +83,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         Minibatch size ``m``; "auto" fills the rows of one tile.
     max_iter : int, default=5
         Epochs (passes over the training data).
-    learning_rate : float, default=30.0
+    learning_rate : float, default=10.0
         Initial learning rate; the step is ``learning_rate_t / batch_size``
         on features scaled to unit median row norm.
     learning_rate_schedule : {"inverse", "constant"}, default="inverse"
@@ -190,7 +190,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         backend: str = "ckks",
         batch_size: int | str = "auto",
         max_iter: int = 5,
-        learning_rate: float = 30.0,
+        learning_rate: float = 10.0,
         learning_rate_schedule: str = "inverse",
         momentum: str = "nesterov",
         sigmoid_degree: int = 5,
