@@ -126,8 +126,10 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
     allow_insecure_for_testing : bool, default=False
         Accept CKKS parameters below 128-bit security (tests only).
     n_jobs : int or None, default=None
-        Reserved for parallel circuit evaluation; evaluation is sequential in
-        this version.
+        Worker processes evaluating the training circuits (joblib; honours
+        ``joblib.parallel_config``, so a Dask backend runs them on a
+        cluster). Workers receive the public bundle, never the secret key.
+        ``None`` means 1 unless set by ``parallel_config``.
     random_state : int, RandomState instance or None, default=None
         Shuffling of the training rows into minibatches.
     verbose : int, default=0
@@ -378,7 +380,12 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             layout=self.layout,
         )
         return Trainer(
-            plan, schedule, coeffs, backend=self.backend, log=print if self.verbose else None
+            plan,
+            schedule,
+            coeffs,
+            backend=self.backend,
+            log=print if self.verbose else None,
+            n_jobs=self.n_jobs,
         )
 
     def plan(self, n_samples: int, n_features: int) -> tuple[CKKSParameters, set[int]]:

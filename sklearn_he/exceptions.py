@@ -17,6 +17,7 @@ __all__ = [
     "KeyMismatchError",
     "LevelMismatchError",
     "MissingKeyError",
+    "ParallelEvaluationError",
     "ParameterError",
     "ScaleMismatchError",
     "SecretKeyPicklingError",
@@ -71,3 +72,11 @@ class SecretKeyPicklingError(SklearnHEError, pickle.PicklingError):
 
 class TrainingDivergedError(SklearnHEError, ArithmeticError):
     """The decrypted model state blew up between two circuits (learning rate too high)."""
+
+
+class ParallelEvaluationError(SklearnHEError, RuntimeError):
+    """A task of a parallel circuit evaluation failed in a worker, or its worker died.
+
+    The message names the task (its superstep and nodes); ``__cause__`` holds
+    the original exception.
+    """

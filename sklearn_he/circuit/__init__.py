@@ -27,6 +27,7 @@ from ._evaluators import (
     PrecisionError,
 )
 from ._ir import Circuit, Node, Op
+from ._parallel import ParallelCKKSEvaluator, Schedule, TransferCosts, plan_schedule
 from ._params import select_parameters
 from ._tracer import Sym, Tracer
 
@@ -41,11 +42,15 @@ __all__ = [
     "DebugReport",
     "Node",
     "Op",
+    "ParallelCKKSEvaluator",
     "PlaintextEvaluator",
     "PrecisionError",
+    "Schedule",
     "Sym",
     "Tracer",
+    "TransferCosts",
     "analyze",
     "compile_circuit",
+    "plan_schedule",
     "select_parameters",
 ]

@@ -18,10 +18,10 @@ for another, and it runs unchanged on any joblib backend (loky by default,
 Dask inside ``parallel_config(backend="dask")``). A superstep is built by
 greedy list scheduling on ``n_jobs`` simulated workers:
 
-* nodes are taken in order of *bottom level* (the cost of the longest path
-  from the node to an output: critical path first), each by the worker on
-  which it can start earliest, counting the transfer of the operands it
-  does not hold;
+* the simulated worker that is free first takes the ready node with the
+  highest *bottom level* (the cost of the longest path from the node to an
+  output: critical path first) less the cost of fetching the operands it
+  does not hold yet;
 * within a superstep a node may only use values computed on the same worker
   or held by the caller; cheap nodes (additions, mod-switches, ...) that
   another worker needs are *recomputed* there when that costs less than a
@@ -31,10 +31,11 @@ greedy list scheduling on ``n_jobs`` simulated workers:
 
 Every ``close_at`` from 1 to ``n_jobs`` is tried and the schedule with the
 smallest simulated time (compute + transfers + per-call overhead) wins; if
-even that is predicted slower than running in-process, the evaluator runs
-in-process (``serial_fallback``). A superstep with a single task runs in the
-calling process (no transfer at all), so sequential stretches of a circuit
-- the tail after a reduction, say - cost no pipe traffic.
+its predicted speed-up is below 1.1, the evaluator runs in-process
+(``serial_fallback``). A superstep is also run in the calling process when
+that is predicted faster than shipping it (always for a single task: no
+transfer at all), so sequential stretches of a circuit - the tail after a
+reduction, say - cost no pipe traffic.
 
 Measured (``benchmarks/parallel.py``): the MNIST-sized training chunks at
 N=16384 have about 2.5x parallelism (work / span) and the scheduler splits
@@ -43,6 +44,8 @@ them into one task per row tile of the data matrix, then a local tail.
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import os
 import shutil
 import tempfile
@@ -67,6 +70,7 @@ from ._worker import BundleRef, TaskFunction, TaskResult, TaskSpec, execute, run
 
 __all__ = [
     "ParallelCKKSEvaluator",
+    "RunReport",
     "Schedule",
     "Task",
     "TransferCosts",
@@ -75,6 +79,11 @@ __all__ = [
 ]
 
 _MB = 1e6
+#: ``serial_fallback`` runs in-process unless the predicted speed-up exceeds
+#: this (the cost model is good to about 10% on an idle machine).
+_MIN_GAIN = 1.1
+#: Floor of ``timeout="auto"`` (seconds).
+_AUTO_TIMEOUT = 120.0
 
 
 def ciphertext_nbytes(poly_modulus_degree: int, level: int) -> int:
@@ -108,7 +117,7 @@ class TransferCosts:
     serialize: float = 2.4e-3
     deserialize: float = 2.7e-3
     pipe: float = 3.0e-3
-    superstep: float = 0.010
+    superstep: float = 0.030
     task: float = 0.002
 
 
@@ -215,8 +224,7 @@ class Schedule:
             for t in step:
                 text = t.describe(compiled) if compiled is not None else f"task {t.number}"
                 lines.append(
-                    f"  {text}: {t.seconds * 1e3:.0f} ms, {len(t.needs)} in, "
-                    f"{len(t.returns)} out"
+                    f"  {text}: {t.seconds * 1e3:.0f} ms, {len(t.needs)} in, {len(t.returns)} out"
                 )
         return "\n".join(lines)
 
@@ -254,6 +262,8 @@ class _Planner:
                 (bottom[c] for c in self.consumers[n.id]), default=0.0
             )
         self.bottom = bottom
+        #: Sort key: highest bottom level first, then lowest id.
+        self.rank = [(-b, i) for i, b in enumerate(bottom)]
         top = [0.0] * n_nodes
         for n in self.nodes:
             top[n.id] = self.cost[n.id] + max((top[a] for a in n.args), default=0.0)
@@ -301,16 +311,21 @@ class _Planner:
         clock = [0.0] * workers
         idle = [False] * workers
         placed: dict[int, int] = {}
-        frontier = {
-            n for n in remaining if all(a in done for a in self.nodes[n].args)
-        }
+        # Ready nodes, highest bottom level first: the score of a node is at
+        # most its bottom level, so the scan stops at the first node whose
+        # bottom level cannot beat the best score found.
+        rank = self.rank
+        frontier = sorted(rank[n] for n in remaining if all(a in done for a in self.nodes[n].args))
+        in_frontier = {key[1] for key in frontier}
         while True:
             busy = [w for w in range(workers) if not idle[w]]
             if not busy:
                 break
             w = min(busy, key=lambda i: (clock[i], i))
             best_score, best = -float("inf"), None
-            for n in frontier:
+            for _, n in frontier:
+                if self.bottom[n] <= best_score:
+                    break
                 total, dups, recv = 0.0, [], []
                 for a in dict.fromkeys(self.nodes[n].args):
                     got = self._acquire(a, have[w], placed, done)
@@ -321,7 +336,7 @@ class _Planner:
                     recv += [r for r in got[2] if r not in recv]
                 else:
                     score = self.bottom[n] - total
-                    if score > best_score or (score == best_score and best and n < best[0]):
+                    if score > best_score:
                         best_score, best = score, (n, total, dups, recv)
             if best is None:
                 idle[w] = True
@@ -330,20 +345,27 @@ class _Planner:
                 continue
             n, total, dups, recv = best
             have[w].update(recv)
-            for d in dups:
-                if d not in have[w]:
-                    comp[w].append(d)
-                    have[w].add(d)
-                    placed.setdefault(d, w)
-            comp[w].append(n)
-            have[w].add(n)
-            placed[n] = w
+            for d in [*dups, n]:
+                if d in have[w]:
+                    continue
+                comp[w].append(d)
+                have[w].add(d)
+                if d in placed or d in done:
+                    continue  # a copy of a value computed elsewhere
+                placed[d] = w
+                if d in in_frontier:
+                    in_frontier.discard(d)
+                    del frontier[bisect.bisect_left(frontier, rank[d])]
+                for c in self.consumers[d]:
+                    if (
+                        c in remaining
+                        and c not in placed
+                        and c not in in_frontier
+                        and all(a in done or a in placed for a in self.nodes[c].args)
+                    ):
+                        in_frontier.add(c)
+                        bisect.insort(frontier, rank[c])
             clock[w] += total + self.cost[n]
-            frontier.discard(n)
-            for c in self.consumers[n]:
-                if c in remaining and c not in placed:
-                    if all(a in done or a in placed for a in self.nodes[c].args):
-                        frontier.add(c)
         return [sorted(c) for c in comp if c]
 
     def plan(self, workers: int, close_at: int) -> list[list[list[int]]]:
@@ -376,7 +398,7 @@ class _Planner:
         wanted: set[tuple[int, int, int]] = set()  # (superstep, task, value) to return
         for s, tasks in enumerate(steps):
             row = []
-            for k, nodes in enumerate(tasks):
+            for nodes in tasks:
                 own = set(nodes)
                 need = {a for n in nodes for a in self.nodes[n].args if a not in own}
                 row.append(need)
@@ -391,60 +413,80 @@ class _Planner:
             if v not in self.inputs:
                 ps, pk = producer[v]
                 wanted.add((ps, pk, v))
-        out: list[list[Task]] = []
-        number = 0
+        # Decide, superstep by superstep, between running its tasks on workers
+        # and running them all in-process (no transfers; often better for
+        # short supersteps), and simulate the time of the choice.
+        plan: list[tuple[bool, list[tuple[list[int], set[int], tuple[int, ...]]]]] = []
         held_ct = set(self.inputs)  # deserialised at the caller
         held_bytes: set[int] = set()  # serialised at the caller
         predicted = transfers = nbytes = 0.0
         for s, tasks in enumerate(steps):
-            local = len(tasks) == 1
-            step_tasks = []
-            for k, nodes in enumerate(tasks):
-                returns = tuple(sorted(v for (ps, pk, v) in wanted if ps == s and pk == k))
-                step_tasks.append(
+            rets = [
+                tuple(sorted(v for (ps, pk, v) in wanted if ps == s and pk == k))
+                for k in range(len(tasks))
+            ]
+            union_needs = set().union(*needs[s])
+            union_nodes = sorted(set().union(*tasks))
+            local_cost = sum(
+                self.mb[v] * tr.deserialize for v in union_needs if v not in held_ct
+            ) + sum(self.cost[n] for n in union_nodes)
+            remote_cost = float("inf")
+            if len(tasks) > 1:
+                # The caller serialises what it sends (once) and pipes the tasks
+                # one after the other; each worker loads, computes, serialises
+                # and pipes back.
+                prep = sum(self.mb[v] * tr.serialize for v in union_needs - held_bytes)
+                start = finish = 0.0
+                for k, nodes in enumerate(tasks):
+                    mb_in = sum(self.mb[v] for v in needs[s][k])
+                    mb_out = sum(self.mb[v] for v in rets[k])
+                    start += mb_in * tr.pipe + tr.task
+                    end = (
+                        start
+                        + mb_in * tr.deserialize
+                        + sum(self.cost[n] for n in nodes)
+                        + mb_out * (tr.serialize + tr.pipe)
+                    )
+                    finish = max(finish, end)
+                remote_cost = tr.superstep + prep + finish
+            if local_cost <= remote_cost:
+                predicted += local_cost
+                held_ct |= union_needs | set(union_nodes)
+                if plan and plan[-1][0]:  # extend the previous in-process run
+                    ((prev_nodes, prev_needs, _),) = plan[-1][1]
+                    merged_needs = prev_needs | (union_needs - set(prev_nodes))
+                    plan[-1] = (True, [(sorted({*prev_nodes, *union_nodes}), merged_needs, ())])
+                else:
+                    plan.append((True, [(union_nodes, union_needs, ())]))
+                continue
+            predicted += remote_cost
+            held_bytes |= union_needs
+            for k in range(len(tasks)):
+                held_bytes |= set(rets[k])
+                transfers += len(needs[s][k]) + len(rets[k])
+                nbytes += sum(self.mb[v] for v in (*needs[s][k], *rets[k])) * _MB
+            plan.append((False, [(tasks[k], needs[s][k], rets[k]) for k in range(len(tasks))]))
+        for v in self.outputs:
+            if v not in held_ct:
+                predicted += self.mb[v] * tr.deserialize
+        out: list[list[Task]] = []
+        number = 0
+        for s, (local, entries) in enumerate(plan):
+            row = []
+            for nodes, need, ret in entries:
+                row.append(
                     Task(
                         number=number,
                         superstep=s,
                         nodes=tuple(nodes),
-                        needs=tuple(sorted(needs[s][k])),
-                        returns=returns if not local else (),
+                        needs=tuple(sorted(need)),
+                        returns=ret,
                         local=local,
                         seconds=sum(self.cost[n] for n in nodes),
                     )
                 )
                 number += 1
-            out.append(step_tasks)
-            if local:
-                (t,) = step_tasks
-                load = sum(self.mb[v] * tr.deserialize for v in t.needs if v not in held_ct)
-                predicted += load + t.seconds
-                held_ct |= set(t.needs) | set(t.nodes)
-                continue
-            # The caller serialises what it sends (once), pipes tasks one after
-            # the other; each worker loads, computes, serialises and pipes back.
-            sent = {v for t in step_tasks for v in t.needs}
-            prep = sum(self.mb[v] * tr.serialize for v in sent - held_bytes)
-            held_bytes |= sent
-            start = finish = 0.0
-            for t in step_tasks:
-                mb_in = sum(self.mb[v] for v in t.needs)
-                mb_out = sum(self.mb[v] for v in t.returns)
-                start += mb_in * tr.pipe + tr.task
-                end = (
-                    start
-                    + mb_in * tr.deserialize
-                    + t.seconds
-                    + mb_out * (tr.serialize + tr.pipe)
-                )
-                finish = max(finish, end)
-                transfers += len(t.needs) + len(t.returns)
-                nbytes += (mb_in + mb_out) * _MB
-            predicted += tr.superstep + prep + finish
-            for t in step_tasks:
-                held_bytes |= set(t.returns)
-        for v in self.outputs:
-            if v not in held_ct:
-                predicted += self.mb[v] * tr.deserialize
+            out.append(row)
         return Schedule(
             supersteps=out,
             n_workers=workers,
@@ -454,13 +496,9 @@ class _Planner:
             span_seconds=self.span,
             transfers=int(transfers),
             transfer_bytes=int(nbytes),
-            recomputed=sum(len(t.nodes) for t in out_tasks(out))
+            recomputed=sum(len(t.nodes) for step in out for t in step)
             - sum(1 for n in self.nodes if n.op is not Op.INPUT),
         )
-
-
-def out_tasks(steps: Sequence[Sequence[Task]]) -> list[Task]:
-    return [t for step in steps for t in step]
 
 
 def plan_schedule(
@@ -532,6 +570,9 @@ class RunReport:
         Per superstep: tasks, local or not, wall seconds.
     tasks : list of TaskResult
         Timings reported by the workers (values dropped).
+    bundle_resent : int
+        Tasks that were sent again with the bundle bytes because their
+        worker could not read the bundle file.
     """
 
     mode: str
@@ -540,6 +581,7 @@ class RunReport:
     schedule: Schedule | None = None
     supersteps: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[TaskResult] = field(default_factory=list)
+    bundle_resent: int = 0
 
 
 class ParallelCKKSEvaluator:
@@ -569,12 +611,16 @@ class ParallelCKKSEvaluator:
     transfer : TransferCosts, optional
         Costs of moving ciphertexts (default :class:`TransferCosts()`).
     serial_fallback : bool, default=True
-        Run in-process when the scheduler predicts no speed-up.
+        Run in-process when the scheduler predicts a speed-up below 1.1.
     check_levels : bool, default=True
         Verify every node's level against the compiler's assignment.
-    timeout : float, optional
-        Seconds one superstep may take before the run is abandoned (passed
-        to ``joblib.Parallel``).
+    timeout : float, "auto" or None, default="auto"
+        Seconds a task may take before the run is abandoned with a
+        :class:`~sklearn_he.exceptions.ParallelEvaluationError` (passed to
+        ``joblib.Parallel``). ``"auto"``: 120 s plus 20 times the predicted
+        time of the slowest task. A safety net: loky reports a dead worker at
+        once, but with joblib's Dask backend a task whose workers keep dying
+        (Dask's ``KilledWorker``) never completes from joblib's point of view.
     allow_insecure_for_testing : bool, default=False
         Accept a bundle with insecure parameters (tests only). Taken from
         the key set when one is given.
@@ -629,7 +675,7 @@ class ParallelCKKSEvaluator:
         transfer: TransferCosts | None = None,
         serial_fallback: bool = True,
         check_levels: bool = True,
-        timeout: float | None = None,
+        timeout: float | str | None = "auto",
         allow_insecure_for_testing: bool = False,
     ) -> None:
         if isinstance(keys_or_bundle, KeySet):
@@ -646,6 +692,10 @@ class ParallelCKKSEvaluator:
                 "keys_or_bundle must be a KeySet or public bundle bytes "
                 f"(keys.public_bundle()); got {type(keys_or_bundle).__name__}"
             )
+        if not (timeout is None or timeout == "auto" or isinstance(timeout, (int, float))):
+            raise ValueError(
+                f"timeout must be a number of seconds, 'auto' or None; got {timeout!r}"
+            )
         if n_jobs is not None and (not isinstance(n_jobs, int) or n_jobs == 0):
             raise ValueError(f"n_jobs must be a non-zero integer or None; got {n_jobs!r}")
         self.n_jobs = n_jobs
@@ -657,7 +707,7 @@ class ParallelCKKSEvaluator:
         self.allow_insecure_for_testing = allow_insecure_for_testing
         self.last_run_: RunReport | None = None
         self._dir: str | None = None
-        self._schedules: dict[tuple[int, int], tuple[weakref.ref[Any], Schedule]] = {}
+        self._schedules: dict[tuple[str, int], Schedule] = {}
 
     @property
     def context(self) -> CKKSContext:
@@ -679,7 +729,7 @@ class ParallelCKKSEvaluator:
             self._bundle = self._keys.public_bundle()
         return self._bundle
 
-    def _bundle_ref(self, *, with_data: bool = False) -> BundleRef:
+    def _bundle_ref(self) -> BundleRef:
         if self._dir is None:
             self._dir = tempfile.mkdtemp(prefix="sklearn-he-parallel-")
             weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
@@ -689,33 +739,36 @@ class ParallelCKKSEvaluator:
             with open(tmp, "wb") as fh:
                 fh.write(self.public_bundle())
             os.replace(tmp, path)
-        data = np.frombuffer(self.public_bundle(), dtype=np.uint8) if with_data else None
         return BundleRef(
             fingerprint=self._keys.fingerprint,
             path=path,
-            data=data,
             allow_insecure_for_testing=self.allow_insecure_for_testing,
         )
 
     # -------------------------------------------------------------- planning
     def schedule(self, compiled: CompiledCircuit, n_workers: int | None = None) -> Schedule:
-        """The schedule :meth:`run` would use (cached per circuit and worker count)."""
+        """The schedule :meth:`run` would use.
+
+        Cached by the circuit's *structure* (operations, operands, depths;
+        not the values of its constants) and the worker count: the chunks of
+        a training run differ only in their constants and share one plan.
+        """
         workers = effective_n_jobs(self.n_jobs) if n_workers is None else int(n_workers)
-        key = (id(compiled), workers)
-        hit = self._schedules.get(key)
-        if hit is not None and hit[0]() is compiled:
-            return hit[1]
-        params = self._keys.params
-        sched = plan_schedule(
-            compiled,
-            n_workers=max(1, workers),
-            poly_modulus_degree=params.poly_modulus_degree,
-            max_level=params.max_level,
-            costs=self.costs,
-            transfer=self.transfer,
-        )
-        self._schedules = {k: v for k, v in self._schedules.items() if v[0]() is not None}
-        self._schedules[key] = (weakref.ref(compiled), sched)
+        key = (_structure_key(compiled), workers)
+        sched = self._schedules.get(key)
+        if sched is None:
+            params = self._keys.params
+            sched = plan_schedule(
+                compiled,
+                n_workers=max(1, workers),
+                poly_modulus_degree=params.poly_modulus_degree,
+                max_level=params.max_level,
+                costs=self.costs,
+                transfer=self.transfer,
+            )
+            if len(self._schedules) >= 16:
+                self._schedules.pop(next(iter(self._schedules)))
+            self._schedules[key] = sched
         return sched
 
     # --------------------------------------------------------------- running
@@ -734,7 +787,7 @@ class ParallelCKKSEvaluator:
         ready = self._check_inputs(compiled, inputs)
         sched = self.schedule(compiled, workers)
         if not sched.parallel or (
-            self.serial_fallback and sched.predicted_seconds >= sched.serial_seconds
+            self.serial_fallback and sched.predicted_seconds * _MIN_GAIN >= sched.serial_seconds
         ):
             out = serial.run(compiled, inputs)
             self.last_run_ = RunReport("serial", workers, time.perf_counter() - t0, sched)
@@ -803,13 +856,17 @@ class ParallelCKKSEvaluator:
 
         all_consts = circuit.constants
         saved = ctx.auto_align
-        parallel = Parallel(
-            n_jobs=self.n_jobs,
-            batch_size=1,
-            pre_dispatch="all",
-            timeout=self.timeout,
-            **_generator_kwargs(self.n_jobs),
-        )
+        kwargs = {"n_jobs": self.n_jobs, "batch_size": 1, "pre_dispatch": "all"}
+        if self.timeout == "auto":
+            slowest = max((t.seconds for t in sched.tasks if not t.local), default=0.0)
+            kwargs["timeout"] = _AUTO_TIMEOUT + 20 * slowest
+        elif self.timeout is not None:
+            kwargs["timeout"] = float(self.timeout)
+        try:
+            # Results as tasks finish: a failure then names the unfinished tasks.
+            parallel = Parallel(return_as="generator_unordered", **kwargs)
+        except ValueError:  # backends without result callbacks (multiprocessing)
+            parallel = Parallel(**kwargs)
         try:
             with parallel:
                 for s, step in enumerate(sched.supersteps):
@@ -817,25 +874,21 @@ class ParallelCKKSEvaluator:
                     if step[0].local:
                         (t,) = step
                         values = {v: ciphertext(v) for v in t.needs}
+                        later = {i for i in t.nodes if i in keep or last_use.get(i, -1) > s}
                         ctx.auto_align = False
                         try:
-                            consts = _tile(all_consts, t.nodes, compiled, ctx)
                             execute(
                                 ctx,
                                 [compiled.nodes[i] for i in t.nodes],
                                 values,
-                                consts,
+                                _tile(all_consts, t.nodes, compiled, ctx),
                                 {i: top - compiled.depths[i] for i in t.nodes},
-                                keep=set(t.nodes),
+                                keep=later,
                                 check_levels=self.check_levels,
                             )
-                        except Exception as exc:
-                            raise ParallelEvaluationError(
-                                f"{t.describe(compiled)} failed: {type(exc).__name__}: {exc}"
-                            ) from exc
                         finally:
                             ctx.auto_align = saved
-                        cts.update({i: values[i] for i in t.nodes})
+                        cts.update({i: values[i] for i in later})
                     else:
                         jobs = []
                         for t in step:
@@ -855,7 +908,7 @@ class ParallelCKKSEvaluator:
                                 check_levels=self.check_levels,
                             )
                             jobs.append((t, spec, {v: blob(v) for v in t.needs}))
-                        for res in self._dispatch(parallel, jobs, compiled):
+                        for res in self._dispatch(parallel, jobs, compiled, report):
                             blobs.update(res.values)
                             res.values = {}
                             report.tasks.append(res)
@@ -879,16 +932,22 @@ class ParallelCKKSEvaluator:
         parallel: Parallel,
         jobs: list[tuple[Task, TaskSpec, dict[int, bytes]]],
         compiled: CompiledCircuit,
+        report: RunReport,
     ) -> list[TaskResult]:
         """Run one superstep's tasks; map worker failures to ParallelEvaluationError."""
         fn = type(self)._task_function
         results: list[TaskResult] = []
         todo = jobs
+        ref = self._bundle_ref()
         for attempt in range(2):
-            ref = self._bundle_ref(with_data=attempt > 0)
+            # Second attempt: the workers that could not read the bundle file
+            # get the bytes (one array shared by the tasks of the call).
+            data = np.frombuffer(self.public_bundle(), dtype=np.uint8) if attempt else None
             pending = {spec.index: task for task, spec, _ in todo}
             try:
-                for res in parallel(delayed(fn)(ref, spec, payload) for _, spec, payload in todo):
+                for res in parallel(
+                    delayed(fn)(ref, spec, payload, data) for _, spec, payload in todo
+                ):
                     pending.pop(res.index, None)
                     results.append(res)
             except Exception as exc:
@@ -898,23 +957,20 @@ class ParallelCKKSEvaluator:
                 return results
             results = [r for r in results if not r.missing_bundle]
             todo = [j for j in todo if j[1].index in missing]
+            report.bundle_resent += len(todo)
         raise ParallelEvaluationError(
             f"workers could not load the public bundle for tasks {sorted(missing)} even when "
             "sent the bytes"
         )
 
 
-def _generator_kwargs(n_jobs: int | None) -> dict[str, Any]:
-    """``return_as="generator_unordered"`` when the active backend supports it.
-
-    Results then arrive as tasks finish, so a failure names the tasks that
-    had not finished.
-    """
-    try:
-        Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-    except ValueError:
-        return {}
-    return {"return_as": "generator_unordered"}
+def _structure_key(compiled: CompiledCircuit) -> str:
+    """Digest of what the schedule depends on: node kinds, operands, level costs, depths."""
+    h = hashlib.blake2b(digest_size=16)
+    for n, d in zip(compiled.nodes, compiled.depths, strict=True):
+        h.update(f"{n.op.value},{n.level_cost()},{d},{n.args};".encode())
+    h.update(repr(sorted(compiled.circuit.outputs.values())).encode())
+    return h.hexdigest()
 
 
 def _const_key(node: Any) -> str | None:
@@ -953,14 +1009,13 @@ def _task_error(
     failed = getattr(exc, "sklearn_he_task", None)
     if failed is not None and failed in pending:
         return ParallelEvaluationError(
-            f"{pending[failed].describe(compiled)} failed in a worker: "
-            f"{type(exc).__name__}: {exc}"
+            f"{pending[failed].describe(compiled)} failed in a worker: {type(exc).__name__}: {exc}"
         )
     names = "; ".join(t.describe(compiled) for t in pending.values()) or "no task"
     if _is_worker_death(exc):
         what = "a worker process died (killed, crashed or out of memory)"
     elif isinstance(exc, TimeoutError):
-        what = "a superstep exceeded the timeout"
+        what = "a task exceeded the timeout (a stuck or repeatedly dying worker?)"
     else:
         what = f"the parallel backend failed ({type(exc).__name__}: {exc})"
     if len(pending) == 1:

@@ -4,11 +4,13 @@ A worker process (a loky process, a Dask worker, ...) receives *tasks*: a
 few nodes of a compiled circuit plus the serialised ciphertexts they read.
 Nothing Pyfhel-backed ever crosses a process boundary (DESIGN.md section 5):
 
-* the keys travel as a :class:`BundleRef` - the key-set fingerprint, the
+* the keys travel as a :class:`BundleRef` - the key-set fingerprint and the
   path of a file holding the *public* bundle (context, public,
-  relinearisation and rotation keys; never the secret key) and, only when a
-  worker reports that it cannot read that file (a remote machine), the
-  bundle bytes themselves;
+  relinearisation and rotation keys; never the secret key) - and, only when
+  a worker reports that it cannot read that file (a remote machine), as the
+  bundle bytes themselves (a ``uint8`` array passed as a separate argument,
+  which joblib's Dask backend scatters once per call instead of once per
+  task);
 * every worker process rebuilds one server-side
   :class:`~sklearn_he.backend.KeySet` per fingerprint and keeps it in
   :data:`_KEYS` (this module is importable, so the cache survives from task
@@ -19,6 +21,7 @@ Nothing Pyfhel-backed ever crosses a process boundary (DESIGN.md section 5):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -63,17 +66,12 @@ class BundleRef:
     path : str or None
         File holding the public bundle (read when the process has no cached
         key set and the file exists there).
-    data : numpy.ndarray or None
-        The bundle bytes as a ``uint8`` array, sent only after a worker
-        reported :attr:`TaskResult.missing_bundle` (an array, not ``bytes``,
-        so that Dask scatters it once per call instead of once per task).
     allow_insecure_for_testing : bool
         Passed to :meth:`KeySet.from_public_bundle`.
     """
 
     fingerprint: str
     path: str | None = None
-    data: np.ndarray | None = None
     allow_insecure_for_testing: bool = False
 
 
@@ -113,7 +111,12 @@ class TaskSpec:
 
 @dataclass
 class TaskResult:
-    """What a task sends back: serialised values and timings (seconds)."""
+    """What a task sends back: serialised values and timings (seconds).
+
+    ``compute_cpu_seconds`` is the CPU time of the computing thread: on a
+    busy machine it stays near the cost of the work while ``compute_seconds``
+    (wall clock) grows.
+    """
 
     index: int
     values: dict[int, bytes] = field(default_factory=dict)
@@ -122,20 +125,23 @@ class TaskResult:
     host: str = ""
     load_seconds: float = 0.0
     compute_seconds: float = 0.0
+    compute_cpu_seconds: float = 0.0
     serialize_seconds: float = 0.0
     deserialize_seconds: float = 0.0
 
 
-def context_for(ref: BundleRef) -> CKKSContext | None:
+def context_for(ref: BundleRef, bundle: np.ndarray | None = None) -> CKKSContext | None:
     """The cached server context for ``ref``, loading the bundle if needed.
 
-    Returns None when the key set is neither cached nor loadable here (the
-    bundle file does not exist on this machine and no bytes came along).
+    ``bundle`` holds the bundle bytes (``uint8`` array) when the caller
+    sent them. Returns None when the key set is neither cached nor loadable
+    here (the bundle file does not exist on this machine and no bytes came
+    along).
     """
     keys = _KEYS.get(ref.fingerprint)
     if keys is None:
-        if ref.data is not None:
-            data = ref.data.tobytes()
+        if bundle is not None:
+            data = np.asarray(bundle, dtype=np.uint8).tobytes()
         elif ref.path is not None and os.path.exists(ref.path):
             with open(ref.path, "rb") as fh:
                 data = fh.read()
@@ -226,27 +232,34 @@ def execute(
     return values
 
 
-def run_task(ref: BundleRef, spec: TaskSpec, inputs: Mapping[int, bytes]) -> TaskResult:
+def run_task(
+    ref: BundleRef,
+    spec: TaskSpec,
+    inputs: Mapping[int, bytes],
+    bundle: np.ndarray | None = None,
+) -> TaskResult:
     """Entry point of a worker task (module-level, so every backend can pickle it).
 
-    An exception raised here reaches the caller with the attribute
+    ``inputs`` maps node ids to serialised ciphertexts; ``bundle`` is sent
+    only after a worker reported :attr:`TaskResult.missing_bundle`. An
+    exception raised here reaches the caller with the attribute
     ``sklearn_he_task`` set to ``spec.index`` (exception attributes survive
     pickling), so that the caller can name the task that failed.
     """
     try:
-        return _run_task(ref, spec, inputs)
+        return _run_task(ref, spec, inputs, bundle)
     except Exception as exc:
-        try:
+        with contextlib.suppress(AttributeError):  # exceptions with __slots__
             exc.sklearn_he_task = spec.index  # type: ignore[attr-defined]
-        except AttributeError:  # pragma: no cover - exceptions with __slots__
-            pass
         raise
 
 
-def _run_task(ref: BundleRef, spec: TaskSpec, inputs: Mapping[int, bytes]) -> TaskResult:
+def _run_task(
+    ref: BundleRef, spec: TaskSpec, inputs: Mapping[int, bytes], bundle: np.ndarray | None
+) -> TaskResult:
     result = TaskResult(index=spec.index, pid=os.getpid(), host=socket.gethostname())
     t0 = time.perf_counter()
-    ctx = context_for(ref)
+    ctx = context_for(ref, bundle)
     if ctx is None:
         result.missing_bundle = True
         return result
@@ -256,6 +269,7 @@ def _run_task(ref: BundleRef, spec: TaskSpec, inputs: Mapping[int, bytes]) -> Ta
         for nid, data in inputs.items()
     }
     t2 = time.perf_counter()
+    cpu = time.thread_time()
     ordered = sorted(spec.nodes, key=lambda n: n.id)
     if any(n.op is Op.INPUT for n in ordered):
         raise AssertionError("circuit inputs are never computed in a task")
@@ -274,6 +288,7 @@ def _run_task(ref: BundleRef, spec: TaskSpec, inputs: Mapping[int, bytes]) -> Ta
     finally:
         ctx.auto_align = saved
     t3 = time.perf_counter()
+    result.compute_cpu_seconds = time.thread_time() - cpu
     result.values = {nid: values[nid].to_bytes() for nid in spec.returns}
     t4 = time.perf_counter()
     result.load_seconds = t1 - t0
@@ -284,4 +299,4 @@ def _run_task(ref: BundleRef, spec: TaskSpec, inputs: Mapping[int, bytes]) -> Ta
 
 
 #: Signature of a task function (tests substitute one that fails on purpose).
-TaskFunction = Callable[[BundleRef, TaskSpec, Mapping[int, bytes]], TaskResult]
+TaskFunction = Callable[..., TaskResult]

@@ -17,9 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from joblib import effective_n_jobs
 
 from ..backend import MAX_COEFF_MODULUS_BITS_128, CKKSParameters, KeySet
-from ..circuit import CKKSEvaluator, CostModel, PlaintextEvaluator, analyze
+from ..circuit import (
+    CKKSEvaluator,
+    CostModel,
+    ParallelCKKSEvaluator,
+    PlaintextEvaluator,
+    analyze,
+)
 from ..exceptions import TrainingDivergedError
 from ..linalg import EncMatrix, RowVector, TileShape, encode_diagonals
 from ._circuits import (
@@ -282,6 +289,7 @@ class Trainer:
         backend: str,
         keys: KeySet | None = None,
         log: Callable[[str], None] | None = None,
+        n_jobs: int | None = None,
     ) -> None:
         if backend not in ("ckks", "plaintext"):
             raise ValueError(f"backend must be 'ckks' or 'plaintext'; got {backend!r}")
@@ -291,7 +299,9 @@ class Trainer:
         self.backend = backend
         self.keys = keys
         self.log = log or (lambda _msg: None)
+        self.n_jobs = n_jobs
         self._circuits: dict[tuple[int, int], ChunkCircuit] = {}
+        self._parallel: ParallelCKKSEvaluator | None = None
 
     # ------------------------------------------------------------- circuits
     def chunk_circuit(self, start_step: int, length: int) -> ChunkCircuit:
@@ -335,7 +345,12 @@ class Trainer:
     def _evaluate(self, compiled: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         if self.backend == "plaintext":
             return PlaintextEvaluator().run(compiled, inputs)
-        return CKKSEvaluator(self.keys.context).run(compiled, inputs)
+        if effective_n_jobs(self.n_jobs) == 1:
+            return CKKSEvaluator(self.keys.context).run(compiled, inputs)
+        if self._parallel is None or self._parallel.context is not self.keys.context:
+            # Workers get the public bundle only (never the secret key).
+            self._parallel = ParallelCKKSEvaluator(self.keys, n_jobs=self.n_jobs)
+        return self._parallel.run(compiled, inputs)
 
     def _ct_bytes(self) -> int:
         return ciphertext_bytes(self.plan.params or CKKSParameters.for_depth(1))

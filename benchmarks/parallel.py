@@ -1,0 +1,284 @@
+"""Parallel evaluation of the training chunk circuits: measured and projected speed-ups.
+
+For the MNIST-sized chunk circuits (``sklearn_he.training.build_chunk``,
+``circuit="baseline"`` and ``"pipelined"``, minibatch of 64, 197 features
+with the bias, tile shape from ``choose_shape``, ``k`` minibatches per
+circuit, 128-bit parameters from ``CKKSParameters.for_depth(chunk.depth)``):
+
+* **measured**: wall time of :class:`~sklearn_he.circuit.CKKSEvaluator`
+  (``T1``, in-process) and of
+  :class:`~sklearn_he.circuit.ParallelCKKSEvaluator` with ``n_jobs=2``
+  (``T2``, loky), median of ``--repeats`` runs after a warm-up (the first
+  parallel run starts the worker processes and loads the public bundle in
+  each; it is reported separately). Every parallel output is checked to be
+  bit-identical to the in-process one. Parallel efficiency is
+  ``T1 / (2 T2)``. The workers also report the CPU time of their compute:
+  on a machine that other jobs keep busy, wall time grows but CPU time
+  does not, so ``cpu/wall`` of the workers shows how much of the two cores
+  this benchmark actually got. The *CPU-adjusted* efficiency replaces
+  ``T1`` by the in-process run's CPU time and ``T2`` by its wall time
+  minus, per superstep, the longest time a worker waited for a core: an
+  estimate of the efficiency on an otherwise idle machine.
+* **analysed**: work and span of the compiled circuit from
+  ``analyze(compiled, params, CostModel.nominal())``, the projected speed-up
+  on 16 and 64 cores by Brent's bound (``work / (work / p + span)``), and
+  the speed-up the scheduler itself predicts for 2, 16 and 64 workers
+  (with :class:`~sklearn_he.circuit.TransferCosts` defaults, i.e. the cost
+  of moving ciphertexts between processes through the caller).
+
+Usage::
+
+    python benchmarks/parallel.py [--ring 16384] [--k 1] [--repeats 3]
+                                  [--out benchmarks/results/parallel.json]
+
+Default: N=16384 with k=1 (the only k whose circuits fit N=16384; about a
+minute in all, key generation included). ``--ring 32768 --k 2`` runs the
+two-minibatch circuits (minutes). Prints a Markdown table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sklearn_he import CKKSParameters, KeySet
+from sklearn_he.circuit import (
+    CKKSEvaluator,
+    CostModel,
+    ParallelCKKSEvaluator,
+    analyze,
+    plan_schedule,
+)
+from sklearn_he.training import build_chunk, choose_shape, sigmoid_poly
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BATCH = 64
+FEATURES = 197  # 14 x 14 MNIST pixels and the bias column
+CORES = (16, 64)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _median_time(fn: Any, repeats: int) -> tuple[float, list[float], list[float], Any]:
+    """Median wall time, all wall times, all CPU times (this thread), last result."""
+    times, cpu, out = [], [], None
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)
+    return statistics.median(times), times, cpu, out
+
+
+def bench(circuit: str, ring: int, k: int, repeats: int) -> dict[str, Any]:
+    shape = choose_shape(FEATURES, ring // 2)
+    steps = [(0.1, 0.1)] * k
+    chunk = build_chunk(
+        steps,
+        sigmoid_poly(3),
+        circuit=circuit,
+        shape=shape,
+        batch_size=BATCH,
+        n_features=FEATURES,
+    )
+    compiled = chunk.compiled
+    params = CKKSParameters.for_depth(chunk.depth, min_poly_modulus_degree=ring)
+    report = analyze(compiled, params, CostModel.nominal())
+    work, span = report.work_seconds or 0.0, report.span_seconds or 0.0
+    row: dict[str, Any] = {
+        "circuit": circuit,
+        "k": k,
+        "shape": f"{shape.rows}x{shape.cols}",
+        "params": params.to_dict(),
+        "depth": chunk.depth,
+        "nodes": report.nodes,
+        "op_counts": report.op_counts,
+        "rotation_keys": len(compiled.rotation_steps),
+        "inputs": len(compiled.circuit.inputs),
+        "work_s": work,
+        "span_s": span,
+        "parallelism": work / span if span else None,
+        "brent_speedup": {str(p): work / (work / p + span) for p in CORES},
+    }
+    predicted = {}
+    for p in (2, *CORES):
+        sched = plan_schedule(
+            compiled,
+            n_workers=p,
+            poly_modulus_degree=params.poly_modulus_degree,
+            max_level=params.max_level,
+        )
+        predicted[str(p)] = {
+            "speedup": sched.predicted_speedup,
+            "seconds": sched.predicted_seconds,
+            "supersteps": len(sched.supersteps),
+            "tasks": len(sched.tasks),
+            "transfers": sched.transfers,
+            "transfer_mb": sched.transfer_bytes / 1e6,
+        }
+        if p == 2:
+            row["schedule_2"] = sched.describe(compiled)
+    row["scheduler_speedup"] = predicted
+
+    _log(f"{circuit}: keys for {params.describe()}, {len(compiled.rotation_steps)} rotations")
+    t0 = time.perf_counter()
+    keys = KeySet.generate(params, rotation_steps=compiled.rotation_steps)
+    row["keygen_s"] = time.perf_counter() - t0
+    ctx = keys.context
+    rng = np.random.default_rng(0)
+    inputs = {
+        name: ctx.encrypt(rng.uniform(-0.1, 0.1, params.slots)) for name in compiled.circuit.inputs
+    }
+
+    serial = CKKSEvaluator(ctx)
+    serial.run(compiled, inputs)  # warm-up
+    t1, t1_all, t1_cpu, ref = _median_time(lambda: serial.run(compiled, inputs), repeats)
+
+    parallel = ParallelCKKSEvaluator(keys, n_jobs=2)
+    t0 = time.perf_counter()
+    bundle = parallel.public_bundle()
+    row["bundle_mb"] = len(bundle) / 1e6
+    row["bundle_export_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    parallel.run(compiled, inputs)  # starts the workers, loads the bundle in each
+    row["first_parallel_run_s"] = time.perf_counter() - t0
+    runs = []
+
+    def timed_parallel() -> Any:
+        out = parallel.run(compiled, inputs)
+        last = parallel.last_run_
+        superstep_of = {t.number: t.superstep for t in last.schedule.tasks}
+        waits: dict[int, float] = {}
+        for t in last.tasks:  # time a worker was runnable but not running
+            s = superstep_of[t.index]
+            waits[s] = max(waits.get(s, 0.0), t.compute_seconds - t.compute_cpu_seconds)
+        runs.append(
+            {
+                "cpu_wait_s": sum(waits.values()),
+                "mode": last.mode,
+                "wall_s": last.wall_seconds,
+                "supersteps_s": [s["seconds"] for s in last.supersteps],
+                "worker_compute_s": sum(t.compute_seconds for t in last.tasks),
+                "worker_compute_cpu_s": sum(t.compute_cpu_seconds for t in last.tasks),
+                "worker_transfer_s": sum(
+                    t.serialize_seconds + t.deserialize_seconds for t in last.tasks
+                ),
+            }
+        )
+        return out
+
+    t2, t2_all, _, out = _median_time(timed_parallel, repeats)
+    identical = all(out[n].to_bytes() == ref[n].to_bytes() for n in ref)
+    if not identical:
+        raise AssertionError(f"{circuit}: parallel outputs differ from the in-process ones")
+    cpu = sum(r["worker_compute_cpu_s"] for r in runs)
+    wall = sum(r["worker_compute_s"] for r in runs)
+    # CPU-adjusted: the in-process run's CPU time, and the parallel wall time
+    # minus, per superstep, the longest a worker waited for a core.
+    t1_adj = statistics.median(t1_cpu)
+    t2_adj = statistics.median(r["wall_s"] - r["cpu_wait_s"] for r in runs)
+    row.update(
+        {
+            "t1_s": t1,
+            "t1_runs_s": t1_all,
+            "t1_cpu_runs_s": t1_cpu,
+            "t1_adjusted_s": t1_adj,
+            "t2_adjusted_s": t2_adj,
+            "efficiency_2_adjusted": t1_adj / (2 * t2_adj),
+            "t2_s": t2,
+            "t2_runs_s": t2_all,
+            "speedup_2": t1 / t2,
+            "efficiency_2": t1 / (2 * t2),
+            "identical": identical,
+            "mode": runs[-1]["mode"],
+            "parallel_runs": runs,
+            "worker_cpu_over_wall": cpu / wall if wall else None,
+            "est_serial_s": work,
+        }
+    )
+    _log(
+        f"{circuit}: T1 {t1:.3f} s, T2 {t2:.3f} s, efficiency {row['efficiency_2']:.2f} "
+        f"(worker cpu/wall {row['worker_cpu_over_wall'] or 0:.2f}; CPU-adjusted T1 "
+        f"{t1_adj:.3f} s, T2 {t2_adj:.3f} s, efficiency {row['efficiency_2_adjusted']:.2f})"
+    )
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ring", type=int, default=16384, choices=(16384, 32768))
+    ap.add_argument("--k", type=int, default=1, help="minibatches per circuit")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--circuits", nargs="+", default=["baseline", "pipelined"])
+    ap.add_argument("--out", type=Path, default=RESULTS / "parallel.json")
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    load_before = os.getloadavg()
+    rows = [bench(c, args.ring, args.k, args.repeats) for c in args.circuits]
+    load_after = os.getloadavg()
+
+    print(
+        f"## Parallel evaluation of the training chunks (N={args.ring}, k={args.k}, "
+        f"batch {BATCH}, {FEATURES} features, 2 workers)\n"
+    )
+    print(
+        "| circuit | depth | nodes | rot | work s | span s | work/span | T1 s | T2 s "
+        "| speed-up | eff. T1/(2T2) | worker cpu/wall | CPU-adj. eff. | sched. pred. 2 "
+        "| Brent 16 | Brent 64 | sched. pred. 16 | sched. pred. 64 |"
+    )
+    print("|" + "---|" * 18)
+    for r in rows:
+        s = r["scheduler_speedup"]
+        print(
+            f"| {r['circuit']} | {r['depth']} | {r['nodes']} | {r['op_counts'].get('rotate', 0)} "
+            f"| {r['work_s']:.3f} | {r['span_s']:.3f} | {r['parallelism']:.2f} "
+            f"| {r['t1_s']:.3f} | {r['t2_s']:.3f} | {r['speedup_2']:.2f} "
+            f"| {r['efficiency_2']:.2f} | {r['worker_cpu_over_wall'] or 0:.2f} "
+            f"| {r['efficiency_2_adjusted']:.2f} "
+            f"| {s['2']['speedup']:.2f} | {r['brent_speedup']['16']:.2f} "
+            f"| {r['brent_speedup']['64']:.2f} | {s['16']['speedup']:.2f} "
+            f"| {s['64']['speedup']:.2f} |"
+        )
+    print(
+        f"\nLoad average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
+        f"on {os.cpu_count()} CPUs. First parallel run (worker start + bundle load): "
+        + ", ".join(f"{r['circuit']} {r['first_parallel_run_s']:.1f} s" for r in rows)
+        + ". Bundles: "
+        + ", ".join(f"{r['circuit']} {r['bundle_mb']:.0f} MB" for r in rows)
+        + "."
+    )
+    for r in rows:
+        print(f"\n{r['circuit']} schedule for 2 workers:\n```\n{r['schedule_2']}\n```")
+    result = {
+        "machine": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "ring": args.ring,
+        "k": args.k,
+        "repeats": args.repeats,
+        "batch_size": BATCH,
+        "n_features": FEATURES,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "runs": rows,
+        "total_s": time.perf_counter() - t_start,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, default=float))
+    _log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,352 @@
+"""ParallelCKKSEvaluator: same ciphertexts as CKKSEvaluator, errors that name the task.
+
+The circuits here are tiny (N=2048: a small bundle, so that worker processes
+start fast), far too small for processes to pay off, so most tests pass
+free :class:`TransferCosts` to make the scheduler split them into worker
+tasks anyway (and ``serial_fallback=False``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from joblib import Parallel, delayed, parallel_config
+
+from sklearn_he import CKKSParameters, KeySet
+from sklearn_he.backend._serialization import Kind, split_sections, unpack
+from sklearn_he.circuit import (
+    CKKSEvaluator,
+    CompiledCircuit,
+    Op,
+    ParallelCKKSEvaluator,
+    PlaintextEvaluator,
+    Tracer,
+    TransferCosts,
+    _worker,
+    compile_circuit,
+    plan_schedule,
+)
+from sklearn_he.exceptions import FormatError, ParallelEvaluationError
+from sklearn_he.linalg import EncMatrix, LinAlg, RowVector, TileShape
+from sklearn_he.training import build_chunk, sigmoid_poly
+
+#: N=2048 (1024 slots), four levels: enough for a one-step pipelined chunk.
+PARAMS = CKKSParameters(2048, (60, 40, 40, 40, 40, 60), 40, security_level=0)
+SHAPE = TileShape(16, 64)
+FREE = TransferCosts(serialize=0.0, deserialize=0.0, pipe=0.0, superstep=0.0, task=0.0)
+
+
+def matvec_circuit() -> CompiledCircuit:
+    """``M^T (M v)`` for a 2x2-tile matrix: four independent tile pipelines, then sums."""
+    t = Tracer(SHAPE.slots)
+    la = LinAlg(t, SHAPE)
+    M = EncMatrix.from_index(SHAPE, 32, 128, lambda rb, cb: t.input(f"M[{rb},{cb}]"))
+    v = RowVector.from_index(SHAPE, 128, lambda b: t.input(f"v[{b}]"))
+    q = la.rmatvec(M, la.matvec(M, v))
+    for b, blk in enumerate(q.blocks):
+        t.output(f"q[{b}]", blk)
+    t.output("v0", v.blocks[0])  # an output that is an input: no task computes it
+    return compile_circuit(t.circuit)
+
+
+def chunk_circuit() -> CompiledCircuit:
+    chunk = build_chunk(  # one NAG step on a 64 x 40 minibatch: four row tiles
+        [(0.5, 0.1)],
+        sigmoid_poly(3),
+        circuit="pipelined",
+        shape=SHAPE,
+        batch_size=64,
+        n_features=40,
+    )
+    return chunk.compiled
+
+
+@pytest.fixture(scope="module")
+def circuits() -> dict[str, CompiledCircuit]:
+    return {"matvec": matvec_circuit(), "chunk": chunk_circuit()}
+
+
+@pytest.fixture(scope="module")
+def keys(circuits) -> KeySet:
+    steps = set().union(*(c.rotation_steps for c in circuits.values()))
+    return KeySet.generate(PARAMS, rotation_steps=steps, allow_insecure_for_testing=True)
+
+
+def encrypt_inputs(keys: KeySet, compiled: CompiledCircuit, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    plain = {name: rng.uniform(-0.5, 0.5, keys.params.slots) for name in compiled.circuit.inputs}
+    return plain, {name: keys.context.encrypt(x) for name, x in plain.items()}
+
+
+def assert_identical(got, want):
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name].level == want[name].level, name
+        assert got[name].to_bytes() == want[name].to_bytes(), name
+
+
+# --------------------------------------------------------------------- results
+@pytest.mark.ckks
+@pytest.mark.parametrize("name", ["matvec", "chunk"])
+def test_same_ciphertexts_as_ckks_evaluator(keys, circuits, name):
+    compiled = circuits[name]
+    plain, enc = encrypt_inputs(keys, compiled)
+    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    ev = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
+    got = ev.run(compiled, enc)
+    assert_identical(got, want)
+    report = ev.last_run_
+    assert report.mode == "parallel"
+    # Work really ran in two worker processes, in supersteps of several tasks.
+    assert any(len(step) >= 2 and not step[0].local for step in report.schedule.supersteps)
+    assert len({r.pid for r in report.tasks}) == 2
+    assert os.getpid() not in {r.pid for r in report.tasks}
+    # And it is the right answer.
+    ref = PlaintextEvaluator().run(compiled, plain)
+    for out, ct in got.items():
+        np.testing.assert_allclose(keys.context.decrypt(ct), ref[out], atol=1e-3)
+
+
+@pytest.mark.ckks
+def test_deterministic_whatever_the_worker_count(keys, circuits):
+    compiled = circuits["chunk"]
+    _, enc = encrypt_inputs(keys, compiled, seed=1)
+    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    for n_jobs in (1, 2):
+        ev = ParallelCKKSEvaluator(keys, n_jobs=n_jobs, transfer=FREE, serial_fallback=False)
+        assert_identical(ev.run(compiled, enc), want)
+        assert ev.last_run_.mode == ("serial" if n_jobs == 1 else "parallel")
+    with parallel_config(backend="threading"):  # cheap to try more workers with threads
+        ev = ParallelCKKSEvaluator(keys, n_jobs=3, transfer=FREE, serial_fallback=False)
+        assert_identical(ev.run(compiled, enc), want)
+        assert max(len(step) for step in ev.last_run_.schedule.supersteps) == 3
+
+
+@pytest.mark.ckks
+def test_server_side_from_bundle_bytes(keys, circuits):
+    """Built from the public bundle alone; outputs load on the client."""
+    compiled = circuits["matvec"]
+    server = KeySet.from_public_bundle(keys.public_bundle(), allow_insecure_for_testing=True)
+    _, enc = encrypt_inputs(keys, compiled)
+    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    on_server = {k: server.context.ciphertext_from_bytes(v.to_bytes()) for k, v in enc.items()}
+    ev = ParallelCKKSEvaluator(
+        keys.public_bundle(),
+        n_jobs=2,
+        transfer=FREE,
+        serial_fallback=False,
+        allow_insecure_for_testing=True,
+    )
+    assert not ev.context.has_secret_key
+    got = ev.run(compiled, on_server)
+    assert_identical(got, want)
+
+
+@pytest.mark.ckks
+def test_n_jobs_none_is_serial_unless_parallel_config_says_otherwise(keys, circuits):
+    compiled = circuits["matvec"]
+    _, enc = encrypt_inputs(keys, compiled)
+    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    ev = ParallelCKKSEvaluator(keys, transfer=FREE, serial_fallback=False)
+    assert_identical(ev.run(compiled, enc), want)
+    assert ev.last_run_.mode == "serial"
+    # The backend comes from joblib's configuration: threads run the tasks in
+    # this process (no speed-up under the GIL, but the same results).
+    with parallel_config(backend="threading", n_jobs=2):
+        assert_identical(ev.run(compiled, enc), want)
+    assert ev.last_run_.mode == "parallel"
+    assert {r.pid for r in ev.last_run_.tasks} == {os.getpid()}
+
+
+@pytest.mark.ckks
+def test_serial_fallback_when_processes_do_not_pay(keys):
+    t = Tracer(SHAPE.slots)  # a chain: nothing to run side by side
+    x = t.input("x")
+    t.output("y", t.rotate(t.multiply(t.rotate(t.multiply(x, x), 1), x), 2))
+    compiled = compile_circuit(t.circuit)
+    _, enc = encrypt_inputs(keys, compiled)
+    ev = ParallelCKKSEvaluator(keys, n_jobs=2)
+    assert_identical(ev.run(compiled, enc), CKKSEvaluator(keys.context).run(compiled, enc))
+    assert ev.last_run_.mode == "serial"
+    assert not ev.last_run_.schedule.parallel
+
+
+# ---------------------------------------------------------------------- keys
+@pytest.mark.ckks
+def test_workers_get_the_public_bundle_only(keys, circuits):
+    compiled = circuits["matvec"]
+    _, enc = encrypt_inputs(keys, compiled)
+    ev = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
+    ev.run(compiled, enc)
+    secret = unpack(
+        keys.secret_key_bytes(), expected_kind=Kind.SECRET_KEY, expected_fingerprint=None
+    ).payload
+    bundle = ev.public_bundle()
+    env = unpack(bundle, expected_kind=Kind.PUBLIC_BUNDLE)
+    sections = split_sections(env.meta["sections"], env.payload)
+    assert set(sections) == {"context", "public", "relin", "rotation"}
+    assert secret not in bundle
+    # What the workers read is that bundle, through a file beside nothing else.
+    ref = ev._bundle_ref()
+    with open(ref.path, "rb") as fh:
+        assert fh.read() == bundle
+    assert sorted(os.listdir(os.path.dirname(ref.path))) == ["public.bundle"]
+    # The worker processes hold these keys, without the secret key.
+    infos = Parallel(n_jobs=2)(delayed(_worker.cache_info)() for _ in range(4))
+    mine = [i for info in infos for i in info if i["fingerprint"] == keys.fingerprint]
+    assert mine and not any(i["has_secret_key"] for i in mine)
+
+
+class _NoSharedFiles(ParallelCKKSEvaluator):
+    """Pretends the workers cannot see the caller's files (a remote cluster)."""
+
+    def _bundle_ref(self):
+        return replace(super()._bundle_ref(), path="/nonexistent/public.bundle")
+
+
+@pytest.mark.ckks
+def test_bundle_bytes_are_sent_when_workers_cannot_read_the_file(circuits):
+    compiled = circuits["matvec"]
+    fresh = KeySet.generate(  # a fingerprint no worker has cached yet
+        PARAMS, rotation_steps=compiled.rotation_steps, allow_insecure_for_testing=True
+    )
+    _, enc = encrypt_inputs(fresh, compiled)
+    want = CKKSEvaluator(fresh.context).run(compiled, enc)
+    ev = _NoSharedFiles(fresh, n_jobs=2, transfer=FREE, serial_fallback=False)
+    assert_identical(ev.run(compiled, enc), want)
+    assert ev.last_run_.bundle_resent >= 1
+
+
+# -------------------------------------------------------------------- errors
+def _fail_in_task_1(ref, spec, inputs, bundle=None):
+    if spec.index == 1:  # a corrupted operand: the worker's loader refuses it
+        inputs = {nid: data[:-1] for nid, data in inputs.items()}
+    return _worker.run_task(ref, spec, inputs, bundle)
+
+
+def _exit_in_task_1(ref, spec, inputs, bundle=None):
+    if spec.index == 1:
+        time.sleep(0.5)  # let the other task of the superstep finish first
+        os._exit(13)
+    return _worker.run_task(ref, spec, inputs, bundle)
+
+
+class _Failing(ParallelCKKSEvaluator):
+    _task_function = staticmethod(_fail_in_task_1)
+
+
+class _Dying(ParallelCKKSEvaluator):
+    _task_function = staticmethod(_exit_in_task_1)
+
+
+@pytest.mark.ckks
+def test_worker_exception_names_the_task(keys, circuits):
+    compiled = circuits["matvec"]
+    _, enc = encrypt_inputs(keys, compiled)
+    ev = _Failing(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
+    assert not ev.schedule(compiled, 2).supersteps[0][1].local
+    with pytest.raises(
+        ParallelEvaluationError, match=r"^task 1 \(superstep 0, worker, .*\) failed in a worker"
+    ) as info:
+        ev.run(compiled, enc)
+    assert "FormatError" in str(info.value) and "truncated" in str(info.value)
+    assert isinstance(info.value.__cause__, FormatError)
+
+
+@pytest.mark.ckks
+def test_killed_worker_is_an_error_not_a_hang(keys, circuits):
+    compiled = circuits["matvec"]
+    _, enc = encrypt_inputs(keys, compiled)
+    ev = _Dying(keys, n_jobs=2, transfer=FREE, serial_fallback=False, timeout=60)
+    t0 = time.perf_counter()
+    with pytest.raises(ParallelEvaluationError, match="worker process died") as info:
+        ev.run(compiled, enc)
+    assert time.perf_counter() - t0 < 30
+    assert "while running task 1 (superstep 0" in str(info.value)
+    # The pool recovers: the next run works.
+    ok = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
+    assert_identical(ok.run(compiled, enc), CKKSEvaluator(keys.context).run(compiled, enc))
+
+
+@pytest.mark.ckks
+def test_bad_inputs_fail_like_ckks_evaluator(keys, circuits):
+    compiled = circuits["matvec"]
+    _, enc = encrypt_inputs(keys, compiled)
+    ev = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
+    with pytest.raises(KeyError, match="missing circuit inputs"):
+        ev.run(compiled, {k: v for k, v in enc.items() if k != "v[0]"})
+    with pytest.raises(TypeError, match="must be a Ciphertext"):
+        ev.run(compiled, {**enc, "v[0]": np.zeros(3)})
+    with pytest.raises(TypeError, match="not picklable"):
+        pickle.dumps(ev)
+
+
+def test_constructor_checks():
+    with pytest.raises(TypeError, match="KeySet or public bundle"):
+        ParallelCKKSEvaluator("keys")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ schedule
+@pytest.mark.parametrize("workers", [1, 2, 3, 8])
+@pytest.mark.parametrize("transfer", [FREE, TransferCosts()], ids=["free", "nominal"])
+def test_schedule_is_a_valid_superstep_plan(circuits, workers, transfer):
+    compiled = circuits["chunk"]
+    sched = plan_schedule(
+        compiled, n_workers=workers, poly_modulus_degree=16384, max_level=7, transfer=transfer
+    )
+    nodes = compiled.nodes
+    inputs = set(compiled.circuit.inputs.values())
+    held = set(inputs)  # values at the caller
+    computed = set()
+    for s, step in enumerate(sched.supersteps):
+        assert len(step) <= workers
+        assert all(t.superstep == s for t in step)
+        assert len({t.local for t in step}) == 1 and (not step[0].local or len(step) == 1)
+        for t in step:
+            own = set(t.nodes)
+            assert list(t.nodes) == sorted(t.nodes)
+            assert not own & inputs
+            assert set(t.needs) <= held  # every operand is at the caller already
+            for n in t.nodes:
+                assert all(a in own or a in t.needs for a in nodes[n].args)
+        for t in step:
+            computed |= set(t.nodes)
+            held |= set(t.nodes) if t.local else set(t.returns)
+    assert computed == {n.id for n in nodes if n.op is not Op.INPUT}
+    assert set(compiled.circuit.outputs.values()) <= held
+    if workers == 1:
+        assert not sched.parallel
+    assert sched.span_seconds <= sched.serial_seconds
+    if transfer is FREE:
+        assert sched.predicted_seconds >= sched.span_seconds - 1e-12
+        if workers > 1:
+            assert sched.parallel and sched.predicted_speedup > 1.2
+
+
+# ---------------------------------------------------------------------- dask
+@pytest.mark.ckks
+@pytest.mark.slow
+def test_dask_backend_through_parallel_config(keys, circuits):
+    """``parallel_config(backend="dask")`` sends the tasks to a Dask cluster."""
+    distributed = pytest.importorskip("distributed")
+    compiled = circuits["matvec"]
+    _, enc = encrypt_inputs(keys, compiled)
+    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+        parallel_config(backend="dask"),
+    ):
+        ev = ParallelCKKSEvaluator(keys, transfer=FREE, serial_fallback=False)
+        assert_identical(ev.run(compiled, enc), want)  # n_jobs=None: every Dask core
+        assert ev.last_run_.mode == "parallel" and ev.last_run_.n_workers == 2
+        assert os.getpid() not in {r.pid for r in ev.last_run_.tasks}
+        with pytest.raises(ParallelEvaluationError, match=r"^task 1 \(superstep 0, worker"):
+            _Failing(keys, transfer=FREE, serial_fallback=False).run(compiled, enc)
