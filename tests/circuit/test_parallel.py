@@ -102,9 +102,10 @@ def test_same_ciphertexts_as_ckks_evaluator(keys, circuits, name):
     assert_identical(got, want)
     report = ev.last_run_
     assert report.mode == "parallel"
-    # Work really ran in two worker processes, in supersteps of several tasks.
+    # Work really ran in worker processes, in supersteps of several tasks
+    # (which process takes which task is loky's business).
     assert any(len(step) >= 2 and not step[0].local for step in report.schedule.supersteps)
-    assert len({r.pid for r in report.tasks}) == 2
+    assert len(report.tasks) == sum(not t.local for t in report.schedule.tasks)
     assert os.getpid() not in {r.pid for r in report.tasks}
     # And it is the right answer.
     ref = PlaintextEvaluator().run(compiled, plain)
@@ -231,7 +232,7 @@ def _fail_in_task_1(ref, spec, inputs, bundle=None):
 
 def _exit_in_task_1(ref, spec, inputs, bundle=None):
     if spec.index == 1:
-        time.sleep(0.5)  # let the other task of the superstep finish first
+        time.sleep(1.0)  # let the other task of the superstep finish first
         os._exit(13)
     return _worker.run_task(ref, spec, inputs, bundle)
 
@@ -262,6 +263,9 @@ def test_worker_exception_names_the_task(keys, circuits):
 def test_killed_worker_is_an_error_not_a_hang(keys, circuits):
     compiled = circuits["matvec"]
     _, enc = encrypt_inputs(keys, compiled)
+    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    ok = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
+    ok.run(compiled, enc)  # warm workers: task 0 then finishes before task 1 dies
     ev = _Dying(keys, n_jobs=2, transfer=FREE, serial_fallback=False, timeout=60)
     t0 = time.perf_counter()
     with pytest.raises(ParallelEvaluationError, match="worker process died") as info:
@@ -269,8 +273,7 @@ def test_killed_worker_is_an_error_not_a_hang(keys, circuits):
     assert time.perf_counter() - t0 < 30
     assert "while running task 1 (superstep 0" in str(info.value)
     # The pool recovers: the next run works.
-    ok = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
-    assert_identical(ok.run(compiled, enc), CKKSEvaluator(keys.context).run(compiled, enc))
+    assert_identical(ok.run(compiled, enc), want)
 
 
 @pytest.mark.ckks
