@@ -93,7 +93,8 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
     sigmoid_degree : {3, 5, 7}, default=5
         Degree of the least-squares sigmoid approximation on [-8, 8]. Degree
         5 is the default because its surrogate loss is convex (the leading
-        coefficient is negative): margins that leave [-8, 8] are pulled back.
+        coefficient is negative), so margins that leave [-8, 8] are pushed back
+        rather than further out; large learning rates can still overshoot.
         Degrees 3 and 7 (the paper's 3 costs one level less) turn back up
         outside the interval, which can make training diverge on data with
         outliers.
@@ -329,7 +330,6 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 stacklevel=2,
             )
         p = plan.params
-        epochs_chunks = len(plan.chunks())
         self.report_ = FitReport(
             circuit=self.circuit,
             backend=self.backend,
@@ -344,7 +344,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             scale_bits=p.scale_bits,
             bytes_uploaded=sum(r.bytes_uploaded for r in results),
             refreshes=sum(r.refreshes for r in results),
-            refreshes_per_epoch=float(epochs_chunks),
+            refreshes_per_epoch=sum(r.refreshes for r in results) / (self.max_iter * len(targets)),
             encrypt_seconds=sum(r.encrypt_seconds for r in results),
             train_seconds=sum(r.train_seconds for r in results),
             fit_seconds=time.perf_counter() - t_start,

@@ -442,10 +442,11 @@ class Trainer:
                 [self._decrypt(out[f"v[{cb}]"]) for cb in range(n_blk)], shape, p.n_features
             ).decode()
             if not (np.isfinite(w).all() and np.isfinite(v).all()) or np.abs(w).max() > 1e6:
+                hint = "" if len(self.coeffs) == 6 else ", use sigmoid_degree=5"
                 raise TrainingDivergedError(
                     f"training diverged at step {step + length} (|w| = {np.linalg.norm(w):.3g}): "
                     "margins left the range where the sigmoid polynomial is stable. Lower the "
-                    "learning rate, use sigmoid_degree=5, or train fewer epochs"
+                    f"learning rate{hint}, or train fewer epochs"
                 )
             step += length
             depths.append(chunk.depth)
