@@ -42,6 +42,17 @@ class PrecisionError(SklearnHEError, ArithmeticError):
     """A CKKS value strayed from its plaintext reference beyond the bound."""
 
 
+def check_input_names(compiled: CompiledCircuit, inputs: Mapping[str, Any]) -> None:
+    """Every circuit input given, and nothing else (KeyError naming the names)."""
+    names = compiled.circuit.inputs
+    missing = set(names) - set(inputs)
+    if missing:
+        raise KeyError(f"missing circuit inputs: {sorted(missing)}")
+    extra = set(inputs) - set(names)
+    if extra:
+        raise KeyError(f"unknown circuit inputs {sorted(extra)}; expected {sorted(names)}")
+
+
 def _interpret(
     compiled: CompiledCircuit,
     inputs: Mapping[str, V],
@@ -49,14 +60,7 @@ def _interpret(
     on_value: Callable[[Node, V], None] | None = None,
 ) -> dict[str, V]:
     circuit = compiled.circuit
-    missing = set(circuit.inputs) - set(inputs)
-    if missing:
-        raise KeyError(f"missing circuit inputs: {sorted(missing)}")
-    extra = set(inputs) - set(circuit.inputs)
-    if extra:
-        raise KeyError(
-            f"unknown circuit inputs {sorted(extra)}; expected {sorted(circuit.inputs)}"
-        )
+    check_input_names(compiled, inputs)
     remaining = [len(c) for c in circuit.consumers()]
     keep = set(circuit.outputs.values())
     values: dict[int, V] = {}

@@ -73,7 +73,7 @@ from ..backend import Ciphertext, CKKSContext, KeySet
 from ..exceptions import DepthExhaustedError, ParallelEvaluationError
 from ._compiler import CompiledCircuit
 from ._cost import CostModel
-from ._evaluators import CKKSEvaluator
+from ._evaluators import CKKSEvaluator, check_input_names
 from ._ir import Op
 from ._worker import BundleRef, TaskFunction, TaskResult, TaskSpec, execute, run_task
 
@@ -812,14 +812,7 @@ class ParallelCKKSEvaluator:
     ) -> dict[int, Ciphertext]:
         """Same checks as CKKSEvaluator.run; inputs mod-switched to their levels, by node id."""
         circuit = compiled.circuit
-        missing = set(circuit.inputs) - set(inputs)
-        if missing:
-            raise KeyError(f"missing circuit inputs: {sorted(missing)}")
-        extra = set(inputs) - set(circuit.inputs)
-        if extra:
-            raise KeyError(
-                f"unknown circuit inputs {sorted(extra)}; expected {sorted(circuit.inputs)}"
-            )
+        check_input_names(compiled, inputs)
         ctx = self.context
         ready = {}
         for name, ct in inputs.items():
