@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ..circuit import CompiledCircuit, Tracer, compile_circuit
 from ..linalg import EncMatrix, LinAlg, RowVector, TileShape, diagonal_offsets
@@ -173,10 +174,13 @@ def build_chunk(
     )
 
 
+@lru_cache(maxsize=8)
 def build_gram_circuit(shape: TileShape, batch_size: int, n_features: int) -> CompiledCircuit:
     """Server-side precomputation of one Gram block ``Z_a Z_b^T`` from encrypted data.
 
     Inputs ``A[rb,cb]`` and ``B[rb,cb]``; outputs ``G[rb,cb]``. Depth 3.
+    The circuit depends only on the shapes, so it is traced once per shape
+    (planning weighs it for every candidate; evaluators do not modify it).
     """
     tracer = Tracer(shape.slots)
     la = LinAlg(tracer, shape)
