@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .backend import CKKSParameters, KeySet
 from .exceptions import SklearnHEError
 from .training import NAGSchedule, Trainer, plan_training, sigmoid_poly
-from .training._trainer import gram_block_costs
+from .training._planner import gram_block_costs
 
 __all__ = ["EncryptedLogisticRegression", "FitReport", "SigmoidRangeWarning"]
 

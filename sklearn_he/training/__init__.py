@@ -1,10 +1,11 @@
 """Training circuits: the NAG recurrence, its unrolled/pipelined form, and their execution."""
 
 from ._circuits import CIRCUITS, ChunkCircuit, build_chunk, build_gram_circuit
+from ._planner import Plan, choose_shape, plan_training
 from ._program import Program, evaluate, nag_program, pipeline
 from ._schedule import NAGSchedule, nag_reference
 from ._sigmoid import SIGMOID_DEGREES, sigmoid_poly
-from ._trainer import Plan, Trainer, TrainResult, choose_shape, plan_training
+from ._trainer import Trainer, TrainResult
 
 __all__ = [
     "CIRCUITS",
