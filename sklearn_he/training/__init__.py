@@ -5,24 +5,39 @@ from ._planner import Plan, choose_shape, plan_training
 from ._program import Program, evaluate, nag_program, pipeline
 from ._schedule import NAGSchedule, nag_reference
 from ._sigmoid import SIGMOID_DEGREES, sigmoid_poly
-from ._trainer import Trainer, TrainResult
+from ._trainer import (
+    ChunkSpec,
+    Trainer,
+    TrainingClient,
+    TrainingData,
+    TrainingServer,
+    TrainResult,
+    chunk_specs,
+    state_names,
+)
 
 __all__ = [
     "CIRCUITS",
     "SIGMOID_DEGREES",
     "ChunkCircuit",
+    "ChunkSpec",
     "NAGSchedule",
     "Plan",
     "Program",
     "TrainResult",
     "Trainer",
+    "TrainingClient",
+    "TrainingData",
+    "TrainingServer",
     "build_chunk",
     "build_gram_circuit",
     "choose_shape",
+    "chunk_specs",
     "evaluate",
     "nag_program",
     "nag_reference",
     "pipeline",
     "plan_training",
     "sigmoid_poly",
+    "state_names",
 ]

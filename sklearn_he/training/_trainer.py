@@ -1,18 +1,34 @@
-"""Running the training circuits: encryption, chunk after chunk, refreshes.
+"""Running the training circuits: the client and server roles, and both in one process.
 
-Given a :class:`~sklearn_he.training.Plan` (see :mod:`._planner`),
-:class:`Trainer` plays the client (encode and encrypt the minibatches,
-refresh the model state between chunks, decrypt) and the server (evaluate
-each chunk circuit) in one process. With ``backend="plaintext"`` the very
-same compiled circuits run on NumPy vectors instead of ciphertexts.
+Given a :class:`~sklearn_he.training.Plan` (see :mod:`._planner`), a training
+run is a sequence of *chunks* (:func:`chunk_specs`), each one compiled
+circuit of up to ``plan.k`` minibatch steps. Two roles share the work:
+
+* :class:`TrainingClient` holds the secret key. It encodes and encrypts the
+  minibatches and the client-computed data-only blocks (Gram blocks,
+  diagonal-major Gram blocks) into exactly the named inputs the chunk
+  circuits expect, encrypts the model state, *refreshes* it between chunks
+  (decrypt, check, re-encrypt: SEAL has no bootstrapping) and decrypts the
+  final state.
+* :class:`TrainingServer` needs only public keys (``keys.public()``, or a
+  key set loaded with ``KeySet.from_public_bundle``). Given a source of
+  encrypted data (:class:`TrainingData`) and an encrypted state, it
+  compiles and evaluates the chunk circuits, computing server-side Gram
+  blocks itself when the plan says so.
+
+:class:`Trainer` drives both in one process (what
+:meth:`EncryptedLogisticRegression.fit <sklearn_he.EncryptedLogisticRegression.fit>`
+uses); :mod:`sklearn_he.protocol` runs them on two machines through files.
+With ``backend="plaintext"`` the very same compiled circuits run on NumPy
+vectors instead of ciphertexts.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from joblib import effective_n_jobs
@@ -32,7 +48,18 @@ from ._circuits import (
 from ._planner import Plan, ciphertext_bytes
 from ._schedule import NAGSchedule
 
-__all__ = ["TrainResult", "Trainer"]
+__all__ = [
+    "ChunkSpec",
+    "TrainResult",
+    "Trainer",
+    "TrainingClient",
+    "TrainingData",
+    "TrainingServer",
+    "chunk_specs",
+    "state_names",
+]
+
+BACKENDS = ("ckks", "plaintext")
 
 
 @dataclass
@@ -51,8 +78,174 @@ class TrainResult:
     margin_max: float = 0.0
 
 
-class Trainer:
-    """Client and server of one training run, in one process.
+@dataclass(frozen=True)
+class ChunkSpec:
+    """One chunk of a training run.
+
+    Attributes
+    ----------
+    index : int
+        Position in the run (0-based).
+    epoch : int
+        Epoch the chunk belongs to (0-based).
+    first : int
+        Index of its first minibatch within the epoch.
+    length : int
+        Minibatch steps in the chunk.
+    step : int
+        Global step number of its first minibatch (fixes the schedule's constants).
+    """
+
+    index: int
+    epoch: int
+    first: int
+    length: int
+    step: int
+
+
+def chunk_specs(plan: Plan, epochs: int, start_step: int = 0) -> list[ChunkSpec]:
+    """Every chunk of ``epochs`` passes over the data, in order.
+
+    Both roles derive the run from the plan alone, so they agree on it
+    without exchanging anything but the plan.
+    """
+    out: list[ChunkSpec] = []
+    step = start_step
+    for epoch in range(epochs):
+        for first, length in plan.chunks():
+            out.append(ChunkSpec(len(out), epoch, first, length, step))
+            step += length
+    return out
+
+
+def state_names(plan: Plan) -> list[str]:
+    """Names of the model-state ciphertexts, ``v[cb]`` then ``w[cb]`` (inputs and outputs)."""
+    n_blk = len(RowVector.from_index(plan.shape, plan.n_features, lambda b: b).blocks)
+    return [f"{name}[{cb}]" for name in ("v", "w") for cb in range(n_blk)]
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'ckks' or 'plaintext'; got {backend!r}")
+
+
+def _grid_inputs(name: Callable[[int, int], str], M: EncMatrix) -> dict[str, Any]:
+    return {name(rb, cb): tile for rb, row in enumerate(M.tiles) for cb, tile in enumerate(row)}
+
+
+class TrainingData(Protocol):
+    """Where a :class:`TrainingServer` finds the encrypted data set.
+
+    ``batch(i)`` is minibatch ``i`` (``m x f``); ``gram(a, b)`` and
+    ``diagonal(a, b)`` are the client-computed blocks ``Z_a Z_b^T`` (plain
+    tiles and diagonal-major form), asked for only when the plan has the
+    client compute them. Indices are minibatch indices within an epoch.
+    """
+
+    def batch(self, i: int) -> EncMatrix[Any]: ...
+
+    def gram(self, a: int, b: int) -> EncMatrix[Any]: ...
+
+    def diagonal(self, a: int, b: int) -> EncMatrix[Any]: ...
+
+
+# ---------------------------------------------------------------------- client
+class TrainingClient:
+    """The data owner's side of a training run: everything that needs the secret key.
+
+    Parameters
+    ----------
+    plan : Plan
+    backend : {"ckks", "plaintext"}
+    keys : KeySet, optional
+        The client's key set (with its secret key); required for ``"ckks"``.
+    """
+
+    def __init__(self, plan: Plan, *, backend: str = "ckks", keys: KeySet | None = None) -> None:
+        _check_backend(backend)
+        self.plan = plan
+        self.backend = backend
+        self.keys = keys
+
+    def _require_keys(self) -> KeySet:
+        if self.keys is None:
+            raise ValueError("backend='ckks' needs the client's KeySet (client.keys)")
+        return self.keys
+
+    def encrypt_tile(self, tile: np.ndarray) -> Any:
+        """Encrypt one slot vector (identity on the plaintext backend)."""
+        if self.backend == "plaintext":
+            return tile
+        return self._require_keys().context.encrypt(tile)
+
+    def decrypt_tile(self, value: Any) -> np.ndarray:
+        """Decrypt one slot vector (identity on the plaintext backend)."""
+        if self.backend == "plaintext":
+            return value
+        return self._require_keys().context.decrypt(value)
+
+    def encrypt_matrix(self, M: np.ndarray) -> EncMatrix[Any]:
+        """Tile and encrypt a matrix in the plan's tile shape."""
+        return EncMatrix.from_array(M, self.plan.shape, self.encrypt_tile)
+
+    def encrypt_gram(self, Za: np.ndarray, Zb: np.ndarray) -> EncMatrix[Any]:
+        """The data-only block ``Z_a Z_b^T``, computed in plaintext and encrypted."""
+        return self.encrypt_matrix(Za @ Zb.T)
+
+    def encrypt_diagonal(self, Za: np.ndarray, Zb: np.ndarray) -> EncMatrix[Any]:
+        """``Z_a Z_b^T`` in diagonal-major form (the diagonal layout's input)."""
+        _, D = encode_diagonals(Za @ Zb.T, self.plan.shape)
+        return self.encrypt_matrix(D)
+
+    def encrypt_state(self, w: np.ndarray, v: np.ndarray) -> dict[str, Any]:
+        """The model state as the named chunk inputs ``v[cb]`` and ``w[cb]``."""
+        out: dict[str, Any] = {}
+        for name, vec in (("v", v), ("w", w)):
+            blocks = RowVector.from_array(np.asarray(vec, float), self.plan.shape).blocks
+            for cb, blk in enumerate(blocks):
+                out[f"{name}[{cb}]"] = self.encrypt_tile(blk)
+        return out
+
+    def decrypt_state(self, state: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """``(w, v)`` from the named state ciphertexts (a chunk's outputs)."""
+        p = self.plan
+        n_blk = len(state_names(p)) // 2
+        w, v = (
+            RowVector(
+                [self.decrypt_tile(state[f"{name}[{cb}]"]) for cb in range(n_blk)],
+                p.shape,
+                p.n_features,
+            ).decode()
+            for name in ("w", "v")
+        )
+        return w, v
+
+    @staticmethod
+    def check_state(w: np.ndarray, v: np.ndarray, step: int, coeffs: Sequence[float]) -> None:
+        """Raise :class:`TrainingDivergedError` when a decrypted state blew up."""
+        if not (np.isfinite(w).all() and np.isfinite(v).all()) or np.abs(w).max() > 1e6:
+            hint = "" if len(coeffs) == 6 else ", use sigmoid_degree=5"
+            raise TrainingDivergedError(
+                f"training diverged at step {step} (|w| = {np.linalg.norm(w):.3g}): "
+                "margins left the range where the sigmoid polynomial is stable. Lower the "
+                f"learning rate{hint}, or train fewer epochs"
+            )
+
+    def refresh(
+        self, state: Mapping[str, Any], step: int, coeffs: Sequence[float]
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Decrypt a spent state, check it, and re-encrypt it at the top level.
+
+        Returns ``(w, v, fresh_state)``.
+        """
+        w, v = self.decrypt_state(state)
+        self.check_state(w, v, step, coeffs)
+        return w, v, self.encrypt_state(w, v)
+
+
+# ---------------------------------------------------------------------- server
+class TrainingServer:
+    """The evaluation side of a training run: public keys only.
 
     Parameters
     ----------
@@ -62,10 +255,12 @@ class Trainer:
         Sigmoid polynomial.
     backend : {"ckks", "plaintext"}
     keys : KeySet, optional
-        CKKS keys (client side); required for ``backend="ckks"``. Must hold
-        the rotation keys of the plan (:meth:`rotation_steps`).
-    log : callable, optional
-        Receives progress lines.
+        Evaluation keys; a public key set suffices (and is what the server
+        holds). Required for ``"ckks"``; must hold the rotation keys of
+        :meth:`rotation_steps`.
+    n_jobs : int, optional
+        Worker processes (:class:`~sklearn_he.circuit.ParallelCKKSEvaluator`);
+        workers receive the public bundle only.
     """
 
     def __init__(
@@ -74,21 +269,19 @@ class Trainer:
         schedule: NAGSchedule,
         coeffs: Sequence[float],
         *,
-        backend: str,
+        backend: str = "ckks",
         keys: KeySet | None = None,
-        log: Callable[[str], None] | None = None,
         n_jobs: int | None = None,
     ) -> None:
-        if backend not in ("ckks", "plaintext"):
-            raise ValueError(f"backend must be 'ckks' or 'plaintext'; got {backend!r}")
+        _check_backend(backend)
         self.plan = plan
         self.schedule = schedule
         self.coeffs = np.asarray(coeffs, dtype=float)
         self.backend = backend
         self.keys = keys
-        self.log = log or (lambda _msg: None)
         self.n_jobs = n_jobs
         self._circuits: dict[tuple[int, int], ChunkCircuit] = {}
+        self._grams: dict[tuple[int, int], EncMatrix[Any]] = {}
         self._parallel: ParallelCKKSEvaluator | None = None
 
     # ------------------------------------------------------------- circuits
@@ -119,26 +312,189 @@ class Trainer:
             steps |= set(build_gram_circuit(p.shape, p.batch_size, p.n_features).rotation_steps)
         return steps
 
-    # ---------------------------------------------------------------- client
-    def _encrypt(self, tile: np.ndarray) -> Any:
-        if self.backend == "plaintext":
-            return tile
-        return self.keys.context.encrypt(tile)
-
-    def _decrypt(self, value: Any) -> np.ndarray:
-        if self.backend == "plaintext":
-            return value
-        return self.keys.context.decrypt(value)
-
-    def _evaluate(self, compiled: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    # ------------------------------------------------------------ evaluation
+    def evaluate(
+        self,
+        compiled: Any,
+        inputs: dict[str, Any],
+        *,
+        on_value: Callable[[Any, Any], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run a compiled circuit on this side's backend (in parallel when ``n_jobs`` asks)."""
         if self.backend == "plaintext":
             return PlaintextEvaluator().run(compiled, inputs)
+        if self.keys is None:
+            raise ValueError("backend='ckks' needs a KeySet (the public one suffices)")
         if effective_n_jobs(self.n_jobs) == 1:
-            return CKKSEvaluator(self.keys.context).run(compiled, inputs)
+            return CKKSEvaluator(self.keys.context).run(compiled, inputs, on_value=on_value)
         if self._parallel is None or self._parallel.context is not self.keys.context:
             # Workers get the public bundle only (never the secret key).
             self._parallel = ParallelCKKSEvaluator(self.keys, n_jobs=self.n_jobs)
         return self._parallel.run(compiled, inputs)
+
+    def server_gram(self, A: EncMatrix[Any], B: EncMatrix[Any]) -> EncMatrix[Any]:
+        """``A B^T`` computed homomorphically (:func:`build_gram_circuit`, 3 levels)."""
+        p = self.plan
+        compiled = build_gram_circuit(p.shape, p.batch_size, p.n_features)
+        inputs = {
+            **_grid_inputs(lambda rb, cb: f"A[{rb},{cb}]", A),
+            **_grid_inputs(lambda rb, cb: f"B[{rb},{cb}]", B),
+        }
+        out = self.evaluate(compiled, inputs)
+        return EncMatrix.from_index(
+            p.shape, p.batch_size, p.batch_size, lambda rb, cb: out[f"G[{rb},{cb}]"]
+        )
+
+    def gram(self, data: TrainingData, a: int, b: int) -> EncMatrix[Any]:
+        """Gram block ``Z_a Z_b^T``: the client's upload, or computed here (and cached)."""
+        if self.plan.gram_source == "client":
+            return data.gram(a, b)
+        if (a, b) not in self._grams:
+            self._grams[(a, b)] = self.server_gram(data.batch(a), data.batch(b))
+        return self._grams[(a, b)]
+
+    def chunk_inputs(
+        self, spec: ChunkSpec, data: TrainingData, state: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Every named input of ``spec``'s circuit: minibatches, blocks and the state."""
+        chunk = self.chunk_circuit(spec.step, spec.length)
+        first = spec.first
+        inputs: dict[str, Any] = {}
+        for t in range(spec.length):
+            inputs.update(
+                _grid_inputs(lambda rb, cb, t=t: z_name(t, rb, cb), data.batch(first + t))
+            )
+        for a, b in chunk.grams:
+            inputs.update(
+                _grid_inputs(
+                    lambda rb, cb, a=a, b=b: gram_name(a, b, rb, cb),
+                    self.gram(data, first + a, first + b),
+                )
+            )
+        for a, b in chunk.diagonals:
+            inputs.update(
+                _grid_inputs(
+                    lambda rb, cb, a=a, b=b: diagonal_name(a, b, rb, cb),
+                    data.diagonal(first + a, first + b),
+                )
+            )
+        for name in state_names(self.plan):
+            inputs[name] = state[name]
+        return inputs
+
+    def run_chunk(
+        self,
+        spec: ChunkSpec,
+        data: TrainingData,
+        state: Mapping[str, Any],
+        *,
+        on_value: Callable[[Any, Any], None] | None = None,
+    ) -> dict[str, Any]:
+        """Evaluate one chunk; returns the new (encrypted) state ``v[cb]``, ``w[cb]``."""
+        chunk = self.chunk_circuit(spec.step, spec.length)
+        return self.evaluate(
+            chunk.compiled, self.chunk_inputs(spec, data, state), on_value=on_value
+        )
+
+
+# ------------------------------------------------------------------ in process
+class _InProcessData:
+    """The client's encrypted data set, held in memory and extended on demand."""
+
+    def __init__(self, client: TrainingClient, batches: Sequence[np.ndarray]) -> None:
+        self.client = client
+        self.plain = batches
+        self.batches = [client.encrypt_matrix(Z) for Z in batches]
+        self.tiles = sum(len(b.tiles) * len(b.tiles[0]) for b in self.batches)
+        self._grams: dict[tuple[int, int], EncMatrix[Any]] = {}
+        self._diagonals: dict[tuple[int, int], EncMatrix[Any]] = {}
+
+    def batch(self, i: int) -> EncMatrix[Any]:
+        return self.batches[i]
+
+    def _count(self, M: EncMatrix[Any]) -> EncMatrix[Any]:
+        self.tiles += len(M.tiles) * len(M.tiles[0])
+        return M
+
+    def gram(self, a: int, b: int) -> EncMatrix[Any]:
+        if (a, b) not in self._grams:
+            Za, Zb = self.plain[a], self.plain[b]
+            self._grams[(a, b)] = self._count(self.client.encrypt_gram(Za, Zb))
+        return self._grams[(a, b)]
+
+    def diagonal(self, a: int, b: int) -> EncMatrix[Any]:
+        if (a, b) not in self._diagonals:
+            Za, Zb = self.plain[a], self.plain[b]
+            self._diagonals[(a, b)] = self._count(self.client.encrypt_diagonal(Za, Zb))
+        return self._diagonals[(a, b)]
+
+
+class Trainer:
+    """Client and server of one training run, in one process.
+
+    Parameters
+    ----------
+    plan : Plan
+    schedule : NAGSchedule
+    coeffs : sequence of float
+        Sigmoid polynomial.
+    backend : {"ckks", "plaintext"}
+    keys : KeySet, optional
+        CKKS keys (client side); required for ``backend="ckks"``. Must hold
+        the rotation keys of the plan (:meth:`rotation_steps`).
+    log : callable, optional
+        Receives progress lines.
+    n_jobs : int, optional
+        Worker processes for the server role.
+
+    Notes
+    -----
+    The client role (:attr:`client`) encrypts and refreshes with ``keys``;
+    the server role (:attr:`server`) only evaluates. In one process both
+    share the key set (exporting the public part, rotation keys included,
+    would cost time and memory for nothing); :mod:`sklearn_he.protocol` runs
+    the same server role with a public key set only.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        schedule: NAGSchedule,
+        coeffs: Sequence[float],
+        *,
+        backend: str,
+        keys: KeySet | None = None,
+        log: Callable[[str], None] | None = None,
+        n_jobs: int | None = None,
+    ) -> None:
+        _check_backend(backend)
+        self.plan = plan
+        self.schedule = schedule
+        self.coeffs = np.asarray(coeffs, dtype=float)
+        self.backend = backend
+        self.log = log or (lambda _msg: None)
+        self.n_jobs = n_jobs
+        self.client = TrainingClient(plan, backend=backend)
+        self.server = TrainingServer(plan, schedule, coeffs, backend=backend, n_jobs=n_jobs)
+        self.keys = keys
+
+    @property
+    def keys(self) -> KeySet | None:
+        """The client's key set (the server role gets its public part)."""
+        return self.client.keys
+
+    @keys.setter
+    def keys(self, keys: KeySet | None) -> None:
+        self.client.keys = keys
+        self.server.keys = keys
+
+    def chunk_circuit(self, start_step: int, length: int) -> ChunkCircuit:
+        """The compiled circuit for ``length`` steps from global step ``start_step``."""
+        return self.server.chunk_circuit(start_step, length)
+
+    def rotation_steps(self) -> set[int]:
+        """Every rotation the plan's circuits (and Gram precomputation) use."""
+        return self.server.rotation_steps()
 
     def _ct_bytes(self) -> int:
         return ciphertext_bytes(self.plan.params or CKKSParameters.for_depth(1))
@@ -163,113 +519,47 @@ class Trainer:
     ) -> TrainResult:
         """Train for ``epochs`` passes over ``batches`` (each ``m x f``, zero padded)."""
         p = self.plan
-        shape = p.shape
         if self.backend == "ckks" and self.keys is None:
             raise ValueError("backend='ckks' needs a KeySet (trainer.keys)")
+        client, server = self.client, self.server
         t0 = time.perf_counter()
-        enc_batches = [EncMatrix.from_array(Z, shape, self._encrypt) for Z in batches]
-        uploaded = sum(len(b.tiles) * len(b.tiles[0]) for b in enc_batches) * self._ct_bytes()
-        if self.backend == "ckks":
-            uploaded += self._bundle_bytes()
-        grams: dict[tuple[int, int], EncMatrix] = {}
-
-        def gram(a: int, b: int) -> EncMatrix:
-            nonlocal uploaded
-            if (a, b) not in grams:
-                if p.gram_source == "client":
-                    grams[(a, b)] = EncMatrix.from_array(
-                        batches[a] @ batches[b].T, shape, self._encrypt
-                    )
-                    uploaded += (
-                        len(grams[(a, b)].tiles) * len(grams[(a, b)].tiles[0]) * self._ct_bytes()
-                    )
-                else:
-                    grams[(a, b)] = self._server_gram(enc_batches[a], enc_batches[b])
-            return grams[(a, b)]
-
-        diagonals: dict[tuple[int, int], EncMatrix] = {}
-
-        def diagonal(a: int, b: int) -> EncMatrix:
-            nonlocal uploaded
-            if (a, b) not in diagonals:
-                _, D = encode_diagonals(batches[a] @ batches[b].T, shape)
-                diagonals[(a, b)] = EncMatrix.from_array(D, shape, self._encrypt)
-                tiles = diagonals[(a, b)].tiles
-                uploaded += len(tiles) * len(tiles[0]) * self._ct_bytes()
-            return diagonals[(a, b)]
-
+        data = _InProcessData(client, batches)
         encrypt_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         w, v = np.asarray(w0, dtype=float), np.asarray(v0, dtype=float)
-        step, refreshes, depths, per_mb = start_step, 0, [], []
-        chunks = [(e, s, length) for e in range(epochs) for s, length in p.chunks()]
-        for i, (epoch, first, length) in enumerate(chunks):
-            chunk = self.chunk_circuit(step, length)
-            inputs: dict[str, Any] = {}
-            for t in range(length):
-                for rb, row in enumerate(enc_batches[first + t].tiles):
-                    for cb, tile in enumerate(row):
-                        inputs[z_name(t, rb, cb)] = tile
-            for a, b in chunk.grams:
-                for rb, row in enumerate(gram(first + a, first + b).tiles):
-                    for cb, tile in enumerate(row):
-                        inputs[gram_name(a, b, rb, cb)] = tile
-            for a, b in chunk.diagonals:
-                for rb, row in enumerate(diagonal(first + a, first + b).tiles):
-                    for cb, tile in enumerate(row):
-                        inputs[diagonal_name(a, b, rb, cb)] = tile
-            for name, vec in (("v", v), ("w", w)):
-                for cb, blk in enumerate(RowVector.from_array(vec, shape, self._encrypt).blocks):
-                    inputs[f"{name}[{cb}]"] = blk
-            out = self._evaluate(chunk.compiled, inputs)
-            n_blk = len(RowVector.from_index(shape, p.n_features, lambda b: b).blocks)
-            w = RowVector(
-                [self._decrypt(out[f"w[{cb}]"]) for cb in range(n_blk)], shape, p.n_features
-            ).decode()
-            v = RowVector(
-                [self._decrypt(out[f"v[{cb}]"]) for cb in range(n_blk)], shape, p.n_features
-            ).decode()
-            if not (np.isfinite(w).all() and np.isfinite(v).all()) or np.abs(w).max() > 1e6:
-                hint = "" if len(self.coeffs) == 6 else ", use sigmoid_degree=5"
-                raise TrainingDivergedError(
-                    f"training diverged at step {step + length} (|w| = {np.linalg.norm(w):.3g}): "
-                    "margins left the range where the sigmoid polynomial is stable. Lower the "
-                    f"learning rate{hint}, or train fewer epochs"
-                )
-            step += length
+        state = client.encrypt_state(w, v)
+        refreshes, depths, per_mb = 0, [], []
+        specs = chunk_specs(p, epochs, start_step)
+        n_state = len(state_names(p))
+        for spec in specs:
+            chunk = server.chunk_circuit(spec.step, spec.length)
+            out = server.run_chunk(spec, data, state)
+            end = spec.step + spec.length
+            w, v = client.decrypt_state(out)
+            client.check_state(w, v, end, self.coeffs)
             depths.append(chunk.depth)
-            if length == p.k or p.n_batches < p.k:  # a short last chunk says little
+            if spec.length == p.k or p.n_batches < p.k:  # a short last chunk says little
                 per_mb.append(chunk.depth_per_minibatch)
-            if i + 1 < len(chunks):
+            if spec.index + 1 < len(specs):
                 refreshes += 1
-                uploaded += 2 * n_blk * self._ct_bytes()
+                state = client.encrypt_state(w, v)
             if on_state is not None:
-                on_state(step, w)
+                on_state(end, w)
             self.log(
-                f"epoch {epoch + 1}, batches {first + 1}-{first + length} of "
-                f"{p.n_batches}: depth {chunk.depth}, |w| = {np.linalg.norm(w):.3f}"
+                f"epoch {spec.epoch + 1}, batches {spec.first + 1}-{spec.first + spec.length} "
+                f"of {p.n_batches}: depth {chunk.depth}, |w| = {np.linalg.norm(w):.3f}"
             )
+        uploaded = (data.tiles + refreshes * n_state) * self._ct_bytes()
+        if self.backend == "ckks":
+            uploaded += self._bundle_bytes()
         return TrainResult(
             w=w,
             v=v,
-            steps=step - start_step,
+            steps=specs[-1].step + specs[-1].length - start_step if specs else 0,
             refreshes=refreshes,
             bytes_uploaded=uploaded,
             chunk_depths=depths,
             depth_per_minibatch=max(per_mb) if per_mb else 0.0,
             encrypt_seconds=encrypt_s,
             train_seconds=time.perf_counter() - t1,
-        )
-
-    def _server_gram(self, A: EncMatrix, B: EncMatrix) -> EncMatrix:
-        p = self.plan
-        compiled = build_gram_circuit(p.shape, p.batch_size, p.n_features)
-        inputs = {}
-        for name, M in (("A", A), ("B", B)):
-            for rb, row in enumerate(M.tiles):
-                for cb, tile in enumerate(row):
-                    inputs[f"{name}[{rb},{cb}]"] = tile
-        out = self._evaluate(compiled, inputs)
-        return EncMatrix.from_index(
-            p.shape, p.batch_size, p.batch_size, lambda rb, cb: out[f"G[{rb},{cb}]"]
         )
