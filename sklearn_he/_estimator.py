@@ -250,33 +250,13 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         self : EncryptedLogisticRegression
         """
         t_start = time.perf_counter()
-        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
-        check_classification_targets(y)
-        classes = np.unique(y)
-        if classes.size < 2:
-            raise ValueError(
-                f"EncryptedLogisticRegression needs samples of at least 2 classes; the data "
-                f"contains only one: {classes[0]!r}"
-            )
+        X, y, classes = self._check_fit_data(X, y)
         warm = self.warm_start and hasattr(self, "coef_")
         if warm and not np.array_equal(classes, self.classes_):
             raise ValueError("warm_start needs the same classes as the previous fit")
         self.classes_ = classes
 
-        # Client side: standardise, then divide every row (bias included) by the
-        # median row norm: typical rows get norm 1, so margins |z . w| start well
-        # inside the polynomial's range while the gradient steps stay large.
-        if not warm:
-            self._mean = X.mean(axis=0) if self.fit_intercept else np.zeros(X.shape[1])
-            std = X.std(axis=0)
-            self._std = np.where(std > 0, std, 1.0)
-            Xs = (X - self._mean) / self._std
-            norms = np.sqrt((Xs**2).sum(axis=1) + (1.0 if self.fit_intercept else 0.0))
-            self._row_scale = float(max(np.median(norms), 1.0))
-        Xs = (X - self._mean) / self._std / self._row_scale
-        design = (
-            np.hstack([np.ones((len(Xs), 1)) / self._row_scale, Xs]) if self.fit_intercept else Xs
-        )
+        design = self._design(X, fit=not warm)
 
         targets = [classes[1]] if classes.size == 2 else list(classes)
         trainer = self._trainer(X.shape[0], design.shape[1])
@@ -292,12 +272,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         for i, target in enumerate(targets):
             sign = np.where(y == target, 1.0, -1.0)
             Z = sign[:, None] * design
-            batches = []
-            for b in range(plan.n_batches):
-                block = np.zeros((m, design.shape[1]))
-                rows = Z[order[b * m : (b + 1) * m]]
-                block[: len(rows)] = rows
-                batches.append(block)
+            batches = self._minibatches(Z, order, plan)
             w0, v0, step0 = (
                 previous[i]
                 if previous is not None
@@ -309,15 +284,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             margins = np.abs(Z @ res.w)
             res.margin_max = float(margins.max())
         self._state = states
-        W = np.array([s[0] for s in states])
-        if self.fit_intercept:
-            coef = W[:, 1:] / self._std / self._row_scale
-            intercept = W[:, 0] / self._row_scale - coef @ self._mean
-        else:
-            coef = W / self._std / self._row_scale
-            intercept = np.zeros(len(W))
-        self.coef_ = coef
-        self.intercept_ = intercept
+        self._set_coef(np.array([s[0] for s in states]))
         self.n_iter_ = np.full(len(targets), self.max_iter, dtype=np.int32)
         radius = 8.0
         worst = max(r.margin_max for r in results)
@@ -356,6 +323,63 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             extra=self._gram_report(trainer),
         )
         return self
+
+    # The steps of fit, also run one by one by sklearn_he.protocol (client side).
+    def _check_fit_data(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validated ``X, y`` and the classes (at least two)."""
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
+        check_classification_targets(y)
+        classes = np.unique(y)
+        if classes.size < 2:
+            raise ValueError(
+                f"EncryptedLogisticRegression needs samples of at least 2 classes; the data "
+                f"contains only one: {classes[0]!r}"
+            )
+        return X, y, classes
+
+    def _design(self, X: np.ndarray, *, fit: bool) -> np.ndarray:
+        """The rows the circuit sees: scaled features, bias column first.
+
+        Client side: standardise, then divide every row (bias included) by the
+        median row norm: typical rows get norm 1, so margins ``|z . w|`` start
+        well inside the polynomial's range while the gradient steps stay
+        large. ``fit=True`` learns the statistics from ``X``. ``design @ w``
+        equals ``X @ coef_ + intercept_`` for the coefficients of :meth:`_set_coef`.
+        """
+        if fit:
+            self._mean = X.mean(axis=0) if self.fit_intercept else np.zeros(X.shape[1])
+            std = X.std(axis=0)
+            self._std = np.where(std > 0, std, 1.0)
+            Xs = (X - self._mean) / self._std
+            norms = np.sqrt((Xs**2).sum(axis=1) + (1.0 if self.fit_intercept else 0.0))
+            self._row_scale = float(max(np.median(norms), 1.0))
+        Xs = (X - self._mean) / self._std / self._row_scale
+        if self.fit_intercept:
+            return np.hstack([np.ones((len(Xs), 1)) / self._row_scale, Xs])
+        return Xs
+
+    @staticmethod
+    def _minibatches(Z: np.ndarray, order: np.ndarray, plan: Any) -> list[np.ndarray]:
+        """Rows of ``Z`` in ``order``, cut into the plan's zero-padded minibatches."""
+        m = plan.batch_size
+        batches = []
+        for b in range(plan.n_batches):
+            block = np.zeros((m, Z.shape[1]))
+            rows = Z[order[b * m : (b + 1) * m]]
+            block[: len(rows)] = rows
+            batches.append(block)
+        return batches
+
+    def _set_coef(self, W: np.ndarray) -> None:
+        """``coef_`` and ``intercept_`` from decrypted weights (one row per model)."""
+        if self.fit_intercept:
+            coef = W[:, 1:] / self._std / self._row_scale
+            intercept = W[:, 0] / self._row_scale - coef @ self._mean
+        else:
+            coef = W / self._std / self._row_scale
+            intercept = np.zeros(len(W))
+        self.coef_ = coef
+        self.intercept_ = intercept
 
     def _trainer(self, n_samples: int, n_columns: int) -> Trainer:
         coeffs = sigmoid_poly(int(self.sigmoid_degree))
