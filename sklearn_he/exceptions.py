@@ -19,6 +19,7 @@ __all__ = [
     "MissingKeyError",
     "ParallelEvaluationError",
     "ParameterError",
+    "ProtocolError",
     "ScaleMismatchError",
     "SecretKeyPicklingError",
     "SklearnHEError",
@@ -64,6 +65,14 @@ class MissingKeyError(SklearnHEError, LookupError):
 
 class FormatError(SklearnHEError, ValueError):
     """Serialised bytes that are truncated, corrupted, or of the wrong kind/version."""
+
+
+class ProtocolError(SklearnHEError, RuntimeError):
+    """A step of the client/server protocol run out of order or on mismatched files.
+
+    For example: training a state that awaits the client's refresh, decrypting
+    an unfinished run, or a model state that belongs to another data set.
+    """
 
 
 class SecretKeyPicklingError(SklearnHEError, pickle.PicklingError):

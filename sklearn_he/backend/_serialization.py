@@ -62,6 +62,9 @@ class Kind(enum.IntEnum):
     PUBLIC_BUNDLE = 2
     SECRET_KEY = 3
     KEYSET_PICKLE = 4
+    #: Named ciphertexts (each a complete ciphertext envelope) with JSON
+    #: metadata: model states, encrypted rows and scores (sklearn_he.protocol).
+    CIPHERTEXT_SET = 5
 
     @property
     def label(self) -> str:

@@ -1,0 +1,657 @@
+"""The ``sklearn-he`` command line: outsourced training and scoring, step by step.
+
+Client (holds the secret key)::
+
+    sklearn-he keygen  --data train.csv --out keys
+    sklearn-he encrypt --keys keys --data train.csv --out dataset --states states
+
+Server (public bundle only)::
+
+    sklearn-he train --public-bundle public.bundle --dataset dataset --states states
+
+Client, after each ``train``, until training is complete::
+
+    sklearn-he refresh --keys keys --states states
+
+Client, at the end::
+
+    sklearn-he decrypt --keys keys --states states --out model.pkl --sklearn-out lr.pkl
+
+Scoring: ``encrypt-rows`` (client), ``score`` (server), ``decrypt-scores``
+(client). ``inspect`` describes any file or directory sklearn-he writes.
+
+Exit status: 0 on success, 1 on an error the message explains (no
+traceback), 2 on a command-line mistake, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import pickle
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._version import __version__
+from .backend import CKKSParameters
+from .backend._serialization import MAGIC, Kind, atomic_write, unpack
+from .exceptions import SklearnHEError
+
+__all__ = ["main"]
+
+PROG = "sklearn-he"
+
+
+# ------------------------------------------------------------------ progress
+def _progress_factory(quiet: bool) -> Any:
+    """tqdm bars on stderr; off when stderr is not a terminal or with --quiet."""
+
+    @contextlib.contextmanager
+    def factory(total: int, desc: str) -> Iterator[Any]:
+        from tqdm import tqdm
+
+        disable = True if quiet else None  # None: tqdm turns itself off without a TTY
+        with tqdm(total=total, desc=desc, file=sys.stderr, disable=disable, leave=False) as bar:
+            yield bar
+
+    return factory
+
+
+# ---------------------------------------------------------------------- data
+def _parse_labels(values: Sequence[str]) -> np.ndarray:
+    for kind in (int, float):
+        try:
+            return np.array([kind(v) for v in values])
+        except ValueError:
+            continue
+    return np.array([v.strip() for v in values])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_table(
+    path: str, *, label_column: str | None, labels: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Features and labels from a CSV file (header optional) or a ``.npy`` array.
+
+    ``label_column`` names the label column (an index, negative from the
+    end, or a header name) or is None when ``path`` holds features only;
+    ``labels`` is a separate label file (CSV column or ``.npy``) instead.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"data file {p} does not exist")
+    header: list[str] | None = None
+    if p.suffix == ".npy":
+        arr = np.load(p, allow_pickle=False)
+        if arr.ndim != 2:
+            raise ValueError(f"{p} holds an array of shape {arr.shape}; expected 2-D rows")
+        cells = arr
+    else:
+        with p.open(newline="") as fh:
+            rows = [r for r in csv.reader(fh) if r]
+        if not rows:
+            raise ValueError(f"{p} is empty")
+        if not all(_is_number(c) for c in rows[0]):
+            header, rows = [c.strip() for c in rows[0]], rows[1:]
+        widths = {len(r) for r in rows}
+        if len(widths) != 1:
+            raise ValueError(f"{p}: rows have different numbers of columns {sorted(widths)}")
+        cells = np.array(rows, dtype=object)
+    y = None
+    if labels is not None:
+        yl, _ = read_table(labels, label_column=None)
+        if yl.shape[1] != 1:
+            raise ValueError(f"label file {labels} must hold one column; it has {yl.shape[1]}")
+        y = yl[:, 0]
+    elif label_column is not None:
+        col = _column_index(label_column, header, cells.shape[1], p)
+        y = cells[:, col]
+        cells = np.delete(cells, col, axis=1)
+    if y is not None:
+        y = _parse_labels([str(v) for v in y]) if y.dtype == object else y
+    try:
+        X = np.asarray(cells, dtype=np.float64)
+    except ValueError as exc:
+        raise ValueError(
+            f"{p}: features must be numbers ({exc}); name the label column with --label-column"
+        ) from None
+    return X, y
+
+
+def _column_index(spec: str, header: list[str] | None, width: int, path: Path) -> int:
+    if header is not None and spec in header:
+        return header.index(spec)
+    try:
+        idx = int(spec)
+    except ValueError:
+        raise ValueError(
+            f"{path}: no column named {spec!r}"
+            + (f" (columns: {', '.join(header)})" if header else " (the file has no header)")
+        ) from None
+    if not -width <= idx < width:
+        raise ValueError(f"{path} has {width} columns; --label-column {idx} is out of range")
+    return idx % width
+
+
+# ------------------------------------------------------------------- options
+_TRAINING_OPTIONS = {
+    # flag: (estimator parameter, type, help)
+    "epochs": ("max_iter", int, "passes over the data (default 5)"),
+    "batch-size": ("batch_size", int, "minibatch size (default: fills a tile)"),
+    "learning-rate": ("learning_rate", float, "initial learning rate (default 10)"),
+    "circuit": ("circuit", str, "pipelined (default) or baseline"),
+    "layout": ("layout", str, "alternating (default) or diagonal"),
+    "gram-source": ("gram_source", str, "auto (default), client or server"),
+    "minibatches-per-circuit": ("minibatches_per_circuit", int, "default: auto"),
+    "sigmoid-degree": ("sigmoid_degree", int, "3, 5 (default) or 7"),
+    "random-state": ("random_state", int, "seed of the minibatch shuffle (default 0)"),
+}
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
+
+
+def _training_options(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"random_state": 0}
+    for flag, (param, _, _) in _TRAINING_OPTIONS.items():
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            out[param] = value
+    if args.no_intercept:
+        out["fit_intercept"] = False
+    for name, value in args.param or []:
+        out[name] = value
+    return out
+
+
+def _ckks_params(args: argparse.Namespace) -> CKKSParameters | None:
+    if args.poly_modulus_degree is None:
+        if args.coeff_modulus_bits is not None:
+            raise ValueError("--coeff-modulus-bits needs --poly-modulus-degree")
+        return None
+    if args.coeff_modulus_bits is None:
+        raise ValueError("--poly-modulus-degree needs --coeff-modulus-bits (e.g. 60,40,40,60)")
+    try:
+        bits = tuple(int(b) for b in args.coeff_modulus_bits.split(","))
+    except ValueError:
+        raise ValueError(
+            "--coeff-modulus-bits must be comma-separated integers; got "
+            f"{args.coeff_modulus_bits!r}"
+        ) from None
+    return CKKSParameters(
+        args.poly_modulus_degree,
+        bits,
+        args.scale_bits,
+        security_level=0 if args.allow_insecure_for_testing else 128,
+    )
+
+
+# ------------------------------------------------------------------ commands
+def _out(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(text)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .protocol import keygen
+
+    if args.data is not None:
+        X, _ = read_table(args.data, label_column=args.label_column, labels=args.labels)
+        n, d = X.shape
+    elif args.shape is not None:
+        n, d = args.shape
+    else:
+        raise ValueError("give the data (--data FILE) or its shape (--shape N_SAMPLES N_FEATURES)")
+    keys = keygen(
+        args.out,
+        n,
+        d,
+        options=_training_options(args),
+        params=_ckks_params(args),
+        allow_insecure_for_testing=args.allow_insecure_for_testing,
+        overwrite=args.force,
+    )
+    _out(
+        args,
+        f"keys for {n} x {d} data: {keys.params.describe()}, {len(keys.rotation_steps)} "
+        f"rotation keys, fingerprint {keys.fingerprint}\n"
+        f"  {Path(args.out) / 'public.bundle'}  send to the server\n"
+        f"  {Path(args.out) / 'secret.key'}     keep here (mode 0600)",
+    )
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .protocol import Client
+
+    return Client(
+        args.keys,
+        allow_insecure_for_testing=args.allow_insecure_for_testing,
+        progress=_progress_factory(args.quiet),
+    )
+
+
+def cmd_encrypt(args: argparse.Namespace) -> int:
+    client = _client(args)
+    X, y = read_table(args.data, label_column=args.label_column, labels=args.labels)
+    if y is None:
+        raise ValueError("encrypt needs labels: --label-column or --labels")
+    ds = client.encrypt(X, y, args.out, args.states)
+    plan = ds.plan
+    _out(
+        args,
+        f"encrypted {X.shape[0]} x {X.shape[1]} rows into {args.out} "
+        f"({len(ds.manifest['files'])} ciphertexts, {ds.total_bytes / 1e6:.1f} MB); "
+        f"{ds.n_chunks} chunks of up to {plan.k} minibatches of {plan.batch_size}\n"
+        f"send {args.out}/, {Path(args.states) / 'state-00000.fresh.skhe'} and the public "
+        "bundle to the server",
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .protocol import load_public_keys, train
+
+    keys = load_public_keys(
+        args.public_bundle, allow_insecure_for_testing=args.allow_insecure_for_testing
+    )
+    status = train(
+        keys,
+        args.dataset,
+        args.states,
+        n_jobs=args.n_jobs,
+        resume=args.resume,
+        max_chunks=args.max_chunks,
+        progress=_progress_factory(args.quiet),
+        log=(lambda msg: print(msg, file=sys.stderr)) if not args.quiet else None,
+    )
+    if status.chunks_run == 0 and not status.finished and not status.latest.fresh:
+        _out(args, f"nothing to train: {status.message()}")
+    else:
+        _out(args, status.message())
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    client = _client(args)
+    state = client.refresh(args.states)
+    _out(
+        args,
+        f"refreshed {state.name}; send it to the server"
+        + (" (training is complete: it serves encrypted scoring)" if _finished(state) else ""),
+    )
+    return 0
+
+
+def _finished(state: Any) -> bool:
+    meta = unpack(state.path.read_bytes(), expected_kind=Kind.CIPHERTEXT_SET).meta
+    return int(meta.get("chunks_done", 0)) >= int(meta.get("n_chunks", 1))
+
+
+def _write_out(path: str, data: bytes, force: bool, mode: int = 0o644) -> None:
+    atomic_write(path, data, mode=mode, overwrite=force)
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    from .protocol import export_sklearn
+
+    client = _client(args)
+    clf = client.decrypt(args.states)
+    if not (args.out or args.sklearn_out or args.weights_out or args.json_out):
+        raise ValueError("say what to write: --out, --sklearn-out, --weights-out or --json-out")
+    if args.out:
+        _write_out(args.out, pickle.dumps(clf), args.force)
+    if args.sklearn_out:
+        _write_out(args.sklearn_out, pickle.dumps(export_sklearn(clf)), args.force)
+    if args.weights_out:
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, clf._state[0][0])
+        _write_out(args.weights_out, buf.getvalue(), args.force)
+    if args.json_out:
+        doc = {
+            "classes": clf.classes_.tolist(),
+            "coef": clf.coef_.tolist(),
+            "intercept": clf.intercept_.tolist(),
+            "n_features_in": int(clf.n_features_in_),
+        }
+        _write_out(args.json_out, (json.dumps(doc, indent=1) + "\n").encode(), args.force)
+    r = clf.report_
+    _out(
+        args,
+        f"decrypted the model: {clf.coef_.shape[1]} coefficients, intercept "
+        f"{clf.intercept_[0]:.4g}; {r.refreshes} refreshes, server time {r.train_seconds:.1f} s",
+    )
+    return 0
+
+
+def cmd_encrypt_rows(args: argparse.Namespace) -> int:
+    client = _client(args)
+    X, _ = read_table(args.data, label_column=args.label_column)
+    path = client.encrypt_rows(X, args.out, dataset_id=args.dataset_id)
+    _out(args, f"encrypted {X.shape[0]} rows into {path}; send it to the server")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .protocol import load_public_keys, score
+
+    if (args.state is None) == (args.weights is None):
+        raise ValueError("give exactly one of --state (encrypted weights) and --weights (.npy)")
+    keys = load_public_keys(
+        args.public_bundle, allow_insecure_for_testing=args.allow_insecure_for_testing
+    )
+    weights = None
+    if args.weights is not None:
+        weights = np.load(args.weights, allow_pickle=False)
+    path = score(keys, args.rows, args.out, state_path=args.state, weights=weights)
+    _out(args, f"scored into {path}; send it to the client")
+    return 0
+
+
+def cmd_decrypt_scores(args: argparse.Namespace) -> int:
+    client = _client(args)
+    res = client.decrypt_scores(args.scores)
+    lines = ["decision,probability,label"] + [
+        f"{d:.6g},{p:.6g},{lab}"
+        for d, p, lab in zip(res["decision"], res["probability"], res["label"], strict=True)
+    ]
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        _write_out(args.out, text.encode(), args.force)
+        _out(args, f"{len(lines) - 1} scores written to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# ------------------------------------------------------------------- inspect
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def _inspect_dataset(path: Path, verify: bool) -> dict[str, Any]:
+    from .protocol import EncryptedDataset
+
+    ds = EncryptedDataset.open(path)
+    m = ds.manifest
+    params, plan = ds.params, ds.plan
+    sizes: dict[str, int] = {}
+    for rel, f in m["files"].items():
+        sizes[rel.split("/")[0]] = sizes.get(rel.split("/")[0], 0) + int(f["bytes"])
+    depths = [c["depth"] for c in m.get("chunks", [])]
+    out = {
+        "kind": "encrypted data set",
+        "format": f"{m['format']} v{m['format_version']} (sklearn-he {m['library_version']})",
+        "id": ds.id,
+        "key fingerprint": ds.fingerprint,
+        "parameters": params.describe(),
+        "levels": params.max_level,
+        "circuit depth": max(depths) if depths else "?",
+        "samples x features": f"{m['n_samples']} x {m.get('n_features_in', '?')}",
+        "plan": (
+            f"{plan.circuit} circuit, {plan.layout} layout, {plan.n_batches} minibatches of "
+            f"{plan.batch_size} in {plan.shape.rows}x{plan.shape.cols} tiles, {plan.k} per "
+            f"circuit, Gram blocks from the {plan.gram_source}"
+        ),
+        "training": f"{ds.epochs} epochs, {ds.n_chunks} chunks",
+        "ciphertexts": f"{len(m['files'])} files, {_size(ds.total_bytes)}",
+        "sizes": {
+            {"Z": "minibatches", "G": "Gram blocks", "D": "diagonal Gram blocks"}.get(k, k): _size(
+                v
+            )
+            for k, v in sorted(sizes.items())
+        },
+    }
+    if verify:
+        out["verified"] = f"{ds.verify()} files match their checksums"
+    return out
+
+
+def _inspect_states(path: Path) -> dict[str, Any]:
+    from .protocol import StateStore
+
+    store = StateStore(path)
+    rows = {}
+    for s in store.states():
+        meta = unpack(s.path.read_bytes(), expected_kind=Kind.CIPHERTEXT_SET, source=str(s.path))
+        rows[s.name] = (
+            f"{'fresh' if s.fresh else 'trained'}, {meta.meta.get('chunks_done')}/"
+            f"{meta.meta.get('n_chunks')} chunks, step {meta.meta.get('step')}, "
+            f"{_size(s.path.stat().st_size)}"
+        )
+    out: dict[str, Any] = {"kind": "model states", "states": rows or "none"}
+    stopped = store.interrupted()
+    if stopped is not None:
+        out["interrupted"] = f"chunk {stopped.get('chunk')} (rerun train with --resume)"
+    return out
+
+
+def _inspect_file(path: Path) -> dict[str, Any]:
+    data = path.read_bytes()
+    if data[:1] == b"{":
+        doc = json.loads(data)
+        return {"kind": "JSON document", "format": doc.get("format"), "size": _size(len(data))}
+    if data[:4] != MAGIC or len(data) < 8:
+        raise ValueError(f"{path} is not a file sklearn-he wrote")
+    kind = Kind(data[6]) if data[6] in Kind._value2member_map_ else None
+    if kind is None:
+        raise ValueError(f"{path} holds an unknown kind of object (code {data[6]})")
+    env = unpack(data, expected_kind=kind, source=str(path))
+    out: dict[str, Any] = {
+        "kind": kind.label,
+        "key fingerprint": env.fingerprint or "none",
+        "size": _size(len(data)),
+    }
+    if kind is Kind.PUBLIC_BUNDLE:
+        params = CKKSParameters.from_dict(env.meta["params"])
+        out["parameters"] = params.describe()
+        out["levels"] = params.max_level
+        out["rotation keys"] = len(env.meta.get("rotation_steps", []))
+        out["sections"] = {name: _size(n) for name, n in env.meta.get("sections", [])}
+    elif kind is Kind.SECRET_KEY:
+        out["note"] = "secret key: keep it on the client, never send it"
+    elif kind is Kind.CIPHERTEXT:
+        out.update({k: env.meta[k] for k in ("level", "n") if k in env.meta})
+    elif kind is Kind.CIPHERTEXT_SET:
+        out.update({k: v for k, v in env.meta.items() if k != "sections"})
+        out["ciphertexts"] = len(env.meta.get("sections", []))
+    return out
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_dir():
+        if (path / "manifest.json").exists():
+            info = _inspect_dataset(path, args.verify)
+        elif (path / "public.bundle").exists():
+            info = {"kind": "key directory", **_inspect_file(path / "public.bundle")}
+            info["kind"] = "key directory"
+            info["secret key"] = "present" if (path / "secret.key").exists() else "absent"
+        else:
+            info = _inspect_states(path)
+    else:
+        info = _inspect_file(path)
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+    else:
+        for key, value in info.items():
+            if isinstance(value, dict):
+                print(f"{key}:")
+                for k, v in value.items():
+                    print(f"  {k}: {v}")
+            else:
+                print(f"{key}: {value}")
+    return 0
+
+
+# -------------------------------------------------------------------- parser
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
+    p.add_argument(
+        "--allow-insecure-for-testing",
+        action="store_true",
+        help="accept CKKS parameters below 128-bit security (TESTS ONLY: not private)",
+    )
+
+
+def _data_args(p: argparse.ArgumentParser, *, label_default: str | None) -> None:
+    p.add_argument("--data", help="CSV (header optional) or .npy file of rows")
+    p.add_argument(
+        "--label-column",
+        default=label_default,
+        help="label column: index (negative from the end) or header name"
+        + (f" (default {label_default})" if label_default is not None else ""),
+    )
+    p.add_argument("--labels", help="labels in a separate CSV/.npy file instead")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train logistic regression on encrypted data: the client keeps the "
+        "secret key, the server trains on ciphertexts.",
+        epilog="Order: keygen, encrypt (client); train (server) and refresh (client) in "
+        "turns; decrypt (client). See the README's protocol section.",
+    )
+    parser.add_argument("--version", action="version", version=f"sklearn-he {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("keygen", help="client: plan the training run and create its keys")
+    _common(p)
+    p.add_argument("--out", required=True, help="key directory to create (keep it private)")
+    _data_args(p, label_default="-1")
+    p.add_argument(
+        "--shape", nargs=2, type=int, metavar=("N_SAMPLES", "N_FEATURES"), help="instead of --data"
+    )
+    for flag, (_, typ, text) in _TRAINING_OPTIONS.items():
+        p.add_argument(f"--{flag}", type=typ, help=text)
+    p.add_argument("--no-intercept", action="store_true", help="learn no bias term")
+    p.add_argument(
+        "--param",
+        action="append",
+        type=_parse_param,
+        metavar="NAME=VALUE",
+        help="any other EncryptedLogisticRegression parameter (JSON value)",
+    )
+    p.add_argument("--poly-modulus-degree", type=int, help="fix the CKKS ring dimension N")
+    p.add_argument("--coeff-modulus-bits", help="fix the CKKS primes, e.g. 60,40,40,40,60")
+    p.add_argument("--scale-bits", type=int, default=40, help="CKKS scale bits (default 40)")
+    p.add_argument("--force", action="store_true", help="replace existing keys")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("encrypt", help="client: encrypt a training set for the server")
+    _common(p)
+    p.add_argument("--keys", required=True, help="key directory (from keygen)")
+    _data_args(p, label_default="-1")
+    p.add_argument("--out", required=True, help="encrypted data-set directory to create")
+    p.add_argument("--states", required=True, help="directory for model states (shared)")
+    p.set_defaults(func=cmd_encrypt)
+
+    p = sub.add_parser("train", help="server: run training chunks on the latest fresh state")
+    _common(p)
+    p.add_argument("--public-bundle", required=True, help="public bundle file (or its directory)")
+    p.add_argument("--dataset", required=True, help="encrypted data-set directory")
+    p.add_argument("--states", required=True, help="model-state directory")
+    p.add_argument("--n-jobs", type=int, default=None, help="worker processes per chunk")
+    p.add_argument(
+        "--resume", action="store_true", help="continue after an interrupted train (crash, kill)"
+    )
+    p.add_argument("--max-chunks", type=int, default=None, help="stop after this many chunks")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("refresh", help="client: decrypt and re-encrypt the server's state")
+    _common(p)
+    p.add_argument("--keys", required=True, help="key directory")
+    p.add_argument("--states", required=True, help="model-state directory")
+    p.set_defaults(func=cmd_refresh)
+
+    p = sub.add_parser("decrypt", help="client: decrypt the final state into a model")
+    _common(p)
+    p.add_argument("--keys", required=True, help="key directory")
+    p.add_argument("--states", required=True, help="model-state directory")
+    p.add_argument("--out", help="pickle of the fitted EncryptedLogisticRegression")
+    p.add_argument("--sklearn-out", help="pickle of an equivalent sklearn LogisticRegression")
+    p.add_argument("--weights-out", help=".npy of the weights for plaintext-weight scoring")
+    p.add_argument("--json-out", help="coefficients and intercept as JSON")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+    p.set_defaults(func=cmd_decrypt)
+
+    p = sub.add_parser("inspect", help="describe a data set, state, key or bundle")
+    p.add_argument("path", help="file or directory written by sklearn-he")
+    p.add_argument("--verify", action="store_true", help="check every file's checksum")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_inspect, quiet=False)
+
+    p = sub.add_parser("encrypt-rows", help="client: encrypt rows to be scored by the server")
+    _common(p)
+    p.add_argument("--keys", required=True, help="key directory")
+    _data_args(p, label_default=None)
+    p.add_argument("--out", required=True, help="encrypted rows file to create")
+    p.add_argument("--dataset-id", help="which trained data set's preprocessing to use")
+    p.set_defaults(func=cmd_encrypt_rows)
+
+    p = sub.add_parser("score", help="server: score encrypted rows")
+    _common(p)
+    p.add_argument("--public-bundle", required=True, help="public bundle file (or its directory)")
+    p.add_argument("--rows", required=True, help="encrypted rows (from encrypt-rows)")
+    p.add_argument("--state", help="fresh model state (encrypted weights) or states directory")
+    p.add_argument("--weights", help=".npy plaintext weights (from decrypt --weights-out)")
+    p.add_argument("--out", required=True, help="encrypted scores file to create")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("decrypt-scores", help="client: decrypt scores")
+    _common(p)
+    p.add_argument("--keys", required=True, help="key directory")
+    p.add_argument("--scores", required=True, help="encrypted scores (from score)")
+    p.add_argument("--out", help="CSV file (default: standard output)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=cmd_decrypt_scores)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "data", "") is None and args.command in ("encrypt", "encrypt-rows"):
+        parser.error(f"{args.command}: --data is required")
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (SklearnHEError, OSError, ValueError, TypeError) as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

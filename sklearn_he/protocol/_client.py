@@ -1,0 +1,665 @@
+"""The client (data owner) side of the protocol: keys, encryption, refreshes, decryption.
+
+Everything here needs the secret key, and nothing here is sent to the server
+except what the functions say they write for it: the public bundle, the
+encrypted data set, fresh model states and encrypted rows.
+
+The client keeps, in its key directory:
+
+* ``public.bundle`` and ``secret.key`` (mode 0600), from :func:`keygen`;
+* ``training.json``: the training options and the data shape the keys were
+  planned for (public, but of no use to the server);
+* ``datasets/<id>.json`` (mode 0600), one per encrypted data set: the
+  standardisation statistics, classes and plan needed to turn decrypted
+  weights into a model. They describe the data, so they stay here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils import check_random_state
+
+from .._estimator import EncryptedLogisticRegression, FitReport
+from .._version import __version__
+from ..backend import CKKSParameters, KeySet
+from ..backend._keys import PUBLIC_BUNDLE_FILE, SECRET_KEY_FILE
+from ..backend._serialization import atomic_write
+from ..exceptions import FormatError, KeyMismatchError, MissingKeyError, ProtocolError
+from ..linalg import ColVector, EncMatrix
+from ..training import TrainingClient, chunk_specs, state_names
+from ._dataset import (
+    DATASET_FORMAT,
+    MANIFEST,
+    EncryptedDataset,
+    diagonal_file,
+    gram_file,
+    plan_from_dict,
+    plan_to_dict,
+    schedule_to_dict,
+    z_file,
+)
+from ._files import (
+    STATE_FORMAT,
+    ProgressFactory,
+    StateFile,
+    StateStore,
+    no_progress,
+    pack_ciphertext_set,
+    read_bytes,
+    read_json,
+    read_state,
+    sha256_hex,
+    unpack_ciphertext_set,
+    write_json,
+    write_state,
+)
+from ._inference import ROWS_FORMAT, SCORES_FORMAT, score_rotation_steps
+
+__all__ = ["CONFIG_FILE", "Client", "export_sklearn", "keygen"]
+
+CONFIG_FILE = "training.json"
+CONFIG_FORMAT = "sklearn-he/training-config"
+RECORD_FORMAT = "sklearn-he/client-record"
+RECORDS_DIR = "datasets"
+
+#: Estimator parameters that are not stored (keys travel separately; the
+#: CKKS parameters are those of the key set).
+_NOT_STORED = ("keys", "ckks_params")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _estimator_params(clf: EncryptedLogisticRegression) -> dict[str, Any]:
+    out = {}
+    for k, v in clf.get_params().items():
+        if k in _NOT_STORED:
+            continue
+        if not (v is None or isinstance(v, (bool, int, float, str, np.generic))):
+            raise ValueError(
+                f"the protocol stores estimator options as JSON; {k}={v!r} is not a number, "
+                "string or None (pass an integer random_state)"
+            )
+        out[k] = _jsonable(v)
+    return out
+
+
+def _make_estimator(
+    options: Mapping[str, Any], params: CKKSParameters, allow_insecure: bool
+) -> EncryptedLogisticRegression:
+    try:
+        clf = EncryptedLogisticRegression(**dict(options))
+    except TypeError as exc:
+        raise FormatError(
+            f"training options {sorted(options)} do not fit this sklearn-he ({exc}); use the "
+            "version that wrote them"
+        ) from None
+    clf.set_params(backend="ckks", ckks_params=params, allow_insecure_for_testing=allow_insecure)
+    clf._validate_params()
+    return clf
+
+
+# ---------------------------------------------------------------------- keygen
+def keygen(
+    directory: str | os.PathLike[str],
+    n_samples: int,
+    n_features: int,
+    *,
+    options: Mapping[str, Any] | None = None,
+    params: CKKSParameters | None = None,
+    allow_insecure_for_testing: bool = False,
+    overwrite: bool = False,
+) -> KeySet:
+    """Plan a training run for data of this shape and generate its key set.
+
+    Writes ``public.bundle``, ``secret.key`` (mode 0600) and ``training.json``
+    into ``directory``. The rotation keys are exactly those the training
+    circuits and encrypted scoring need.
+
+    Parameters
+    ----------
+    directory : path
+        The client's key directory (keep it private).
+    n_samples, n_features : int
+        Shape of the training data (features without the label).
+    options : mapping, optional
+        :class:`~sklearn_he.EncryptedLogisticRegression` parameters
+        (``max_iter``, ``batch_size``, ``learning_rate``, ``random_state``, ...).
+    params : CKKSParameters, optional
+        Fix the CKKS parameters (otherwise the plan chooses them).
+    allow_insecure_for_testing : bool, default=False
+        Accept parameters below 128-bit security (tests only).
+    overwrite : bool, default=False
+        Replace existing keys (refused by default: data encrypted under the
+        old keys could no longer be decrypted).
+
+    Returns
+    -------
+    KeySet
+        The new client key set.
+    """
+    directory = Path(directory)
+    if not overwrite and (directory / SECRET_KEY_FILE).exists():
+        raise FileExistsError(
+            f"{directory / SECRET_KEY_FILE} exists; refusing to replace the keys (data "
+            "encrypted under them would become undecryptable). Choose another directory"
+        )
+    clf = EncryptedLogisticRegression(**dict(options or {}))
+    clf.set_params(
+        backend="ckks", ckks_params=params, allow_insecure_for_testing=allow_insecure_for_testing
+    )
+    stored = _estimator_params(clf)
+    chosen, steps = clf.plan(n_samples, n_features)
+    # encrypt plans again with the key set's parameters fixed (as fit does with
+    # keys=): cover the rotations of that plan too.
+    clf.set_params(ckks_params=chosen)
+    _, steps2 = clf.plan(n_samples, n_features)
+    trainer = clf._trainer(int(n_samples), int(n_features) + int(clf.fit_intercept))
+    shape = trainer.plan.shape
+    score_steps = score_rotation_steps(shape, int(n_features) + int(clf.fit_intercept))
+    keys = KeySet.generate(
+        chosen,
+        rotation_steps=set(steps) | set(steps2) | score_steps,
+        allow_insecure_for_testing=allow_insecure_for_testing,
+    )
+    keys.save(directory, overwrite=overwrite)
+    write_json(
+        directory / CONFIG_FILE,
+        {
+            "library_version": __version__,
+            "key_fingerprint": keys.fingerprint,
+            "params": chosen.to_dict(),
+            "n_samples": int(n_samples),
+            "n_features": int(n_features),
+            "options": stored,
+            "plan": plan_to_dict(trainer.plan),
+        },
+        kind=CONFIG_FORMAT,
+    )
+    return keys
+
+
+# ---------------------------------------------------------------------- client
+class Client:
+    """The client's side of the protocol, working in its key directory.
+
+    Parameters
+    ----------
+    key_dir : path
+        Directory written by :func:`keygen` (``public.bundle``, ``secret.key``,
+        ``training.json``).
+    allow_insecure_for_testing : bool, default=False
+        Accept keys with parameters below 128-bit security (tests only).
+    progress : callable, optional
+        Progress factory (see :func:`no_progress`).
+    """
+
+    def __init__(
+        self,
+        key_dir: str | os.PathLike[str],
+        *,
+        allow_insecure_for_testing: bool = False,
+        progress: ProgressFactory = no_progress,
+    ) -> None:
+        self.key_dir = Path(key_dir)
+        secret = self.key_dir / SECRET_KEY_FILE
+        if not secret.exists():
+            raise MissingKeyError(
+                f"no secret key in {self.key_dir} ({secret} does not exist): this command runs "
+                "on the client, in the directory `sklearn-he keygen` wrote"
+            )
+        self.keys = KeySet.load(
+            self.key_dir / PUBLIC_BUNDLE_FILE,
+            secret,
+            allow_insecure_for_testing=allow_insecure_for_testing,
+        )
+        self.allow_insecure = allow_insecure_for_testing
+        self.progress = progress
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The training configuration written by :func:`keygen`."""
+        doc = read_json(
+            self.key_dir / CONFIG_FILE, kind=CONFIG_FORMAT, what="training configuration"
+        )
+        if doc.get("key_fingerprint") != self.keys.fingerprint:
+            raise KeyMismatchError(
+                f"{self.key_dir / CONFIG_FILE} belongs to another key set; run keygen again"
+            )
+        return doc
+
+    # ------------------------------------------------------------- records
+    def _record_path(self, dataset_id: str) -> Path:
+        return self.key_dir / RECORDS_DIR / f"{dataset_id}.json"
+
+    def record(self, dataset_id: str | None = None) -> dict[str, Any]:
+        """The private record of an encrypted data set (the only one when ``None``)."""
+        if dataset_id is None:
+            found = sorted((self.key_dir / RECORDS_DIR).glob("*.json"))
+            if len(found) != 1:
+                raise ProtocolError(
+                    f"{len(found)} encrypted data sets are recorded in "
+                    f"{self.key_dir / RECORDS_DIR}; name one (--dataset-id)"
+                )
+            path = found[0]
+        else:
+            matches = sorted((self.key_dir / RECORDS_DIR).glob(f"{dataset_id}*.json"))
+            if len(matches) != 1:
+                raise ProtocolError(
+                    f"no unique record of data set {dataset_id} in {self.key_dir / RECORDS_DIR}: "
+                    "it was encrypted with another key directory"
+                )
+            path = matches[0]
+        return read_json(path, kind=RECORD_FORMAT, what="data-set record")
+
+    # ------------------------------------------------------------- encrypt
+    def encrypt(
+        self,
+        X: Any,
+        y: Any,
+        dataset_dir: str | os.PathLike[str],
+        states_dir: str | os.PathLike[str],
+    ) -> EncryptedDataset:
+        """Encrypt a training set as the chunk circuits expect it, plus the initial state.
+
+        Writes the data set directory (built in a temporary directory next to
+        it and renamed when complete), ``state-00000.fresh.skhe`` into
+        ``states_dir`` and the private record ``datasets/<id>.json``.
+
+        Raises
+        ------
+        ProtocolError
+            More than two classes (the protocol trains one binary model), or
+            a states directory that already holds states.
+        MissingKeyError
+            The keys lack rotations this data shape needs (run keygen for it).
+        """
+        t0 = time.perf_counter()
+        dataset_dir, store = Path(dataset_dir), StateStore(states_dir)
+        if dataset_dir.exists() and any(dataset_dir.iterdir()):
+            raise FileExistsError(
+                f"{dataset_dir} exists and is not empty; refusing to overwrite it"
+            )
+        if store.states():
+            raise FileExistsError(
+                f"{store.directory} already holds model states; use an empty states directory"
+            )
+        config = self.config
+        keys = self.keys
+        clf = _make_estimator(config["options"], keys.params, self.allow_insecure)
+        X, y, classes = clf._check_fit_data(X, y)
+        if classes.size != 2:
+            raise ProtocolError(
+                f"the data have {classes.size} classes; the protocol trains one binary model. "
+                "Encrypt one data set per class (one-vs-rest labels) or merge classes"
+            )
+        design = clf._design(X, fit=True)
+        trainer = clf._trainer(X.shape[0], design.shape[1])
+        plan = trainer.plan
+        need = {s % keys.params.slots for s in trainer.rotation_steps()}
+        missing = sorted(need - set(keys.rotation_steps))
+        if missing:
+            raise MissingKeyError(
+                f"the key set lacks rotation keys for steps {missing[:8]}"
+                f"{'...' if len(missing) > 8 else ''} that training {X.shape[0]} x {X.shape[1]} "
+                "data needs; run `sklearn-he keygen` for this data shape"
+            )
+        order = check_random_state(clf.random_state).permutation(X.shape[0])
+        Z = np.where(y == classes[1], 1.0, -1.0)[:, None] * design
+        batches = clf._minibatches(Z, order, plan)
+        specs = chunk_specs(plan, clf.max_iter)
+        grams: set[tuple[int, int]] = set()
+        diagonals: set[tuple[int, int]] = set()
+        depths = []
+        for spec in specs:
+            chunk = trainer.chunk_circuit(spec.step, spec.length)
+            depths.append(chunk.depth)
+            if plan.gram_source == "client":
+                grams |= {(spec.first + a, spec.first + b) for a, b in chunk.grams}
+            diagonals |= {(spec.first + a, spec.first + b) for a, b in chunk.diagonals}
+
+        client = TrainingClient(plan, keys=keys)
+        # (file name of tile (rb, cb), encrypt the block) for every block the server needs
+        jobs: list[tuple[Callable[[int, int], str], Callable[[], EncMatrix[Any]]]] = []
+        for b in range(plan.n_batches):
+            jobs.append(
+                (
+                    lambda rb, cb, b=b: z_file(b, rb, cb),
+                    lambda b=b: client.encrypt_matrix(batches[b]),
+                )
+            )
+        for a, b in sorted(grams):
+            jobs.append(
+                (
+                    lambda rb, cb, a=a, b=b: gram_file(a, b, rb, cb),
+                    lambda a=a, b=b: client.encrypt_gram(batches[a], batches[b]),
+                )
+            )
+        for a, b in sorted(diagonals):
+            jobs.append(
+                (
+                    lambda rb, cb, a=a, b=b: diagonal_file(a, b, rb, cb),
+                    lambda a=a, b=b: client.encrypt_diagonal(batches[a], batches[b]),
+                )
+            )
+        files: dict[str, dict[str, Any]] = {}
+        dataset_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dataset_dir.name}.", dir=dataset_dir.parent))
+        try:
+            with self.progress(len(jobs), "encrypting") as bar:
+                for name, encrypt in jobs:
+                    for rb, row in enumerate(encrypt().tiles):
+                        for cb, ct in enumerate(row):
+                            rel = name(rb, cb)
+                            data = ct.to_bytes()
+                            atomic_write(tmp / rel, data)
+                            files[rel] = {"bytes": len(data), "sha256": sha256_hex(data)}
+                    bar.update(1)
+            write_json(
+                tmp / MANIFEST,
+                {
+                    "library_version": __version__,
+                    "key_fingerprint": keys.fingerprint,
+                    "params": keys.params.to_dict(),
+                    "rotation_steps": sorted(need),
+                    "n_samples": int(X.shape[0]),
+                    "n_features_in": int(X.shape[1]),
+                    "plan": plan_to_dict(plan),
+                    "training": {
+                        "epochs": int(clf.max_iter),
+                        "start_step": 0,
+                        "schedule": schedule_to_dict(trainer.schedule),
+                        "sigmoid_degree": int(clf.sigmoid_degree),
+                        "sigmoid_coeffs": [float(c) for c in trainer.coeffs],
+                    },
+                    "chunks": [
+                        {**spec.__dict__, "depth": d}
+                        for spec, d in zip(specs, depths, strict=True)
+                    ],
+                    "grams": sorted([list(g) for g in grams]),
+                    "diagonals": sorted([list(g) for g in diagonals]),
+                    "files": files,
+                },
+                kind=DATASET_FORMAT,
+            )
+            if dataset_dir.exists():
+                dataset_dir.rmdir()  # empty (checked above)
+            os.replace(tmp, dataset_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        ds = EncryptedDataset.open(dataset_dir)
+        zeros = np.zeros(plan.n_features)
+        write_state(
+            store,
+            StateFile(store.path(0, fresh=True), 0, True),
+            client.encrypt_state(zeros, zeros),
+            fingerprint=keys.fingerprint,
+            meta={"dataset": ds.id, "n_chunks": len(specs), "step": 0, "server_seconds": 0.0},
+        )
+        write_json(
+            self._record_path(ds.id),
+            {
+                "dataset": ds.id,
+                "key_fingerprint": keys.fingerprint,
+                "library_version": __version__,
+                "options": _estimator_params(clf),
+                "plan": plan_to_dict(plan),
+                "epochs": int(clf.max_iter),
+                "n_chunks": len(specs),
+                "chunk_depths": depths,
+                "depth_per_minibatch": _depth_per_minibatch(trainer, specs),
+                "sigmoid_coeffs": [float(c) for c in trainer.coeffs],
+                "classes": _jsonable(classes),
+                "n_samples": int(X.shape[0]),
+                "n_features_in": int(X.shape[1]),
+                "mean": _jsonable(clf._mean),
+                "std": _jsonable(clf._std),
+                "row_scale": float(clf._row_scale),
+                "encrypt_seconds": time.perf_counter() - t0,
+                "dataset_bytes": ds.total_bytes + (dataset_dir / MANIFEST).stat().st_size,
+                "bundle_bytes": (self.key_dir / PUBLIC_BUNDLE_FILE).stat().st_size,
+            },
+            kind=RECORD_FORMAT,
+            mode=0o600,
+        )
+        return ds
+
+    # --------------------------------------------------------------- refresh
+    def refresh(self, states_dir: str | os.PathLike[str]) -> StateFile:
+        """Decrypt the server's latest state, check it, re-encrypt it at the top level.
+
+        Writes ``state-NNNNN.fresh.skhe`` next to ``state-NNNNN.trained.skhe``.
+        After the last chunk the refreshed state serves encrypted scoring with
+        encrypted weights.
+
+        Raises
+        ------
+        ProtocolError
+            The latest state is already fresh (the server's turn).
+        TrainingDivergedError
+            The decrypted weights blew up (lower the learning rate).
+        """
+        store = StateStore(states_dir)
+        latest = store.latest()
+        if latest.fresh:
+            raise ProtocolError(
+                f"nothing to refresh: the latest state {latest.name} is fresh; the server "
+                "trains next (`sklearn-he train`), then copy its state here"
+            )
+        probe = self._peek_dataset(latest)
+        record = self.record(probe)
+        meta, cts = read_state(latest, self.keys.context, dataset_id=record["dataset"])
+        plan = plan_from_dict(record["plan"])
+        client = TrainingClient(plan, keys=self.keys)
+        _, _, fresh = client.refresh(cts, int(meta["step"]), record["sigmoid_coeffs"])
+        out = StateFile(store.path(latest.chunks_done, fresh=True), latest.chunks_done, True)
+        write_state(
+            store,
+            out,
+            fresh,
+            fingerprint=self.keys.fingerprint,
+            meta={k: meta[k] for k in ("dataset", "n_chunks", "step", "server_seconds")},
+        )
+        return out
+
+    def _peek_dataset(self, state: StateFile) -> str:
+        meta, _ = unpack_ciphertext_set(
+            read_bytes(state.path, "model state"),
+            fingerprint=self.keys.fingerprint,
+            source=str(state.path),
+            expected_format=STATE_FORMAT,
+        )
+        return str(meta.get("dataset"))
+
+    # --------------------------------------------------------------- decrypt
+    def decrypt(self, states_dir: str | os.PathLike[str]) -> EncryptedLogisticRegression:
+        """A fitted :class:`~sklearn_he.EncryptedLogisticRegression` from the final state.
+
+        Raises
+        ------
+        ProtocolError
+            Training is not finished.
+        """
+        store = StateStore(states_dir)
+        latest = store.latest()
+        record = self.record(self._peek_dataset(latest))
+        n_chunks = int(record["n_chunks"])
+        if latest.chunks_done < n_chunks:
+            raise ProtocolError(
+                f"training is not finished: {latest.chunks_done} of {n_chunks} chunks done "
+                f"(latest state {latest.name}); "
+                + (
+                    "run `sklearn-he train` on the server"
+                    if latest.fresh
+                    else "run `sklearn-he refresh`, then `sklearn-he train` on the server"
+                )
+            )
+        meta, cts = read_state(latest, self.keys.context, dataset_id=record["dataset"])
+        plan = plan_from_dict(record["plan"])
+        w, v = TrainingClient(plan, keys=self.keys).decrypt_state(cts)
+        TrainingClient.check_state(w, v, int(meta["step"]), record["sigmoid_coeffs"])
+        return self._model(record, w, v, int(meta["step"]), float(meta["server_seconds"]))
+
+    def _model(
+        self, record: Mapping[str, Any], w: np.ndarray, v: np.ndarray, steps: int, train_s: float
+    ) -> EncryptedLogisticRegression:
+        clf = _make_estimator(record["options"], self.keys.params, self.allow_insecure)
+        clf.classes_ = np.asarray(record["classes"])
+        clf.n_features_in_ = int(record["n_features_in"])
+        clf._mean = np.asarray(record["mean"], dtype=float)
+        clf._std = np.asarray(record["std"], dtype=float)
+        clf._row_scale = float(record["row_scale"])
+        clf._set_coef(w[None, :])
+        clf._state = [(w, v, steps)]
+        epochs = int(record["epochs"])
+        clf.n_iter_ = np.full(1, epochs, dtype=np.int32)
+        plan = plan_from_dict(record["plan"])
+        p = self.keys.params
+        n_chunks = int(record["n_chunks"])
+        state_bytes = len(state_names(plan)) * _ciphertext_bytes(self.keys)
+        n = int(record["n_samples"])
+        clf.report_ = FitReport(
+            circuit=clf.circuit,
+            backend="ckks",
+            depth_per_minibatch=float(record["depth_per_minibatch"]),
+            circuit_depth=max(record["chunk_depths"]),
+            minibatches_per_circuit=plan.k,
+            batch_size=plan.batch_size,
+            n_batches=plan.n_batches,
+            tile_shape=(plan.shape.rows, plan.shape.cols),
+            poly_modulus_degree=p.poly_modulus_degree,
+            coeff_modulus_bits=tuple(p.coeff_modulus_bits),
+            scale_bits=p.scale_bits,
+            bytes_uploaded=int(record["dataset_bytes"])
+            + int(record["bundle_bytes"])
+            + n_chunks * state_bytes,
+            refreshes=n_chunks - 1,
+            refreshes_per_epoch=(n_chunks - 1) / epochs,
+            encrypt_seconds=float(record["encrypt_seconds"]),
+            train_seconds=train_s,
+            fit_seconds=float(record["encrypt_seconds"]) + train_s,
+            key_fingerprint=self.keys.fingerprint,
+            margin_max=float("nan"),
+            seconds_per_sample_epoch=train_s / (epochs * n),
+            estimated_seconds_per_sample_epoch=plan.estimated_seconds_per_sample,
+            extra={"protocol": True, "dataset": record["dataset"]},
+        )
+        return clf
+
+    # ------------------------------------------------------------- inference
+    def encrypt_rows(
+        self, X: Any, out: str | os.PathLike[str], *, dataset_id: str | None = None
+    ) -> Path:
+        """Encrypt rows for scoring (preprocessed as the training data were).
+
+        The rows are standardised with the training statistics (kept in the
+        client's record, never sent), given the bias column, and tiled in
+        the training plan's tile shape.
+        """
+        record = self.record(dataset_id)
+        clf = self._model(record, np.zeros(record["plan"]["n_features"]), np.zeros(1), 0, 0.0)
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != clf.n_features_in_:
+            raise ValueError(
+                f"rows must be a 2-D array with {clf.n_features_in_} features (as the training "
+                f"data); got shape {X.shape}"
+            )
+        if not np.isfinite(X).all():
+            raise ValueError("rows contain NaN or infinity; impute or drop them first")
+        design = clf._design(X, fit=False)
+        plan = plan_from_dict(record["plan"])
+        client = TrainingClient(plan, keys=self.keys)
+        enc = client.encrypt_matrix(design)
+        cts = {
+            f"X[{rb},{cb}]": ct.to_bytes()
+            for rb, row in enumerate(enc.tiles)
+            for cb, ct in enumerate(row)
+        }
+        meta = {
+            "format": ROWS_FORMAT,
+            "dataset": record["dataset"],
+            "n_rows": int(design.shape[0]),
+            "n_columns": int(design.shape[1]),
+            "tile_shape": [plan.shape.rows, plan.shape.cols],
+        }
+        data = pack_ciphertext_set(self.keys.fingerprint, meta, cts)
+        return atomic_write(out, data, overwrite=False)
+
+    def decrypt_scores(self, path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+        """Decrypt scores computed by the server.
+
+        Returns
+        -------
+        dict
+            ``"decision"`` (``X @ coef_ + intercept_``), ``"probability"`` of the
+            positive class and ``"label"`` (the predicted class).
+        """
+        meta, sections = unpack_ciphertext_set(
+            read_bytes(path, "encrypted scores"),
+            fingerprint=self.keys.fingerprint,
+            source=str(path),
+            expected_format=SCORES_FORMAT,
+        )
+        record = self.record(meta.get("dataset"))
+        plan = plan_from_dict(record["plan"])
+        ctx = self.keys.context
+        n = int(meta["n_rows"])
+        blocks = [
+            ctx.decrypt(ctx.ciphertext_from_bytes(sections[f"S[{rb}]"], source=f"{path} [S]"))
+            for rb in range(len(sections))
+        ]
+        decision = ColVector(blocks, plan.shape, n).decode()
+        classes = np.asarray(record["classes"])
+        return {
+            "decision": decision,
+            "probability": 1.0 / (1.0 + np.exp(-decision)),
+            "label": classes[(decision > 0).astype(int)],
+        }
+
+
+def _ciphertext_bytes(keys: KeySet) -> int:
+    p = keys.params
+    return 2 * p.poly_modulus_degree * (p.max_level + 1) * 8 + 128
+
+
+def _depth_per_minibatch(trainer: Any, specs: list[Any]) -> float:
+    plan = trainer.plan
+    per_mb = [
+        trainer.chunk_circuit(s.step, s.length).depth_per_minibatch
+        for s in specs
+        if s.length == plan.k or plan.n_batches < plan.k
+    ]
+    return max(per_mb) if per_mb else 0.0
+
+
+def export_sklearn(clf: EncryptedLogisticRegression) -> LogisticRegression:
+    """A plain scikit-learn ``LogisticRegression`` with the same ``coef_`` and ``intercept_``.
+
+    For deployment where scikit-learn alone is installed: its ``predict``,
+    ``decision_function`` and ``predict_proba`` give the same results as
+    ``clf``'s (binary models).
+    """
+    lr = LogisticRegression()
+    lr.classes_ = np.asarray(clf.classes_)
+    lr.coef_ = np.array(clf.coef_, dtype=float)
+    lr.intercept_ = np.array(clf.intercept_, dtype=float)
+    lr.n_features_in_ = clf.n_features_in_
+    lr.n_iter_ = np.array(clf.n_iter_, dtype=np.int32)
+    if hasattr(clf, "feature_names_in_"):
+        lr.feature_names_in_ = clf.feature_names_in_
+    return lr

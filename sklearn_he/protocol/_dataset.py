@@ -1,0 +1,300 @@
+"""The encrypted data set: a directory with a JSON manifest and one file per ciphertext.
+
+Layout (``docs/file-formats.md``)::
+
+    manifest.json                  what the server needs, and checksums
+    Z/b{batch}_r{rb}_c{cb}.ct      tile (rb, cb) of minibatch matrix Z_batch
+    G/a{a}_b{b}_r{rb}_c{cb}.ct     tiles of the Gram block Z_a Z_b^T (client-computed)
+    D/a{a}_b{b}_r{rb}_c{cb}.ct     the same block in diagonal-major form (diagonal layout)
+
+Batch indices count minibatches within an epoch (every epoch visits the same
+minibatches in the same order). Every ``.ct`` file is a ciphertext envelope
+bound to the key fingerprint; the manifest lists each file's size and
+SHA-256, and carries a checksum of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..backend import Ciphertext, CKKSContext, CKKSParameters, KeySet
+from ..exceptions import FormatError, KeyMismatchError
+from ..linalg import EncMatrix, TileShape, diagonal_offsets
+from ..training import ChunkSpec, NAGSchedule, Plan, chunk_specs
+from ._files import read_bytes, read_json, sha256_hex
+
+__all__ = [
+    "DATASET_FORMAT",
+    "MANIFEST",
+    "DirectoryData",
+    "EncryptedDataset",
+    "diagonal_file",
+    "gram_file",
+    "plan_from_dict",
+    "plan_to_dict",
+    "z_file",
+]
+
+DATASET_FORMAT = "sklearn-he/encrypted-dataset"
+MANIFEST = "manifest.json"
+
+_REQUIRED = (
+    "library_version",
+    "key_fingerprint",
+    "params",
+    "plan",
+    "training",
+    "n_samples",
+    "files",
+    "grams",
+    "diagonals",
+)
+
+
+def z_file(b: int, rb: int, cb: int) -> str:
+    """Relative path of tile ``(rb, cb)`` of minibatch ``b``."""
+    return f"Z/b{b:05d}_r{rb}_c{cb}.ct"
+
+
+def gram_file(a: int, b: int, rb: int, cb: int) -> str:
+    """Relative path of tile ``(rb, cb)`` of the Gram block ``Z_a Z_b^T``."""
+    return f"G/a{a:05d}_b{b:05d}_r{rb}_c{cb}.ct"
+
+
+def diagonal_file(a: int, b: int, rb: int, cb: int) -> str:
+    """Relative path of tile ``(rb, cb)`` of ``Z_a Z_b^T`` in diagonal-major form."""
+    return f"D/a{a:05d}_b{b:05d}_r{rb}_c{cb}.ct"
+
+
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    """The public training plan as JSON-able data."""
+    return {
+        "circuit": plan.circuit,
+        "tile_shape": [plan.shape.rows, plan.shape.cols],
+        "batch_size": plan.batch_size,
+        "n_features": plan.n_features,
+        "n_batches": plan.n_batches,
+        "k": plan.k,
+        "params": plan.params.to_dict() if plan.params is not None else None,
+        "gram_source": plan.gram_source,
+        "layout": plan.layout,
+        "estimated_seconds_per_sample": plan.estimated_seconds_per_sample,
+    }
+
+
+def plan_from_dict(d: Any, *, source: str = "manifest") -> Plan:
+    """Inverse of :func:`plan_to_dict` (FormatError on malformed records)."""
+    try:
+        return Plan(
+            circuit=str(d["circuit"]),
+            shape=TileShape(int(d["tile_shape"][0]), int(d["tile_shape"][1])),
+            batch_size=int(d["batch_size"]),
+            n_features=int(d["n_features"]),
+            n_batches=int(d["n_batches"]),
+            k=int(d["k"]),
+            params=CKKSParameters.from_dict(d["params"]) if d.get("params") else None,
+            gram_source=str(d["gram_source"]),
+            estimated_seconds_per_sample=float(d.get("estimated_seconds_per_sample", "nan")),
+            layout=str(d.get("layout", "alternating")),
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise FormatError(f"{source} has a malformed training plan ({exc!r})") from None
+
+
+def schedule_to_dict(schedule: NAGSchedule) -> dict[str, Any]:
+    return dataclasses.asdict(schedule)
+
+
+def schedule_from_dict(d: Any, *, source: str = "manifest") -> NAGSchedule:
+    try:
+        return NAGSchedule(**d)
+    except (TypeError, ValueError) as exc:
+        raise FormatError(
+            f"{source} has a learning-rate schedule this sklearn-he cannot use ({exc}); "
+            "use the sklearn-he version that wrote it"
+        ) from None
+
+
+@dataclass
+class EncryptedDataset:
+    """An encrypted data set on disk (read side: the server, or ``inspect``).
+
+    Open one with :meth:`open`; the client writes one with
+    :meth:`sklearn_he.protocol.Client.encrypt`.
+
+    Attributes
+    ----------
+    directory : Path
+    manifest : dict
+        The checked manifest.
+    """
+
+    directory: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str]) -> EncryptedDataset:
+        """Read and check ``directory/manifest.json`` (format, version, checksum, fields).
+
+        Raises
+        ------
+        FormatError
+            Missing, truncated, corrupted or foreign manifest.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"encrypted data set {directory} does not exist or is not a directory"
+            )
+        path = directory / MANIFEST
+        doc = read_json(path, kind=DATASET_FORMAT, what="data-set manifest")
+        missing = [k for k in _REQUIRED if k not in doc]
+        if missing:
+            raise FormatError(f"data-set manifest {path} lacks the fields {missing}")
+        ds = cls(directory, doc)
+        ds.plan  # noqa: B018 - validate the plan and schedule up front
+        ds.schedule  # noqa: B018
+        return ds
+
+    # ------------------------------------------------------------ accessors
+    @property
+    def id(self) -> str:
+        """32 hex digits naming this data set (states and rows refer to it)."""
+        return str(self.manifest["checksum"])[:32]
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["key_fingerprint"])
+
+    @property
+    def params(self) -> CKKSParameters:
+        return CKKSParameters.from_dict(self.manifest["params"])
+
+    @property
+    def plan(self) -> Plan:
+        return plan_from_dict(self.manifest["plan"], source=str(self.directory / MANIFEST))
+
+    @property
+    def schedule(self) -> NAGSchedule:
+        return schedule_from_dict(
+            self.manifest["training"].get("schedule"), source=str(self.directory / MANIFEST)
+        )
+
+    @property
+    def coeffs(self) -> list[float]:
+        return [float(c) for c in self.manifest["training"]["sigmoid_coeffs"]]
+
+    @property
+    def epochs(self) -> int:
+        return int(self.manifest["training"]["epochs"])
+
+    def specs(self) -> list[ChunkSpec]:
+        """The chunks of the run, in order."""
+        return chunk_specs(self.plan, self.epochs, int(self.manifest["training"]["start_step"]))
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.specs())
+
+    @property
+    def total_bytes(self) -> int:
+        """Size of the ciphertext files (the manifest excluded)."""
+        return sum(int(f["bytes"]) for f in self.manifest["files"].values())
+
+    # ----------------------------------------------------------------- keys
+    def check_keys(self, keys: KeySet) -> None:
+        """Refuse a key set other than the one the data were encrypted under."""
+        if keys.fingerprint != self.fingerprint:
+            raise KeyMismatchError(
+                f"the data set {self.directory} was encrypted under the key set "
+                f"{self.fingerprint[:16]}..., but the keys in use are {keys.fingerprint[:16]}...; "
+                "use the public bundle the client sent together with this data set"
+            )
+
+    # ---------------------------------------------------------------- files
+    def read_file(self, rel: str) -> bytes:
+        """Bytes of a listed file, checked against the manifest's size and SHA-256."""
+        entry = self.manifest["files"].get(rel)
+        path = self.directory / rel
+        if entry is None:
+            raise FormatError(
+                f"{path} is not listed in the manifest of {self.directory}; the data set is "
+                "incomplete or was made for another plan"
+            )
+        data = read_bytes(path, "ciphertext file")
+        if len(data) != int(entry["bytes"]):
+            raise FormatError(
+                f"{path} has {len(data)} bytes but the manifest lists {entry['bytes']}: it is "
+                "truncated or was replaced; copy the data set again from the client"
+            )
+        if sha256_hex(data) != entry["sha256"]:
+            raise FormatError(
+                f"{path} is corrupted: its SHA-256 does not match the manifest; copy the data "
+                "set again from the client"
+            )
+        return data
+
+    def ciphertext(self, rel: str, context: CKKSContext) -> Ciphertext:
+        """Load one ciphertext file (checksums, envelope and key fingerprint checked)."""
+        return context.ciphertext_from_bytes(self.read_file(rel), source=str(self.directory / rel))
+
+    def verify(self) -> int:
+        """Check every listed file's size and checksum; return the number of files."""
+        for rel in self.manifest["files"]:
+            self.read_file(rel)
+        return len(self.manifest["files"])
+
+
+class DirectoryData:
+    """:class:`~sklearn_he.training.TrainingData` read from an :class:`EncryptedDataset`.
+
+    Tiles are loaded (and checked) when a chunk first asks for them.
+    """
+
+    def __init__(self, dataset: EncryptedDataset, context: CKKSContext) -> None:
+        self.dataset = dataset
+        self.context = context
+        self.plan = dataset.plan
+        self._cache: dict[tuple[str, int, int], EncMatrix[Ciphertext]] = {}
+        self._grams = {tuple(g) for g in dataset.manifest["grams"]}
+        self._diagonals = {tuple(g) for g in dataset.manifest["diagonals"]}
+
+    def _load(self, key: tuple[str, int, int], n_rows: int, n_cols: int, name: Any) -> Any:
+        if key not in self._cache:
+            self._cache[key] = EncMatrix.from_index(
+                self.plan.shape,
+                n_rows,
+                n_cols,
+                lambda rb, cb: self.dataset.ciphertext(name(rb, cb), self.context),
+            )
+        return self._cache[key]
+
+    def batch(self, i: int) -> EncMatrix[Ciphertext]:
+        p = self.plan
+        return self._load(
+            ("Z", i, 0), p.batch_size, p.n_features, lambda rb, cb: z_file(i, rb, cb)
+        )
+
+    def gram(self, a: int, b: int) -> EncMatrix[Ciphertext]:
+        self._require(self._grams, "Gram", a, b)
+        m = self.plan.batch_size
+        return self._load(("G", a, b), m, m, lambda rb, cb: gram_file(a, b, rb, cb))
+
+    def diagonal(self, a: int, b: int) -> EncMatrix[Ciphertext]:
+        self._require(self._diagonals, "diagonal-major Gram", a, b)
+        shape, m = self.plan.shape, self.plan.batch_size
+        n_rows = len(diagonal_offsets(m, m, shape.cols))
+        return self._load(
+            ("D", a, b), n_rows, shape.cols, lambda rb, cb: diagonal_file(a, b, rb, cb)
+        )
+
+    def _require(self, have: set[tuple[Any, ...]], what: str, a: int, b: int) -> None:
+        if (a, b) not in have:
+            raise FormatError(
+                f"the data set {self.dataset.directory} has no {what} block for minibatches "
+                f"({a}, {b}), which the plan needs; re-encrypt it with this sklearn-he version"
+            )

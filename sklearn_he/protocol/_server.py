@@ -1,0 +1,325 @@
+"""The server side of the protocol: training chunks and scoring, with public keys only.
+
+Nothing here reads a secret key: the server loads a *public bundle*
+(:func:`load_public_keys` refuses anything else), the encrypted data set
+and model states, and writes new model states and encrypted scores.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..backend import KeySet
+from ..backend._keys import PUBLIC_BUNDLE_FILE
+from ..backend._serialization import atomic_write
+from ..exceptions import DepthExhaustedError, FormatError, ProtocolError
+from ..linalg import EncMatrix, RowVector, TileShape
+from ..training import TrainingServer, state_names
+from ._dataset import DirectoryData, EncryptedDataset
+from ._files import (
+    ProgressFactory,
+    StateFile,
+    StateStore,
+    no_progress,
+    pack_ciphertext_set,
+    read_bytes,
+    read_state,
+    unpack_ciphertext_set,
+    write_state,
+)
+from ._inference import ROWS_FORMAT, SCORE_DEPTH, SCORES_FORMAT, score_rows
+
+__all__ = ["TrainStatus", "load_public_keys", "score", "train"]
+
+
+def load_public_keys(
+    path: str | os.PathLike[str], *, allow_insecure_for_testing: bool = False
+) -> KeySet:
+    """Load a public bundle (a file, or a directory holding ``public.bundle``).
+
+    Only the bundle is opened: a secret key lying next to it is never read.
+    A secret-key file given in its place is refused.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / PUBLIC_BUNDLE_FILE
+    return KeySet.from_public_bundle(
+        read_bytes(path, "public bundle"),
+        allow_insecure_for_testing=allow_insecure_for_testing,
+        source=str(path),
+    )
+
+
+@dataclass
+class TrainStatus:
+    """What a :func:`train` call did.
+
+    Attributes
+    ----------
+    chunks_run : int
+        Chunks evaluated by this call.
+    chunks_done, n_chunks : int
+        Progress of the whole run.
+    latest : StateFile
+        The most advanced state now on disk.
+    seconds : list of float
+        Evaluation time of each chunk run.
+    cleaned : list of Path
+        Half-written files of an interrupted run removed by ``resume``.
+    """
+
+    chunks_run: int
+    chunks_done: int
+    n_chunks: int
+    latest: StateFile
+    seconds: list[float] = field(default_factory=list)
+    cleaned: list[Path] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.chunks_done >= self.n_chunks
+
+    def message(self) -> str:
+        """What happened and what to do next, for a person."""
+        done = f"{self.chunks_done} of {self.n_chunks} chunks done"
+        if self.finished:
+            return (
+                f"training complete ({done}); send {self.latest.name} to the client, which "
+                "decrypts the model (`sklearn-he decrypt`)"
+            )
+        if self.latest.fresh:
+            return f"{done}; run `sklearn-he train` again to continue"
+        return (
+            f"{done}; the state {self.latest.name} has used up its levels: send it to the "
+            "client for a refresh (`sklearn-he refresh`), then run `sklearn-he train` again "
+            "on the fresh state"
+        )
+
+
+def _level_ok(cts: dict[str, Any], max_level: int) -> bool:
+    """Whether a state can feed a chunk circuit (its inputs sit at the top level)."""
+    return all(ct.level >= max_level for ct in cts.values())
+
+
+def train(
+    keys: KeySet,
+    dataset_dir: str | os.PathLike[str],
+    states_dir: str | os.PathLike[str],
+    *,
+    n_jobs: int | None = None,
+    resume: bool = False,
+    max_chunks: int | None = None,
+    progress: ProgressFactory = no_progress,
+    log: Callable[[str], None] | None = None,
+) -> TrainStatus:
+    """Run chunk circuits on the latest fresh state until it needs a client refresh.
+
+    After each chunk the new encrypted state is written atomically as
+    ``state-NNNNN.trained.skhe``. SEAL has no bootstrapping, so a state that
+    went through a chunk has spent its levels and the client must refresh it
+    before the next chunk; this call then stops. A file
+    ``train.in-progress.json`` marks a chunk under way; when a run is killed
+    it stays behind, and the next call refuses to start unless ``resume``
+    (which removes half-written files and redoes the chunk from the last
+    state on disk: chunk evaluation is deterministic, so the result is the
+    same state an uninterrupted run writes).
+
+    Parameters
+    ----------
+    keys : KeySet
+        Public key set (:func:`load_public_keys`); a client key set works too
+        but is never needed.
+    dataset_dir, states_dir : path
+    n_jobs : int, optional
+        Worker processes per chunk (joblib).
+    resume : bool, default=False
+        Continue after an interrupted run.
+    max_chunks : int, optional
+        Stop after this many chunks.
+    progress : callable
+        Progress factory; one bar per chunk, over the circuit's nodes.
+    log : callable, optional
+        Receives one line per chunk.
+
+    Returns
+    -------
+    TrainStatus
+
+    Raises
+    ------
+    ProtocolError
+        An interrupted run without ``resume``, or states of another data set.
+    KeyMismatchError
+        Data set or states made under other keys than ``keys``.
+    FormatError
+        Truncated or corrupted data set or state files.
+    """
+    log = log or (lambda _msg: None)
+    ds = EncryptedDataset.open(dataset_dir)
+    ds.check_keys(keys)
+    store = StateStore(states_dir)
+    cleaned: list[Path] = []
+    stopped = store.interrupted()
+    if stopped is not None:
+        if not resume:
+            raise ProtocolError(
+                f"a previous `train` stopped during chunk {stopped.get('chunk', '?')} (see "
+                f"{store.marker}); rerun with --resume to redo that chunk from the last "
+                "state on disk"
+            )
+        cleaned = store.clean_up()
+        log(f"resuming: removed {len(cleaned)} half-written file(s)")
+    specs = ds.specs()
+    latest = store.latest()
+    status = TrainStatus(0, latest.chunks_done, len(specs), latest, cleaned=cleaned)
+    if status.finished or not latest.fresh:
+        return status
+    meta, state = read_state(latest, keys.context, dataset_id=ds.id)
+    server = TrainingServer(
+        ds.plan, ds.schedule, ds.coeffs, backend="ckks", keys=keys, n_jobs=n_jobs
+    )
+    data = DirectoryData(ds, keys.context)
+    done, server_seconds = latest.chunks_done, float(meta.get("server_seconds", 0.0))
+    while done < len(specs) and _level_ok(state, keys.params.max_level):
+        if max_chunks is not None and status.chunks_run >= max_chunks:
+            break
+        spec = specs[done]
+        store.begin(
+            {"chunk": done + 1, "from": latest.name, "pid": os.getpid(), "started": time.time()}
+        )
+        chunk = server.chunk_circuit(spec.step, spec.length)
+        t0 = time.perf_counter()
+        with progress(len(chunk.compiled.nodes), f"chunk {done + 1}/{len(specs)}") as bar:
+            out = server.run_chunk(spec, data, state, on_value=lambda _n, _v: bar.update(1))
+        seconds = time.perf_counter() - t0
+        server_seconds += seconds
+        done += 1
+        latest = StateFile(store.path(done, fresh=False), done, False)
+        write_state(
+            store,
+            latest,
+            {name: out[name] for name in state_names(ds.plan)},
+            fingerprint=keys.fingerprint,
+            meta={
+                "dataset": ds.id,
+                "n_chunks": len(specs),
+                "step": spec.step + spec.length,
+                "server_seconds": server_seconds,
+                "chunk_seconds": seconds,
+                "library_version": __version__,
+            },
+        )
+        store.end()
+        state = out
+        status.chunks_run += 1
+        status.seconds.append(seconds)
+        log(
+            f"chunk {done}/{len(specs)} (epoch {spec.epoch + 1}, minibatches "
+            f"{spec.first + 1}-{spec.first + spec.length}): depth {chunk.depth}, "
+            f"{seconds:.1f} s -> {latest.name}"
+        )
+    status.chunks_done, status.latest = done, latest
+    return status
+
+
+def score(
+    keys: KeySet,
+    rows_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    state_path: str | os.PathLike[str] | None = None,
+    weights: np.ndarray | None = None,
+) -> Path:
+    """Score encrypted rows with encrypted weights (a fresh state) or plaintext weights.
+
+    The result, ``rows @ w``, is an encrypted column vector that only the
+    client can decrypt (``decision_function`` of the model). Exactly one of
+    ``state_path`` and ``weights`` is given; plaintext ``weights`` are the
+    model's weights in the coordinates of the encrypted rows (what
+    ``sklearn-he decrypt --weights-out`` writes).
+    """
+    if (state_path is None) == (weights is None):
+        raise ValueError("give exactly one of state_path (encrypted weights) and weights")
+    ctx = keys.context
+    meta, sections = unpack_ciphertext_set(
+        read_bytes(rows_path, "encrypted rows"),
+        fingerprint=keys.fingerprint,
+        source=str(rows_path),
+        expected_format=ROWS_FORMAT,
+    )
+    try:
+        shape = TileShape(*meta["tile_shape"])
+        n_rows, n_cols = int(meta["n_rows"]), int(meta["n_columns"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{rows_path} has malformed metadata ({exc!r})") from None
+    rows = EncMatrix.from_index(
+        shape,
+        n_rows,
+        n_cols,
+        lambda rb, cb: ctx.ciphertext_from_bytes(
+            sections[f"X[{rb},{cb}]"], source=f"{rows_path} [X[{rb},{cb}]]"
+        ),
+    )
+    if weights is not None:
+        w = np.asarray(weights, dtype=float).ravel()
+        if w.size != n_cols:
+            raise ValueError(
+                f"weights have {w.size} entries but the rows have {n_cols} columns (bias "
+                "included); use the weights `sklearn-he decrypt --weights-out` wrote"
+            )
+        vec: RowVector[Any] = RowVector.from_array(w, shape)
+    else:
+        path = Path(state_path)  # type: ignore[arg-type]
+        state = _state_file(path)
+        _, cts = read_state(state, ctx, dataset_id=str(meta.get("dataset")))
+        if not state.fresh or not all(
+            ct.level >= SCORE_DEPTH for name, ct in cts.items() if name.startswith("w[")
+        ):
+            raise ProtocolError(
+                f"{path} is a spent state; scoring with encrypted weights needs a fresh one "
+                "(the client's `sklearn-he refresh` of the final state)"
+            )
+        n_blk = len(state_names_for(shape, n_cols)) // 2
+        vec = RowVector([cts[f"w[{cb}]"] for cb in range(n_blk)], shape, n_cols)
+    try:
+        blocks = score_rows(ctx, rows, vec)
+    except DepthExhaustedError as exc:
+        raise ProtocolError(f"cannot score: {exc}") from exc
+    out = {f"S[{rb}]": ct.to_bytes() for rb, ct in enumerate(blocks)}
+    smeta_out = {
+        "format": SCORES_FORMAT,
+        "dataset": meta.get("dataset"),
+        "n_rows": n_rows,
+        "tile_shape": [shape.rows, shape.cols],
+        "weights": "plaintext" if weights is not None else "encrypted",
+    }
+    return atomic_write(
+        out_path, pack_ciphertext_set(keys.fingerprint, smeta_out, out), overwrite=False
+    )
+
+
+def state_names_for(shape: TileShape, n_columns: int) -> list[str]:
+    """State ciphertext names for weights of ``n_columns`` in ``shape`` tiles."""
+    n_blk = len(RowVector.from_index(shape, n_columns, lambda b: b).blocks)
+    return [f"{name}[{cb}]" for name in ("v", "w") for cb in range(n_blk)]
+
+
+def _state_file(path: Path) -> StateFile:
+    if not path.exists():
+        raise FileNotFoundError(f"model state {path} does not exist")
+    if path.is_dir():
+        return StateStore(path).latest()
+    for s in StateStore(path.parent).states():
+        if s.path.name == path.name:
+            return s
+    raise FormatError(
+        f"{path} is not a model state file (expected a name like state-00003.fresh.skhe)"
+    )
