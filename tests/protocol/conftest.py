@@ -1,0 +1,78 @@
+"""Shared set-up of the protocol tests: small insecure parameters, a small data set."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from sklearn_he import CKKSParameters
+from sklearn_he.cli import main
+
+#: Insecure but fast parameters (N=4096, 6 levels), as in tests/test_estimator.py.
+SMALL = CKKSParameters(4096, (60, *([40] * 6), 60), 40, security_level=0)
+SMALL_FLAGS = [
+    "--poly-modulus-degree",
+    "4096",
+    "--coeff-modulus-bits",
+    ",".join(str(b) for b in SMALL.coeff_modulus_bits),
+    "--allow-insecure-for-testing",
+]
+INSECURE = "--allow-insecure-for-testing"
+
+
+def run(*argv: str | Path) -> int:
+    """``sklearn-he ARGV`` in this process; returns the exit status."""
+    return main([str(a) for a in argv])
+
+
+def write_csv(path: Path, X: np.ndarray, y: np.ndarray) -> Path:
+    header = ",".join(f"f{j}" for j in range(X.shape[1])) + ",label"
+    rows = [",".join(repr(float(v)) for v in x) + f",{int(t)}" for x, t in zip(X, y, strict=True)]
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cancer_small() -> tuple[np.ndarray, np.ndarray]:
+    """64 rows of breast cancer: two minibatches of 32, so one epoch is two chunks."""
+    X, y = load_breast_cancer(return_X_y=True)
+    return X[:64], y[:64]
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, cancer_small) -> Path:
+    """Client keys, an encrypted data set and its first state (one epoch, two chunks).
+
+    Tests copy it (``fresh_copy``) before changing anything.
+    """
+    root = tmp_path_factory.mktemp("prepared")
+    X, y = cancer_small
+    data = write_csv(root / "train.csv", X, y)
+    keys = root / "client" / "keys"
+    assert run("keygen", "-q", "--data", data, "--out", keys, "--epochs", "1", *SMALL_FLAGS) == 0
+    assert (
+        run(
+            "encrypt", "-q", INSECURE, "--keys", keys, "--data", data,
+            "--out", root / "client" / "dataset", "--states", root / "client" / "states",
+        )
+        == 0
+    )  # fmt: skip
+    # The server's directory: public bundle, data set, states; no secret key.
+    server = root / "server"
+    server.mkdir()
+    shutil.copy(keys / "public.bundle", server / "public.bundle")
+    shutil.copytree(root / "client" / "dataset", server / "dataset")
+    shutil.copytree(root / "client" / "states", server / "states")
+    return root
+
+
+@pytest.fixture
+def fresh_copy(prepared, tmp_path) -> Path:
+    """A private copy of :func:`prepared` for one test."""
+    dst = tmp_path / "run"
+    shutil.copytree(prepared, dst)
+    return dst
