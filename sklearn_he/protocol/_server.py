@@ -195,29 +195,33 @@ def train(
         store.begin(
             {"chunk": done + 1, "from": latest.name, "pid": os.getpid(), "started": time.time()}
         )
-        chunk = server.chunk_circuit(spec.step, spec.length)
-        t0 = time.perf_counter()
-        with progress(len(chunk.compiled.nodes), f"chunk {done + 1}/{len(specs)}") as bar:
-            out = server.run_chunk(spec, data, state, on_value=lambda _n, _v: bar.update(1))
-        seconds = time.perf_counter() - t0
-        server_seconds += seconds
+        try:
+            chunk = server.chunk_circuit(spec.step, spec.length)
+            t0 = time.perf_counter()
+            with progress(len(chunk.compiled.nodes), f"chunk {done + 1}/{len(specs)}") as bar:
+                out = server.run_chunk(spec, data, state, on_value=lambda _n, _v: bar.update(1))
+            seconds = time.perf_counter() - t0
+            latest = StateFile(store.path(done + 1, fresh=False), done + 1, False)
+            write_state(
+                store,
+                latest,
+                {name: out[name] for name in state_names(ds.plan)},
+                fingerprint=keys.fingerprint,
+                meta={
+                    "dataset": ds.id,
+                    "n_chunks": len(specs),
+                    "step": spec.step + spec.length,
+                    "server_seconds": server_seconds + seconds,
+                    "chunk_seconds": seconds,
+                    "library_version": __version__,
+                },
+            )
+        finally:
+            # Errors end the chunk cleanly (nothing was written): only a killed
+            # process leaves the marker behind.
+            store.end()
         done += 1
-        latest = StateFile(store.path(done, fresh=False), done, False)
-        write_state(
-            store,
-            latest,
-            {name: out[name] for name in state_names(ds.plan)},
-            fingerprint=keys.fingerprint,
-            meta={
-                "dataset": ds.id,
-                "n_chunks": len(specs),
-                "step": spec.step + spec.length,
-                "server_seconds": server_seconds,
-                "chunk_seconds": seconds,
-                "library_version": __version__,
-            },
-        )
-        store.end()
+        server_seconds += seconds
         state = out
         status.chunks_run += 1
         status.seconds.append(seconds)
