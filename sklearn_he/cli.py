@@ -106,6 +106,8 @@ def read_table(
             raise ValueError(f"{p} is empty")
         if not all(_is_number(c) for c in rows[0]):
             header, rows = [c.strip() for c in rows[0]], rows[1:]
+            if not rows:
+                raise ValueError(f"{p} has a header line but no rows")
         widths = {len(r) for r in rows}
         if len(widths) != 1:
             raise ValueError(f"{p}: rows have different numbers of columns {sorted(widths)}")
@@ -313,7 +315,7 @@ def _write_out(path: str, data: bytes, force: bool, mode: int = 0o644) -> None:
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
-    from .protocol import export_sklearn
+    from .protocol import export_sklearn, shareable_weights
 
     client = _client(args)
     clf = client.decrypt(args.states)
@@ -327,7 +329,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         import io
 
         buf = io.BytesIO()
-        np.save(buf, clf._state[0][0])
+        np.save(buf, shareable_weights(clf))
         _write_out(args.weights_out, buf.getvalue(), args.force)
     if args.json_out:
         doc = {

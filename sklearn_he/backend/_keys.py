@@ -171,8 +171,15 @@ class KeySet:
         *,
         allow_insecure_for_testing: bool = False,
         source: str = "public bundle",
+        evaluation_keys: bool = True,
     ) -> KeySet:
         """Rebuild a key set from :meth:`public_bundle` and, optionally, :meth:`secret_key_bytes`.
+
+        With ``evaluation_keys=False`` the relinearisation and rotation keys
+        are skipped: the key set encrypts and (with the secret key) decrypts,
+        but cannot multiply or rotate. Loading is then fast and small (the
+        rotation keys of N=16384 weigh hundreds of MB): what a client that
+        only encrypts and decrypts needs.
 
         Raises
         ------
@@ -203,6 +210,9 @@ class KeySet:
             )
             keys["secret"] = senv.payload
         steps = [int(s) for s in env.meta.get("rotation_steps", [])]
+        if not evaluation_keys:
+            keys = {k: v for k, v in keys.items() if k not in ("relin", "rotation")}
+            steps = []
         context = CKKSContext._from_key_bytes(
             params, keys, rotation_steps=steps, fingerprint=env.fingerprint
         )
@@ -219,11 +229,14 @@ class KeySet:
         secret_key: str | os.PathLike[str] | None = None,
         *,
         allow_insecure_for_testing: bool = False,
+        evaluation_keys: bool = True,
     ) -> KeySet:
         """Load a key set from files written by :meth:`save` (or the two save methods).
 
         ``public_bundle`` may also be a directory holding ``public.bundle``
         (and, when ``secret_key`` is None, ``secret.key`` if present).
+        ``evaluation_keys=False`` skips the relinearisation and rotation keys
+        (see :meth:`from_bytes`).
         """
         bundle_path = Path(public_bundle)
         if bundle_path.is_dir():
@@ -239,6 +252,7 @@ class KeySet:
             secret,
             allow_insecure_for_testing=allow_insecure_for_testing,
             source=str(bundle_path),
+            evaluation_keys=evaluation_keys,
         )
 
     # ------------------------------------------------------------ accessors

@@ -20,7 +20,7 @@ plaintext or encrypted weights), :meth:`Client.decrypt_scores`.
 File formats: ``docs/file-formats.md``.
 """
 
-from ._client import CONFIG_FILE, Client, export_sklearn, keygen
+from ._client import CONFIG_FILE, Client, export_sklearn, keygen, shareable_weights
 from ._dataset import MANIFEST, DirectoryData, EncryptedDataset
 from ._files import Progress, ProgressFactory, StateFile, StateStore, no_progress
 from ._inference import score_rotation_steps, score_rows
@@ -44,5 +44,6 @@ __all__ = [
     "score",
     "score_rotation_steps",
     "score_rows",
+    "shareable_weights",
     "train",
 ]

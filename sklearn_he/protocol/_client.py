@@ -6,7 +6,9 @@ encrypted data set, fresh model states and encrypted rows.
 
 The client keeps, in its key directory:
 
-* ``public.bundle`` and ``secret.key`` (mode 0600), from :func:`keygen`;
+* ``public.bundle`` and ``secret.key`` (mode 0600), from :func:`keygen`,
+  and ``client.bundle``: the public key without evaluation keys (loading
+  the rotation keys would cost the client seconds for nothing);
 * ``training.json``: the training options and the data shape the keys were
   planned for (public, but of no use to the server);
 * ``datasets/<id>.json`` (mode 0600), one per encrypted data set: the
@@ -32,7 +34,7 @@ from .._estimator import EncryptedLogisticRegression, FitReport
 from .._version import __version__
 from ..backend import CKKSParameters, KeySet
 from ..backend._keys import PUBLIC_BUNDLE_FILE, SECRET_KEY_FILE
-from ..backend._serialization import atomic_write
+from ..backend._serialization import Kind, atomic_write, unpack
 from ..exceptions import FormatError, KeyMismatchError, MissingKeyError, ProtocolError
 from ..linalg import ColVector, EncMatrix
 from ..training import TrainingClient, chunk_specs, state_names
@@ -64,9 +66,11 @@ from ._files import (
 )
 from ._inference import ROWS_FORMAT, SCORES_FORMAT, score_rotation_steps
 
-__all__ = ["CONFIG_FILE", "Client", "export_sklearn", "keygen"]
+__all__ = ["CONFIG_FILE", "Client", "export_sklearn", "keygen", "shareable_weights"]
 
 CONFIG_FILE = "training.json"
+#: Public key and context without evaluation keys (the client's fast load).
+CLIENT_BUNDLE_FILE = "client.bundle"
 CONFIG_FORMAT = "sklearn-he/training-config"
 RECORD_FORMAT = "sklearn-he/client-record"
 RECORDS_DIR = "datasets"
@@ -126,9 +130,10 @@ def keygen(
 ) -> KeySet:
     """Plan a training run for data of this shape and generate its key set.
 
-    Writes ``public.bundle``, ``secret.key`` (mode 0600) and ``training.json``
-    into ``directory``. The rotation keys are exactly those the training
-    circuits and encrypted scoring need.
+    Writes ``public.bundle``, ``secret.key`` (mode 0600), ``client.bundle``
+    (the public key without evaluation keys, for the client's own fast
+    loading) and ``training.json`` into ``directory``. The rotation keys are
+    exactly those the training circuits and encrypted scoring need.
 
     Parameters
     ----------
@@ -177,6 +182,14 @@ def keygen(
         allow_insecure_for_testing=allow_insecure_for_testing,
     )
     keys.save(directory, overwrite=overwrite)
+    # The same public key without evaluation keys: what the client's own
+    # encryptions and decryptions need, loaded in a fraction of the time.
+    light = KeySet.from_bytes(
+        keys.public_bundle(),
+        allow_insecure_for_testing=allow_insecure_for_testing,
+        evaluation_keys=False,
+    )
+    light.save_public_bundle(directory / CLIENT_BUNDLE_FILE, overwrite=overwrite)
     write_json(
         directory / CONFIG_FILE,
         {
@@ -222,13 +235,28 @@ class Client:
                 f"no secret key in {self.key_dir} ({secret} does not exist): this command runs "
                 "on the client, in the directory `sklearn-he keygen` wrote"
             )
+        # The client encrypts and decrypts only: without the relinearisation and
+        # rotation keys (client.bundle, or skipped in public.bundle) loading is
+        # fast and small.
+        light = self.key_dir / CLIENT_BUNDLE_FILE
         self.keys = KeySet.load(
-            self.key_dir / PUBLIC_BUNDLE_FILE,
+            light if light.exists() else self.key_dir / PUBLIC_BUNDLE_FILE,
             secret,
             allow_insecure_for_testing=allow_insecure_for_testing,
+            evaluation_keys=False,
         )
         self.allow_insecure = allow_insecure_for_testing
         self.progress = progress
+
+    def _bundle_rotation_steps(self) -> set[int]:
+        """Rotation steps of the public bundle (the server's keys)."""
+        env = unpack(
+            read_bytes(self.key_dir / PUBLIC_BUNDLE_FILE, "public bundle"),
+            expected_kind=Kind.PUBLIC_BUNDLE,
+            expected_fingerprint=self.keys.fingerprint,
+            source=str(self.key_dir / PUBLIC_BUNDLE_FILE),
+        )
+        return {int(s) for s in env.meta.get("rotation_steps", [])}
 
     @property
     def config(self) -> dict[str, Any]:
@@ -311,7 +339,7 @@ class Client:
         trainer = clf._trainer(X.shape[0], design.shape[1])
         plan = trainer.plan
         need = {s % keys.params.slots for s in trainer.rotation_steps()}
-        missing = sorted(need - set(keys.rotation_steps))
+        missing = sorted(need - self._bundle_rotation_steps())
         if missing:
             raise MissingKeyError(
                 f"the key set lacks rotation keys for steps {missing[:8]}"
@@ -645,6 +673,21 @@ def _depth_per_minibatch(trainer: Any, specs: list[Any]) -> float:
         if s.length == plan.k or plan.n_batches < plan.k
     ]
     return max(per_mb) if per_mb else 0.0
+
+
+def shareable_weights(clf: EncryptedLogisticRegression, bits: int = 20) -> np.ndarray:
+    """The model's weights (coordinates of the encrypted rows) for plaintext scoring.
+
+    Rounded to a grid of ``2**-bits`` times the largest weight, far coarser
+    than the CKKS decryption noise (about ``2**-30`` here): a decryption
+    handed to a party that holds the ciphertext is what key-recovery attacks
+    on CKKS (Li and Micciancio, 2021) need; the rounded weights no longer
+    carry that noise. Scores change by at most ``2**-bits`` of the largest
+    weight times the row norm.
+    """
+    w = np.asarray(clf._state[0][0], dtype=float)
+    q = float(np.abs(w).max()) * 2.0**-bits
+    return np.round(w / q) * q if q > 0 else w.copy()
 
 
 def export_sklearn(clf: EncryptedLogisticRegression) -> LogisticRegression:
