@@ -284,6 +284,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         n_jobs=args.n_jobs,
         resume=args.resume,
         max_chunks=args.max_chunks,
+        wait=args.wait,
         progress=_progress_factory(args.quiet),
         log=(lambda msg: print(msg, file=sys.stderr)) if not args.quiet else None,
     )
@@ -587,6 +588,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue after an interrupted train (crash, kill)"
     )
     p.add_argument("--max-chunks", type=int, default=None, help="stop after this many chunks")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep running: wait up to SECONDS for each refreshed state (default 0: stop "
+        "when a refresh is due)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("refresh", help="client: decrypt and re-encrypt the server's state")

@@ -104,6 +104,37 @@ class TrainStatus:
         )
 
 
+def _wait_for_fresh(
+    store: StateStore, chunks_done: int, wait: float, log: Callable[[str], None], poll: float = 0.5
+) -> StateFile | None:
+    """The client's refresh of the state after ``chunks_done`` chunks, once it appears."""
+    path = store.path(chunks_done, fresh=True)
+    if wait <= 0 and not path.exists():
+        return None
+    deadline = time.monotonic() + wait
+    if not path.exists():
+        log(f"waiting up to {wait:g} s for the client's refresh {path.name}")
+    while not path.exists():
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll)
+    return StateFile(path, chunks_done, True)
+
+
+def _read_fresh(
+    state: StateFile, keys: KeySet, dataset_id: str, wait: float, poll: float = 0.5
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a fresh state; while waiting, a file still being copied is read again."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return read_state(state, keys.context, dataset_id=dataset_id)
+        except FormatError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(poll)
+
+
 def _level_ok(cts: dict[str, Any], max_level: int) -> bool:
     """Whether a state can feed a chunk circuit (its inputs sit at the top level)."""
     return all(ct.level >= max_level for ct in cts.values())
@@ -117,6 +148,8 @@ def train(
     n_jobs: int | None = None,
     resume: bool = False,
     max_chunks: int | None = None,
+    wait: float = 0.0,
+    poll: float = 0.5,
     progress: ProgressFactory = no_progress,
     log: Callable[[str], None] | None = None,
 ) -> TrainStatus:
@@ -144,6 +177,14 @@ def train(
         Continue after an interrupted run.
     max_chunks : int, optional
         Stop after this many chunks.
+    wait : float, default=0
+        Keep going across refreshes: after writing a spent state, wait up to
+        this many seconds for the client's ``state-NNNNN.fresh.skhe`` to
+        appear, then train on it (the keys stay loaded: loading the rotation
+        keys of N=16384 takes seconds). 0 returns as soon as a refresh is due.
+        A state that is still being copied is read again until complete.
+    poll : float, default=0.5
+        Seconds between two looks at the states directory while waiting.
     progress : callable
         Progress factory; one bar per chunk, over the circuit's nodes.
     log : callable, optional
@@ -180,17 +221,30 @@ def train(
     specs = ds.specs()
     latest = store.latest()
     status = TrainStatus(0, latest.chunks_done, len(specs), latest, cleaned=cleaned)
-    if status.finished or not latest.fresh:
+    if status.finished:
         return status
-    meta, state = read_state(latest, keys.context, dataset_id=ds.id)
+    if not latest.fresh:
+        fresh = _wait_for_fresh(store, latest.chunks_done, wait, log, poll)
+        if fresh is None:
+            return status
+        latest = fresh
+    meta, state = _read_fresh(latest, keys, ds.id, wait, poll)
     server = TrainingServer(
         ds.plan, ds.schedule, ds.coeffs, backend="ckks", keys=keys, n_jobs=n_jobs
     )
     data = DirectoryData(ds, keys.context)
     done, server_seconds = latest.chunks_done, float(meta.get("server_seconds", 0.0))
-    while done < len(specs) and _level_ok(state, keys.params.max_level):
+    while done < len(specs):
         if max_chunks is not None and status.chunks_run >= max_chunks:
             break
+        if not _level_ok(state, keys.params.max_level):
+            fresh = _wait_for_fresh(store, done, wait, log, poll)
+            if fresh is None:
+                break
+            latest = fresh
+            meta, state = _read_fresh(latest, keys, ds.id, wait, poll)
+            server_seconds = float(meta.get("server_seconds", server_seconds))
+            continue
         spec = specs[done]
         store.begin(
             {"chunk": done + 1, "from": latest.name, "pid": os.getpid(), "started": time.time()}

@@ -1,0 +1,43 @@
+"""``train --wait``: one server process across the client's refreshes."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import pytest
+
+from sklearn_he.protocol import Client, load_public_keys, train
+
+pytestmark = pytest.mark.ckks
+
+
+def test_train_waits_for_each_refresh(fresh_copy):
+    server, client_dir = fresh_copy / "server", fresh_copy / "client"
+    keys = load_public_keys(server / "public.bundle", allow_insecure_for_testing=True)
+    result = {}
+
+    def serve() -> None:
+        result["status"] = train(keys, server / "dataset", server / "states", wait=60, poll=0.05)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    spent = server / "states" / "state-00001.trained.skhe"
+    deadline = time.monotonic() + 60
+    while not spent.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    shutil.copy(spent, client_dir / "states" / spent.name)
+    client = Client(client_dir / "keys", allow_insecure_for_testing=True)
+    fresh = client.refresh(client_dir / "states")
+    # Deliver the refresh the way a network copy might: first a partial file,
+    # then the whole of it (the server reads it again until it is complete).
+    data = fresh.path.read_bytes()
+    target = server / "states" / fresh.name
+    target.write_bytes(data[: len(data) // 3])
+    time.sleep(0.2)
+    target.write_bytes(data)
+    thread.join(timeout=120)
+    status = result["status"]
+    assert status.finished and status.chunks_run == 2
+    assert (server / "states" / "state-00002.trained.skhe").exists()
