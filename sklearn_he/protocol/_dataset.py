@@ -70,37 +70,49 @@ def diagonal_file(a: int, b: int, rb: int, cb: int) -> str:
     return f"D/a{a:05d}_b{b:05d}_r{rb}_c{cb}.ct"
 
 
+#: Manifest key of a Plan field, where it differs from the field name.
+_PLAN_KEYS = {"shape": "tile_shape"}
+
+
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
-    """The public training plan as JSON-able data."""
-    return {
-        "circuit": plan.circuit,
-        "tile_shape": [plan.shape.rows, plan.shape.cols],
-        "batch_size": plan.batch_size,
-        "n_features": plan.n_features,
-        "n_batches": plan.n_batches,
-        "k": plan.k,
-        "params": plan.params.to_dict() if plan.params is not None else None,
-        "gram_source": plan.gram_source,
-        "layout": plan.layout,
-        "estimated_seconds_per_sample": plan.estimated_seconds_per_sample,
-    }
+    """The public training plan as JSON-able data (every field of :class:`Plan`)."""
+    out = {}
+    for f in dataclasses.fields(plan):
+        value = getattr(plan, f.name)
+        if isinstance(value, TileShape):
+            value = [value.rows, value.cols]
+        elif isinstance(value, CKKSParameters):
+            value = value.to_dict()
+        out[_PLAN_KEYS.get(f.name, f.name)] = value
+    return out
 
 
 def plan_from_dict(d: Any, *, source: str = "manifest") -> Plan:
-    """Inverse of :func:`plan_to_dict` (FormatError on malformed records)."""
-    try:
-        return Plan(
-            circuit=str(d["circuit"]),
-            shape=TileShape(int(d["tile_shape"][0]), int(d["tile_shape"][1])),
-            batch_size=int(d["batch_size"]),
-            n_features=int(d["n_features"]),
-            n_batches=int(d["n_batches"]),
-            k=int(d["k"]),
-            params=CKKSParameters.from_dict(d["params"]) if d.get("params") else None,
-            gram_source=str(d["gram_source"]),
-            estimated_seconds_per_sample=float(d.get("estimated_seconds_per_sample", "nan")),
-            layout=str(d.get("layout", "alternating")),
+    """Inverse of :func:`plan_to_dict` (FormatError on malformed or unknown records)."""
+    if not isinstance(d, dict):
+        raise FormatError(f"{source} has a malformed training plan ({type(d).__name__})")
+    fields = dataclasses.fields(Plan)
+    unknown = set(d) - {_PLAN_KEYS.get(f.name, f.name) for f in fields}
+    if unknown:
+        raise FormatError(
+            f"{source} has plan fields {sorted(unknown)} this sklearn-he does not know; "
+            "upgrade sklearn-he"
         )
+    kwargs: dict[str, Any] = {}
+    try:
+        for f in fields:
+            key = _PLAN_KEYS.get(f.name, f.name)
+            if key not in d:
+                if f.default is dataclasses.MISSING:
+                    raise KeyError(key)
+                continue
+            value = d[key]
+            if f.name == "shape":
+                value = TileShape(int(value[0]), int(value[1]))
+            elif f.name == "params":
+                value = CKKSParameters.from_dict(value) if value else None
+            kwargs[f.name] = value
+        return Plan(**kwargs)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise FormatError(f"{source} has a malformed training plan ({exc!r})") from None
 
