@@ -25,6 +25,10 @@ from .training._planner import gram_block_costs
 __all__ = ["EncryptedLogisticRegression", "FitReport", "SigmoidRangeWarning"]
 
 
+#: Default L2 penalty (see the ``alpha`` parameter).
+ALPHA = 1e-3
+
+
 class SigmoidRangeWarning(UserWarning):
     """Training margins left the interval where the sigmoid polynomial is accurate."""
 
@@ -90,6 +94,15 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         ``"inverse"``: ``learning_rate / (t + 1)`` at step ``t``.
     momentum : {"nesterov", "none"}, default="nesterov"
         Nesterov momentum schedule of Kim et al. (2018), or none.
+    alpha : float, default=1e-3
+        L2 penalty: training maximises the mean log-likelihood minus
+        ``alpha / 2 * ||coef||^2``, ``coef`` being the weights of the
+        standardised features (``StandardScaler`` followed by scikit-learn's
+        ``LogisticRegression(C=1 / (alpha * n_samples))`` optimises the same
+        objective, up to the intercept, which is penalised here too). The
+        penalty keeps margins inside the sigmoid polynomial's range on
+        (nearly) separable data; it is folded into the circuit's constants
+        and costs no level.
     sigmoid_degree : {3, 5, 7}, default=5
         Degree of the least-squares sigmoid approximation on [-8, 8]. Degree
         5 is the default because its surrogate loss is convex (the leading
@@ -169,6 +182,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "learning_rate_schedule": [StrOptions({"inverse", "constant"})],
         "momentum": [StrOptions({"nesterov", "none"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
         "sigmoid_degree": [Options(Integral, {3, 5, 7})],
         "fit_intercept": ["boolean"],
         "minibatches_per_circuit": [
@@ -196,6 +210,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         learning_rate: float = 10.0,
         learning_rate_schedule: str = "inverse",
         momentum: str = "nesterov",
+        alpha: float = ALPHA,
         sigmoid_degree: int = 5,
         fit_intercept: bool = True,
         minibatches_per_circuit: int | str = "auto",
@@ -216,6 +231,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         self.learning_rate = learning_rate
         self.learning_rate_schedule = learning_rate_schedule
         self.momentum = momentum
+        self.alpha = alpha
         self.sigmoid_degree = sigmoid_degree
         self.fit_intercept = fit_intercept
         self.minibatches_per_circuit = minibatches_per_circuit
@@ -383,8 +399,15 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
 
     def _trainer(self, n_samples: int, n_columns: int) -> Trainer:
         coeffs = sigmoid_poly(int(self.sigmoid_degree))
+        # The circuit's weights w are the standardised coefficients times the
+        # row scale r (features are divided by r), so the penalty on them is
+        # alpha / r^2.
+        row_scale = getattr(self, "_row_scale", 1.0)
         schedule = NAGSchedule(
-            float(self.learning_rate), self.learning_rate_schedule, self.momentum
+            float(self.learning_rate),
+            self.learning_rate_schedule,
+            self.momentum,
+            l2=float(self.alpha) / row_scale**2,
         )
         params = self.ckks_params
         if self.keys is not None:

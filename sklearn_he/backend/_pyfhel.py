@@ -14,6 +14,18 @@ It wraps Pyfhel's native handles in two small classes that never expose them:
 
 Levels count the rescales a ciphertext can still take: a fresh ciphertext
 sits at ``params.max_level`` and a product consumes one level.
+
+Scales are exact. SEAL's primes are only close to ``2**scale_bits`` (within
+about 1e-6 relative for 40-bit primes, 1e-3 for 28-bit ones), so the scale
+of a rescaled product drifts away from the nominal one and two ciphertexts
+at the same level would disagree on their scale. Every level therefore has
+one canonical scale (:meth:`CKKSContext.level_scale`): ``2**scale_bits`` at
+the top and ``scale_l**2 / prime_l`` below, which is exactly what a product
+of two canonical ciphertexts has after its rescale. Plaintext products are
+encoded at the scale that lands on the next level's canonical scale, and
+mod-switching multiplies by an exactly chosen encoding of one before
+dropping each prime. No scale is ever relabelled by more than rounding, so
+small primes (cheap, small rings) cost no precision through scale drift.
 """
 
 from __future__ import annotations
@@ -41,8 +53,9 @@ __all__ = ["SCALE_SNAP_RTOL", "CKKSContext", "Ciphertext"]
 
 #: Two operands whose scales differ by less than this relative amount are
 #: aligned by relabelling one scale (the value then carries a relative error
-#: of the same size, below 1e-5 with SEAL's primes near 2**40). Larger gaps
-#: mean an operand was not rescaled and are reported as errors.
+#: of the same size). Operations keep canonical scales (see the module
+#: docstring), so in practice only rounding-level differences are relabelled;
+#: larger gaps mean an operand was not rescaled and are reported as errors.
 SCALE_SNAP_RTOL = 1e-4
 
 _COMPR = "none"  # see tools/seal-offline.cmake: SEAL is built without compressors
@@ -144,6 +157,13 @@ class CKKSContext:
         self.has_relin_key = has_relin_key
         self.auto_align = auto_align
         self._primes = [int(q) for q in he.qi]
+        # Canonical scale per level: a product of two canonical ciphertexts at
+        # level l, rescaled by prime l, has exactly scale(l)**2 / prime(l).
+        scales = [0.0] * (params.max_level + 1)
+        scales[-1] = float(2**params.scale_bits)
+        for lvl in range(params.max_level, 0, -1):
+            scales[lvl - 1] = scales[lvl] * scales[lvl] / self._primes[lvl]
+        self._level_scales = scales
 
     # ------------------------------------------------------------- factories
     @staticmethod
@@ -251,6 +271,19 @@ class CKKSContext:
         """The prime removed when a ciphertext at ``level`` is rescaled."""
         return self._primes[level]
 
+    def level_scale(self, level: int) -> float:
+        """The canonical scale of ciphertexts at ``level`` (``2**scale_bits`` at the top).
+
+        Every operation of this context returns ciphertexts at their level's
+        canonical scale (up to floating-point rounding), so operands at one
+        level can always be added.
+        """
+        return self._level_scales[level]
+
+    def _landing_scale(self, scale: float, level: int) -> float:
+        """Plaintext scale that takes a product at ``scale`` to level ``level - 1``'s scale."""
+        return self._level_scales[level - 1] * self._primes[level] / scale
+
     def __repr__(self) -> str:
         side = "client (secret key)" if self.has_secret_key else "server (public keys only)"
         return f"CKKSContext({self.params.describe()}, {side}, keys={self.fingerprint[:12]})"
@@ -351,7 +384,9 @@ class CKKSContext:
         except RuntimeError as exc:
             if "transparent" not in str(exc):
                 raise
-        zero = PyCtxt(copy_ctxt=self.mod_switch_to(self.encrypt_zeros(), like.level)._ct)
+        zero = PyCtxt(copy_ctxt=self.encrypt_zeros()._ct)
+        for _ in range(self.max_level - like.level):
+            self._he.mod_switch_to_next_ctxt(zero, in_new_ctxt=False)
         zero.set_scale(like.scale if scale is None else scale)
         return self._wrap(zero, like.level)
 
@@ -411,10 +446,24 @@ class CKKSContext:
             raise ValueError(f"level must be >= 0; got {level}")
         if level == ct.level:
             return ct
-        out = PyCtxt(copy_ctxt=ct._ct)
-        for _ in range(ct.level - level):
-            self._he.mod_switch_to_next_ctxt(out, in_new_ctxt=False)
-        return self._wrap(out, level)
+        if not self._is_canonical(ct):
+            # Not a canonical scale (an unrescaled product, say): drop primes as they are.
+            out = PyCtxt(copy_ctxt=ct._ct)
+            for _ in range(ct.level - level):
+                self._he.mod_switch_to_next_ctxt(out, in_new_ctxt=False)
+            return self._wrap(out, level)
+        # Multiply by one, encoded at the scale that makes the rescale land on
+        # the next level's canonical scale: exact where dropping the prime
+        # would keep a scale that no longer matches the level.
+        while ct.level > level:
+            one = self._encode(1.0, ct.level, self._landing_scale(ct.scale, ct.level))
+            out = self._he.multiply_plain(ct._ct, one, in_new_ctxt=True)
+            self._he.rescale_to_next(out)
+            ct = self._wrap(out, ct.level - 1)
+        return ct
+
+    def _is_canonical(self, ct: Ciphertext) -> bool:
+        return abs(ct.scale / self._level_scales[ct.level] - 1.0) <= SCALE_SNAP_RTOL
 
     def relinearize(self, ct: Ciphertext) -> Ciphertext:
         """Reduce a size-3 product back to size 2 (needs the relinearisation key)."""
@@ -535,8 +584,9 @@ class CKKSContext:
     def multiply_plain(self, a: Ciphertext, values: Any, *, rescale: bool = True) -> Ciphertext:
         """Slot-wise product with a plaintext vector (one level when rescaled).
 
-        The plaintext is encoded at the scale of the prime that the rescale
-        removes, so the result keeps exactly the input's scale.
+        The plaintext is encoded at the scale that makes the rescaled result
+        land exactly on the next level's canonical scale (about the prime the
+        rescale removes).
         """
         a = self._check(a)
         arr = self._vector(values)
@@ -566,6 +616,9 @@ class CKKSContext:
     ) -> Ciphertext:
         if rescale:
             self._require_level(a, "multiply by a plaintext")
+        if a.level > 0 and self._is_canonical(a):
+            pt_scale = self._landing_scale(a.scale, a.level)
+        elif rescale:
             pt_scale = float(self.prime(a.level))
         else:
             pt_scale = self.params.scale

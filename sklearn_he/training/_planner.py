@@ -7,9 +7,11 @@ candidates that fit a 128-bit-secure ring's depth budget.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..backend import MAX_COEFF_MODULUS_BITS_128, CKKSParameters
 from ..circuit import CostModel, analyze
@@ -143,6 +145,37 @@ def gram_block_costs(
     }
 
 
+#: Batch sizes "auto" chooses from (capped at a quarter of the samples, so
+#: that an epoch keeps at least about four steps).
+AUTO_BATCH_SIZES = (32, 64, 128)
+#: Narrowest tile considered (rotation sums cost log2(width) anyway).
+MIN_TILE_WIDTH = 16
+#: Tile shapes explored for k > 1 (the cheapest at k = 1 per ring).
+SHAPES_EXPLORED = 3
+
+
+def candidate_shapes(n_features: int, batch_size: int, slots: int) -> list[TileShape]:
+    """Tile shapes worth trying for ``batch_size x n_features`` minibatches.
+
+    Power-of-two heights up to the (rounded-up) batch size and widths down
+    to :data:`MIN_TILE_WIDTH`, never wider than needed to hold the features
+    in one tile unless the tile has rows to spare. Wide tiles need more
+    rotations per margin (``log2(width)``), tall ones more column blocks and
+    more rotations per gradient (``log2(height)`` each): the cost model
+    decides.
+    """
+    shapes = []
+    h = 1
+    while h <= slots // MIN_TILE_WIDTH:
+        w = slots // h
+        tall_enough = min(8, _pow2_ceil(batch_size)) <= h <= _pow2_ceil(batch_size)
+        narrow = w <= max(_pow2_ceil(n_features), MIN_TILE_WIDTH)
+        if tall_enough and (narrow or h == _pow2_ceil(batch_size)):
+            shapes.append(TileShape(h, w))
+        h *= 2
+    return shapes or [choose_shape(n_features, slots)]
+
+
 def plan_training(
     n_samples: int,
     n_features: int,
@@ -157,73 +190,136 @@ def plan_training(
     epochs: int = 1,
     layout: str = "alternating",
 ) -> Plan:
-    """Choose tile shape, batch size, ``k``, Gram source and (unless given) CKKS parameters.
+    """Choose ring, tile shape, batch size, ``k``, Gram source (and CKKS parameters).
 
     Candidates are the 128-bit-secure rings with useful depth (N = 16384 and
-    32768) or the ring of ``params``, every ``k`` (minibatches per circuit)
-    whose circuit fits the ring's depth budget and, for the pipelined
-    circuit with ``gram_source="auto"``, both places to compute the Gram
-    blocks. The candidate with the smallest estimated time per sample-epoch
-    wins: server work from the compiled circuit times per-op costs
-    (``costs`` defaults to :meth:`CostModel.nominal`), plus the client
-    refresh, plus the Gram blocks (uploaded, or computed on the server)
-    amortised over ``epochs``. Fixed ``k`` or ``gram_source`` restrict the
-    candidates.
+    32768) or the ring of ``params``; every tile shape of
+    :func:`candidate_shapes`; with ``batch_size="auto"`` the sizes of
+    :data:`AUTO_BATCH_SIZES` up to a quarter of the samples; every ``k``
+    (minibatches per circuit) whose circuit fits the ring's depth budget;
+    and, for the pipelined circuit with ``gram_source="auto"``, both places
+    to compute the Gram blocks. The candidate with the smallest estimated
+    time per sample-epoch wins: server work from the compiled circuit times
+    per-op costs (``costs`` defaults to :meth:`CostModel.nominal`), plus
+    the client refresh, plus the Gram blocks (uploaded, or computed on the
+    server) amortised over ``epochs``. To keep planning fast, ``k > 1`` is
+    explored only for the :data:`SHAPES_EXPLORED` cheapest (shape, batch
+    size) pairs of each ring at ``k = 1``. Fixed ``k``, ``batch_size`` or
+    ``gram_source`` restrict the candidates.
     """
     if gram_source not in ("client", "server", "auto"):
         raise ValueError(f"gram_source must be 'client', 'server' or 'auto'; got {gram_source!r}")
+    args = (
+        n_samples,
+        n_features,
+        circuit,
+        tuple(float(c) for c in coeffs),
+        batch_size,
+        minibatches_per_circuit,
+        gram_source,
+        params,
+        epochs,
+        layout,
+    )
+    if costs is None:  # the nominal model: the same question always has the same answer
+        return _plan_nominal(*args)
+    return _plan(*args, costs)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan_nominal(*args: Any) -> Plan:
+    return _plan(*args, None)
+
+
+def _plan(
+    n_samples: int,
+    n_features: int,
+    circuit: str,
+    coeffs: tuple[float, ...],
+    batch_size: int | str,
+    minibatches_per_circuit: int | str,
+    gram_source: str,
+    params: CKKSParameters | None,
+    epochs: int,
+    layout: str,
+    costs: CostModel | None,
+) -> Plan:
     rings = [params.poly_modulus_degree] if params is not None else [16384, 32768]
     if circuit != "pipelined" or layout == "diagonal":
         sources = ["client"]  # diagonal-major blocks are made by the client
     else:
         sources = ["client", "server"] if gram_source == "auto" else [gram_source]
+    if batch_size == "auto":
+        cap = max(AUTO_BATCH_SIZES[0], n_samples // 4)
+        sizes = [m for m in AUTO_BATCH_SIZES if m <= cap and m < 2 * n_samples] or [
+            min(AUTO_BATCH_SIZES[0], n_samples)
+        ]
+    else:
+        sizes = [int(batch_size)]
     best: tuple[float, Plan] | None = None
-    reasons = []
-    for n_ring in rings:
-        shape = choose_shape(n_features, n_ring // 2)
-        m = min(shape.rows, n_samples) if batch_size == "auto" else int(batch_size)
-        n_batches = max(1, -(-n_samples // m))
+    reasons: list[str] = []
+
+    def evaluate(n_ring: int, shape: TileShape, m: int, k: int, source: str) -> Plan | None:
+        gd = 3 if source == "server" else 0
+        chunk = _chunk(
+            k,
+            circuit=circuit,
+            shape=shape,
+            m=m,
+            f=n_features,
+            gram_depth=gd,
+            coeffs=coeffs,
+            layout=layout,
+        )
         budget = (
             params.max_level
             if params is not None
             else (MAX_COEFF_MODULUS_BITS_128[n_ring] - 120) // 40
         )
-        if minibatches_per_circuit == "auto":
-            ks = range(1, min(MAX_K, n_batches) + 1)
-        else:
-            ks = [int(minibatches_per_circuit)]
-        for source in sources:
-            gd = 3 if source == "server" else 0
-            for k in ks:
-                chunk = _chunk(
-                    k,
-                    circuit=circuit,
-                    shape=shape,
-                    m=m,
-                    f=n_features,
-                    gram_depth=gd,
-                    coeffs=coeffs,
-                    layout=layout,
-                )
-                if chunk.depth > budget:
-                    reasons.append(
-                        f"{k} minibatches per circuit need {chunk.depth} levels; "
-                        f"N={n_ring} provides {budget}"
-                    )
-                    break  # deeper k only get deeper
-                chosen = params or CKKSParameters.for_depth(
-                    chunk.depth, min_poly_modulus_degree=n_ring
-                )
-                cost = estimate_seconds_per_sample(chunk, chosen, costs)
-                if chunk.grams:
-                    g = gram_block_costs(shape, m, n_features, chosen, costs)
-                    per_chunk = len(chunk.grams) * g[f"{source}_seconds"]
-                    cost += per_chunk / (chunk.n_steps * m * max(1, epochs))
-                plan = Plan(
-                    circuit, shape, m, n_features, n_batches, k, chosen, source, cost, layout
-                )
-                if best is None or cost < best[0]:
-                    best = (cost, plan)
+        if chunk.depth > budget:
+            reasons.append(
+                f"{k} minibatches per circuit need {chunk.depth} levels; "
+                f"N={n_ring} provides {budget}"
+            )
+            return None
+        chosen = params or CKKSParameters.for_depth(chunk.depth, min_poly_modulus_degree=n_ring)
+        cost = estimate_seconds_per_sample(chunk, chosen, costs)
+        if chunk.grams:
+            g = gram_block_costs(shape, m, n_features, chosen, costs)
+            per_chunk = len(chunk.grams) * g[f"{source}_seconds"]
+            cost += per_chunk / (chunk.n_steps * m * max(1, epochs))
+        n_batches = max(1, -(-n_samples // m))
+        return Plan(circuit, shape, m, n_features, n_batches, k, chosen, source, cost, layout)
+
+    for n_ring in rings:
+        first: list[tuple[float, TileShape, int, str]] = []
+        fixed_k = minibatches_per_circuit != "auto"
+        k1 = int(minibatches_per_circuit) if fixed_k else 1
+        for m in sizes:
+            for shape in candidate_shapes(n_features, m, n_ring // 2):
+                for source in sources:
+                    plan = evaluate(n_ring, shape, m, k1, source)
+                    if plan is None:
+                        continue
+                    first.append((plan.estimated_seconds_per_sample, shape, m, source))
+                    if best is None or plan.estimated_seconds_per_sample < best[0]:
+                        best = (plan.estimated_seconds_per_sample, plan)
+        if fixed_k:
+            continue
+        first.sort(key=lambda c: c[0])
+        explored = []
+        for _, shape, m, _src in first:
+            if (shape, m) not in explored:
+                explored.append((shape, m))
+        for shape, m in explored[:SHAPES_EXPLORED]:
+            n_batches = max(1, -(-n_samples // m))
+            for source in sources:
+                for k in range(2, min(MAX_K, n_batches) + 1):
+                    plan = evaluate(n_ring, shape, m, k, source)
+                    if plan is None:
+                        break  # deeper k only get deeper
+                    if plan.estimated_seconds_per_sample < best[0]:
+                        best = (plan.estimated_seconds_per_sample, plan)
     if best is None:
         raise ValueError(
             f"no CKKS parameters fit the training circuit: {reasons[-1]}. Use fewer "

@@ -223,18 +223,24 @@ class Program:
         return list(seen.values())
 
 
-def nag_program(steps: Sequence[tuple[float, float]]) -> Program:
-    """Unroll ``len(steps)`` NAG minibatch steps; ``steps[t] = (a_t, e_t)``.
+def nag_program(steps: Sequence[tuple[float, ...]]) -> Program:
+    """Unroll ``len(steps)`` NAG minibatch steps.
+
+    ``steps[t] = (a_t, e_t)`` or ``(a_t, e_t, d_t)`` (step size, momentum
+    weight, weight decay factor, 1 when omitted; see
+    :class:`~sklearn_he.training.NAGSchedule`).
 
     This is the only statement of the training algorithm; both circuits are
     lowerings of the program it builds.
     """
     p = Program()
     v, w = p.var("v"), p.var("w")
-    for t, (a, e) in enumerate(steps):
+    for t, step in enumerate(steps):
+        a, e = step[0], step[1]
+        d = step[2] if len(step) > 2 else 1.0
         u = p.matvec(t, v)  # margins of minibatch t
         q = p.rmatvec(t, p.sig(u))  # gradient direction
-        w_next = v + a * q
+        w_next = d * v + a * q
         v = (1.0 - e) * w_next + e * w
         w = w_next
     p.outputs = {"w": w, "v": v}

@@ -13,12 +13,16 @@ __all__ = ["NAGSchedule", "nag_reference"]
 
 @dataclass(frozen=True)
 class NAGSchedule:
-    """Step sizes ``a_t`` and momentum weights ``e_t`` of the NAG recurrence::
+    """Step sizes ``a_t``, momentum weights ``e_t``, weight decay ``d_t`` of the NAG recurrence::
 
         u_t     = Z_t v_t
         q_t     = Z_t^T g(u_t)                 (g ~ sigmoid(-u))
-        w_{t+1} = v_t + a_t q_t                (a_t = learning_rate_t / batch_size)
+        w_{t+1} = d_t v_t + a_t q_t            (a_t = learning_rate_t / batch_size,
+                                                d_t = 1 - learning_rate_t * l2)
         v_{t+1} = (1 - e_t) w_{t+1} + e_t w_t
+
+    that is, minibatch ascent on the mean log-likelihood minus
+    ``l2 / 2 * ||w||^2``, with Nesterov momentum.
 
     Parameters
     ----------
@@ -31,6 +35,10 @@ class NAGSchedule:
         ``"nesterov"``: ``s_0 = 0.01``, ``s_{t+1} = (1 + sqrt(1 + 4 s_t^2)) / 2``,
         ``e_t = (1 - s_t) / s_{t+1}``; ``"none"``: ``e_t = 0`` (plain minibatch
         gradient ascent).
+    l2 : float, default=0.0
+        Strength of the L2 penalty on the weights (in the coordinates the
+        circuit sees). Folded into the step's public constants: it costs no
+        level and no operation.
 
     All values are public constants, known when a circuit is compiled.
     """
@@ -38,6 +46,7 @@ class NAGSchedule:
     learning_rate: float = 1.0
     decay: str = "inverse"
     momentum: str = "nesterov"
+    l2: float = 0.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
@@ -48,6 +57,8 @@ class NAGSchedule:
             raise ValueError(f"decay must be 'inverse' or 'constant'; got {self.decay!r}")
         if self.momentum not in ("nesterov", "none"):
             raise ValueError(f"momentum must be 'nesterov' or 'none'; got {self.momentum!r}")
+        if not (isinstance(self.l2, (int, float)) and self.l2 >= 0):
+            raise ValueError(f"l2 must be a non-negative number; got {self.l2!r}")
 
     def rate(self, t: int) -> float:
         return self.learning_rate / (t + 1) if self.decay == "inverse" else self.learning_rate
@@ -61,10 +72,20 @@ class NAGSchedule:
         s_next = (1 + math.sqrt(1 + 4 * s * s)) / 2
         return (1 - s) / s_next
 
-    def steps(self, start: int, count: int, batch_size: int) -> list[tuple[float, float]]:
-        """``(a_t, e_t)`` for steps ``start .. start + count - 1``."""
+    def decay_factor(self, t: int) -> float:
+        """``d_t = 1 - rate_t * l2`` (refused when it would flip the weights' sign)."""
+        d = 1.0 - self.rate(t) * self.l2
+        if d <= 0:
+            raise ValueError(
+                f"learning_rate * l2 = {self.rate(t) * self.l2:.3g} >= 1 at step {t}: the "
+                "penalty would flip the weights' sign; lower the learning rate or the penalty"
+            )
+        return d
+
+    def steps(self, start: int, count: int, batch_size: int) -> list[tuple[float, float, float]]:
+        """``(a_t, e_t, d_t)`` for steps ``start .. start + count - 1``."""
         return [
-            (self.rate(t) / batch_size, self.momentum_weight(t))
+            (self.rate(t) / batch_size, self.momentum_weight(t), self.decay_factor(t))
             for t in range(start, start + count)
         ]
 
@@ -89,9 +110,9 @@ def nag_reference(
     v = np.zeros(f) if v is None else np.asarray(v, dtype=float)
     m = batch_size or batches[0].shape[0]
     p = np.asarray(coeffs, dtype=float)[::-1]
-    for (a, e), Z in zip(schedule.steps(start, len(batches), m), batches, strict=True):
+    for (a, e, d), Z in zip(schedule.steps(start, len(batches), m), batches, strict=True):
         q = Z.T @ np.polyval(p, Z @ v)
-        w_next = v + a * q
+        w_next = d * v + a * q
         v = (1 - e) * w_next + e * w
         w = w_next
     return w, v

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from sklearn_he import KeySet
-from sklearn_he.backend import CKKSContext
+from sklearn_he.backend import CKKSContext, CKKSParameters
 from sklearn_he.exceptions import (
     DepthExhaustedError,
     FormatError,
@@ -110,7 +110,8 @@ def test_plaintext_and_scalar_products(ctx, xy):
     a = ctx.encrypt(x)
     mp = ctx.multiply_plain(a, y)
     assert mp.level == a.level - 1
-    assert mp.scale == a.scale  # encoded at the dropped prime: scale exactly kept
+    # Encoded so that the rescaled product lands on the next level's canonical scale.
+    assert mp.scale == pytest.approx(ctx.level_scale(mp.level), rel=1e-12)
     np.testing.assert_allclose(dec(ctx, mp), x * y, atol=1e-5)
     frac = ctx.multiply_scalar(a, 0.37)
     assert frac.level == a.level - 1
@@ -142,11 +143,55 @@ def test_rotation_sum_of_zeros_stays_small(ctx):
     assert np.abs(dec(ctx, acc)).max() < 1e-6
 
 
+def test_every_operation_lands_on_the_canonical_scale_of_its_level(ctx, xy):
+    """Canonical scales: products, plaintext products, scalars and mod-switches agree,
+    so results at one level add without relabelling (no scale drift)."""
+    x, y = xy
+    a, b = ctx.encrypt(x), ctx.encrypt(y)
+    top = ctx.max_level
+    assert a.scale == ctx.level_scale(top) == 2.0**ctx.params.scale_bits
+    paths = {
+        "product": ctx.multiply(a, b),
+        "plain": ctx.multiply_plain(a, y),
+        "scalar": ctx.multiply_scalar(b, 0.3),
+        "modswitch": ctx.mod_switch_to(a, top - 1),
+    }
+    for name, ct in paths.items():
+        assert ct.level == top - 1, name
+        assert ct.scale == pytest.approx(ctx.level_scale(top - 1), rel=1e-12), name
+    deeper = ctx.multiply(paths["product"], paths["modswitch"])
+    assert deeper.scale == pytest.approx(ctx.level_scale(top - 2), rel=1e-12)
+    total = ctx.add_many(paths.values())
+    np.testing.assert_allclose(dec(ctx, total), x * y + x * y + 0.3 * y + x, atol=1e-4)
+    np.testing.assert_allclose(dec(ctx, deeper), x * y * x, atol=1e-4)
+
+
+def test_small_primes_keep_exact_scales():
+    """28-bit primes sit up to ~1e-3 away from 2**28: without canonical scales the
+    relabelling would cost that much relative precision on every addition."""
+    params = CKKSParameters(8192, (38, 28, 28, 28, 28, 28, 38), 28)
+    c = KeySet.generate(params).context
+    drift = max(abs(c.prime(lvl) / 2**28 - 1) for lvl in range(1, 6))
+    assert drift > 1e-4  # these primes would need relabelling beyond SCALE_SNAP_RTOL
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(-2, 2, 64), rng.uniform(-2, 2, 64)
+    a, b = c.encrypt(x), c.encrypt(y)
+    want_ct, want = a, x
+    for _ in range(4):  # x * y^k alongside mod-switched x, added at every level
+        want_ct = c.multiply(want_ct, b)
+        b = c.mod_switch_to(b, want_ct.level)
+        want = want * y
+        want_ct = c.add(want_ct, c.mod_switch_to(a, want_ct.level))
+        want = want + x
+    # Noise at scale 2**28 is ~1e-4 relative; relabelling scales would add ~1e-3 per level.
+    np.testing.assert_allclose(c.decrypt(want_ct, 64), want, rtol=5e-4, atol=5e-4)
+
+
 def test_mod_switch_keeps_values(ctx, xy):
     x, _ = xy
     a = ctx.encrypt(x)
     low = ctx.mod_switch_to(a, 0)
-    assert low.level == 0 and low.scale == a.scale
+    assert low.level == 0 and low.scale == pytest.approx(ctx.level_scale(0), rel=1e-12)
     np.testing.assert_allclose(dec(ctx, low), x, atol=ATOL)
     assert ctx.mod_switch_to(a, a.level) is a
     with pytest.raises(LevelMismatchError, match="levels only go down"):

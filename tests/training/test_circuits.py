@@ -54,13 +54,15 @@ def _run(chunk, batches, v0, w0, shape):
     start=st.integers(0, 7),
     degree=st.sampled_from([3, 5]),
     shape=st.sampled_from([TileShape(16, 16), TileShape(8, 32), TileShape(32, 8)]),
+    l2=st.sampled_from([0.0, 0.05]),
 )
-def test_baseline_pipelined_and_numpy_agree(k, m, f, start, degree, shape):
-    """Both circuits reproduce the direct recurrence to 1e-9 relative (DESIGN.md section 2)."""
+def test_baseline_pipelined_and_numpy_agree(k, m, f, start, degree, shape, l2):
+    """Both circuits reproduce the direct recurrence to 1e-9 relative (DESIGN.md section 2),
+    with and without the L2 penalty (folded into the step constants)."""
     rng = np.random.default_rng(k * 1000 + m * 10 + f)
     batches = [rng.normal(size=(m, f)) * 0.3 for _ in range(k)]
     v0, w0 = rng.normal(size=f) * 0.2, rng.normal(size=f) * 0.2
-    sched = NAGSchedule(3.0)
+    sched = NAGSchedule(3.0, l2=l2)
     coeffs = sigmoid_poly(degree)
     w_ref, v_ref = nag_reference(batches, sched, coeffs, start=start, w=w0, v=v0)
     steps = sched.steps(start, k, m)
@@ -72,6 +74,32 @@ def test_baseline_pipelined_and_numpy_agree(k, m, f, start, degree, shape):
         scale = max(np.abs(w_ref).max(), 1e-12)
         assert np.abs(got["w"] - w_ref).max() / scale < 1e-9
         assert np.abs(got["v"] - v_ref).max() / max(np.abs(v_ref).max(), 1e-12) < 1e-9
+
+
+def test_l2_penalty_costs_no_level_and_shrinks_the_weights():
+    rng = np.random.default_rng(5)
+    m, f, shape = 8, 6, TileShape(8, 8)
+    batches = [rng.normal(size=(m, f)) for _ in range(3)]
+    depths, norms = [], []
+    for l2 in (0.0, 0.2):
+        sched = NAGSchedule(1.0, l2=l2)
+        chunk = build_chunk(
+            sched.steps(0, 3, m),
+            sigmoid_poly(3),
+            circuit="pipelined",
+            shape=shape,
+            batch_size=m,
+            n_features=f,
+        )
+        depths.append(chunk.depth)
+        w0 = np.full(f, 0.5)
+        norms.append(np.linalg.norm(_run(chunk, batches, w0, w0, shape)["w"]))
+    assert depths[0] == depths[1]
+    assert norms[1] < norms[0]
+    with pytest.raises(ValueError, match="flip the weights' sign"):
+        NAGSchedule(10.0, l2=0.2).steps(0, 1, m)
+    with pytest.raises(ValueError, match="l2 must be a non-negative"):
+        NAGSchedule(1.0, l2=-1.0)
 
 
 def test_program_rewrite_is_exact_and_removes_the_weight_chain():
