@@ -297,6 +297,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_refresh(args: argparse.Namespace) -> int:
     client = _client(args)
+    if args.wait > 0:
+        written = client.follow(
+            args.states,
+            wait=args.wait,
+            log=(lambda msg: print(msg, file=sys.stderr)) if not args.quiet else None,
+        )
+        _out(args, f"refreshed {len(written)} state(s); " + _after_follow(args.states))
+        return 0
     state = client.refresh(args.states)
     _out(
         args,
@@ -304,6 +312,15 @@ def cmd_refresh(args: argparse.Namespace) -> int:
         + (" (training is complete: it serves encrypted scoring)" if _finished(state) else ""),
     )
     return 0
+
+
+def _after_follow(states: str) -> str:
+    from .protocol import StateStore
+
+    latest = StateStore(states).latest()
+    if _finished(latest):
+        return f"training is complete ({latest.name}): decrypt the model (`sklearn-he decrypt`)"
+    return f"no new state arrived in time; the latest is {latest.name}"
 
 
 def _finished(state: Any) -> bool:
@@ -602,6 +619,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--keys", required=True, help="key directory")
     p.add_argument("--states", required=True, help="model-state directory")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep running: refresh each spent state as it arrives, until training is "
+        "complete or nothing arrives for SECONDS (default 0: refresh once)",
+    )
     p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("decrypt", help="client: decrypt the final state into a model")

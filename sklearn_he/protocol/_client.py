@@ -505,6 +505,50 @@ class Client:
         )
         return out
 
+    def follow(
+        self,
+        states_dir: str | os.PathLike[str],
+        *,
+        wait: float,
+        poll: float = 0.5,
+        log: Callable[[str], None] | None = None,
+    ) -> list[StateFile]:
+        """Refresh every spent state as it arrives, until training is complete.
+
+        The client's counterpart of ``train(..., wait=...)``: returns when the
+        final state has arrived (it is not refreshed: decrypt it, or call
+        :meth:`refresh` for encrypted scoring) or when no new state arrived
+        for ``wait`` seconds. A state still being copied is read again.
+
+        Returns
+        -------
+        list of StateFile
+            The fresh states written.
+        """
+        log = log or (lambda _msg: None)
+        store = StateStore(states_dir)
+        written: list[StateFile] = []
+        deadline = time.monotonic() + wait
+        while True:
+            latest = store.latest()
+            n_chunks = int(self.record(self._peek_dataset(latest))["n_chunks"])
+            if latest.chunks_done >= n_chunks:
+                return written
+            if not latest.fresh:
+                try:
+                    written.append(self.refresh(states_dir))
+                except FormatError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(poll)  # still arriving
+                    continue
+                log(f"refreshed {written[-1].name} ({latest.chunks_done} of {n_chunks} chunks)")
+                deadline = time.monotonic() + wait
+                continue
+            if time.monotonic() >= deadline:
+                return written
+            time.sleep(poll)
+
     def _peek_dataset(self, state: StateFile) -> str:
         meta, _ = unpack_ciphertext_set(
             read_bytes(state.path, "model state"),

@@ -10,6 +10,8 @@ import pytest
 
 from sklearn_he.protocol import Client, load_public_keys, train
 
+from .conftest import INSECURE, run
+
 pytestmark = pytest.mark.ckks
 
 
@@ -41,3 +43,31 @@ def test_train_waits_for_each_refresh(fresh_copy):
     status = result["status"]
     assert status.finished and status.chunks_run == 2
     assert (server / "states" / "state-00002.trained.skhe").exists()
+
+
+def test_both_sides_keep_running_through_the_command_line(fresh_copy):
+    """``train --wait`` and ``refresh --wait`` on one shared states directory."""
+    server = fresh_copy / "server"
+    states = server / "states"  # as on a shared network folder
+    codes = {}
+
+    def serve() -> None:
+        codes["train"] = run("train", "-q", INSECURE, "--wait", "60", "--public-bundle",
+                             server / "public.bundle", "--dataset", server / "dataset",
+                             "--states", states)  # fmt: skip
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    codes["refresh"] = run("refresh", "-q", INSECURE, "--wait", "60", "--keys",
+                           fresh_copy / "client" / "keys", "--states", states)  # fmt: skip
+    thread.join(timeout=120)
+    assert codes == {"train": 0, "refresh": 0}
+    names = sorted(p.name for p in states.glob("state-*"))
+    assert names == [
+        "state-00000.fresh.skhe",
+        "state-00001.fresh.skhe",
+        "state-00001.trained.skhe",
+        "state-00002.trained.skhe",
+    ]
+    assert run("decrypt", "-q", INSECURE, "--keys", fresh_copy / "client" / "keys",
+               "--states", states, "--json-out", fresh_copy / "model.json") == 0  # fmt: skip
