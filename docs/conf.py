@@ -21,6 +21,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # ships MathJax with the pages: they render offline
     "sphinx.ext.viewcode",
     "numpydoc",
     "myst_parser",
