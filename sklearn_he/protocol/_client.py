@@ -181,14 +181,15 @@ def keygen(
         rotation_steps=set(steps) | set(steps2) | score_steps,
         allow_insecure_for_testing=allow_insecure_for_testing,
     )
-    keys.save(directory, overwrite=overwrite)
+    bundle = keys.public_bundle()  # exported once: rotation keys weigh up to GBs
+    keys.save_secret_key(directory / SECRET_KEY_FILE, overwrite=overwrite)
+    atomic_write(directory / PUBLIC_BUNDLE_FILE, bundle, mode=0o644, overwrite=overwrite)
     # The same public key without evaluation keys: what the client's own
     # encryptions and decryptions need, loaded in a fraction of the time.
     light = KeySet.from_bytes(
-        keys.public_bundle(),
-        allow_insecure_for_testing=allow_insecure_for_testing,
-        evaluation_keys=False,
+        bundle, allow_insecure_for_testing=allow_insecure_for_testing, evaluation_keys=False
     )
+    del bundle
     light.save_public_bundle(directory / CLIENT_BUNDLE_FILE, overwrite=overwrite)
     write_json(
         directory / CONFIG_FILE,
