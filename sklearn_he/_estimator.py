@@ -114,8 +114,10 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
     fit_intercept : bool, default=True
         Learn a bias term.
     minibatches_per_circuit : int or "auto", default="auto"
-        Minibatches ``k`` per circuit between two client refreshes; "auto" is
-        the largest ``k`` the depth budget allows.
+        Minibatches ``k`` per circuit between two client refreshes; "auto"
+        picks the ring and ``k`` (among those the 128-bit depth budgets allow)
+        with the smallest estimated time per sample-epoch (cost model:
+        server work plus client refreshes).
     layout : {"alternating", "diagonal"}, default="alternating"
         Pipelined circuit only. "alternating": margins alternate between
         column and row vectors (about 2.5 levels per minibatch with the
