@@ -75,7 +75,15 @@ from ._compiler import CompiledCircuit
 from ._cost import CostModel
 from ._evaluators import CKKSEvaluator, check_input_names
 from ._ir import Op
-from ._worker import BundleRef, TaskFunction, TaskResult, TaskSpec, execute, run_task
+from ._worker import (
+    BundleRef,
+    TaskFunction,
+    TaskResult,
+    TaskSpec,
+    encrypt_batch,
+    execute,
+    run_task,
+)
 
 __all__ = [
     "ParallelCKKSEvaluator",
@@ -93,6 +101,11 @@ _MB = 1e6
 _MIN_GAIN = 1.1
 #: Floor of ``timeout="auto"`` (seconds).
 _AUTO_TIMEOUT = 120.0
+#: Seconds to encrypt one vector at the top level (benchmarks/backend_ops.py, 1 core).
+ENCRYPT_SECONDS = {8192: 0.009, 16384: 0.038, 32768: 0.193}
+#: Encrypt in worker processes only beyond this much estimated serial work:
+#: starting workers and loading the public bundle in them takes seconds.
+MIN_PARALLEL_ENCRYPT_SECONDS = 4.0
 
 
 def ciphertext_nbytes(poly_modulus_degree: int, level: int) -> int:
@@ -779,6 +792,51 @@ class ParallelCKKSEvaluator:
                 self._schedules.pop(next(iter(self._schedules)))
             self._schedules[key] = sched
         return sched
+
+    # ------------------------------------------------------------ encryption
+    def encrypt(self, vectors: Sequence[np.ndarray]) -> list[Ciphertext]:
+        """Encrypt ``vectors`` (each at most ``slots`` reals) with the worker processes.
+
+        Client-side work: the training data set, client-computed Gram blocks.
+        Encryption needs only the public key, so workers use the bundle they
+        already hold for evaluation. The vectors are *plaintext* data, so
+        this always runs in local processes (joblib's ``loky`` backend), even
+        inside ``parallel_config(backend="dask")``: the client's data never
+        leaves its machine unencrypted. Runs in-process when there is one
+        worker or too little to encrypt to pay for starting workers
+        (:data:`MIN_PARALLEL_ENCRYPT_SECONDS` of estimated work). Results
+        are in the order of ``vectors``.
+        """
+        ctx = self.context
+        vectors = list(vectors)
+        workers = min(effective_n_jobs(self.n_jobs), os.cpu_count() or 1)
+        n = ctx.params.poly_modulus_degree
+        estimate = len(vectors) * ENCRYPT_SECONDS.get(n, ENCRYPT_SECONDS[16384] * (n / 16384) ** 2)
+        if workers <= 1 or len(vectors) < 2 * workers or estimate < MIN_PARALLEL_ENCRYPT_SECONDS:
+            return [ctx.encrypt(v) for v in vectors]
+        ref = self._bundle_ref()
+        parts = [list(range(i, len(vectors), workers)) for i in range(workers)]
+        try:
+            with Parallel(n_jobs=workers, backend="loky") as parallel:
+                blobs = parallel(
+                    delayed(encrypt_batch)(ref, [vectors[i] for i in part]) for part in parts
+                )
+        except Exception as exc:
+            what = (
+                "a worker process died (killed, crashed or out of memory)"
+                if _is_worker_death(exc)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            raise ParallelEvaluationError(
+                f"parallel encryption of {len(vectors)} vectors failed: {what}"
+            ) from exc
+        out: list[Ciphertext | None] = [None] * len(vectors)
+        for part, got in zip(parts, blobs, strict=True):
+            if got is None:  # cannot happen with local processes, but never lose data
+                got = [ctx.encrypt(vectors[i]).to_bytes() for i in part]
+            for i, data in zip(part, got, strict=True):
+                out[i] = ctx.ciphertext_from_bytes(data, source=f"encrypted vector {i}")
+        return out  # type: ignore[return-value]
 
     # --------------------------------------------------------------- running
     def run(

@@ -44,6 +44,7 @@ __all__ = [
     "TaskSpec",
     "cache_info",
     "clear_cache",
+    "encrypt_batch",
     "execute",
     "run_task",
     "tile_constants",
@@ -296,6 +297,19 @@ def _run_task(
     result.compute_seconds = t3 - t2
     result.serialize_seconds = t4 - t3
     return result
+
+
+def encrypt_batch(
+    ref: BundleRef, vectors: Sequence[np.ndarray], bundle: np.ndarray | None = None
+) -> list[bytes] | None:
+    """Encrypt ``vectors`` with the public key of ``ref``; serialised ciphertexts.
+
+    Returns None when the bundle is not readable here (see :func:`context_for`).
+    """
+    ctx = context_for(ref, bundle)
+    if ctx is None:
+        return None
+    return [ctx.encrypt(v).to_bytes() for v in vectors]
 
 
 #: Signature of a task function (tests substitute one that fails on purpose).

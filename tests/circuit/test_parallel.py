@@ -353,3 +353,23 @@ def test_dask_backend_through_parallel_config(keys, circuits):
         assert os.getpid() not in {r.pid for r in ev.last_run_.tasks}
         with pytest.raises(ParallelEvaluationError, match=r"^task 1 \(superstep 0, worker"):
             _Failing(keys, transfer=FREE, serial_fallback=False).run(compiled, enc)
+
+
+def test_parallel_encryption_keeps_order_and_values(keys, monkeypatch):
+    """Client-side encryption in worker processes (public key only), in input order."""
+    import sklearn_he.circuit._parallel as par
+
+    rng = np.random.default_rng(7)
+    vectors = [rng.uniform(-3, 3, keys.params.slots) for _ in range(7)]
+    ev = ParallelCKKSEvaluator(keys, n_jobs=2)
+    # Below the work threshold: in-process (nothing worth starting workers for).
+    small = ev.encrypt(vectors[:3])
+    monkeypatch.setattr(par, "MIN_PARALLEL_ENCRYPT_SECONDS", 0.0)
+    # The plaintext stays on this machine even when evaluation goes to a cluster:
+    # encryption pins joblib's local loky backend.
+    with parallel_config(backend="threading"):
+        cts = ev.encrypt(vectors)
+    assert len(cts) == len(vectors)
+    for ct, x in zip(small + cts[3:], vectors, strict=True):
+        assert ct.level == keys.params.max_level
+        np.testing.assert_allclose(keys.context.decrypt(ct), x, atol=1e-5)
