@@ -86,8 +86,9 @@ def build_chunk(
     n_features: int,
     gram_depth: int = 0,
     layout: str = "alternating",
+    fuse: bool | None = None,
 ) -> ChunkCircuit:
-    """Trace and compile ``len(steps)`` NAG steps (``steps[t] = (a_t, e_t)``).
+    """Trace and compile ``len(steps)`` NAG steps (``steps[t] = (a_t, e_t[, d_t])``).
 
     Parameters
     ----------
@@ -104,6 +105,13 @@ def build_chunk(
         step, few rotations). "diagonal": margins stay row vectors, Gram
         blocks in diagonal-major form uploaded by the client (2 levels per
         step, about ``2m`` rotations and products per Gram product).
+    fuse : bool, optional
+        Fuse each gradient ``Z_t^T g(u_t)`` with the sigmoid polynomial
+        (:meth:`~sklearn_he.linalg.LinAlg.rmatvec_poly`): one level less per
+        step, but one product per tile and polynomial term instead of one
+        per tile. Default: fused for the pipelined circuit (depth is what it
+        is for), not for the baseline (Han et al.'s recurrence as written).
+        The planner weighs both for the pipelined circuit.
     """
     if circuit not in CIRCUITS:
         raise ValueError(f"circuit must be one of {CIRCUITS}; got {circuit!r}")
@@ -156,7 +164,8 @@ def build_chunk(
         program = pipeline(program)
     inputs = ChunkInputs(Z=Z, state=state, gram=gram, diagonals=diagonals if diagonal else None)
     orient = (rows if diagonal else alternating) if pipelined else columns
-    lowering = Lowering(tracer, la, coeffs, inputs, fuse=pipelined, orient=orient)
+    fused = pipelined if fuse is None else bool(fuse)
+    lowering = Lowering(tracer, la, coeffs, inputs, fuse=fused, orient=orient)
     for name, vec in lowering.lower(program).items():
         for cb, blk in enumerate(vec.blocks):
             tracer.output(f"{name}[{cb}]", blk)

@@ -47,6 +47,9 @@ class Plan:
     gram_source: str
     estimated_seconds_per_sample: float = float("nan")
     layout: str = "alternating"
+    #: Gradient products fused with the sigmoid polynomial (None: the
+    #: circuit's default, see :func:`~sklearn_he.training.build_chunk`).
+    fuse: bool | None = None
 
     def chunks(self) -> list[tuple[int, int]]:
         """(first batch, length) of each chunk of one epoch."""
@@ -71,6 +74,7 @@ def choose_shape(n_features: int, slots: int) -> TileShape:
 _REFRESH_SECONDS = {8192: 0.0115, 16384: 0.056, 32768: 0.35}
 
 
+@functools.lru_cache(maxsize=256)
 def _chunk(
     k: int,
     *,
@@ -81,6 +85,7 @@ def _chunk(
     gram_depth: int,
     coeffs: Sequence[float],
     layout: str = "alternating",
+    fuse: bool | None = None,
 ) -> ChunkCircuit:
     steps = [(0.1, 0.1)] * k  # structure and depth do not depend on the constants
     return build_chunk(
@@ -92,6 +97,7 @@ def _chunk(
         n_features=f,
         gram_depth=gram_depth,
         layout=layout,
+        fuse=fuse,
     )
 
 
@@ -125,6 +131,12 @@ def ciphertext_bytes(params: CKKSParameters, level: int | None = None) -> int:
     return 2 * params.poly_modulus_degree * (level + 1) * 8 + 128
 
 
+@functools.lru_cache(maxsize=64)
+def _nominal_gram_work(shape: TileShape, m: int, f: int, params: CKKSParameters) -> float:
+    compiled = build_gram_circuit(shape, m, f)
+    return analyze(compiled, params, CostModel.nominal()).work_seconds or 0.0
+
+
 def gram_block_costs(
     plan_shape: TileShape, m: int, f: int, params: CKKSParameters, costs: CostModel | None
 ) -> dict[str, float]:
@@ -136,8 +148,10 @@ def gram_block_costs(
     """
     tiles = -(-m // plan_shape.rows) * -(-m // plan_shape.cols)
     nbytes = tiles * ciphertext_bytes(params)
-    compiled = build_gram_circuit(plan_shape, m, f)
-    work = analyze(compiled, params, costs or CostModel.nominal()).work_seconds or 0.0
+    if costs is None:
+        work = _nominal_gram_work(plan_shape, m, f, params)
+    else:
+        work = analyze(build_gram_circuit(plan_shape, m, f), params, costs).work_seconds or 0.0
     return {
         "client_bytes": float(nbytes),
         "client_seconds": nbytes / UPLOAD_BYTES_PER_SECOND,
@@ -152,6 +166,8 @@ AUTO_BATCH_SIZES = (32, 64, 128)
 MIN_TILE_WIDTH = 16
 #: Tile shapes explored for k > 1 (the cheapest at k = 1 per ring).
 SHAPES_EXPLORED = 3
+#: Skip k > 1 on a ring whose best k = 1 plan costs this many times the best so far.
+RING_PRUNE_FACTOR = 3.0
 
 
 def candidate_shapes(n_features: int, batch_size: int, slots: int) -> list[TileShape]:
@@ -197,8 +213,10 @@ def plan_training(
     :func:`candidate_shapes`; with ``batch_size="auto"`` the sizes of
     :data:`AUTO_BATCH_SIZES` up to a quarter of the samples; every ``k``
     (minibatches per circuit) whose circuit fits the ring's depth budget;
-    and, for the pipelined circuit with ``gram_source="auto"``, both places
-    to compute the Gram blocks. The candidate with the smallest estimated
+    for the pipelined circuit, with and without fusing each gradient with
+    the sigmoid polynomial (``fuse``: one level less per step against more
+    products); and with ``gram_source="auto"``, both places to compute the
+    Gram blocks. The candidate with the smallest estimated
     time per sample-epoch wins: server work from the compiled circuit times
     per-op costs (``costs`` defaults to :meth:`CostModel.nominal`), plus
     the client refresh, plus the Gram blocks (uploaded, or computed on the
@@ -259,7 +277,17 @@ def _plan(
     best: tuple[float, Plan] | None = None
     reasons: list[str] = []
 
-    def evaluate(n_ring: int, shape: TileShape, m: int, k: int, source: str) -> Plan | None:
+    # The pipelined circuit may fuse each gradient with the sigmoid polynomial
+    # (one level less per step, more products): weigh both.
+    fusions: list[bool | None] = (
+        [True, False] if circuit == "pipelined" and layout != "diagonal" else [None]
+    )
+
+    def evaluate(
+        n_ring: int, shape: TileShape, m: int, k: int, source: str, fuse: bool | None
+    ) -> Plan | None:
+        if k == 1 and source != sources[0]:
+            return None  # one step has no Gram blocks: the source changes nothing
         gd = 3 if source == "server" else 0
         chunk = _chunk(
             k,
@@ -268,8 +296,9 @@ def _plan(
             m=m,
             f=n_features,
             gram_depth=gd,
-            coeffs=coeffs,
+            coeffs=tuple(coeffs),
             layout=layout,
+            fuse=fuse,
         )
         budget = (
             params.max_level
@@ -289,37 +318,48 @@ def _plan(
             per_chunk = len(chunk.grams) * g[f"{source}_seconds"]
             cost += per_chunk / (chunk.n_steps * m * max(1, epochs))
         n_batches = max(1, -(-n_samples // m))
-        return Plan(circuit, shape, m, n_features, n_batches, k, chosen, source, cost, layout)
+        return Plan(
+            circuit, shape, m, n_features, n_batches, k, chosen, source, cost, layout, fuse
+        )
 
     for n_ring in rings:
-        first: list[tuple[float, TileShape, int, str]] = []
+        first: list[tuple[float, TileShape, int]] = []
         fixed_k = minibatches_per_circuit != "auto"
         k1 = int(minibatches_per_circuit) if fixed_k else 1
         for m in sizes:
             for shape in candidate_shapes(n_features, m, n_ring // 2):
                 for source in sources:
-                    plan = evaluate(n_ring, shape, m, k1, source)
-                    if plan is None:
-                        continue
-                    first.append((plan.estimated_seconds_per_sample, shape, m, source))
-                    if best is None or plan.estimated_seconds_per_sample < best[0]:
-                        best = (plan.estimated_seconds_per_sample, plan)
-        if fixed_k:
+                    for fuse in fusions:
+                        plan = evaluate(n_ring, shape, m, k1, source, fuse)
+                        if plan is None:
+                            continue
+                        first.append((plan.estimated_seconds_per_sample, shape, m))
+                        if best is None or plan.estimated_seconds_per_sample < best[0]:
+                            best = (plan.estimated_seconds_per_sample, plan)
+        if fixed_k or not first:
             continue
         first.sort(key=lambda c: c[0])
+        if best is not None and first[0][0] > RING_PRUNE_FACTOR * best[0]:
+            continue  # a ring this much dearer at k = 1 does not catch up with larger k
         explored = []
-        for _, shape, m, _src in first:
+        for _, shape, m in first:
             if (shape, m) not in explored:
                 explored.append((shape, m))
         for shape, m in explored[:SHAPES_EXPLORED]:
             n_batches = max(1, -(-n_samples // m))
             for source in sources:
-                for k in range(2, min(MAX_K, n_batches) + 1):
-                    plan = evaluate(n_ring, shape, m, k, source)
-                    if plan is None:
-                        break  # deeper k only get deeper
-                    if plan.estimated_seconds_per_sample < best[0]:
-                        best = (plan.estimated_seconds_per_sample, plan)
+                for fuse in fusions:
+                    previous = float("inf")
+                    for k in range(2, min(MAX_K, n_batches) + 1):
+                        plan = evaluate(n_ring, shape, m, k, source, fuse)
+                        if plan is None:
+                            break  # deeper k only get deeper
+                        cost = plan.estimated_seconds_per_sample
+                        if best is None or cost < best[0]:
+                            best = (cost, plan)
+                        if cost > previous:
+                            break  # past the k where refreshes stop paying
+                        previous = cost
     if best is None:
         raise ValueError(
             f"no CKKS parameters fit the training circuit: {reasons[-1]}. Use fewer "
