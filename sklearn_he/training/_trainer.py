@@ -299,6 +299,7 @@ class TrainingServer:
                 n_features=p.n_features,
                 gram_depth=p.gram_depth if p.circuit == "pipelined" else 0,
                 layout=p.layout,
+                fuse=p.fuse,
             )
         return self._circuits[key]
 
