@@ -94,6 +94,22 @@ def depth_figure(path: Path) -> None:
     plt.close(fig)
 
 
+def plan_depth(plan) -> int:
+    """Depth of the chunk circuit a plan runs (compiled at the plan's own sizes)."""
+    extra = {"fuse": plan.fuse} if getattr(plan, "fuse", None) is not None else {}
+    return build_chunk(
+        [(0.1, 0.1)] * plan.k,
+        sigmoid_poly(3),
+        circuit=plan.circuit,
+        shape=plan.shape,
+        batch_size=plan.batch_size,
+        n_features=plan.n_features,
+        gram_depth=plan.gram_depth,
+        layout=plan.layout,
+        **extra,
+    ).depth
+
+
 def plans_table(path: Path, n_samples: int = 1587, n_features: int = 196) -> None:
     """reST table: the planner's choice for each k (pipelined, degree 3, 3 epochs)."""
     lines = [
@@ -102,7 +118,7 @@ def plans_table(path: Path, n_samples: int = 1587, n_features: int = 196) -> Non
         "",
         "   * - minibatches per circuit",
         "     - ring N",
-        "     - minibatch size",
+        "     - minibatch size (tile)",
         "     - circuit depth",
         "     - circuits (refreshes) per epoch",
         "     - estimated ms per sample-epoch",
@@ -116,12 +132,12 @@ def plans_table(path: Path, n_samples: int = 1587, n_features: int = 196) -> Non
             minibatches_per_circuit=k,
             epochs=3,
         )
-        depth = chunk("pipelined", "alternating", plan.k).depth
+        depth = plan_depth(plan)
         label = f'``"auto"`` (chose {plan.k})' if k == "auto" else str(k)
         lines += [
             f"   * - {label}",
             f"     - {plan.params.poly_modulus_degree}",
-            f"     - {plan.batch_size}",
+            f"     - {plan.batch_size} ({plan.shape.rows} x {plan.shape.cols})",
             f"     - {depth}",
             f"     - {len(plan.chunks())}",
             f"     - {1000 * plan.estimated_seconds_per_sample:.0f}",
