@@ -9,6 +9,7 @@ from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
+from joblib import effective_n_jobs
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.linear_model._base import LinearClassifierMixin
@@ -427,6 +428,8 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             params=params,
             epochs=self.max_iter,
             layout=self.layout,
+            # The plaintext backend plans like CKKS (same circuits), workers or not.
+            n_jobs=effective_n_jobs(self.n_jobs),
         )
         return Trainer(
             plan,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backend import MAX_COEFF_MODULUS_BITS_128, CKKSParameters
-from ..circuit import CostModel, analyze
+from ..circuit import CostModel, analyze, plan_schedule
 from ..linalg import TileShape
 from ._circuits import ChunkCircuit, build_chunk, build_gram_circuit
 
@@ -25,6 +25,7 @@ __all__ = [
     "estimate_seconds_per_minibatch",
     "estimate_seconds_per_sample",
     "gram_block_costs",
+    "parallel_factor",
     "plan_training",
 ]
 
@@ -101,12 +102,43 @@ def _chunk(
     )
 
 
-def estimate_seconds_per_minibatch(
-    chunk: ChunkCircuit, params: CKKSParameters, costs: CostModel | None = None
+def parallel_factor(
+    chunk: ChunkCircuit, params: CKKSParameters, n_jobs: int, costs: CostModel | None = None
 ) -> float:
-    """Estimated server time of one chunk plus its client refresh, per minibatch."""
+    """Predicted time with ``n_jobs`` workers over serial time, for one chunk circuit.
+
+    From the schedule :class:`~sklearn_he.circuit.ParallelCKKSEvaluator`
+    would use (:func:`~sklearn_he.circuit.plan_schedule`, transfers
+    included); 1 when it would run in-process (predicted speed-up below
+    1.1) or ``n_jobs`` is 1.
+    """
+    if n_jobs <= 1:
+        return 1.0
+    sched = plan_schedule(
+        chunk.compiled,
+        n_workers=n_jobs,
+        poly_modulus_degree=params.poly_modulus_degree,
+        max_level=params.max_level,
+        costs=costs,
+    )
+    if not sched.parallel or sched.predicted_speedup < 1.1:
+        return 1.0
+    return 1.0 / sched.predicted_speedup
+
+
+def estimate_seconds_per_minibatch(
+    chunk: ChunkCircuit,
+    params: CKKSParameters,
+    costs: CostModel | None = None,
+    n_jobs: int = 1,
+) -> float:
+    """Estimated server time of one chunk plus its client refresh, per minibatch.
+
+    With ``n_jobs > 1`` the server time is scaled by :func:`parallel_factor`.
+    """
+    factor = parallel_factor(chunk, params, n_jobs, costs)
     costs = costs or CostModel.nominal()
-    work = analyze(chunk.compiled, params, costs).work_seconds or 0.0
+    work = factor * (analyze(chunk.compiled, params, costs).work_seconds or 0.0)
     n = params.poly_modulus_degree
     blocks = 2 * -(-chunk.n_features // chunk.shape.cols)  # v and w
     refresh = blocks * _REFRESH_SECONDS.get(n, 0.35 * (n / 32768) ** 2)
@@ -114,10 +146,13 @@ def estimate_seconds_per_minibatch(
 
 
 def estimate_seconds_per_sample(
-    chunk: ChunkCircuit, params: CKKSParameters, costs: CostModel | None = None
+    chunk: ChunkCircuit,
+    params: CKKSParameters,
+    costs: CostModel | None = None,
+    n_jobs: int = 1,
 ) -> float:
     """:func:`estimate_seconds_per_minibatch` divided by the batch size."""
-    return estimate_seconds_per_minibatch(chunk, params, costs) / chunk.batch_size
+    return estimate_seconds_per_minibatch(chunk, params, costs, n_jobs) / chunk.batch_size
 
 
 #: Client upload bandwidth assumed when weighing client-computed Gram blocks
@@ -205,6 +240,7 @@ def plan_training(
     costs: CostModel | None = None,
     epochs: int = 1,
     layout: str = "alternating",
+    n_jobs: int = 1,
 ) -> Plan:
     """Choose ring, tile shape, batch size, ``k``, Gram source (and CKKS parameters).
 
@@ -220,7 +256,11 @@ def plan_training(
     time per sample-epoch wins: server work from the compiled circuit times
     per-op costs (``costs`` defaults to :meth:`CostModel.nominal`), plus
     the client refresh, plus the Gram blocks (uploaded, or computed on the
-    server) amortised over ``epochs``. To keep planning fast, ``k > 1`` is
+    server) amortised over ``epochs``. With ``n_jobs > 1`` workers the server
+    time is the parallel schedule's prediction (:func:`parallel_factor`), so
+    shapes that split into independent row blocks gain; the batch size is
+    still the one-worker choice, so that the worker count never changes the
+    model. To keep planning fast, ``k > 1`` is
     explored only for the :data:`SHAPES_EXPLORED` cheapest (shape, batch
     size) pairs of each ring at ``k = 1``. Fixed ``k``, ``batch_size`` or
     ``gram_source`` restrict the candidates.
@@ -238,7 +278,24 @@ def plan_training(
         params,
         epochs,
         layout,
+        max(1, int(n_jobs)),
     )
+    if batch_size == "auto" and n_jobs > 1:
+        # The minibatch size changes the model; the worker count must not. Fix
+        # it as for one worker, then choose shape, fusion and k for n_jobs.
+        batch_size = plan_training(
+            n_samples,
+            n_features,
+            circuit=circuit,
+            coeffs=coeffs,
+            minibatches_per_circuit=minibatches_per_circuit,
+            gram_source=gram_source,
+            params=params,
+            costs=costs,
+            epochs=epochs,
+            layout=layout,
+        ).batch_size
+        args = (*args[:4], batch_size, *args[5:])
     if costs is None:  # the nominal model: the same question always has the same answer
         return _plan_nominal(*args)
     return _plan(*args, costs)
@@ -260,6 +317,7 @@ def _plan(
     params: CKKSParameters | None,
     epochs: int,
     layout: str,
+    n_jobs: int,
     costs: CostModel | None,
 ) -> Plan:
     rings = [params.poly_modulus_degree] if params is not None else [16384, 32768]
@@ -312,7 +370,7 @@ def _plan(
             )
             return None
         chosen = params or CKKSParameters.for_depth(chunk.depth, min_poly_modulus_degree=n_ring)
-        cost = estimate_seconds_per_sample(chunk, chosen, costs)
+        cost = estimate_seconds_per_sample(chunk, chosen, costs, n_jobs)
         if chunk.grams:
             g = gram_block_costs(shape, m, n_features, chosen, costs)
             per_chunk = len(chunk.grams) * g[f"{source}_seconds"]

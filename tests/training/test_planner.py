@@ -1,0 +1,75 @@
+"""The planner: candidates, cost-model choice, and what must not depend on the worker count."""
+
+from __future__ import annotations
+
+import pytest
+
+from sklearn_he.backend import MAX_COEFF_MODULUS_BITS_128, CKKSParameters
+from sklearn_he.training import plan_training, sigmoid_poly
+from sklearn_he.training._planner import (
+    AUTO_BATCH_SIZES,
+    _chunk,
+    candidate_shapes,
+    estimate_seconds_per_sample,
+)
+
+
+@pytest.mark.parametrize(("f", "m"), [(197, 128), (31, 64), (3, 8), (600, 32)])
+def test_candidate_shapes_fill_the_slots_and_fit_the_batch(f, m):
+    slots = 8192
+    shapes = candidate_shapes(f, m, slots)
+    assert shapes
+    for s in shapes:
+        assert s.rows * s.cols == slots
+        assert s.rows <= max(m, 1) * 2  # never taller than the rounded-up batch
+    assert len({(s.rows, s.cols) for s in shapes}) == len(shapes)
+
+
+@pytest.mark.parametrize("circuit", ["baseline", "pipelined"])
+def test_plan_is_the_cheapest_candidate_it_tried(circuit):
+    """No (shape, fusion) candidate at k = 1 beats the plan by the same cost model."""
+    n, f = 1587, 197
+    coeffs = tuple(sigmoid_poly(5))
+    plan = plan_training(n, f, circuit=circuit, coeffs=coeffs, epochs=5)
+    assert plan.batch_size in AUTO_BATCH_SIZES and plan.batch_size <= n // 4
+    fusions = [True, False] if circuit == "pipelined" else [None]
+    for m in AUTO_BATCH_SIZES:
+        for shape in candidate_shapes(f, m, plan.params.slots):
+            for fuse in fusions:
+                chunk = _chunk(
+                    1,
+                    circuit=circuit,
+                    shape=shape,
+                    m=m,
+                    f=f,
+                    gram_depth=0,
+                    coeffs=coeffs,
+                    fuse=fuse,
+                )
+                if chunk.depth > (MAX_COEFF_MODULUS_BITS_128[16384] - 120) // 40:
+                    continue
+                params = CKKSParameters.for_depth(chunk.depth, min_poly_modulus_degree=16384)
+                cost = estimate_seconds_per_sample(chunk, params)
+                assert plan.estimated_seconds_per_sample <= cost + 1e-12
+
+
+def test_worker_count_never_changes_the_minibatch_size():
+    """The batch size changes the model; n_jobs may only change shapes and fusion."""
+    coeffs = sigmoid_poly(5)
+    for n, f in [(1587, 197), (455, 31), (300, 10)]:
+        one = plan_training(n, f, circuit="pipelined", coeffs=coeffs, epochs=5)
+        two = plan_training(n, f, circuit="pipelined", coeffs=coeffs, epochs=5, n_jobs=2)
+        assert one.batch_size == two.batch_size
+        assert two.estimated_seconds_per_sample <= one.estimated_seconds_per_sample + 1e-12
+
+
+def test_fixed_batch_size_and_k_are_kept():
+    plan = plan_training(
+        1000,
+        50,
+        circuit="pipelined",
+        coeffs=sigmoid_poly(3),
+        batch_size=40,
+        minibatches_per_circuit=1,
+    )
+    assert plan.batch_size == 40 and plan.k == 1 and plan.n_batches == 25
