@@ -1,0 +1,161 @@
+"""Smoke tests of ``benchmarks/training.py``.
+
+The script itself runs on its tiniest settings (breast cancer, two splits,
+scikit-learn and plaintext runs, one epoch: no CKKS); the table and the notes
+of CKKS runs with two worker counts are checked on made-up results.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "training.py"
+
+
+@pytest.fixture(scope="module")
+def training():
+    spec = importlib.util.spec_from_file_location("benchmarks_training", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_training_benchmark_runs(tmp_path):
+    out, doc = tmp_path / "training.json", tmp_path / "training.md"
+    files = ["--out", str(out), "--doc", str(doc)]
+    args = ["--datasets", "breast_cancer", "--runs", "sklearn", "plaintext", "--epochs", "1"]
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--splits", "breast_cancer=2", *files],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "[6/6] breast cancer, plaintext pipelined, split 1 ... (" in done.stderr
+    assert "ETA" in done.stderr
+    payload = json.loads(out.read_text())
+    assert payload["settings"]["splits"] == {"breast_cancer": 2}
+    assert payload["settings"]["epochs"] == 1
+    runs = payload["runs"]
+    assert [(r["name"], r["split"]) for r in runs] == [
+        (name, split)
+        for split in (0, 1)
+        for name in ("scikit-learn", "plaintext baseline", "plaintext pipelined")
+    ]
+    assert all(r["status"] == "ok" and r["peak_rss_mb"] > 0 for r in runs)
+    assert all(r["accuracy_gap_vs_sklearn"] is not None for r in runs[1:3])
+    summary = {e["name"]: e for e in payload["summary"]}
+    assert summary["plaintext pipelined"]["splits"] == [0, 1]
+    assert summary["plaintext pipelined"]["accuracy"]["std"] is not None
+    page = doc.read_text()
+    assert "2 splits" in page and " ± " in page
+    assert "s per minibatch 1w / 2w" in page
+    assert "python benchmarks/training.py --datasets breast_cancer" in page
+
+    doc.unlink()
+    again = subprocess.run(
+        [sys.executable, str(SCRIPT), "--render-only", *files],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr
+    assert doc.read_text() == page
+
+
+def _run(name, split, n_jobs=None, **extra):
+    backend = None if name == "scikit-learn" else name.split()[0].lower()
+    run = {
+        "dataset": "breast_cancer",
+        "name": name,
+        "model": "sklearn" if backend is None else "elr",
+        "split": split,
+        "n_jobs": n_jobs,
+        "status": "ok",
+        "accuracy": 0.95,
+        "auc": 0.99,
+        "coef": [1.0, 2.0],
+        "intercept": 0.5,
+        "fit_seconds": 1.0,
+        "peak_rss_mb": 500.0,
+        "sampled_peak_rss_mb": 400.0,
+        "wall_seconds": 2.0,
+        "load_average_mean": 1.0,
+        "load_average_max": 1.0,
+    }
+    if backend is not None:
+        run.update(
+            backend="ckks" if backend == "ckks" else "plaintext",
+            circuit="pipelined",
+            epochs=1,
+            minibatches_per_circuit="auto",
+            sigmoid_degree=5,
+            learning_rate=10.0,
+            poly_modulus_degree=16384,
+            primes=7,
+            depth_per_minibatch=5.0,
+            circuit_depth=5,
+            batch_size=64,
+            refreshes=8,
+            refreshes_per_epoch=8.0,
+            bytes_uploaded=3e8,
+            train_seconds=0.1,
+            seconds_per_minibatch=0.01,
+            ms_per_sample_epoch=0.2,
+            estimated_ms_per_sample_epoch=0.2,
+        )
+    run.update(extra)
+    return run
+
+
+def test_training_summary_with_workers(training):
+    runs = [
+        _run("scikit-learn", 0, accuracy=0.97),
+        _run("scikit-learn", 1, accuracy=0.96),
+        _run("plaintext pipelined", 0),
+        _run("plaintext pipelined", 1, accuracy=0.93),
+        # split 0 with 1 and 2 workers (the worker comparison), split 1 with 1 worker
+        _run("CKKS pipelined", 0, 1, train_seconds=10.0, fit_seconds=14.0, ms_per_sample_epoch=20),
+        _run("CKKS pipelined", 0, 2, train_seconds=6.0, fit_seconds=10.0, ms_per_sample_epoch=12,
+             sampled_peak_rss_mb=1500.0),
+        _run("CKKS pipelined", 1, 1, accuracy=0.92, coef=[1.0, 2.1], train_seconds=11.0,
+             ms_per_sample_epoch=16.0, estimated_ms_per_sample_epoch=21.0),
+    ]  # fmt: skip
+    runs[4]["estimated_ms_per_sample_epoch"] = 22.0
+    X_te = np.array([[1.0, 0.0], [0.0, 1.0], [-3.0, 0.5]])
+    training.compare(runs, lambda dataset, split: X_te)
+    assert runs[4]["estimate_relative_error"] == pytest.approx(0.1)
+    assert "estimate_relative_error" not in runs[5]  # the estimate is for one worker
+    assert runs[6]["vs_plaintext"]["accuracy_gap"] == pytest.approx(-0.01)
+    assert runs[6]["accuracy_gap_vs_sklearn"] == pytest.approx(-0.04)
+
+    summary = training.summarize(runs, [1, 2])
+    ckks = summary[-1]
+    assert ckks["splits"] == [0, 1]
+    assert ckks["accuracy"]["mean"] == pytest.approx(0.935)
+    assert ckks["vs_sklearn"]["accuracy_gap"]["mean"] == pytest.approx(-0.03)
+    assert ckks["speedup"]["2"]["train"] == pytest.approx(10 / 6)
+    assert ckks["speedup"]["2"]["train_efficiency"] == pytest.approx(10 / 12)
+    assert ckks["speedup"]["2"]["fit_efficiency"] == pytest.approx(14 / 20)
+
+    table = training.table(summary, [1, 2])
+    row = next(line for line in table.splitlines() if "CKKS pipelined" in line)
+    assert "| 20.00 / 12.00 |" in row  # ms per sample-epoch, 1 and 2 workers
+    assert "| 1.67 (83%) |" in row and "| 14.00 / 10.00 | 1.40 (70%) |" in row
+    assert "| 0.9350 ± 0.0212 |" in row
+    assert "| 0.49 / 1.46 |" in row  # peak RSS: with its workers for 2
+
+    found = training.notes(runs, summary, [1, 2])
+    assert any("split 1, 1 worker: cost-model estimate" in n and "+31%" in n for n in found)
+    assert not any("split 0, 1 worker: cost-model" in n for n in found)  # 10%: not flagged
+    gap = next(n for n in found if n.startswith("breast cancer, CKKS pipelined: accuracy"))
+    assert "-0.50 points (mean over 2 splits; per split -1.00 to +0.00)" in gap
+    assert "against scikit-learn **(more than 2 points)**" in gap
