@@ -53,7 +53,8 @@ def prepared(tmp_path_factory, cancer_small) -> Path:
     X, y = cancer_small
     data = write_csv(root / "train.csv", X, y)
     keys = root / "client" / "keys"
-    assert run("keygen", "-q", "--data", data, "--out", keys, "--epochs", "1", *SMALL_FLAGS) == 0
+    assert run("keygen", "-q", "--data", data, "--out", keys, "--epochs", "1",
+               "--minibatches-per-circuit", "1", *SMALL_FLAGS) == 0  # fmt: skip
     assert (
         run(
             "encrypt", "-q", INSECURE, "--keys", keys, "--data", data,
