@@ -82,6 +82,12 @@ def _drop_missing_pages(app, docname: str, source: list[str]) -> None:
                 source[0] = source[0].replace(f"\n   {page}\n", "\n")
 
 
+def _reread_index(app, env, added, changed, removed) -> list[str]:
+    """Read index.rst at every build: whether an optional page exists may have changed."""
+    return ["index"]
+
+
 def setup(app) -> None:
     app.connect("builder-inited", _figures)
     app.connect("source-read", _drop_missing_pages)
+    app.connect("env-get-outdated", _reread_index)
