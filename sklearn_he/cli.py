@@ -96,6 +96,8 @@ def read_table(
     header: list[str] | None = None
     if p.suffix == ".npy":
         arr = np.load(p, allow_pickle=False)
+        if arr.ndim == 1:  # a single column (labels, say)
+            arr = arr.reshape(-1, 1)
         if arr.ndim != 2:
             raise ValueError(f"{p} holds an array of shape {arr.shape}; expected 2-D rows")
         cells = arr

@@ -298,3 +298,22 @@ def test_inspect_describes_every_artefact(fresh_copy, capsys):
     bad.write_bytes(bad.read_bytes()[:-1])
     assert run("inspect", "--verify", server / "dataset") == 1
     assert "truncated" in _error(capsys)
+
+
+def test_encrypt_refuses_multiclass_and_existing_outputs(fresh_copy, cancer_small, capsys):
+    X, y = cancer_small
+    client = fresh_copy / "client"
+    three = np.arange(len(y)) % 3
+    np.save(fresh_copy / "X.npy", X)
+    np.save(fresh_copy / "y3.npy", three)
+    args = ["encrypt", "-q", INSECURE, "--keys", client / "keys", "--data", fresh_copy / "X.npy"]
+    assert run(*args, "--labels", fresh_copy / "y3.npy", "--out", fresh_copy / "ds3",
+               "--states", fresh_copy / "st3") == 1  # fmt: skip
+    assert "3 classes" in _error(capsys)
+    assert not (fresh_copy / "ds3").exists() and not (fresh_copy / "st3").exists()
+    np.save(fresh_copy / "y.npy", y)
+    before = _snapshot(client)
+    assert run(*args, "--labels", fresh_copy / "y.npy", "--out", client / "dataset",
+               "--states", fresh_copy / "st4") == 1  # fmt: skip
+    assert "refusing to overwrite" in _error(capsys)
+    assert _snapshot(client) == before
