@@ -203,6 +203,8 @@ def keygen(
             "plan": plan_to_dict(trainer.plan),
         },
         kind=CONFIG_FORMAT,
+        mode=0o600,  # the options include the shuffle seed
+        overwrite=overwrite,
     )
     return keys
 

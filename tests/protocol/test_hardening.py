@@ -164,6 +164,7 @@ def test_secret_key_never_in_bundle_data_or_states(fresh_copy):
 def test_secret_files_are_owner_only(prepared):
     keys = prepared / "client" / "keys"
     assert (keys / "secret.key").stat().st_mode & 0o777 == 0o600
+    assert (keys / "training.json").stat().st_mode & 0o777 == 0o600
     records = list((keys / "datasets").glob("*.json"))
     assert records and all(r.stat().st_mode & 0o777 == 0o600 for r in records)
     assert (keys / "public.bundle").stat().st_mode & 0o777 == 0o644
