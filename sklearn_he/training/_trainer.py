@@ -321,7 +321,12 @@ class TrainingServer:
         *,
         on_value: Callable[[Any, Any], None] | None = None,
     ) -> dict[str, Any]:
-        """Run a compiled circuit on this side's backend (in parallel when ``n_jobs`` asks)."""
+        """Run a compiled circuit on this side's backend (in parallel when ``n_jobs`` asks).
+
+        ``on_value(node, ciphertext)`` is called after every node of a serial
+        CKKS evaluation (progress bars, tests); parallel and plaintext
+        evaluations do not call it.
+        """
         if self.backend == "plaintext":
             return PlaintextEvaluator().run(compiled, inputs)
         if self.keys is None:
