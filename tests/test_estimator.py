@@ -183,6 +183,19 @@ def test_ckks_fit_matches_plaintext_backend(cancer):
 
 
 @pytest.mark.ckks
+def test_ckks_fit_with_workers_matches_serial_fit(cancer, monkeypatch):
+    """n_jobs=2: client-side encryption and circuits in worker processes, same model."""
+    import sklearn_he.circuit._parallel as par
+
+    monkeypatch.setattr(par, "MIN_PARALLEL_ENCRYPT_SECONDS", 0.0)  # tiny data: force workers
+    Xtr, _, ytr, _ = cancer
+    serial = ckks(max_iter=1).fit(Xtr[:160], ytr[:160])
+    two = ckks(max_iter=1, n_jobs=2).fit(Xtr[:160], ytr[:160])
+    assert two.report_.batch_size == serial.report_.batch_size  # n_jobs never changes the model
+    np.testing.assert_allclose(two.coef_, serial.coef_, atol=5e-3 * np.abs(serial.coef_).max())
+
+
+@pytest.mark.ckks
 def test_user_keys_and_pickling_policy(cancer):
     Xtr, _, ytr, _ = cancer
     probe = ckks(max_iter=1)

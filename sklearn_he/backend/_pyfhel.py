@@ -19,9 +19,10 @@ Scales are exact. SEAL's primes are only close to ``2**scale_bits`` (within
 about 1e-6 relative for 40-bit primes, 1e-3 for 28-bit ones), so the scale
 of a rescaled product drifts away from the nominal one and two ciphertexts
 at the same level would disagree on their scale. Every level therefore has
-one canonical scale (:meth:`CKKSContext.level_scale`): ``2**scale_bits`` at
-the top and ``scale_l**2 / prime_l`` below, which is exactly what a product
-of two canonical ciphertexts has after its rescale. Plaintext products are
+one canonical scale (:meth:`CKKSContext.level_scale`): ``scale_{l-1} =
+scale_l**2 / prime_l``, which is exactly what a product of two canonical
+ciphertexts has after its rescale, anchored at ``2**scale_bits`` at level 0
+so that every level's scale stays within the primes' gap of it. Plaintext products are
 encoded at the scale that lands on the next level's canonical scale, and
 mod-switching multiplies by an exactly chosen encoding of one before
 dropping each prime. No scale is ever relabelled by more than rounding, so
@@ -158,11 +159,15 @@ class CKKSContext:
         self.auto_align = auto_align
         self._primes = [int(q) for q in he.qi]
         # Canonical scale per level: a product of two canonical ciphertexts at
-        # level l, rescaled by prime l, has exactly scale(l)**2 / prime(l).
-        scales = [0.0] * (params.max_level + 1)
-        scales[-1] = float(2**params.scale_bits)
-        for lvl in range(params.max_level, 0, -1):
-            scales[lvl - 1] = scales[lvl] * scales[lvl] / self._primes[lvl]
+        # level l, rescaled by prime l, has scale(l)**2 / prime(l) = scale(l-1).
+        # Computed from the bottom up (scale(l) = sqrt(scale(l-1) * prime(l)),
+        # scale(0) = 2**scale_bits): top-down the relative gaps between primes
+        # and 2**scale_bits would double at every level (to 2**41 at the bottom
+        # of N=32768's 19 levels); bottom-up every scale stays within the
+        # largest gap of 2**scale_bits.
+        scales = [float(2**params.scale_bits)]
+        for lvl in range(1, params.max_level + 1):
+            scales.append(math.sqrt(scales[-1] * self._primes[lvl]))
         self._level_scales = scales
 
     # ------------------------------------------------------------- factories
@@ -272,7 +277,7 @@ class CKKSContext:
         return self._primes[level]
 
     def level_scale(self, level: int) -> float:
-        """The canonical scale of ciphertexts at ``level`` (``2**scale_bits`` at the top).
+        """The canonical scale of ciphertexts at ``level`` (about ``2**scale_bits``).
 
         Every operation of this context returns ciphertexts at their level's
         canonical scale (up to floating-point rounding), so operands at one
@@ -397,7 +402,7 @@ class CKKSContext:
         Needs only the public key, so the server can encrypt too.
         """
         arr = self._vector(values)
-        ct = self._he.encryptFrac(arr)
+        ct = self._he.encryptFrac(arr, scale=self._level_scales[-1])
         return self._wrap(ct, self.max_level)
 
     def decrypt(self, ct: Ciphertext, length: int | None = None) -> np.ndarray:

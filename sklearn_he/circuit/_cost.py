@@ -150,7 +150,8 @@ class CostModel:
                 Op.ADD.value: scaled["add"],
                 Op.SUB.value: scaled["add"],
                 Op.NEG.value: scaled["add"],
-                Op.MODSWITCH.value: scaled["add"],
+                # Exact scales: a mod-switch multiplies by an encoded one and rescales.
+                Op.MODSWITCH.value: scaled["plain"],
             }
         for n in (1024, 2048, 4096):  # smaller rings: scaled from N=8192 (test parameters)
             fits[n] = {k: [c * n / 8192 for c in v] for k, v in fits[8192].items()}

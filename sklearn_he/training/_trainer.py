@@ -188,6 +188,34 @@ class TrainingClient:
         """Tile and encrypt a matrix in the plan's tile shape."""
         return EncMatrix.from_array(M, self.plan.shape, self.encrypt_tile)
 
+    def encrypt_matrices(
+        self,
+        matrices: Sequence[np.ndarray],
+        encrypt_many: Callable[[list[np.ndarray]], list[Any]] | None = None,
+    ) -> list[EncMatrix[Any]]:
+        """Tile and encrypt several matrices, all tiles in one batch.
+
+        ``encrypt_many`` encrypts a list of slot vectors at once (e.g.
+        :meth:`~sklearn_he.circuit.ParallelCKKSEvaluator.encrypt`, in local
+        worker processes); by default they are encrypted one by one here.
+        """
+        if self.backend == "plaintext" or encrypt_many is None:
+            return [self.encrypt_matrix(M) for M in matrices]
+        tiles: list[np.ndarray] = []
+
+        def collect(tile: np.ndarray) -> int:
+            tiles.append(tile)
+            return len(tiles) - 1
+
+        indexed = [EncMatrix.from_array(M, self.plan.shape, collect) for M in matrices]
+        cts = encrypt_many(tiles)
+        return [
+            EncMatrix.from_index(
+                self.plan.shape, E.n_rows, E.n_cols, lambda rb, cb, E=E: cts[E.tiles[rb][cb]]
+            )
+            for E in indexed
+        ]
+
     def encrypt_gram(self, Za: np.ndarray, Zb: np.ndarray) -> EncMatrix[Any]:
         """The data-only block ``Z_a Z_b^T``, computed in plaintext and encrypted."""
         return self.encrypt_matrix(Za @ Zb.T)
@@ -333,10 +361,15 @@ class TrainingServer:
             raise ValueError("backend='ckks' needs a KeySet (the public one suffices)")
         if effective_n_jobs(self.n_jobs) == 1:
             return CKKSEvaluator(self.keys.context).run(compiled, inputs, on_value=on_value)
+        return self.parallel_evaluator().run(compiled, inputs)
+
+    def parallel_evaluator(self) -> ParallelCKKSEvaluator:
+        """The worker pool's evaluator (workers get the public bundle only, never the secret)."""
+        if self.keys is None:
+            raise ValueError("backend='ckks' needs a KeySet (the public one suffices)")
         if self._parallel is None or self._parallel.context is not self.keys.context:
-            # Workers get the public bundle only (never the secret key).
             self._parallel = ParallelCKKSEvaluator(self.keys, n_jobs=self.n_jobs)
-        return self._parallel.run(compiled, inputs)
+        return self._parallel
 
     def server_gram(self, A: EncMatrix[Any], B: EncMatrix[Any]) -> EncMatrix[Any]:
         """``A B^T`` computed homomorphically (:func:`build_gram_circuit`, 3 levels)."""
@@ -407,10 +440,15 @@ class TrainingServer:
 class _InProcessData:
     """The client's encrypted data set, held in memory and extended on demand."""
 
-    def __init__(self, client: TrainingClient, batches: Sequence[np.ndarray]) -> None:
+    def __init__(
+        self,
+        client: TrainingClient,
+        batches: Sequence[np.ndarray],
+        encrypt_many: Callable[[list[np.ndarray]], list[Any]] | None = None,
+    ) -> None:
         self.client = client
         self.plain = batches
-        self.batches = [client.encrypt_matrix(Z) for Z in batches]
+        self.batches = client.encrypt_matrices(batches, encrypt_many)
         self.tiles = sum(len(b.tiles) * len(b.tiles[0]) for b in self.batches)
         self._grams: dict[tuple[int, int], EncMatrix[Any]] = {}
         self._diagonals: dict[tuple[int, int], EncMatrix[Any]] = {}
@@ -529,7 +567,11 @@ class Trainer:
             raise ValueError("backend='ckks' needs a KeySet (trainer.keys)")
         client, server = self.client, self.server
         t0 = time.perf_counter()
-        data = _InProcessData(client, batches)
+        parallel = self.backend == "ckks" and effective_n_jobs(self.n_jobs) > 1
+        # Client-side encryption in local worker processes when n_jobs asks for them.
+        data = _InProcessData(
+            client, batches, server.parallel_evaluator().encrypt if parallel else None
+        )
         encrypt_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         w, v = np.asarray(w0, dtype=float), np.asarray(v0, dtype=float)

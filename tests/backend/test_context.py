@@ -9,6 +9,7 @@ single operations and ``1e-5`` where products chain or scales are snapped.
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
@@ -49,7 +50,7 @@ def test_round_trip_precision_small(ctx, xy):
     x, _ = xy
     ct = ctx.encrypt(x)
     assert ct.level == ctx.max_level == 3
-    assert ct.scale == 2.0**40
+    assert ct.scale == ctx.level_scale(ctx.max_level) == pytest.approx(2.0**40, rel=1e-5)
     np.testing.assert_allclose(dec(ctx, ct), x, atol=ATOL, rtol=0)
 
 
@@ -97,7 +98,7 @@ def test_relinearize_and_rescale_as_separate_steps(ctx, xy):
     x, y = xy
     raw = ctx.multiply(ctx.encrypt(x), ctx.encrypt(y), relinearize=False, rescale=False)
     assert raw.size == 3 and raw.level == ctx.max_level
-    assert abs(raw.scale_bits - 80) < 1e-9
+    assert raw.scale == pytest.approx(ctx.level_scale(ctx.max_level) ** 2, rel=1e-12)
     lin = ctx.relinearize(raw)
     assert lin.size == 2
     res = ctx.rescale(lin)
@@ -149,7 +150,9 @@ def test_every_operation_lands_on_the_canonical_scale_of_its_level(ctx, xy):
     x, y = xy
     a, b = ctx.encrypt(x), ctx.encrypt(y)
     top = ctx.max_level
-    assert a.scale == ctx.level_scale(top) == 2.0**ctx.params.scale_bits
+    assert a.scale == ctx.level_scale(top)
+    for lvl in range(top + 1):  # anchored at level 0, never drifting far from 2**scale_bits
+        assert ctx.level_scale(lvl) == pytest.approx(2.0**ctx.params.scale_bits, rel=1e-3)
     paths = {
         "product": ctx.multiply(a, b),
         "plain": ctx.multiply_plain(a, y),
@@ -327,3 +330,15 @@ def test_exact_zero_results_are_encryptions_of_zero(ctx, xy):
         np.testing.assert_allclose(ctx.decrypt(ct), 0, atol=ATOL)
     z = ctx.multiply_plain(a, np.zeros(N_SLOTS))
     np.testing.assert_allclose(ctx.decrypt(ctx.add(z, ctx.multiply_plain(a, x))), x * x, atol=1e-5)
+
+
+def test_canonical_scales_stay_near_nominal_on_the_longest_chain():
+    """19 levels of 40-bit primes: scales anchored at the bottom never drift (top-down
+    recursion would double the primes' 1e-6 gaps at every level, to 2**41 at level 0)."""
+    params = CKKSParameters.for_depth(19)
+    ctx = KeySet.generate(params).context
+    for lvl in range(params.max_level + 1):
+        assert abs(math.log2(ctx.level_scale(lvl)) - 40) < 1e-3
+    low = ctx.mod_switch_to(ctx.encrypt(np.arange(8.0)), 1)
+    prod = ctx.multiply(low, low)  # room left for a product at level 1
+    np.testing.assert_allclose(ctx.decrypt(prod, 8), np.arange(8.0) ** 2, atol=1e-4)
