@@ -169,6 +169,7 @@ class CKKSContext:
         for lvl in range(1, params.max_level + 1):
             scales.append(math.sqrt(scales[-1] * self._primes[lvl]))
         self._level_scales = scales
+        self._switch_ones: dict[tuple[int, int], Any] = {}
 
     # ------------------------------------------------------------- factories
     @staticmethod
@@ -457,15 +458,21 @@ class CKKSContext:
             for _ in range(ct.level - level):
                 self._he.mod_switch_to_next_ctxt(out, in_new_ctxt=False)
             return self._wrap(out, level)
-        # Multiply by one, encoded at the scale that makes the rescale land on
-        # the next level's canonical scale: exact where dropping the prime
-        # would keep a scale that no longer matches the level.
-        while ct.level > level:
-            one = self._encode(1.0, ct.level, self._landing_scale(ct.scale, ct.level))
-            out = self._he.multiply_plain(ct._ct, one, in_new_ctxt=True)
+        # Multiply by one, encoded at the scale that makes the rescales land on
+        # the target level's canonical scale (exact, where dropping the primes
+        # would keep a scale that no longer matches the level): one product
+        # and one rescale per dropped prime. The encoded one is cached per
+        # (level, target): encoding costs more than the product.
+        key = (ct.level, level)
+        one = self._switch_ones.get(key)
+        if one is None:
+            dropped = math.prod(float(self._primes[lvl]) for lvl in range(level + 1, ct.level + 1))
+            scale = self._level_scales[level] * dropped / self._level_scales[ct.level]
+            one = self._switch_ones[key] = self._encode(1.0, ct.level, scale)
+        out = self._he.multiply_plain(ct._ct, one, in_new_ctxt=True)
+        for _ in range(ct.level - level):
             self._he.rescale_to_next(out)
-            ct = self._wrap(out, ct.level - 1)
-        return ct
+        return self._wrap(out, level)
 
     def _is_canonical(self, ct: Ciphertext) -> bool:
         return abs(ct.scale / self._level_scales[ct.level] - 1.0) <= SCALE_SNAP_RTOL
