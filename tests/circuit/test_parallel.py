@@ -373,3 +373,45 @@ def test_parallel_encryption_keeps_order_and_values(keys, monkeypatch):
     for ct, x in zip(small + cts[3:], vectors, strict=True):
         assert ct.level == keys.params.max_level
         np.testing.assert_allclose(keys.context.decrypt(ct), x, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_estimator_fit_on_a_dask_cluster_matches_the_sequential_fit(monkeypatch):
+    """Issue 5: a whole ``fit`` through joblib's Dask backend, chunk circuits on the
+    cluster's worker processes, gives the sequential run's decrypted weights (up to the
+    CKKS noise of independent encryptions; evaluation itself is bit-identical, see
+    test_dask_backend_through_parallel_config)."""
+    distributed = pytest.importorskip("distributed")
+    from sklearn.datasets import load_breast_cancer
+
+    import sklearn_he.circuit._parallel as par
+    from sklearn_he import EncryptedLogisticRegression
+
+    # The small test circuits would not pay for processes: free transfers and no
+    # serial fallback, so that every chunk circuit really runs on the cluster.
+    monkeypatch.setattr(par, "TransferCosts", lambda: FREE)
+    monkeypatch.setattr(par, "_MIN_GAIN", 0.0)
+    X, y = load_breast_cancer(return_X_y=True)
+    X, y = X[:160], y[:160]
+    small = CKKSParameters(4096, (60, *([40] * 6), 60), 40, security_level=0)
+    kw = {"max_iter": 1, "random_state": 0, "ckks_params": small}
+    keys_kw = {"allow_insecure_for_testing": True}
+    seq = EncryptedLogisticRegression(**kw, **keys_kw).fit(X, y)
+
+    def cached_key_sets() -> int:
+        from sklearn_he.circuit import _worker
+
+        return len(_worker._KEYS)
+
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        with parallel_config(backend="dask"):
+            clf = EncryptedLogisticRegression(n_jobs=-1, **kw, **keys_kw).fit(X, y)
+        loaded = client.run(cached_key_sets)
+    assert sum(loaded.values()) >= 1  # the cluster's workers evaluated chunk circuits
+    assert clf.report_.batch_size == seq.report_.batch_size
+    np.testing.assert_allclose(clf.coef_, seq.coef_, atol=5e-3 * np.abs(seq.coef_).max())

@@ -132,3 +132,15 @@ def test_circuit_dag(tmp_path, capsys, circuit):
         assert (tmp_path / f"{circuit}-k2.svg").read_text().lstrip().startswith("<")
     else:
         assert "Graphviz 'dot' not found" in out
+
+
+@pytest.mark.slow
+def test_cli_walkthrough(tmp_path, capsys):
+    """The protocol through the command line, client and server in separate directories."""
+    assert _run_example("cli_walkthrough.py", "--quick", "--out", str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    for command in ("keygen", "encrypt", "train", "refresh", "decrypt"):
+        assert f"$ sklearn-he {command} " in out
+    assert "test accuracy: sklearn-he model" in out
+    assert (tmp_path / "client" / "keys" / "secret.key").exists()
+    assert not list((tmp_path / "server").rglob("secret.key"))
