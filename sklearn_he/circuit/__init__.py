@@ -27,11 +27,18 @@ from ._evaluators import (
     PrecisionError,
 )
 from ._ir import Circuit, Node, Op
-from ._parallel import ParallelCKKSEvaluator, Schedule, TransferCosts, plan_schedule
+from ._parallel import (
+    MIN_PARALLEL_GAIN,
+    ParallelCKKSEvaluator,
+    Schedule,
+    TransferCosts,
+    plan_schedule,
+)
 from ._params import select_parameters
 from ._tracer import Sym, Tracer
 
 __all__ = [
+    "MIN_PARALLEL_GAIN",
     "AnalysisEvaluator",
     "CKKSEvaluator",
     "Circuit",

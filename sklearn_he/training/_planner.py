@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backend import MAX_COEFF_MODULUS_BITS_128, CKKSParameters
-from ..circuit import CostModel, analyze, plan_schedule
+from ..circuit import MIN_PARALLEL_GAIN, CostModel, analyze, plan_schedule
 from ..linalg import TileShape
 from ._circuits import ChunkCircuit, build_chunk, build_gram_circuit
 
@@ -110,7 +110,7 @@ def parallel_factor(
     From the schedule :class:`~sklearn_he.circuit.ParallelCKKSEvaluator`
     would use (:func:`~sklearn_he.circuit.plan_schedule`, transfers
     included); 1 when it would run in-process (predicted speed-up below
-    1.1) or ``n_jobs`` is 1.
+    :data:`~sklearn_he.circuit.MIN_PARALLEL_GAIN`) or ``n_jobs`` is 1.
     """
     if n_jobs <= 1:
         return 1.0
@@ -121,8 +121,8 @@ def parallel_factor(
         max_level=params.max_level,
         costs=costs,
     )
-    if not sched.parallel or sched.predicted_speedup < 1.1:
-        return 1.0
+    if not sched.parallel or sched.predicted_speedup < MIN_PARALLEL_GAIN:
+        return 1.0  # the evaluator would run it in-process
     return 1.0 / sched.predicted_speedup
 
 

@@ -390,7 +390,7 @@ def test_estimator_fit_on_a_dask_cluster_matches_the_sequential_fit(monkeypatch)
     # The small test circuits would not pay for processes: free transfers and no
     # serial fallback, so that every chunk circuit really runs on the cluster.
     monkeypatch.setattr(par, "TransferCosts", lambda: FREE)
-    monkeypatch.setattr(par, "_MIN_GAIN", 0.0)
+    monkeypatch.setattr(par, "MIN_PARALLEL_GAIN", 0.0)
     X, y = load_breast_cancer(return_X_y=True)
     X, y = X[:160], y[:160]
     small = CKKSParameters(4096, (60, *([40] * 6), 60), 40, security_level=0)
