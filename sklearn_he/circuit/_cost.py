@@ -70,6 +70,17 @@ def _monotone_fit(p: np.ndarray, t: np.ndarray) -> list[float]:
     return best
 
 
+#: Client-side costs (benchmarks/backend_ops.py, 1 core, the largest 128-bit
+#: chain of each ring): encrypting one vector, and decrypting one ciphertext.
+ENCRYPT_SECONDS = {8192: 0.009, 16384: 0.038, 32768: 0.193}
+DECRYPT_SECONDS = {8192: 0.0025, 16384: 0.018, 32768: 0.157}
+
+
+def _per_ring(table: Mapping[int, float], n: int) -> float:
+    """``table[n]``, or scaled quadratically from N=16384 for other rings."""
+    return table.get(int(n), table[16384] * (int(n) / 16384) ** 2)
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("SKLEARN_HE_CACHE_DIR", Path.home() / ".cache" / "sklearn-he"))
 
@@ -156,6 +167,16 @@ class CostModel:
         for n in (1024, 2048, 4096):  # smaller rings: scaled from N=8192 (test parameters)
             fits[n] = {k: [c * n / 8192 for c in v] for k, v in fits[8192].items()}
         return cls(fits)
+
+    @staticmethod
+    def encrypt_seconds(n: int) -> float:
+        """Nominal seconds to encrypt one vector at the top level of ring ``n`` (client side)."""
+        return _per_ring(ENCRYPT_SECONDS, n)
+
+    @staticmethod
+    def decrypt_seconds(n: int) -> float:
+        """Nominal seconds to decrypt one fresh-level ciphertext of ring ``n`` (client side)."""
+        return _per_ring(DECRYPT_SECONDS, n)
 
     def merge(self, other: CostModel) -> CostModel:
         return CostModel({**self.fits, **other.fits})

@@ -105,8 +105,6 @@ _MB = 1e6
 MIN_PARALLEL_GAIN = 1.25
 #: Floor of ``timeout="auto"`` (seconds).
 _AUTO_TIMEOUT = 120.0
-#: Seconds to encrypt one vector at the top level (benchmarks/backend_ops.py, 1 core).
-ENCRYPT_SECONDS = {8192: 0.009, 16384: 0.038, 32768: 0.193}
 #: Encrypt in worker processes only beyond this much estimated serial work:
 #: starting workers and loading the public bundle in them takes seconds.
 MIN_PARALLEL_ENCRYPT_SECONDS = 4.0
@@ -816,7 +814,7 @@ class ParallelCKKSEvaluator:
         vectors = list(vectors)
         workers = min(effective_n_jobs(self.n_jobs), os.cpu_count() or 1)
         n = ctx.params.poly_modulus_degree
-        estimate = len(vectors) * ENCRYPT_SECONDS.get(n, ENCRYPT_SECONDS[16384] * (n / 16384) ** 2)
+        estimate = len(vectors) * CostModel.encrypt_seconds(n)
         if workers <= 1 or len(vectors) < 2 * workers or estimate < MIN_PARALLEL_ENCRYPT_SECONDS:
             return [ctx.encrypt(v) for v in vectors]
         ref = self._bundle_ref()

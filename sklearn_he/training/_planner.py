@@ -71,10 +71,6 @@ def choose_shape(n_features: int, slots: int) -> TileShape:
     return TileShape(slots // w, w)
 
 
-#: Encryption + decryption seconds of one ciphertext (nominal, like CostModel.nominal).
-_REFRESH_SECONDS = {8192: 0.0115, 16384: 0.056, 32768: 0.35}
-
-
 @functools.lru_cache(maxsize=256)
 def _chunk(
     k: int,
@@ -141,7 +137,7 @@ def estimate_seconds_per_minibatch(
     work = factor * (analyze(chunk.compiled, params, costs).work_seconds or 0.0)
     n = params.poly_modulus_degree
     blocks = 2 * -(-chunk.n_features // chunk.shape.cols)  # v and w
-    refresh = blocks * _REFRESH_SECONDS.get(n, 0.35 * (n / 32768) ** 2)
+    refresh = blocks * (CostModel.decrypt_seconds(n) + CostModel.encrypt_seconds(n))
     return (work + refresh) / chunk.n_steps
 
 
