@@ -96,18 +96,7 @@ def depth_figure(path: Path) -> None:
 
 def plan_depth(plan) -> int:
     """Depth of the chunk circuit a plan runs (compiled at the plan's own sizes)."""
-    extra = {"fuse": plan.fuse} if getattr(plan, "fuse", None) is not None else {}
-    return build_chunk(
-        [(0.1, 0.1)] * plan.k,
-        sigmoid_poly(3),
-        circuit=plan.circuit,
-        shape=plan.shape,
-        batch_size=plan.batch_size,
-        n_features=plan.n_features,
-        gram_depth=plan.gram_depth,
-        layout=plan.layout,
-        **extra,
-    ).depth
+    return plan.compile_chunk([(0.1, 0.1)] * plan.k, sigmoid_poly(3)).depth
 
 
 def plans_table(path: Path, n_samples: int = 1587, n_features: int = 196) -> None:

@@ -58,7 +58,27 @@ class Plan:
 
     @property
     def gram_depth(self) -> int:
-        return 3 if self.gram_source == "server" else 0
+        return 3 if self.gram_source == "server" and self.circuit == "pipelined" else 0
+
+    def compile_chunk(
+        self, steps: Sequence[tuple[float, ...]], coeffs: Sequence[float]
+    ) -> ChunkCircuit:
+        """Compile ``len(steps)`` NAG steps the way this plan runs them.
+
+        Tile shape, sizes, layout, fusion and the depth at which Gram blocks
+        arrive all come from the plan (see :func:`~sklearn_he.training.build_chunk`).
+        """
+        return build_chunk(
+            steps,
+            coeffs,
+            circuit=self.circuit,
+            shape=self.shape,
+            batch_size=self.batch_size,
+            n_features=self.n_features,
+            gram_depth=self.gram_depth,
+            layout=self.layout,
+            fuse=self.fuse,
+        )
 
 
 def _pow2_ceil(n: int) -> int:

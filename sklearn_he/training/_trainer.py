@@ -39,7 +39,6 @@ from ..exceptions import TrainingDivergedError
 from ..linalg import EncMatrix, RowVector, encode_diagonals
 from ._circuits import (
     ChunkCircuit,
-    build_chunk,
     build_gram_circuit,
     diagonal_name,
     gram_name,
@@ -317,17 +316,8 @@ class TrainingServer:
         """The compiled circuit for ``length`` steps from global step ``start_step``."""
         key = (start_step, length)
         if key not in self._circuits:
-            p = self.plan
-            self._circuits[key] = build_chunk(
-                self.schedule.steps(start_step, length, p.batch_size),
-                self.coeffs,
-                circuit=p.circuit,
-                shape=p.shape,
-                batch_size=p.batch_size,
-                n_features=p.n_features,
-                gram_depth=p.gram_depth if p.circuit == "pipelined" else 0,
-                layout=p.layout,
-                fuse=p.fuse,
+            self._circuits[key] = self.plan.compile_chunk(
+                self.schedule.steps(start_step, length, self.plan.batch_size), self.coeffs
             )
         return self._circuits[key]
 
