@@ -415,3 +415,17 @@ def test_estimator_fit_on_a_dask_cluster_matches_the_sequential_fit(monkeypatch)
     assert sum(loaded.values()) >= 1  # the cluster's workers evaluated chunk circuits
     assert clf.report_.batch_size == seq.report_.batch_size
     np.testing.assert_allclose(clf.coef_, seq.coef_, atol=5e-3 * np.abs(seq.coef_).max())
+
+
+def test_parallel_encryption_failure_is_a_clear_error(keys, monkeypatch):
+    """A vector a worker cannot encrypt stops the whole call with the worker's reason."""
+    import sklearn_he.circuit._parallel as par
+
+    monkeypatch.setattr(par, "MIN_PARALLEL_ENCRYPT_SECONDS", 0.0)
+    slots = keys.params.slots
+    vectors = [np.zeros(slots), np.zeros(slots), np.zeros(slots + 1), np.zeros(slots)]
+    with pytest.raises(
+        ParallelEvaluationError,
+        match=r"parallel encryption of 4 vectors failed: ValueError: values has \d+ entries",
+    ):
+        ParallelCKKSEvaluator(keys, n_jobs=2).encrypt(vectors)
