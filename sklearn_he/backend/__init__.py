@@ -7,7 +7,7 @@ touches Pyfhel (in ``_pyfhel.py``). Everything above it talks to
 
 from ._keys import KeySet
 from ._params import MAX_COEFF_MODULUS_BITS_128, CKKSParameters, scalar_level_cost
-from ._pyfhel import SCALE_SNAP_RTOL, Ciphertext, CKKSContext
+from ._pyfhel import SCALE_SNAP_RTOL, Ciphertext, CKKSContext, WireCiphertext
 from ._serialization import FORMAT_VERSION
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "CKKSParameters",
     "Ciphertext",
     "KeySet",
+    "WireCiphertext",
     "scalar_level_cost",
 ]

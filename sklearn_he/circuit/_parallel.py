@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
 
-from ..backend import Ciphertext, CKKSContext, KeySet
+from ..backend import Ciphertext, CKKSContext, KeySet, WireCiphertext
 from ..exceptions import DepthExhaustedError, ParallelEvaluationError
 from ._compiler import CompiledCircuit
 from ._cost import CostModel
@@ -122,9 +122,9 @@ class TransferCosts:
     Attributes
     ----------
     serialize, deserialize : float
-        Seconds per MB for ``Ciphertext.to_bytes`` and
-        ``context.ciphertext_from_bytes`` (SEAL save/load plus the
-        envelope's checksum).
+        Seconds per MB for ``CKKSContext.ciphertext_to_wire`` and
+        ``ciphertext_from_wire`` (SEAL save/load, see
+        :class:`~sklearn_he.backend.WireCiphertext`).
     pipe : float
         Seconds per MB for one process hop (pickling and the pipe).
     superstep : float
@@ -133,14 +133,15 @@ class TransferCosts:
         Fixed cost of one task (pickling the nodes, constants, bookkeeping).
 
     The defaults were measured on the 2-core development machine with loky
-    (N=16384: ``to_bytes`` 3.7 ms and ``ciphertext_from_bytes`` 4.2 ms for a
-    1.6 MB ciphertext; 2-task ``Parallel`` call ~10 ms; pipe ~2.5-3.5 ms/MB
-    with both cores busy). A Dask cluster has larger per-call costs.
+    (N=16384, a 1.8 MB ciphertext: ``ciphertext_to_wire`` 0.9 ms,
+    ``ciphertext_from_wire`` 1.1 ms; 2-task ``Parallel`` call ~10 ms; pipe
+    2.0-2.5 ms/MB for 15-120 MB per call). A Dask cluster has larger
+    per-call costs.
     """
 
-    serialize: float = 2.4e-3
-    deserialize: float = 2.7e-3
-    pipe: float = 3.0e-3
+    serialize: float = 0.5e-3
+    deserialize: float = 0.6e-3
+    pipe: float = 2.5e-3
     superstep: float = 0.030
     task: float = 0.002
 
@@ -264,6 +265,9 @@ class _Planner:
         transfer: TransferCosts,
     ) -> None:
         self.compiled = compiled
+        #: A node another worker needs is recomputed there when that costs at
+        #: most a transfer plus this (see plan_schedule).
+        self.slack = 0.0
         circuit = compiled.circuit
         self.nodes = circuit.nodes
         n_nodes = len(self.nodes)
@@ -313,7 +317,7 @@ class _Planner:
         best: tuple[float, list[int], list[int]] | None = None
         if v in done:
             best = (self.receive[v], [], [v])
-        if v not in self.inputs and depth < 4 and self.cost[v] <= self.receive[v]:
+        if v not in self.inputs and depth < 4 and self.cost[v] <= self.receive[v] + self.slack:
             total, dups, recv = self.cost[v], [], []
             for a in dict.fromkeys(self.nodes[v].args):
                 got = self._acquire(a, have, placed, done, depth + 1)
@@ -570,11 +574,19 @@ def plan_schedule(
         policies = list(range(1, n_workers + 1))
     else:
         policies = sorted({1, 2, n_workers // 4, n_workers // 2, n_workers})
+    # Recompute slack: 0 recomputes only what is cheaper than a transfer; the
+    # larger values also recompute shared work (the look-ahead state that
+    # every row block reads, say) when that spares a barrier and its
+    # transfers, which is how a chunk becomes one superstep of row blocks.
+    tr = planner.transfer
+    slacks = (0.0, tr.superstep, 4 * tr.superstep)
     best: Schedule | None = None
-    for c in policies:
-        sched = planner.finish(planner.plan(n_workers, c), n_workers, c)
-        if best is None or sched.predicted_seconds < best.predicted_seconds:
-            best = sched
+    for slack in slacks:
+        planner.slack = slack
+        for c in policies:
+            sched = planner.finish(planner.plan(n_workers, c), n_workers, c)
+            if best is None or sched.predicted_seconds < best.predicted_seconds:
+                best = sched
     assert best is not None
     return best
 
@@ -836,9 +848,9 @@ class ParallelCKKSEvaluator:
         out: list[Ciphertext | None] = [None] * len(vectors)
         for part, got in zip(parts, blobs, strict=True):
             if got is None:  # cannot happen with local processes, but never lose data
-                got = [ctx.encrypt(vectors[i]).to_bytes() for i in part]
-            for i, data in zip(part, got, strict=True):
-                out[i] = ctx.ciphertext_from_bytes(data, source=f"encrypted vector {i}")
+                got = [ctx.ciphertext_to_wire(ctx.encrypt(vectors[i])) for i in part]
+            for i, wire in zip(part, got, strict=True):
+                out[i] = ctx.ciphertext_from_wire(wire, source=f"encrypted vector {i}")
         return out  # type: ignore[return-value]
 
     # --------------------------------------------------------------- running
@@ -900,7 +912,7 @@ class ParallelCKKSEvaluator:
         circuit = compiled.circuit
         top = ctx.max_level
         cts: dict[int, Ciphertext] = dict(ready)  # values held deserialised
-        blobs: dict[int, bytes] = {}  # values held serialised
+        blobs: dict[int, WireCiphertext] = {}  # values held serialised
         last_use: dict[int, int] = {}
         for s, step in enumerate(sched.supersteps):
             for t in step:
@@ -908,14 +920,14 @@ class ParallelCKKSEvaluator:
                     last_use[v] = s
         keep = set(circuit.outputs.values())
 
-        def blob(v: int) -> bytes:
+        def blob(v: int) -> WireCiphertext:
             if v not in blobs:
-                blobs[v] = cts[v].to_bytes()
+                blobs[v] = ctx.ciphertext_to_wire(cts[v])
             return blobs[v]
 
         def ciphertext(v: int) -> Ciphertext:
             if v not in cts:
-                cts[v] = ctx.ciphertext_from_bytes(blobs[v], source=f"value of node {v}")
+                cts[v] = ctx.ciphertext_from_wire(blobs[v], source=f"value of node {v}")
             return cts[v]
 
         all_consts = circuit.constants
@@ -994,7 +1006,7 @@ class ParallelCKKSEvaluator:
     def _dispatch(
         self,
         parallel: Parallel,
-        jobs: list[tuple[Task, TaskSpec, dict[int, bytes]]],
+        jobs: list[tuple[Task, TaskSpec, dict[int, WireCiphertext]]],
         compiled: CompiledCircuit,
         report: RunReport,
     ) -> list[TaskResult]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -302,6 +303,28 @@ def test_truncated_or_corrupted_ciphertext_bytes(ctx):
     bad[len(bad) // 2] ^= 0xFF
     with pytest.raises(FormatError, match="corrupted"):
         ctx.ciphertext_from_bytes(bytes(bad))
+
+
+def test_wire_ciphertexts_round_trip_and_are_checked(ctx, other_keys, xy):
+    x, y = xy
+    ct = ctx.multiply(ctx.encrypt(x), ctx.encrypt(y))
+    wire = pickle.loads(pickle.dumps(ctx.ciphertext_to_wire(ct)))  # plain data
+    assert wire.level == ct.level and wire.nbytes == len(wire.data)
+    back = ctx.ciphertext_from_wire(wire)
+    assert back.level == ct.level and back.to_bytes() == ct.to_bytes()
+    with pytest.raises(KeyMismatchError, match="different key set"):
+        ctx.ciphertext_from_wire(
+            other_keys.context.ciphertext_to_wire(other_keys.context.encrypt(x))
+        )
+    for level in (ct.level - 1, ct.level + 1):
+        with pytest.raises(FormatError, match=f"does not match a ciphertext at level {level}"):
+            ctx.ciphertext_from_wire(replace(wire, level=level))
+    with pytest.raises(FormatError, match=f"{wire.nbytes - 8} bytes does not match"):
+        ctx.ciphertext_from_wire(replace(wire, data=wire.data[:-8]))
+    with pytest.raises(FormatError, match="could not load"):  # right length, bad header
+        ctx.ciphertext_from_wire(replace(wire, data=b"\0" * 16 + wire.data[16:]))
+    with pytest.raises(TypeError, match="must be a WireCiphertext; got bytes"):
+        ctx.ciphertext_from_wire(ct.to_bytes())
 
 
 def test_native_objects_refuse_pickling(ctx):
