@@ -734,7 +734,10 @@ class CKKSContext:
         return self._load_seal(env.payload, level, n, source)
 
     def ciphertext_to_wire(self, ct: Ciphertext) -> WireCiphertext:
-        """``ct`` for a transfer to another process of this computation (see :class:`WireCiphertext`)."""
+        """``ct``, ready to move to another process of this computation.
+
+        See :class:`WireCiphertext`; :meth:`ciphertext_from_wire` loads it.
+        """
         ct = self._check(ct)
         return WireCiphertext(self.fingerprint, ct.level, ct._ct.to_bytes(_COMPR))
 
@@ -746,8 +749,8 @@ class CKKSContext:
             raise TypeError(f"{source} must be a WireCiphertext; got {type(wire).__name__}")
         if wire.fingerprint != self.fingerprint:
             raise KeyMismatchError(
-                f"{source} belongs to a different key set (fingerprint {wire.fingerprint[:16]}...) "
-                f"than this context ({self.fingerprint[:16]}...)"
+                f"{source} belongs to a different key set (fingerprint "
+                f"{wire.fingerprint[:16]}...) than this context ({self.fingerprint[:16]}...)"
             )
         return self._load_seal(wire.data, int(wire.level), self.params.poly_modulus_degree, source)
 
