@@ -86,7 +86,11 @@ def _median_time(fn: Any, repeats: int) -> tuple[float, list[float], list[float]
 def bench(circuit: str, ring: int, k: int, repeats: int) -> dict[str, Any]:
     # The tile shape and minibatch size EncryptedLogisticRegression plans for MNIST 3 vs 8.
     plan = plan_training(
-        SAMPLES, FEATURES, circuit=circuit, coeffs=sigmoid_poly(DEGREE), minibatches_per_circuit=1,
+        SAMPLES,
+        FEATURES,
+        circuit=circuit,
+        coeffs=sigmoid_poly(DEGREE),
+        minibatches_per_circuit=1,
         n_jobs=int(os.environ.get("PLAN_JOBS", "1")),
     )
     shape, batch = plan.shape, plan.batch_size
