@@ -83,7 +83,9 @@ def _median_time(fn: Any, repeats: int) -> tuple[float, list[float], list[float]
     return statistics.median(times), times, cpu, out
 
 
-def bench(circuit: str, ring: int, k: int, repeats: int) -> dict[str, Any]:
+def bench(
+    circuit: str, ring: int, k: int, repeats: int, plan_jobs: int, measured: bool
+) -> dict[str, Any]:
     # The tile shape and minibatch size EncryptedLogisticRegression plans for MNIST 3 vs 8.
     plan = plan_training(
         SAMPLES,
@@ -91,7 +93,7 @@ def bench(circuit: str, ring: int, k: int, repeats: int) -> dict[str, Any]:
         circuit=circuit,
         coeffs=sigmoid_poly(DEGREE),
         minibatches_per_circuit=1,
-        n_jobs=int(os.environ.get("PLAN_JOBS", "1")),
+        n_jobs=plan_jobs,
     )
     shape, batch = plan.shape, plan.batch_size
     steps = [(0.1, 0.1)] * k
@@ -105,6 +107,8 @@ def bench(circuit: str, ring: int, k: int, repeats: int) -> dict[str, Any]:
     )
     compiled = chunk.compiled
     params = CKKSParameters.for_depth(chunk.depth, min_poly_modulus_degree=ring)
+    # The scheduler's op costs: nominal, or measured on this machine (cached).
+    costs = CostModel.for_params(params) if measured else None
     report = analyze(compiled, params, CostModel.nominal())
     work, span = report.work_seconds or 0.0, report.span_seconds or 0.0
     row: dict[str, Any] = {
@@ -130,6 +134,7 @@ def bench(circuit: str, ring: int, k: int, repeats: int) -> dict[str, Any]:
             n_workers=p,
             poly_modulus_degree=params.poly_modulus_degree,
             max_level=params.max_level,
+            costs=costs,
         )
         predicted[str(p)] = {
             "speedup": sched.predicted_speedup,
@@ -157,7 +162,7 @@ def bench(circuit: str, ring: int, k: int, repeats: int) -> dict[str, Any]:
     serial.run(compiled, inputs)  # warm-up
     t1, t1_all, t1_cpu, ref = _median_time(lambda: serial.run(compiled, inputs), repeats)
 
-    parallel = ParallelCKKSEvaluator(keys, n_jobs=2)
+    parallel = ParallelCKKSEvaluator(keys, n_jobs=2, costs=costs)
     t0 = time.perf_counter()
     bundle = parallel.public_bundle()
     row["bundle_mb"] = len(bundle) / 1e6
@@ -233,11 +238,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=1, help="minibatches per circuit")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--circuits", nargs="+", default=["baseline", "pipelined"])
+    ap.add_argument(
+        "--plan-jobs",
+        type=int,
+        default=1,
+        help="worker count the tile shape is planned for (fit plans for its n_jobs)",
+    )
+    ap.add_argument(
+        "--costs",
+        choices=("nominal", "measured"),
+        default="nominal",
+        help="op costs the scheduler uses: nominal, or measured on this machine (cached)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "parallel.json")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     load_before = os.getloadavg()
-    rows = [bench(c, args.ring, args.k, args.repeats) for c in args.circuits]
+    rows = [
+        bench(c, args.ring, args.k, args.repeats, args.plan_jobs, args.costs == "measured")
+        for c in args.circuits
+    ]
     load_after = os.getloadavg()
 
     print(
@@ -279,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         "ring": args.ring,
         "k": args.k,
         "repeats": args.repeats,
+        "plan_jobs": args.plan_jobs,
+        "costs": args.costs,
         "n_features": FEATURES,
         "loadavg_before": load_before,
         "loadavg_after": load_after,

@@ -114,7 +114,7 @@ class Ciphertext:
         Number of polynomials (2, or 3 after a product without relinearisation).
     """
 
-    __slots__ = ("_context", "_ct", "level")
+    __slots__ = ("__weakref__", "_context", "_ct", "level")
 
     def __init__(self, ct: PyCtxt, context: CKKSContext, level: int) -> None:
         self._ct = ct

@@ -54,6 +54,7 @@ call wait for another, and per-node transfers cost as much as the nodes).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import os
 import shutil
@@ -63,7 +64,7 @@ import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import BrokenExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -77,7 +78,9 @@ from ._evaluators import CKKSEvaluator, check_input_names
 from ._ir import Op
 from ._worker import (
     BundleRef,
+    StoredCiphertext,
     TaskFunction,
+    TaskInput,
     TaskResult,
     TaskSpec,
     encrypt_batch,
@@ -127,6 +130,11 @@ class TransferCosts:
         :class:`~sklearn_he.backend.WireCiphertext`).
     pipe : float
         Seconds per MB for one process hop (pickling and the pipe).
+    stored : float
+        Seconds per MB for a worker to get a circuit input the caller
+        stored (:class:`~sklearn_he.circuit._worker.StoredCiphertext`):
+        read and load it the first time, nothing once cached. The default
+        assumes a cache hit every other time.
     superstep : float
         Fixed cost of one ``Parallel`` call (dispatch, barrier).
     task : float
@@ -142,6 +150,7 @@ class TransferCosts:
     serialize: float = 0.5e-3
     deserialize: float = 0.6e-3
     pipe: float = 2.5e-3
+    stored: float = 0.4e-3
     superstep: float = 0.030
     task: float = 0.002
 
@@ -206,7 +215,8 @@ class Schedule:
     span_seconds : float
         Critical path (a lower bound on any run).
     transfers : int
-        Ciphertexts that cross a process boundary.
+        Ciphertexts that cross a process boundary through the pipe (stored
+        circuit inputs, read by workers from their own copies, not counted).
     transfer_bytes : int
         Their serialised size.
     recomputed : int
@@ -279,10 +289,14 @@ class _Planner:
             if n.op is not Op.INPUT:
                 level_in = max_level - (compiled.depths[n.id] - n.level_cost())
                 self.cost[n.id] = costs.op_seconds(n.op, poly_modulus_degree, level_in)
-        #: Receiving a value the caller holds: pipe + load at the worker.
-        self.receive = [mb * (transfer.pipe + transfer.deserialize) for mb in self.mb]
-        self.consumers = circuit.consumers()
         self.inputs = frozenset(circuit.inputs.values())
+        #: Receiving a value the caller holds: pipe + load at the worker, or
+        #: for a circuit input, the worker's copy of it (stored once).
+        self.receive = [
+            mb * (transfer.stored if i in self.inputs else transfer.pipe + transfer.deserialize)
+            for i, mb in enumerate(self.mb)
+        ]
+        self.consumers = circuit.consumers()
         self.outputs = frozenset(circuit.outputs.values())
         bottom = [0.0] * n_nodes
         for n in reversed(self.nodes):
@@ -463,15 +477,19 @@ class _Planner:
                 # The caller serialises what it sends (once) and pipes the tasks
                 # one after the other; each worker loads, computes, serialises
                 # and pipes back.
-                prep = sum(self.mb[v] * tr.serialize for v in union_needs - held_bytes)
+                # Circuit inputs are stored: workers read their own copies.
+                sent = union_needs - held_bytes - self.inputs
+                prep = sum(self.mb[v] * tr.serialize for v in sent)
                 start = finish = 0.0
                 for k, nodes in enumerate(tasks):
-                    mb_in = sum(self.mb[v] for v in needs[s][k])
+                    mb_in = sum(self.mb[v] for v in needs[s][k] if v not in self.inputs)
+                    mb_stored = sum(self.mb[v] for v in needs[s][k] if v in self.inputs)
                     mb_out = sum(self.mb[v] for v in rets[k])
                     start += mb_in * tr.pipe + tr.task
                     end = (
                         start
                         + mb_in * tr.deserialize
+                        + mb_stored * tr.stored
                         + sum(self.cost[n] for n in nodes)
                         + mb_out * (tr.serialize + tr.pipe)
                     )
@@ -491,8 +509,9 @@ class _Planner:
             held_bytes |= union_needs
             for k in range(len(tasks)):
                 held_bytes |= set(rets[k])
-                transfers += len(needs[s][k]) + len(rets[k])
-                nbytes += sum(self.mb[v] for v in (*needs[s][k], *rets[k])) * _MB
+                piped = [v for v in needs[s][k] if v not in self.inputs] + list(rets[k])
+                transfers += len(piped)
+                nbytes += sum(self.mb[v] for v in piped) * _MB
             plan.append((False, [(tasks[k], needs[s][k], rets[k]) for k in range(len(tasks))]))
         for v in self.outputs:
             if v not in held_ct:
@@ -609,6 +628,9 @@ class RunReport:
     bundle_resent : int
         Tasks that were sent again with the bundle bytes because their
         worker could not read the bundle file.
+    stored_resent : int
+        Stored inputs sent as bytes because a worker could neither find them
+        in its cache nor read their file.
     """
 
     mode: str
@@ -618,6 +640,7 @@ class RunReport:
     supersteps: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[TaskResult] = field(default_factory=list)
     bundle_resent: int = 0
+    stored_resent: int = 0
 
 
 class ParallelCKKSEvaluator:
@@ -745,6 +768,11 @@ class ParallelCKKSEvaluator:
         self.last_run_: RunReport | None = None
         self._dir: str | None = None
         self._schedules: dict[tuple[str, int], Schedule] = {}
+        # Circuit inputs written for the workers, per input ciphertext and level.
+        self._stored: weakref.WeakKeyDictionary[Ciphertext, dict[int, StoredCiphertext]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._files: dict[str, str] = {}  # stored input key -> its file
 
     @property
     def context(self) -> CKKSContext:
@@ -766,11 +794,35 @@ class ParallelCKKSEvaluator:
             self._bundle = self._keys.public_bundle()
         return self._bundle
 
-    def _bundle_ref(self) -> BundleRef:
+    def _tempdir(self) -> str:
         if self._dir is None:
             self._dir = tempfile.mkdtemp(prefix="sklearn-he-parallel-")
             weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
-        path = os.path.join(self._dir, "public.bundle")
+        return self._dir
+
+    def _store(self, original: Ciphertext, ct: Ciphertext) -> StoredCiphertext:
+        """The stored copy of input ``ct`` (``original`` mod-switched), written once.
+
+        Keyed by the caller's ciphertext object, so the minibatch tiles that
+        every chunk of a training run reads are written, and loaded by each
+        worker, once; the file goes when that object does.
+        """
+        per_level = self._stored.setdefault(original, {})
+        ref = per_level.get(ct.level)
+        if ref is None:
+            key = os.urandom(12).hex()
+            path = os.path.join(self._tempdir(), f"input-{key}.ct")
+            wire = self.context.ciphertext_to_wire(ct)
+            with open(path, "wb") as fh:
+                fh.write(wire.data)
+            ref = StoredCiphertext(key, wire.fingerprint, wire.level, path, wire.nbytes)
+            per_level[ct.level] = ref
+            self._files[key] = path
+            weakref.finalize(original, _remove_quietly, path, self._files, key)
+        return ref
+
+    def _bundle_ref(self) -> BundleRef:
+        path = os.path.join(self._tempdir(), "public.bundle")
         if not os.path.exists(path):
             tmp = path + ".tmp"
             with open(tmp, "wb") as fh:
@@ -867,6 +919,10 @@ class ParallelCKKSEvaluator:
             return out
         serial.prepare(compiled)
         ready = self._check_inputs(compiled, inputs)
+        stored = {
+            nid: self._store(inputs[name], ready[nid])
+            for name, nid in compiled.circuit.inputs.items()
+        }
         sched = self.schedule(compiled, workers)
         if not sched.parallel or (
             self.serial_fallback
@@ -876,7 +932,7 @@ class ParallelCKKSEvaluator:
             self.last_run_ = RunReport("serial", workers, time.perf_counter() - t0, sched)
             return out
         report = RunReport("parallel", workers, schedule=sched)
-        out = self._run_parallel(compiled, ready, sched, report)
+        out = self._run_parallel(compiled, ready, stored, sched, report)
         report.wall_seconds = time.perf_counter() - t0
         self.last_run_ = report
         return out
@@ -905,6 +961,7 @@ class ParallelCKKSEvaluator:
         self,
         compiled: CompiledCircuit,
         ready: dict[int, Ciphertext],
+        stored: Mapping[int, StoredCiphertext],
         sched: Schedule,
         report: RunReport,
     ) -> dict[str, Ciphertext]:
@@ -920,7 +977,9 @@ class ParallelCKKSEvaluator:
                     last_use[v] = s
         keep = set(circuit.outputs.values())
 
-        def blob(v: int) -> WireCiphertext:
+        def blob(v: int) -> TaskInput:
+            if v in stored:
+                return stored[v]
             if v not in blobs:
                 blobs[v] = ctx.ciphertext_to_wire(cts[v])
             return blobs[v]
@@ -1006,38 +1065,71 @@ class ParallelCKKSEvaluator:
     def _dispatch(
         self,
         parallel: Parallel,
-        jobs: list[tuple[Task, TaskSpec, dict[int, WireCiphertext]]],
+        jobs: list[tuple[Task, TaskSpec, dict[int, TaskInput]]],
         compiled: CompiledCircuit,
         report: RunReport,
     ) -> list[TaskResult]:
-        """Run one superstep's tasks; map worker failures to ParallelEvaluationError."""
+        """Run one superstep's tasks; map worker failures to ParallelEvaluationError.
+
+        A task whose worker could not read the bundle file, or the file of a
+        stored input (another machine), is sent again with the bytes: the
+        bundle as one array shared by the tasks of the call, a stored input
+        inside its reference (the worker keeps it under the same key).
+        """
         fn = type(self)._task_function
         results: list[TaskResult] = []
         todo = jobs
         ref = self._bundle_ref()
-        for attempt in range(2):
-            # Second attempt: the workers that could not read the bundle file
-            # get the bytes (one array shared by the tasks of the call).
-            data = np.frombuffer(self.public_bundle(), dtype=np.uint8) if attempt else None
+        with_bundle: set[int] = set()
+        for _attempt in range(3):
+            data = np.frombuffer(self.public_bundle(), dtype=np.uint8) if with_bundle else None
             pending = {spec.index: task for task, spec, _ in todo}
             try:
                 for res in parallel(
-                    delayed(fn)(ref, spec, payload, data) for _, spec, payload in todo
+                    delayed(fn)(ref, spec, payload, data if spec.index in with_bundle else None)
+                    for _, spec, payload in todo
                 ):
                     pending.pop(res.index, None)
                     results.append(res)
             except Exception as exc:
                 raise _task_error(exc, pending, compiled) from exc
-            missing = {r.index for r in results if r.missing_bundle}
-            if not missing:
+            again = {r.index: r for r in results if r.missing_bundle or r.missing_stored}
+            if not again:
                 return results
-            results = [r for r in results if not r.missing_bundle]
-            todo = [j for j in todo if j[1].index in missing]
-            report.bundle_resent += len(todo)
+            results = [r for r in results if r.index not in again]
+            retry = []
+            for task, spec, payload in todo:
+                res = again.get(spec.index)
+                if res is None:
+                    continue
+                if res.missing_bundle:
+                    with_bundle.add(spec.index)
+                    report.bundle_resent += 1
+                if res.missing_stored:
+                    payload = dict(payload)
+                    for nid in res.missing_stored:
+                        payload[nid] = self._stored_with_data(payload[nid])
+                    report.stored_resent += len(res.missing_stored)
+                retry.append((task, spec, payload))
+            todo = retry
         raise ParallelEvaluationError(
-            f"workers could not load the public bundle for tasks {sorted(missing)} even when "
-            "sent the bytes"
+            f"workers could not load the public bundle or the stored inputs for tasks "
+            f"{sorted(again)} even when sent the bytes"
         )
+
+    def _stored_with_data(self, ref: TaskInput) -> StoredCiphertext:
+        if not isinstance(ref, StoredCiphertext):  # pragma: no cover - workers never ask
+            raise AssertionError(f"a worker asked for a value sent along: {ref!r}")
+        if ref.data is not None:
+            return ref
+        with open(self._files[ref.key], "rb") as fh:
+            return replace(ref, data=fh.read())
+
+
+def _remove_quietly(path: str, files: dict[str, str], key: str) -> None:
+    files.pop(key, None)
+    with contextlib.suppress(OSError):
+        os.remove(path)
 
 
 def _structure_key(compiled: CompiledCircuit) -> str:

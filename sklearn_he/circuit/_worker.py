@@ -42,6 +42,7 @@ from ._ir import Node, Op
 
 __all__ = [
     "BundleRef",
+    "StoredCiphertext",
     "TaskResult",
     "TaskSpec",
     "cache_info",
@@ -49,6 +50,7 @@ __all__ = [
     "encrypt_batch",
     "execute",
     "run_task",
+    "store_info",
     "tile_constants",
 ]
 
@@ -76,6 +78,103 @@ class BundleRef:
     fingerprint: str
     path: str | None = None
     allow_insecure_for_testing: bool = False
+
+
+#: Circuit inputs this process loaded from :class:`StoredCiphertext` files
+#: (or was sent once), by key (most recently used last), and their bytes.
+_STORE: OrderedDict[str, Ciphertext] = OrderedDict()
+_STORE_BYTES = [0]
+_STORE_SIZES: dict[str, int] = {}
+
+
+def store_limit_bytes() -> int:
+    """How much of its stored inputs a worker keeps (``SKLEARN_HE_WORKER_STORE_MB``, 2048)."""
+    try:
+        return int(float(os.environ.get("SKLEARN_HE_WORKER_STORE_MB", "2048")) * 1e6)
+    except ValueError:
+        return int(2048e6)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCiphertext:
+    """A circuit input the caller wrote to a file once, for workers to load and keep.
+
+    The data set's minibatch tiles are inputs of every chunk circuit of a
+    training run: sending them with every task would move ~2 MB per tile
+    through the pipe each time. The caller writes each input once (as
+    :class:`~sklearn_he.backend.WireCiphertext` bytes) and sends this small
+    reference instead; a worker loads the file the first time it meets the
+    key and keeps the ciphertext (least recently used first out, at most
+    :func:`store_limit_bytes`). A worker that cannot read the file (on
+    another machine of a Dask cluster) reports it and is sent the bytes,
+    which it keeps under the same key (``data``).
+
+    Attributes
+    ----------
+    key : str
+        Unique name of this ciphertext (at this level).
+    fingerprint : str
+        Key set it belongs to (checked on loading).
+    level : int
+    path : str or None
+        File holding SEAL's bytes.
+    nbytes : int
+        Size of that file.
+    data : bytes or None
+        The bytes themselves, sent only to a worker that reported it could
+        not read ``path``.
+    """
+
+    key: str
+    fingerprint: str
+    level: int
+    path: str | None
+    nbytes: int
+    data: bytes | None = None
+
+
+def _store_get(key: str) -> Ciphertext | None:
+    ct = _STORE.get(key)
+    if ct is not None:
+        _STORE.move_to_end(key)
+    return ct
+
+
+def _store_put(key: str, ct: Ciphertext, nbytes: int) -> None:
+    if key in _STORE:
+        return
+    _STORE[key] = ct
+    _STORE_SIZES[key] = nbytes
+    _STORE_BYTES[0] += nbytes
+    limit = store_limit_bytes()
+    while _STORE_BYTES[0] > limit and len(_STORE) > 1:
+        old, _ = _STORE.popitem(last=False)
+        _STORE_BYTES[0] -= _STORE_SIZES.pop(old)
+
+
+def store_info() -> dict[str, Any]:
+    """Stored inputs held by this process (for tests and diagnostics)."""
+    return {"pid": os.getpid(), "count": len(_STORE), "bytes": _STORE_BYTES[0]}
+
+
+def _load_stored(ctx: CKKSContext, nid: int, ref: StoredCiphertext) -> Ciphertext | None:
+    """The stored input ``ref`` (None when neither cached nor readable here)."""
+    ct = _store_get(ref.key)
+    if ct is not None:
+        return ct
+    data = ref.data
+    if data is None:
+        if ref.path is None:
+            return None
+        try:
+            with open(ref.path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            return None
+    wire = WireCiphertext(ref.fingerprint, ref.level, data)
+    ct = ctx.ciphertext_from_wire(wire, source=f"stored value of node {nid} ({ref.path})")
+    _store_put(ref.key, ct, len(data))
+    return ct
 
 
 @dataclass(frozen=True)
@@ -124,6 +223,7 @@ class TaskResult:
     index: int
     values: dict[int, WireCiphertext] = field(default_factory=dict)
     missing_bundle: bool = False
+    missing_stored: tuple[int, ...] = ()
     pid: int = 0
     host: str = ""
     load_seconds: float = 0.0
@@ -187,8 +287,11 @@ def cache_info() -> list[dict[str, Any]]:
 
 
 def clear_cache() -> None:
-    """Forget every cached key set of this process."""
+    """Forget every cached key set and stored input of this process."""
     _KEYS.clear()
+    _STORE.clear()
+    _STORE_SIZES.clear()
+    _STORE_BYTES[0] = 0
 
 
 def tile_constants(
@@ -235,16 +338,24 @@ def execute(
     return values
 
 
+#: What a task receives for one of its operands.
+TaskInput = WireCiphertext | StoredCiphertext
+
+
 def run_task(
     ref: BundleRef,
     spec: TaskSpec,
-    inputs: Mapping[int, WireCiphertext],
+    inputs: Mapping[int, TaskInput],
     bundle: np.ndarray | None = None,
 ) -> TaskResult:
     """Entry point of a worker task (module-level, so every backend can pickle it).
 
-    ``inputs`` maps node ids to the ciphertexts they hold; ``bundle`` is sent
-    only after a worker reported :attr:`TaskResult.missing_bundle`. An
+    ``inputs`` maps node ids to the ciphertexts they hold, sent along
+    (:class:`~sklearn_he.backend.WireCiphertext`) or stored
+    (:class:`StoredCiphertext`); ``bundle`` is sent only after a worker
+    reported :attr:`TaskResult.missing_bundle`. A task whose stored inputs
+    are neither cached nor readable here computes nothing and lists them in
+    :attr:`TaskResult.missing_stored`. An
     exception raised here reaches the caller with the attribute
     ``sklearn_he_task`` set to ``spec.index`` (exception attributes survive
     pickling), so that the caller can name the task that failed.
@@ -260,7 +371,7 @@ def run_task(
 def _run_task(
     ref: BundleRef,
     spec: TaskSpec,
-    inputs: Mapping[int, WireCiphertext],
+    inputs: Mapping[int, TaskInput],
     bundle: np.ndarray | None,
 ) -> TaskResult:
     result = TaskResult(index=spec.index, pid=os.getpid(), host=socket.gethostname())
@@ -270,10 +381,20 @@ def _run_task(
         result.missing_bundle = True
         return result
     t1 = time.perf_counter()
-    values = {
-        nid: ctx.ciphertext_from_wire(wire, source=f"value of node {nid}")
-        for nid, wire in inputs.items()
-    }
+    values: dict[int, Ciphertext] = {}
+    missing = []
+    for nid, got in inputs.items():
+        if isinstance(got, StoredCiphertext):
+            ct = _load_stored(ctx, nid, got)
+            if ct is None:
+                missing.append(nid)
+            else:
+                values[nid] = ct
+        else:
+            values[nid] = ctx.ciphertext_from_wire(got, source=f"value of node {nid}")
+    if missing:
+        result.missing_stored = tuple(missing)
+        return result
     t2 = time.perf_counter()
     cpu = time.thread_time()
     ordered = sorted(spec.nodes, key=lambda n: n.id)

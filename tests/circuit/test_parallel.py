@@ -8,6 +8,7 @@ tasks anyway (and ``serial_fallback=False``).
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import time
@@ -31,6 +32,7 @@ from sklearn_he.circuit import (
     compile_circuit,
     plan_schedule,
 )
+from sklearn_he.circuit._worker import StoredCiphertext
 from sklearn_he.exceptions import FormatError, ParallelEvaluationError
 from sklearn_he.linalg import EncMatrix, LinAlg, RowVector, TileShape
 from sklearn_he.training import build_chunk, sigmoid_poly
@@ -192,11 +194,13 @@ def test_workers_get_the_public_bundle_only(keys, circuits):
     sections = split_sections(env.meta["sections"], env.payload)
     assert set(sections) == {"context", "public", "relin", "rotation"}
     assert secret not in bundle
-    # What the workers read is that bundle, through a file beside nothing else.
+    # What the workers read is that bundle, through a file beside nothing
+    # but the stored circuit inputs (ciphertexts).
     ref = ev._bundle_ref()
     with open(ref.path, "rb") as fh:
         assert fh.read() == bundle
-    assert sorted(os.listdir(os.path.dirname(ref.path))) == ["public.bundle"]
+    others = set(os.listdir(os.path.dirname(ref.path))) - {"public.bundle"}
+    assert len(others) == len(enc) and all(f.startswith("input-") for f in others)
     # The worker processes hold these keys, without the secret key.
     infos = Parallel(n_jobs=2)(delayed(_worker.cache_info)() for _ in range(4))
     mine = [i for info in infos for i in info if i["fingerprint"] == keys.fingerprint]
@@ -223,10 +227,66 @@ def test_bundle_bytes_are_sent_when_workers_cannot_read_the_file(circuits):
     assert ev.last_run_.bundle_resent >= 1
 
 
+# ------------------------------------------------------------- stored inputs
+@pytest.mark.ckks
+def test_inputs_are_stored_once_and_kept_by_the_workers(keys, circuits):
+    """The tiles every chunk reads are written once and loaded once per worker."""
+    compiled = circuits["matvec"]
+    _, enc = encrypt_inputs(keys, compiled)
+    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    ev = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
+    assert_identical(ev.run(compiled, enc), want)
+    folder = os.path.dirname(ev._bundle_ref().path)
+    files = {f for f in os.listdir(folder) if f.startswith("input-")}
+    assert len(files) == len(enc)
+    for _ in range(3):  # same input objects: no new files, same results
+        assert_identical(ev.run(compiled, enc), want)
+    assert {f for f in os.listdir(folder) if f.startswith("input-")} == files
+    assert ev.last_run_.stored_resent == 0
+    infos = Parallel(n_jobs=2)(delayed(_worker.store_info)() for _ in range(4))
+    assert max(i["count"] for i in infos) > 0
+    # A file goes with the ciphertext it holds (``want`` holds an input: v0).
+    del enc, want
+    gc.collect()
+    assert not any(f.startswith("input-") for f in os.listdir(folder))
+
+
+class _NoSharedInputs(ParallelCKKSEvaluator):
+    """Stored inputs the workers cannot read (files on another machine)."""
+
+    def _store(self, original, ct):
+        return replace(super()._store(original, ct), path="/nonexistent/input.ct")
+
+
+@pytest.mark.ckks
+def test_stored_inputs_are_sent_when_workers_cannot_read_them(keys, circuits):
+    compiled = circuits["matvec"]
+    _, enc = encrypt_inputs(keys, compiled)
+    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    _worker_clear_stores()
+    ev = _NoSharedInputs(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
+    assert_identical(ev.run(compiled, enc), want)
+    assert ev.last_run_.stored_resent >= 1
+    # Workers keep what they were sent: resent at most once per worker and input.
+    for _ in range(3):
+        assert_identical(ev.run(compiled, enc), want)
+        assert ev.last_run_.stored_resent <= len(enc)
+
+
+def _worker_clear_stores():
+    Parallel(n_jobs=2)(delayed(_worker.clear_cache)() for _ in range(4))
+
+
 # -------------------------------------------------------------------- errors
+def _truncated(w):
+    if isinstance(w, StoredCiphertext):  # bytes no worker has cached under a new key
+        return replace(w, key=f"{w.key}-truncated", path=None, data=b"\0" * (w.nbytes - 1))
+    return replace(w, data=w.data[:-1])
+
+
 def _fail_in_task_1(ref, spec, inputs, bundle=None):
     if spec.index == 1:  # a corrupted operand: the worker's loader refuses it
-        inputs = {nid: replace(w, data=w.data[:-1]) for nid, w in inputs.items()}
+        inputs = {nid: _truncated(w) for nid, w in inputs.items()}
     return _worker.run_task(ref, spec, inputs, bundle)
 
 
