@@ -19,6 +19,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .backend import CKKSParameters, KeySet
+from .circuit import CostModel
 from .exceptions import SklearnHEError
 from .training import NAGSchedule, Trainer, plan_training, sigmoid_poly
 from .training._planner import gram_block_costs
@@ -166,6 +167,12 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         Epochs run per one-vs-rest model.
     report_ : FitReport
         Parameters, depths, bytes, refreshes and timings of the last fit.
+        ``estimated_seconds_per_sample_epoch`` is the planner's estimate
+        (nominal op costs, one worker) times this machine's speed factor
+        (:meth:`~sklearn_he.circuit.CostModel.machine_factor`, measured
+        once and cached; in ``extra["machine_speed_factor"]``) for a CKKS
+        fit, and the unscaled estimate of a CKKS fit for the plaintext
+        backend.
 
     Examples
     --------
@@ -316,6 +323,9 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 stacklevel=2,
             )
         p = plan.params
+        # The plan's estimate uses the nominal op costs (same plan on every
+        # machine); scaled to this machine for a CKKS fit (measured once, cached).
+        speed = CostModel.machine_factor() if self.backend == "ckks" else 1.0
         self.report_ = FitReport(
             circuit=self.circuit,
             backend=self.backend,
@@ -338,8 +348,13 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             margin_max=worst,
             seconds_per_sample_epoch=sum(r.train_seconds for r in results)
             / (self.max_iter * X.shape[0]),
-            estimated_seconds_per_sample_epoch=plan.estimated_seconds_per_sample * len(targets),
-            extra=self._gram_report(trainer),
+            estimated_seconds_per_sample_epoch=plan.estimated_seconds_per_sample
+            * len(targets)
+            * speed,
+            extra={
+                **self._gram_report(trainer),
+                **({"machine_speed_factor": speed} if self.backend == "ckks" else {}),
+            },
         )
         return self
 

@@ -16,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_he import CKKSParameters, EncryptedLogisticRegression, KeySet
+from sklearn_he.circuit import CostModel
 from sklearn_he.exceptions import SecretKeyPicklingError, SklearnHEError, TrainingDivergedError
 
 #: Insecure but fast parameters for CKKS tests: N=4096, 6 levels.
@@ -180,6 +181,13 @@ def test_ckks_fit_matches_plaintext_backend(cancer):
         np.testing.assert_allclose(enc.coef_, ref.coef_, atol=5e-3 * np.abs(ref.coef_).max())
         assert enc.report_.key_fingerprint is not None
         assert enc.report_.poly_modulus_degree == 4096
+        # The estimate is the plan's (nominal costs) scaled to this machine.
+        speed = enc.report_.extra["machine_speed_factor"]
+        assert speed == CostModel.machine_factor()
+        assert enc.report_.estimated_seconds_per_sample_epoch == pytest.approx(
+            ref.report_.estimated_seconds_per_sample_epoch * speed
+        )
+        assert "machine_speed_factor" not in ref.report_.extra
 
 
 @pytest.mark.ckks

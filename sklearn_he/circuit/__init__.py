@@ -36,6 +36,7 @@ from ._parallel import (
 )
 from ._params import select_parameters
 from ._tracer import Sym, Tracer
+from ._worker import StoredCiphertext
 
 __all__ = [
     "MIN_PARALLEL_GAIN",
@@ -53,6 +54,7 @@ __all__ = [
     "PlaintextEvaluator",
     "PrecisionError",
     "Schedule",
+    "StoredCiphertext",
     "Sym",
     "Tracer",
     "TransferCosts",

@@ -37,14 +37,25 @@ that is predicted faster than shipping it (always for a single task: no
 transfer at all), so sequential stretches of a circuit - the tail after a
 reduction, say - cost no pipe traffic.
 
-Measured (``benchmarks/parallel.py``, 2-core VM, otherwise idle): the
-MNIST-sized training chunks at N=16384 (work / span 2.4 and 2.9) become one
-superstep of two tasks, one per row tile of the minibatch, and an
-in-process tail of ~50 ms; ``n_jobs=2`` runs them 1.27x (baseline, 0.86 s
--> 0.68 s) and 1.48x (pipelined, 0.87 s -> 0.59 s) faster, against 1.6x
-predicted. The rest goes to SEAL itself running ~20% slower when both cores
-are busy and to ~0.05-0.1 s of transfers and dispatch. The two-minibatch
-pipelined chunk at N=32768 (six supersteps, 163 MB moved): 7.6 s -> 5.5 s.
+Circuit inputs (the minibatch tiles every training chunk reads, the model
+state) are *stored*: written once per ciphertext to a file beside the public
+bundle, referenced by tasks, loaded by each worker the first time and kept
+there (:class:`~sklearn_he.circuit.StoredCiphertext`). Only
+intermediate values travel through joblib, as
+:class:`~sklearn_he.backend.WireCiphertext` (SEAL's bytes, no envelope).
+
+Measured (``benchmarks/parallel.py``, 2-core VM, otherwise idle; results in
+``benchmarks/results/parallel.json``): the MNIST-sized training chunks at
+N=16384 (k=1, 128-row minibatch, four 128x64 column tiles) run 1.21x
+(baseline, 0.54 s -> 0.45 s) and 1.30x (pipelined, 0.68 s -> 0.52 s)
+faster with ``n_jobs=2``; before inputs were stored, the same machine
+measured 1.01x and 1.19x. What bounds it: a chunk is only ~0.6 s of work,
+the greedy schedule cuts it into 3-4 supersteps (~10 ms of joblib overhead
+each) that move ~40 MB of intermediates, and the nominal op costs it plans
+with are ~2.7x slower than this machine (with the measured ones it finds
+no split worth a 1.25x gain and runs in-process). The two-minibatch
+pipelined chunk at N=32768 (six supersteps, 163 MB moved; earlier
+measurement, before stored inputs): 7.6 s -> 5.5 s.
 Other designs considered: one task per output subtree (useless here: the
 two outputs, ``w`` and ``v``, share almost all their work), and dynamic
 dispatch of nodes as their operands become ready (joblib cannot make one
@@ -132,7 +143,7 @@ class TransferCosts:
         Seconds per MB for one process hop (pickling and the pipe).
     stored : float
         Seconds per MB for a worker to get a circuit input the caller
-        stored (:class:`~sklearn_he.circuit._worker.StoredCiphertext`):
+        stored (:class:`~sklearn_he.circuit.StoredCiphertext`):
         read and load it the first time, nothing once cached. The default
         assumes a cache hit every other time.
     superstep : float
