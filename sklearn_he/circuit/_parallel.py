@@ -930,10 +930,6 @@ class ParallelCKKSEvaluator:
             return out
         serial.prepare(compiled)
         ready = self._check_inputs(compiled, inputs)
-        stored = {
-            nid: self._store(inputs[name], ready[nid])
-            for name, nid in compiled.circuit.inputs.items()
-        }
         sched = self.schedule(compiled, workers)
         if not sched.parallel or (
             self.serial_fallback
@@ -943,7 +939,8 @@ class ParallelCKKSEvaluator:
             self.last_run_ = RunReport("serial", workers, time.perf_counter() - t0, sched)
             return out
         report = RunReport("parallel", workers, schedule=sched)
-        out = self._run_parallel(compiled, ready, stored, sched, report)
+        originals = {nid: inputs[name] for name, nid in compiled.circuit.inputs.items()}
+        out = self._run_parallel(compiled, ready, originals, sched, report)
         report.wall_seconds = time.perf_counter() - t0
         self.last_run_ = report
         return out
@@ -972,7 +969,7 @@ class ParallelCKKSEvaluator:
         self,
         compiled: CompiledCircuit,
         ready: dict[int, Ciphertext],
-        stored: Mapping[int, StoredCiphertext],
+        originals: Mapping[int, Ciphertext],
         sched: Schedule,
         report: RunReport,
     ) -> dict[str, Ciphertext]:
@@ -989,8 +986,8 @@ class ParallelCKKSEvaluator:
         keep = set(circuit.outputs.values())
 
         def blob(v: int) -> TaskInput:
-            if v in stored:
-                return stored[v]
+            if v in originals:  # a circuit input: stored (once) only when a worker needs it
+                return self._store(originals[v], ready[v])
             if v not in blobs:
                 blobs[v] = ctx.ciphertext_to_wire(cts[v])
             return blobs[v]
