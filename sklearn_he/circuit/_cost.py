@@ -119,10 +119,18 @@ class CostModel:
             int(n): {k: [float(x) for x in v] for k, v in ops.items()} for n, ops in fits.items()
         }
 
-    def op_seconds(self, op: Op, n: int, level: int) -> float:
-        """Estimated seconds of one ``op`` on a ciphertext at ``level`` for ring ``n``."""
+    def op_seconds(self, op: Op, n: int, level: int, *, drop: int = 1) -> float:
+        """Estimated seconds of one ``op`` on a ciphertext at ``level`` for ring ``n``.
+
+        ``drop`` is the number of levels a mod-switch drops. The backend
+        discards all but the last of those primes for free and spends one
+        product and one rescale on the last, so a mod-switch costs what a
+        one-level switch costs at ``level - drop + 1``.
+        """
         if op is Op.INPUT:
             return 0.0
+        if op is Op.MODSWITCH:
+            level = max(0, level - max(1, int(drop)) + 1)
         try:
             a, b, c = self.fits[int(n)][op.value]
         except KeyError:
