@@ -85,6 +85,7 @@ from ..backend import Ciphertext, CKKSContext, KeySet, WireCiphertext
 from ..exceptions import DepthExhaustedError, ParallelEvaluationError
 from ._compiler import CompiledCircuit
 from ._cost import CostModel
+from ._dataflow import plan_dataflow
 from ._evaluators import CKKSEvaluator, check_input_names
 from ._ir import Op
 from ._worker import (
@@ -146,6 +147,11 @@ class TransferCosts:
         stored (:class:`~sklearn_he.circuit.StoredCiphertext`):
         read and load it the first time, nothing once cached. The default
         assumes a cache hit every other time.
+    exchange : float
+        Seconds per MB to write a value to a dataflow run's exchange
+        directory and read it back in another worker (on top of
+        ``serialize`` and ``deserialize``; see
+        :mod:`sklearn_he.circuit._dataflow`).
     superstep : float
         Fixed cost of one ``Parallel`` call (dispatch, barrier).
     task : float
@@ -162,6 +168,7 @@ class TransferCosts:
     deserialize: float = 0.6e-3
     pipe: float = 2.5e-3
     stored: float = 0.4e-3
+    exchange: float = 0.3e-3
     superstep: float = 0.030
     task: float = 0.002
 
@@ -186,6 +193,11 @@ class Task:
         Runs in the calling process (single-task supersteps).
     seconds : float
         Predicted compute seconds.
+    awaits : tuple of int
+        Dataflow schedules: values it waits for from other tasks of the
+        same call (through the exchange directory).
+    sends : tuple of int
+        Dataflow schedules: values it publishes for them.
     """
 
     number: int
@@ -195,6 +207,8 @@ class Task:
     returns: tuple[int, ...]
     local: bool
     seconds: float
+    awaits: tuple[int, ...] = ()
+    sends: tuple[int, ...] = ()
 
     def describe(self, compiled: CompiledCircuit) -> str:
         ops = Counter(compiled.nodes[i].op.value for i in self.nodes)
@@ -233,6 +247,11 @@ class Schedule:
     recomputed : int
         Node evaluations beyond one per node (cheap nodes recomputed on a
         second worker instead of a transfer).
+    mode : {"bsp", "dataflow"}
+        "bsp": supersteps whose values travel through the caller;
+        "dataflow": one call of one task per worker, values passed between
+        workers through an exchange directory
+        (:mod:`sklearn_he.circuit._dataflow`).
     """
 
     supersteps: list[list[Task]]
@@ -244,6 +263,7 @@ class Schedule:
     transfers: int
     transfer_bytes: int
     recomputed: int
+    mode: str = "bsp"
 
     @property
     def tasks(self) -> list[Task]:
@@ -259,9 +279,14 @@ class Schedule:
         return self.serial_seconds / self.predicted_seconds if self.predicted_seconds else 1.0
 
     def describe(self, compiled: CompiledCircuit | None = None) -> str:
+        shape = (
+            f"dataflow: {len(self.tasks)} tasks on {self.n_workers} workers exchanging values"
+            if self.mode == "dataflow"
+            else f"{len(self.supersteps)} supersteps, {len(self.tasks)} tasks on "
+            f"{self.n_workers} workers (close_at={self.close_at})"
+        )
         lines = [
-            f"{len(self.supersteps)} supersteps, {len(self.tasks)} tasks on {self.n_workers} "
-            f"workers (close_at={self.close_at}); {self.transfers} transfers "
+            f"{shape}; {self.transfers} transfers "
             f"({self.transfer_bytes / _MB:.1f} MB), {self.recomputed} recomputed nodes",
             f"predicted {self.predicted_seconds:.3f} s vs serial {self.serial_seconds:.3f} s "
             f"(span {self.span_seconds:.3f} s): speed-up {self.predicted_speedup:.2f}",
@@ -269,8 +294,14 @@ class Schedule:
         for step in self.supersteps:
             for t in step:
                 text = t.describe(compiled) if compiled is not None else f"task {t.number}"
+                peers = (
+                    f", awaits {len(t.awaits)}, sends {len(t.sends)}"
+                    if self.mode == "dataflow"
+                    else ""
+                )
                 lines.append(
                     f"  {text}: {t.seconds * 1e3:.0f} ms, {len(t.needs)} in, {len(t.returns)} out"
+                    + peers
                 )
         return "\n".join(lines)
 
@@ -440,6 +471,59 @@ class _Planner:
                 steps.append(tasks)
         return steps
 
+    # ---------------------------------------------------------- dataflow
+    def dataflow(self, workers: int, penalty: float) -> Schedule:
+        """One task per worker exchanging values directly (see ``_dataflow``)."""
+        tr = self.transfer
+        plan = plan_dataflow(
+            self,
+            workers,
+            serialize=tr.serialize,
+            deserialize=tr.deserialize,
+            exchange=tr.exchange,
+            stored=tr.stored,
+            penalty=penalty,
+        )
+        tasks = []
+        for w, order in enumerate(plan.orders):
+            if not order:
+                continue
+            tasks.append(
+                Task(
+                    number=len(tasks),
+                    superstep=0,
+                    nodes=tuple(order),
+                    needs=tuple(plan.inputs[w]),
+                    returns=tuple(plan.returns[w]),
+                    local=False,
+                    seconds=sum(self.cost[n] for n in order),
+                    awaits=tuple(plan.awaits[w]),
+                    sends=tuple(plan.sends[w]),
+                )
+            )
+        # The caller pipes each task, then loads what comes back.
+        out_mb = sum(self.mb[v] for v in self.outputs if v not in self.inputs)
+        predicted = (
+            tr.superstep
+            + len(tasks) * tr.task
+            + max(plan.finish, default=0.0)
+            + out_mb * (tr.pipe + tr.deserialize)
+        )
+        returned = sum(1 for v in self.outputs if v not in self.inputs)
+        return Schedule(
+            supersteps=[tasks],
+            n_workers=workers,
+            close_at=0,
+            predicted_seconds=predicted,
+            serial_seconds=self.work,
+            span_seconds=self.span,
+            transfers=plan.transfers + returned,
+            transfer_bytes=int((plan.transfer_mb + out_mb) * _MB),
+            recomputed=sum(len(t.nodes) for t in tasks)
+            - sum(1 for n in self.nodes if n.op is not Op.INPUT),
+            mode="dataflow",
+        )
+
     # ---------------------------------------------------------- finishing
     def finish(self, steps: list[list[list[int]]], workers: int, close_at: int) -> Schedule:
         """Work out what each task receives and returns; simulate the run."""
@@ -570,8 +654,9 @@ def plan_schedule(
     costs: CostModel | None = None,
     transfer: TransferCosts | None = None,
     close_at: int | None = None,
+    mode: str = "auto",
 ) -> Schedule:
-    """Split ``compiled`` into supersteps of tasks for ``n_workers`` processes.
+    """Split ``compiled`` into tasks for ``n_workers`` processes.
 
     Parameters
     ----------
@@ -589,6 +674,11 @@ def plan_schedule(
         Fix the superstep-closing policy (idle workers that end a
         superstep). By default every value from 1 to ``n_workers`` is tried
         and the fastest simulated schedule is returned.
+    mode : {"auto", "bsp", "dataflow"}, default="auto"
+        "bsp": supersteps, values through the caller. "dataflow": one task
+        per worker, values passed between workers through a shared
+        directory (needs workers that share a file system with the caller).
+        "auto": the faster simulated schedule of the two.
 
     Returns
     -------
@@ -596,6 +686,8 @@ def plan_schedule(
     """
     if n_workers < 1:
         raise ValueError(f"n_workers must be >= 1; got {n_workers}")
+    if mode not in ("auto", "bsp", "dataflow"):
+        raise ValueError(f"mode must be 'auto', 'bsp' or 'dataflow'; got {mode!r}")
     costs = CostModel.nominal() if costs is None else CostModel.nominal().merge(costs)
     planner = _Planner(
         compiled, poly_modulus_degree, max_level, costs, transfer or TransferCosts()
@@ -620,6 +712,16 @@ def plan_schedule(
             if best is None or sched.predicted_seconds < best.predicted_seconds:
                 best = sched
     assert best is not None
+    if mode != "bsp" and n_workers > 1:
+        flows = [
+            planner.dataflow(n_workers, penalty)
+            for penalty in (0.0, 0.5 * tr.task, tr.task, 2.5 * tr.task, 5 * tr.task)
+        ]
+        flow = min(flows, key=lambda f: f.predicted_seconds)
+        if mode == "dataflow" or (
+            flow.parallel and flow.predicted_seconds < best.predicted_seconds
+        ):
+            best = flow
     return best
 
 
@@ -694,6 +796,16 @@ class ParallelCKKSEvaluator:
         time of the slowest task. A safety net: loky reports a dead worker at
         once, but with joblib's Dask backend a task whose workers keep dying
         (Dask's ``KilledWorker``) never completes from joblib's point of view.
+        In a dataflow run it also bounds how long a task waits for a value
+        from another task.
+    mode : {"auto", "bsp", "dataflow"}, default="auto"
+        Kind of schedule (see :func:`plan_schedule`). "dataflow" runs one
+        task per worker, passing values to each other through a directory
+        beside the public bundle instead of through the caller
+        (:mod:`sklearn_he.circuit._dataflow`); "auto" uses it when the
+        scheduler predicts it faster. As soon as a worker reports that it
+        cannot see that directory (a worker on another machine), the
+        evaluator switches to "bsp" for good and repeats the run.
     allow_insecure_for_testing : bool, default=False
         Accept a bundle with insecure parameters (tests only). Taken from
         the key set when one is given.
@@ -749,6 +861,7 @@ class ParallelCKKSEvaluator:
         serial_fallback: bool = True,
         check_levels: bool = True,
         timeout: float | str | None = "auto",
+        mode: str = "auto",
         allow_insecure_for_testing: bool = False,
     ) -> None:
         if isinstance(keys_or_bundle, KeySet):
@@ -777,10 +890,13 @@ class ParallelCKKSEvaluator:
         self.serial_fallback = serial_fallback
         self.check_levels = check_levels
         self.timeout = timeout
+        if mode not in ("auto", "bsp", "dataflow"):
+            raise ValueError(f"mode must be 'auto', 'bsp' or 'dataflow'; got {mode!r}")
+        self.mode = mode
         self.allow_insecure_for_testing = allow_insecure_for_testing
         self.last_run_: RunReport | None = None
         self._dir: str | None = None
-        self._schedules: dict[tuple[str, int], Schedule] = {}
+        self._schedules: dict[tuple[str, int, str], Schedule] = {}
         # Circuit inputs written for the workers, per input ciphertext and level.
         self._stored: weakref.WeakKeyDictionary[Ciphertext, dict[int, StoredCiphertext]] = (
             weakref.WeakKeyDictionary()
@@ -856,7 +972,7 @@ class ParallelCKKSEvaluator:
         a training run differ only in their constants and share one plan.
         """
         workers = effective_n_jobs(self.n_jobs) if n_workers is None else int(n_workers)
-        key = (_structure_key(compiled), workers)
+        key = (_structure_key(compiled), workers, self.mode)
         sched = self._schedules.get(key)
         if sched is None:
             params = self._keys.params
@@ -867,6 +983,7 @@ class ParallelCKKSEvaluator:
                 max_level=params.max_level,
                 costs=self.costs,
                 transfer=self.transfer,
+                mode=self.mode,
             )
             if len(self._schedules) >= 16:
                 self._schedules.pop(next(iter(self._schedules)))
@@ -942,6 +1059,17 @@ class ParallelCKKSEvaluator:
             return out
         report = RunReport("parallel", workers, schedule=sched)
         originals = {nid: inputs[name] for name, nid in compiled.circuit.inputs.items()}
+        if sched.mode == "dataflow":
+            got = self._run_dataflow(compiled, ready, originals, sched, report)
+            if got is not None:
+                report.wall_seconds = time.perf_counter() - t0
+                self.last_run_ = report
+                return got
+            # A worker cannot see the exchange directory (another machine):
+            # plan without it from now on, and run this circuit again.
+            self.mode = "bsp"
+            self.last_run_ = None
+            return self.run(compiled, inputs)
         out = self._run_parallel(compiled, ready, originals, sched, report)
         report.wall_seconds = time.perf_counter() - t0
         self.last_run_ = report
@@ -1001,17 +1129,7 @@ class ParallelCKKSEvaluator:
 
         all_consts = circuit.constants
         saved = ctx.auto_align
-        kwargs = {"n_jobs": self.n_jobs, "batch_size": 1, "pre_dispatch": "all"}
-        if self.timeout == "auto":
-            slowest = max((t.seconds for t in sched.tasks if not t.local), default=0.0)
-            kwargs["timeout"] = _AUTO_TIMEOUT + 20 * slowest
-        elif self.timeout is not None:
-            kwargs["timeout"] = float(self.timeout)
-        try:
-            # Results as tasks finish: a failure then names the unfinished tasks.
-            parallel = Parallel(return_as="generator_unordered", **kwargs)
-        except ValueError:  # backends without result callbacks (multiprocessing)
-            parallel = Parallel(**kwargs)
+        parallel = self._parallel(sched)
         try:
             with parallel:
                 for s, step in enumerate(sched.supersteps):
@@ -1071,6 +1189,93 @@ class ParallelCKKSEvaluator:
         finally:
             ctx.auto_align = saved
         return {name: ciphertext(nid) for name, nid in circuit.outputs.items()}
+
+    def _timeout(self, sched: Schedule) -> float | None:
+        if self.timeout == "auto":
+            slowest = max((t.seconds for t in sched.tasks if not t.local), default=0.0)
+            return _AUTO_TIMEOUT + 20 * slowest
+        return None if self.timeout is None else float(self.timeout)
+
+    def _parallel(self, sched: Schedule) -> Parallel:
+        kwargs: dict[str, Any] = {"n_jobs": self.n_jobs, "batch_size": 1, "pre_dispatch": "all"}
+        timeout = self._timeout(sched)
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        try:
+            # Results as tasks finish: a failure then names the unfinished tasks.
+            return Parallel(return_as="generator_unordered", **kwargs)
+        except ValueError:  # backends without result callbacks (multiprocessing)
+            return Parallel(**kwargs)
+
+    def _run_dataflow(
+        self,
+        compiled: CompiledCircuit,
+        ready: dict[int, Ciphertext],
+        originals: Mapping[int, Ciphertext],
+        sched: Schedule,
+        report: RunReport,
+    ) -> dict[str, Ciphertext] | None:
+        """One call, one task per worker, values passed through an exchange directory.
+
+        Returns None when a worker could not see the directory (another
+        machine): the caller then plans without it.
+        """
+        ctx = self.context
+        circuit = compiled.circuit
+        top = ctx.max_level
+        tasks = sched.supersteps[0]
+        producer = {v: t.number for t in tasks for v in t.sends}
+        inputs = set(circuit.inputs.values())
+        wait_timeout = self._timeout(sched)
+        exchange = tempfile.mkdtemp(prefix="run-", dir=self._tempdir())
+        jobs = []
+        for t in tasks:
+            rescue = _ancestors(compiled, t.awaits)
+            computed = [i for i in rescue if i not in inputs]
+            own = set(t.nodes) | set(computed)
+            used = {k for i in own if (k := _const_key(compiled.nodes[i])) is not None}
+            spec = TaskSpec(
+                index=t.number,
+                label=t.describe(compiled),
+                slots=compiled.slots,
+                nodes=tuple(compiled.nodes[i] for i in t.nodes),
+                levels={i: top - compiled.depths[i] for i in own | set(t.awaits)},
+                constants={k: circuit.constants[k] for k in sorted(used)},
+                returns=t.returns,
+                check_levels=self.check_levels,
+                exchange=exchange,
+                sends=t.sends,
+                awaits={v: producer[v] for v in t.awaits},
+                rescue=tuple(compiled.nodes[i] for i in computed),
+                rescue_inputs={
+                    i: self._store(originals[i], ready[i]) for i in rescue if i in inputs
+                },
+                wait_timeout=wait_timeout,
+            )
+            jobs.append((t, spec, {v: self._store(originals[v], ready[v]) for v in t.needs}))
+        t_step = time.perf_counter()
+        try:
+            with self._parallel(sched) as parallel:
+                results = self._dispatch(parallel, jobs, compiled, report)
+        finally:
+            shutil.rmtree(exchange, ignore_errors=True)
+        if any(r.missing_exchange for r in results):
+            return None
+        blobs: dict[int, WireCiphertext] = {}
+        for res in results:
+            blobs.update(res.values)
+            res.values = {}
+            report.tasks.append(res)
+        report.supersteps.append(
+            {"tasks": len(tasks), "local": False, "seconds": time.perf_counter() - t_step}
+        )
+        out = {}
+        for name, nid in circuit.outputs.items():
+            if nid in ready:
+                out[name] = ready[nid]
+            else:
+                out[name] = ctx.ciphertext_from_wire(blobs[nid], source=f"value of node {nid}")
+        return out
 
     def _dispatch(
         self,
@@ -1134,6 +1339,18 @@ class ParallelCKKSEvaluator:
             return ref
         with open(self._files[ref.key], "rb") as fh:
             return replace(ref, data=fh.read())
+
+
+def _ancestors(compiled: CompiledCircuit, values: Sequence[int]) -> list[int]:
+    """Every node ``values`` depend on (themselves included), ascending."""
+    seen: set[int] = set()
+    stack = list(values)
+    while stack:
+        v = stack.pop()
+        if v not in seen:
+            seen.add(v)
+            stack.extend(compiled.nodes[v].args)
+    return sorted(seen)
 
 
 def _remove_quietly(path: str, files: dict[str, str], key: str) -> None:

@@ -36,11 +36,12 @@ from typing import Any
 import numpy as np
 
 from ..backend import Ciphertext, CKKSContext, KeySet, WireCiphertext
-from ..exceptions import InsecureParametersWarning, KeyMismatchError
+from ..exceptions import InsecureParametersWarning, KeyMismatchError, ParallelEvaluationError
 from ._evaluators import _ckks_step
 from ._ir import Node, Op
 
 __all__ = [
+    "PEER_START_SECONDS",
     "BundleRef",
     "StoredCiphertext",
     "TaskResult",
@@ -199,6 +200,22 @@ class TaskSpec:
         Ids of the values to send back.
     check_levels : bool
         Verify every node's level, like :class:`CKKSEvaluator`.
+    exchange : str or None
+        Dataflow tasks only (:mod:`sklearn_he.circuit._dataflow`): the
+        run's exchange directory, through which tasks of one call pass
+        values to each other.
+    sends : tuple of int
+        Values to publish there as soon as they are computed.
+    awaits : dict
+        Values to wait for there: node id -> number of the task publishing it.
+    rescue : tuple of Node
+        Every node the awaited values depend on, to compute them here when
+        their producer never starts (see :data:`PEER_START_SECONDS`).
+    rescue_inputs : dict
+        The circuit inputs ``rescue`` reads.
+    wait_timeout : float or None
+        Seconds to wait for one value from a peer that did start before
+        giving up with a TimeoutError.
     """
 
     index: int
@@ -209,6 +226,12 @@ class TaskSpec:
     constants: Mapping[str, np.ndarray]
     returns: tuple[int, ...]
     check_levels: bool = True
+    exchange: str | None = None
+    sends: tuple[int, ...] = ()
+    awaits: Mapping[int, int] = field(default_factory=dict)
+    rescue: tuple[Node, ...] = ()
+    rescue_inputs: Mapping[int, StoredCiphertext] = field(default_factory=dict)
+    wait_timeout: float | None = None
 
 
 @dataclass
@@ -231,6 +254,10 @@ class TaskResult:
     compute_cpu_seconds: float = 0.0
     serialize_seconds: float = 0.0
     deserialize_seconds: float = 0.0
+    missing_exchange: bool = False
+    wait_seconds: float = 0.0
+    exchange_seconds: float = 0.0
+    rescued: int = 0
 
 
 def context_for(ref: BundleRef, bundle: np.ndarray | None = None) -> CKKSContext | None:
@@ -311,19 +338,27 @@ def execute(
     *,
     keep: set[int],
     check_levels: bool = True,
+    receive: Callable[[int], Ciphertext] | None = None,
+    publish: Callable[[int, Ciphertext], None] | None = None,
 ) -> dict[int, Ciphertext]:
     """Compute ``nodes`` (topologically ordered) into ``values``.
 
     ``consts`` are already tiled to the context's slots. Values that no
     later node of ``nodes`` reads are dropped as soon as possible unless
     they are in ``keep``. The context's ``auto_align`` should be off (the
-    compiler placed every mod-switch). Returns ``values``.
+    compiler placed every mod-switch). ``receive(id)`` supplies an operand
+    that is not in ``values`` (a dataflow task waiting for a peer);
+    ``publish(id, ct)`` is called after each node. Returns ``values``.
     """
     remaining: dict[int, int] = {}
     for n in nodes:
         for a in n.args:
             remaining[a] = remaining.get(a, 0) + 1
     for n in nodes:
+        if receive is not None:
+            for a in n.args:
+                if a not in values:
+                    values[a] = receive(a)
         out = _ckks_step(ctx, consts, n, [values[a] for a in n.args])
         if check_levels and out.level != levels[n.id]:
             raise AssertionError(
@@ -331,6 +366,8 @@ def execute(
                 f"{levels[n.id]}"
             )
         values[n.id] = out
+        if publish is not None:
+            publish(n.id, out)
         for a in n.args:
             remaining[a] -= 1
             if remaining[a] == 0 and a not in keep:
@@ -375,6 +412,9 @@ def _run_task(
     bundle: np.ndarray | None,
 ) -> TaskResult:
     result = TaskResult(index=spec.index, pid=os.getpid(), host=socket.gethostname())
+    if spec.exchange is not None and not os.path.isdir(spec.exchange):
+        result.missing_exchange = True  # another machine: no shared directory
+        return result
     t0 = time.perf_counter()
     ctx = context_for(ref, bundle)
     if ctx is None:
@@ -397,21 +437,29 @@ def _run_task(
         return result
     t2 = time.perf_counter()
     cpu = time.thread_time()
-    ordered = sorted(spec.nodes, key=lambda n: n.id)
+    ordered = list(spec.nodes)
     if any(n.op is Op.INPUT for n in ordered):
         raise AssertionError("circuit inputs are never computed in a task")
+    consts = tile_constants(spec.constants, spec.slots, ctx)
     saved = ctx.auto_align
     ctx.auto_align = False
+    peers = _Exchange(ctx, spec, consts, result) if spec.exchange is not None else None
     try:
         execute(
             ctx,
             ordered,
             values,
-            tile_constants(spec.constants, spec.slots, ctx),
+            consts,
             spec.levels,
             keep=set(spec.returns),
             check_levels=spec.check_levels,
+            receive=peers.receive if peers is not None else None,
+            publish=peers.publish if peers is not None and spec.sends else None,
         )
+    except BaseException:
+        if peers is not None:
+            peers.mark("failed")
+        raise
     finally:
         ctx.auto_align = saved
     t3 = time.perf_counter()
@@ -423,6 +471,127 @@ def _run_task(
     result.compute_seconds = t3 - t2
     result.serialize_seconds = t4 - t3
     return result
+
+
+#: A dataflow task computes a value itself when the task that should publish
+#: it has not started this many seconds after this one did (a backend that
+#: runs the tasks of a call one after another, a worker without the exchange
+#: directory): slower, same bits, never a hang.
+PEER_START_SECONDS = 2.0
+
+
+class _Exchange:
+    """A dataflow task's side of the exchange directory (see :class:`TaskSpec`).
+
+    Values are SEAL's bytes in ``<dir>/<node id>.ct``, written to a temporary
+    name and renamed into place (a reader never sees part of a file). Each
+    task marks ``started-<n>`` when it begins computing and ``failed-<n>``
+    if it raises.
+    """
+
+    def __init__(
+        self,
+        ctx: CKKSContext,
+        spec: TaskSpec,
+        consts: Mapping[str, np.ndarray],
+        result: TaskResult,
+    ) -> None:
+        self.ctx, self.spec, self.consts, self.result = ctx, spec, consts, result
+        self.dir = str(spec.exchange)
+        self.sends = frozenset(spec.sends)
+        self.started = time.perf_counter()
+        self.rescued: dict[int, Ciphertext] = {}
+        self.mark("started")
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def mark(self, what: str) -> None:
+        with contextlib.suppress(OSError), open(self._path(f"{what}-{self.spec.index}"), "wb"):
+            pass
+
+    def publish(self, nid: int, ct: Ciphertext) -> None:
+        if nid not in self.sends:
+            return
+        t0 = time.perf_counter()
+        wire = self.ctx.ciphertext_to_wire(ct)
+        tmp = self._path(f"{nid}.ct.{self.spec.index}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(wire.data)
+        os.replace(tmp, self._path(f"{nid}.ct"))
+        self.result.exchange_seconds += time.perf_counter() - t0
+
+    def receive(self, nid: int) -> Ciphertext:
+        if nid in self.rescued:
+            return self.rescued[nid]
+        producer = self.spec.awaits.get(nid)
+        if producer is None:
+            raise AssertionError(
+                f"node {nid} is neither computed in task {self.spec.index} nor awaited"
+            )
+        path = self._path(f"{nid}.ct")
+        t0 = time.perf_counter()
+        pause = 1e-4
+        while True:
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                break
+            except FileNotFoundError:
+                pass
+            now = time.perf_counter()
+            if os.path.exists(self._path(f"failed-{producer}")) or (
+                now - self.started > PEER_START_SECONDS
+                and not os.path.exists(self._path(f"started-{producer}"))
+            ):
+                self.result.wait_seconds += now - t0
+                return self._rescue(nid)
+            timeout = self.spec.wait_timeout
+            if timeout is not None and now - t0 > timeout:
+                raise TimeoutError(
+                    f"task {self.spec.index} waited {now - t0:.0f} s for node {nid} from task "
+                    f"{producer}, which started but never published it"
+                )
+            time.sleep(pause)
+            pause = min(2 * pause, 2e-3)
+        t1 = time.perf_counter()
+        self.result.wait_seconds += t1 - t0
+        level = self.spec.levels[nid]
+        wire = WireCiphertext(self.ctx.fingerprint, level, data)
+        ct = self.ctx.ciphertext_from_wire(wire, source=f"node {nid} published by task {producer}")
+        self.result.exchange_seconds += time.perf_counter() - t1
+        return ct
+
+    def _rescue(self, nid: int) -> Ciphertext:
+        """Compute ``nid`` here from the circuit inputs (its producer is absent)."""
+        table = {n.id: n for n in self.spec.rescue}
+        have = self.rescued
+        stack = [nid]
+        while stack:
+            v = stack[-1]
+            if v in have:
+                stack.pop()
+                continue
+            ref = self.spec.rescue_inputs.get(v)
+            if ref is not None:
+                ct = _load_stored(self.ctx, v, ref)
+                if ct is None:
+                    raise ParallelEvaluationError(
+                        f"task {self.spec.index} cannot read stored input {ref.path} to compute "
+                        f"node {nid}, whose producer never started"
+                    )
+                have[v] = ct
+                stack.pop()
+                continue
+            node = table[v]
+            todo = [a for a in node.args if a not in have]
+            if todo:
+                stack.extend(todo)
+                continue
+            have[v] = _ckks_step(self.ctx, self.consts, node, [have[a] for a in node.args])
+            self.result.rescued += 1
+            stack.pop()
+        return have[nid]
 
 
 def encrypt_batch(

@@ -34,7 +34,7 @@ import numpy as np
 from joblib import effective_n_jobs
 
 from ..backend import CKKSParameters, KeySet
-from ..circuit import CKKSEvaluator, ParallelCKKSEvaluator, PlaintextEvaluator
+from ..circuit import CKKSEvaluator, CostModel, ParallelCKKSEvaluator, PlaintextEvaluator
 from ..exceptions import TrainingDivergedError
 from ..linalg import EncMatrix, RowVector, encode_diagonals
 from ._circuits import (
@@ -358,7 +358,14 @@ class TrainingServer:
         if self.keys is None:
             raise ValueError("backend='ckks' needs a KeySet (the public one suffices)")
         if self._parallel is None or self._parallel.context is not self.keys.context:
-            self._parallel = ParallelCKKSEvaluator(self.keys, n_jobs=self.n_jobs)
+            # The schedule only decides where each operation runs (the result
+            # is bit-identical either way), so it uses this machine's costs,
+            # measured once per parameter set and cached.
+            costs = CostModel.for_params(
+                self.keys.params,
+                allow_insecure_for_testing=self.keys.allow_insecure_for_testing,
+            )
+            self._parallel = ParallelCKKSEvaluator(self.keys, n_jobs=self.n_jobs, costs=costs)
         return self._parallel
 
     def server_gram(self, A: EncMatrix[Any], B: EncMatrix[Any]) -> EncMatrix[Any]:

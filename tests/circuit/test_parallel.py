@@ -297,6 +297,71 @@ def _exit_in_task_1(ref, spec, inputs, bundle=None):
     return _worker.run_task(ref, spec, inputs, bundle)
 
 
+def _late_task_1(ref, spec, inputs, bundle=None):
+    if spec.index == 1:  # starts after its peer gave up waiting for it
+        time.sleep(_worker.PEER_START_SECONDS + 0.5)
+    return _worker.run_task(ref, spec, inputs, bundle)
+
+
+def _no_exchange_dir(ref, spec, inputs, bundle=None):
+    if spec.exchange is not None:  # as on a machine without the caller's file system
+        spec = replace(spec, exchange=spec.exchange + "-elsewhere")
+    return _worker.run_task(ref, spec, inputs, bundle)
+
+
+class _Late(ParallelCKKSEvaluator):
+    _task_function = staticmethod(_late_task_1)
+
+
+class _Remote(ParallelCKKSEvaluator):
+    _task_function = staticmethod(_no_exchange_dir)
+
+
+@pytest.mark.ckks
+@pytest.mark.parametrize("name", ["matvec", "chunk"])
+def test_dataflow_run_is_bit_identical(keys, circuits, name):
+    compiled = circuits[name]
+    _, enc = encrypt_inputs(keys, compiled)
+    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    ev = ParallelCKKSEvaluator(keys, n_jobs=2, mode="dataflow", serial_fallback=False)
+    sched = ev.schedule(compiled, 2)
+    assert sched.mode == "dataflow" and len(sched.tasks) == 2
+    assert any(t.awaits for t in sched.tasks)  # values do pass between the tasks
+    for _ in range(2):
+        assert_identical(ev.run(compiled, enc), want)
+    rep = ev.last_run_
+    assert rep.mode == "parallel" and len(rep.supersteps) == 1
+    assert sum(t.rescued for t in rep.tasks) == 0
+    assert len({t.pid for t in rep.tasks}) == 2
+    # The run's exchange directory is gone.
+    assert not [f for f in os.listdir(ev._tempdir()) if f.startswith("run-")]
+
+
+@pytest.mark.ckks
+def test_dataflow_task_computes_what_a_peer_that_never_started_owes(keys, circuits):
+    compiled = circuits["chunk"]
+    _, enc = encrypt_inputs(keys, compiled)
+    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    # Threads: one process, so the late start is seen by both tasks.
+    with parallel_config(backend="threading", n_jobs=2):
+        ev = _Late(keys, mode="dataflow", serial_fallback=False)
+        assert ev.schedule(compiled, 2).tasks[0].awaits
+        assert_identical(ev.run(compiled, enc), want)
+    (first,) = [t for t in ev.last_run_.tasks if t.index == 0]
+    assert first.rescued > 0 and first.wait_seconds > _worker.PEER_START_SECONDS / 2
+
+
+@pytest.mark.ckks
+def test_dataflow_falls_back_when_workers_cannot_see_the_exchange(keys, circuits):
+    compiled = circuits["chunk"]
+    _, enc = encrypt_inputs(keys, compiled)
+    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    ev = _Remote(keys, n_jobs=2, mode="dataflow", serial_fallback=False, transfer=FREE)
+    assert_identical(ev.run(compiled, enc), want)
+    assert ev.mode == "bsp" and ev.last_run_.schedule.mode == "bsp"
+    assert ev.last_run_.mode == "parallel"
+
+
 class _Failing(ParallelCKKSEvaluator):
     _task_function = staticmethod(_fail_in_task_1)
 
@@ -306,10 +371,11 @@ class _Dying(ParallelCKKSEvaluator):
 
 
 @pytest.mark.ckks
-def test_worker_exception_names_the_task(keys, circuits):
+@pytest.mark.parametrize("mode", ["bsp", "dataflow"])
+def test_worker_exception_names_the_task(keys, circuits, mode):
     compiled = circuits["matvec"]
     _, enc = encrypt_inputs(keys, compiled)
-    ev = _Failing(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
+    ev = _Failing(keys, n_jobs=2, transfer=FREE, serial_fallback=False, mode=mode)
     assert not ev.schedule(compiled, 2).supersteps[0][1].local
     with pytest.raises(
         ParallelEvaluationError, match=r"^task 1 \(superstep 0, worker, .*\) failed in a worker"
@@ -320,18 +386,22 @@ def test_worker_exception_names_the_task(keys, circuits):
 
 
 @pytest.mark.ckks
-def test_killed_worker_is_an_error_not_a_hang(keys, circuits):
+@pytest.mark.parametrize("mode", ["bsp", "dataflow"])
+def test_killed_worker_is_an_error_not_a_hang(keys, circuits, mode):
     compiled = circuits["matvec"]
     _, enc = encrypt_inputs(keys, compiled)
     want = CKKSEvaluator(keys.context).run(compiled, enc)
-    ok = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
+    ok = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False, mode=mode)
     ok.run(compiled, enc)  # warm workers: task 0 then finishes before task 1 dies
-    ev = _Dying(keys, n_jobs=2, transfer=FREE, serial_fallback=False, timeout=60)
+    ev = _Dying(keys, n_jobs=2, transfer=FREE, serial_fallback=False, timeout=60, mode=mode)
     t0 = time.perf_counter()
     with pytest.raises(ParallelEvaluationError, match="worker process died") as info:
         ev.run(compiled, enc)
     assert time.perf_counter() - t0 < 30
-    assert "while running task 1 (superstep 0" in str(info.value)
+    if mode == "bsp":
+        assert "while running task 1 (superstep 0" in str(info.value)
+    else:  # task 0 was waiting for values from task 1: both unfinished
+        assert "task 1 (superstep 0" in str(info.value)
     # The pool recovers: the next run works.
     assert_identical(ok.run(compiled, enc), want)
 
@@ -360,8 +430,14 @@ def test_constructor_checks():
 def test_schedule_is_a_valid_superstep_plan(circuits, workers, transfer):
     compiled = circuits["chunk"]
     sched = plan_schedule(
-        compiled, n_workers=workers, poly_modulus_degree=16384, max_level=7, transfer=transfer
+        compiled,
+        n_workers=workers,
+        poly_modulus_degree=16384,
+        max_level=7,
+        transfer=transfer,
+        mode="bsp",
     )
+    assert sched.mode == "bsp"
     nodes = compiled.nodes
     inputs = set(compiled.circuit.inputs.values())
     held = set(inputs)  # values at the caller
@@ -389,6 +465,55 @@ def test_schedule_is_a_valid_superstep_plan(circuits, workers, transfer):
         assert sched.predicted_seconds >= sched.span_seconds - 1e-12
         if workers > 1:
             assert sched.parallel and sched.predicted_speedup > 1.2
+
+
+@pytest.mark.parametrize("workers", [2, 3, 8])
+@pytest.mark.parametrize("name", ["chunk", "matvec"])
+def test_dataflow_schedule_is_complete_and_cannot_deadlock(circuits, name, workers):
+    """Every node computed, every awaited value published, execution always progresses."""
+    compiled = circuits[name]
+    sched = plan_schedule(
+        compiled,
+        n_workers=workers,
+        poly_modulus_degree=16384,
+        max_level=7,
+        transfer=TransferCosts(),
+        mode="dataflow",
+    )
+    assert sched.mode == "dataflow"
+    tasks = sched.tasks
+    nodes = compiled.nodes
+    inputs = set(compiled.circuit.inputs.values())
+    assert len(sched.supersteps) == 1 and len(tasks) <= workers
+    sent = [v for t in tasks for v in t.sends]
+    assert len(sent) == len(set(sent))  # one publisher per value
+    assert all(set(t.sends) <= set(t.nodes) for t in tasks)
+    assert {v for t in tasks for v in t.awaits} <= set(sent)
+    assert {n for t in tasks for n in t.nodes} == {n.id for n in nodes if n.op is not Op.INPUT}
+    returned = [v for t in tasks for v in t.returns]
+    assert sorted(returned) == sorted(set(compiled.circuit.outputs.values()) - inputs)
+    for t in tasks:
+        assert set(t.needs) <= inputs and not set(t.awaits) & set(t.nodes)
+        assert set(t.returns) <= set(t.nodes)
+    # Run the tasks' orders against each other: someone can always progress.
+    pos, published = [0] * len(tasks), set()
+    while any(p < len(t.nodes) for p, t in zip(pos, tasks, strict=True)):
+        moved = False
+        for k, t in enumerate(tasks):
+            while pos[k] < len(t.nodes):
+                n = t.nodes[pos[k]]
+                have = set(t.nodes[: pos[k]]) | set(t.needs)
+                if not all(a in have or a in published for a in nodes[n].args):
+                    break
+                assert all(a in have or a in t.awaits for a in nodes[n].args)
+                if n in t.sends:
+                    published.add(n)
+                pos[k] += 1
+                moved = True
+        assert moved, "deadlock: every task waits for a value not yet published"
+    assert sched.predicted_seconds >= sched.span_seconds - 1e-12
+    if name == "chunk":
+        assert sched.parallel and sched.predicted_speedup > 1.2
 
 
 # ---------------------------------------------------------------------- dask
