@@ -44,22 +44,28 @@ there (:class:`~sklearn_he.circuit.StoredCiphertext`). Only
 intermediate values travel through joblib, as
 :class:`~sklearn_he.backend.WireCiphertext` (SEAL's bytes, no envelope).
 
+*Dataflow schedules* (:mod:`sklearn_he.circuit._dataflow`) drop the
+barriers: one call of one task per worker, each computing its nodes in a
+fixed order and passing the values another task reads through files of a
+per-run exchange directory (workers on the caller's file system only; a
+worker that cannot see the directory makes the evaluator switch to BSP for
+good). ``mode="auto"`` (the default) plans both kinds and runs the one with
+the smaller simulated time.
+
 Measured (``benchmarks/parallel.py``, 2-core VM, otherwise idle; results in
-``benchmarks/results/parallel.json``): the MNIST-sized training chunks at
-N=16384 (k=1, 128-row minibatch, four 128x64 column tiles) run 1.21x
-(baseline, 0.54 s -> 0.45 s) and 1.30x (pipelined, 0.68 s -> 0.52 s)
-faster with ``n_jobs=2``; before inputs were stored, the same machine
-measured 1.01x and 1.19x. What bounds it: a chunk is only ~0.6 s of work,
-the greedy schedule cuts it into 3-4 supersteps (~10 ms of joblib overhead
-each) that move ~40 MB of intermediates, and the nominal op costs it plans
-with are ~2.7x slower than this machine (with the measured ones it finds
-no split worth a 1.25x gain and runs in-process). The two-minibatch
-pipelined chunk at N=32768 (six supersteps, 163 MB moved; earlier
-measurement, before stored inputs): 7.6 s -> 5.5 s.
+``benchmarks/results/parallel.json``), MNIST-sized training chunks at
+N=16384 (k=1, 128-row minibatch, four 128x64 column tiles), ``n_jobs=2``
+against in-process: see the module's benchmark table; with dataflow
+schedules and the machine's measured costs the pipelined chunk ran 1.57x
+faster (0.63 s -> 0.40 s), the best BSP schedule 1.22x. What bounds it:
+the two tasks exchange ~50 values (~24 MB) per chunk and wait for each
+other ~10% of the time; the margin chain (span ~0.15 s of ~0.63 s of work)
+leaves the other worker only the data-only scalings to overlap with.
 Other designs considered: one task per output subtree (useless here: the
 two outputs, ``w`` and ``v``, share almost all their work), and dynamic
-dispatch of nodes as their operands become ready (joblib cannot make one
-call wait for another, and per-node transfers cost as much as the nodes).
+dispatch of nodes as their operands become ready through joblib (joblib
+cannot make one call wait for another, and per-node transfers through the
+caller cost as much as the nodes).
 """
 
 from __future__ import annotations
