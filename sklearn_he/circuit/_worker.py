@@ -290,6 +290,7 @@ def context_for(ref: BundleRef, bundle: np.ndarray | None = None) -> CKKSContext
                 f"the public bundle at {ref.path} belongs to key set {keys.fingerprint[:16]}..., "
                 f"not {ref.fingerprint[:16]}...; it was replaced while the evaluation ran"
             )
+        _keep_loky_worker()
         # Workers only run compiled circuits, which place every mod-switch
         # themselves: a level mismatch is a bug, never something to align.
         keys.context.auto_align = False
@@ -298,6 +299,23 @@ def context_for(ref: BundleRef, bundle: np.ndarray | None = None) -> CKKSContext
             _KEYS.popitem(last=False)
     _KEYS.move_to_end(ref.fingerprint)
     return keys.context
+
+
+def _keep_loky_worker() -> None:
+    """Stop loky from recycling this worker for the key set it now holds.
+
+    loky restarts a worker whose memory grew by 300 MB since its first task
+    (a "memory leak"), and a key set with rotation keys is that large: the
+    training runs then reloaded the bundle every few chunks ("A worker
+    stopped while some jobs were given to the executor"). The limit is a
+    module global of the worker process (private to loky; a no-op elsewhere).
+    """
+    with contextlib.suppress(Exception):
+        from joblib.externals.loky import process_executor
+
+        limit = int(_MAX_KEYSETS * 4e9 + store_limit_bytes())
+        if getattr(process_executor, "_MAX_MEMORY_LEAK_SIZE", limit) < limit:
+            process_executor._MAX_MEMORY_LEAK_SIZE = limit
 
 
 def cache_info() -> list[dict[str, Any]]:
@@ -412,9 +430,13 @@ def _run_task(
     bundle: np.ndarray | None,
 ) -> TaskResult:
     result = TaskResult(index=spec.index, pid=os.getpid(), host=socket.gethostname())
-    if spec.exchange is not None and not os.path.isdir(spec.exchange):
-        result.missing_exchange = True  # another machine: no shared directory
-        return result
+    if spec.exchange is not None:
+        if not os.path.isdir(spec.exchange):
+            result.missing_exchange = True  # another machine: no shared directory
+            return result
+        # Started (peers wait for what it owes them), even if loading the
+        # bundle takes seconds in a new worker process.
+        _Exchange.mark_started(spec)
     t0 = time.perf_counter()
     ctx = context_for(ref, bundle)
     if ctx is None:
@@ -501,7 +523,12 @@ class _Exchange:
         self.sends = frozenset(spec.sends)
         self.started = time.perf_counter()
         self.rescued: dict[int, Ciphertext] = {}
-        self.mark("started")
+
+    @staticmethod
+    def mark_started(spec: TaskSpec) -> None:
+        path = os.path.join(str(spec.exchange), f"started-{spec.index}")
+        with contextlib.suppress(OSError), open(path, "wb"):
+            pass
 
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, name)
