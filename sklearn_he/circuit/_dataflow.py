@@ -32,13 +32,12 @@ see the exchange directory) computes the missing values itself after
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ._ir import Node
 
-__all__ = ["DataflowPlan", "check_order", "plan_dataflow"]
+__all__ = ["DataflowPlan", "plan_dataflow"]
 
 
 class _Costs(Protocol):
@@ -122,7 +121,8 @@ def plan_dataflow(
     while ready:
         _, n = heapq.heappop(ready)
         args = list(dict.fromkeys(nodes[n].args))
-        best: tuple[tuple[float, int, int], list[tuple[int, float, float, str]]] | None = None
+        best: tuple[tuple[float, int, int], float, list[tuple[int, float, float, str]]] | None
+        best = None
         for w in range(workers):
             got = [(a, *fetch(w, a)) for a in args]
             start = max([free[w], *(t for _, t, _, _ in got)]) + sum(s for _, _, s, _ in got)
@@ -130,10 +130,10 @@ def plan_dataflow(
             moved = sum(1 for *_, how in got if how == "recv")
             key = (start + cost[n] + penalty * moved, moved, w)
             if best is None or key < best[0]:
-                best = (key, got)
+                best = (key, start, got)
         assert best is not None
-        (_, moved, w), got = best
-        end = max([free[w], *(t for _, t, _, _ in got)]) + sum(s for _, _, s, _ in got) + cost[n]
+        (_, _, w), start, got = best
+        end = start + cost[n]
         for a, _, _, how in got:
             if how == "input":
                 used_inputs[w].add(a)
@@ -152,7 +152,6 @@ def plan_dataflow(
                         used_inputs[w].add(b)
                         avail[w][b] = 0.0
                 orders[w].append(a)
-        start = end - cost[n]
         for a, _, _, how in got:
             if how == "dup":
                 avail[w][a] = start
@@ -183,13 +182,3 @@ def plan_dataflow(
         transfers=n_moves,
         transfer_mb=moved_mb,
     )
-
-
-def check_order(nodes: Sequence[Node], order: Sequence[int], available: set[int]) -> None:
-    """Raise AssertionError unless ``order`` computes each node after its operands."""
-    have = set(available)
-    for i in order:
-        missing = [a for a in nodes[i].args if a not in have]
-        if missing:
-            raise AssertionError(f"node {i} is computed before its operands {missing}")
-        have.add(i)

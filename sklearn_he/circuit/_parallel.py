@@ -55,11 +55,12 @@ the smaller simulated time.
 Measured (``benchmarks/parallel.py``, 2-core VM, otherwise idle; results in
 ``benchmarks/results/parallel.json``), MNIST-sized training chunks at
 N=16384 (k=1, 128-row minibatch, four 128x64 column tiles), ``n_jobs=2``
-against in-process: see the module's benchmark table; with dataflow
-schedules and the machine's measured costs the pipelined chunk ran 1.57x
-faster (0.63 s -> 0.40 s), the best BSP schedule 1.22x. What bounds it:
-the two tasks exchange ~50 values (~24 MB) per chunk and wait for each
-other ~10% of the time; the margin chain (span ~0.15 s of ~0.63 s of work)
+against in-process: with dataflow schedules and the machine's measured
+costs the pipelined chunk ran 1.60x faster (0.63 s -> 0.39 s) and the
+baseline chunk 1.34x (0.49 s -> 0.37 s); the best BSP schedules had
+reached 1.22x and 1.14x the same day. What bounds it: the two tasks
+exchange ~55 values (~24 MB) per chunk and wait for each other ~10% of
+the time; the margin chain (span ~0.15 s of ~0.63 s of work)
 leaves the other worker only the data-only scalings to overlap with.
 Other designs considered: one task per output subtree (useless here: the
 two outputs, ``w`` and ``v``, share almost all their work), and dynamic
@@ -692,8 +693,7 @@ def plan_schedule(
     """
     if n_workers < 1:
         raise ValueError(f"n_workers must be >= 1; got {n_workers}")
-    if mode not in ("auto", "bsp", "dataflow"):
-        raise ValueError(f"mode must be 'auto', 'bsp' or 'dataflow'; got {mode!r}")
+    _check_mode(mode)
     costs = CostModel.nominal() if costs is None else CostModel.nominal().merge(costs)
     planner = _Planner(
         compiled, poly_modulus_degree, max_level, costs, transfer or TransferCosts()
@@ -896,9 +896,7 @@ class ParallelCKKSEvaluator:
         self.serial_fallback = serial_fallback
         self.check_levels = check_levels
         self.timeout = timeout
-        if mode not in ("auto", "bsp", "dataflow"):
-            raise ValueError(f"mode must be 'auto', 'bsp' or 'dataflow'; got {mode!r}")
-        self.mode = mode
+        self.mode = _check_mode(mode)
         self.allow_insecure_for_testing = allow_insecure_for_testing
         self.last_run_: RunReport | None = None
         self._dir: str | None = None
@@ -1345,6 +1343,12 @@ class ParallelCKKSEvaluator:
             return ref
         with open(self._files[ref.key], "rb") as fh:
             return replace(ref, data=fh.read())
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in ("auto", "bsp", "dataflow"):
+        raise ValueError(f"mode must be 'auto', 'bsp' or 'dataflow'; got {mode!r}")
+    return mode
 
 
 def _ancestors(compiled: CompiledCircuit, values: Sequence[int]) -> list[int]:

@@ -436,7 +436,7 @@ def _run_task(
             return result
         # Started (peers wait for what it owes them), even if loading the
         # bundle takes seconds in a new worker process.
-        _Exchange.mark_started(spec)
+        _mark(spec, "started")
     t0 = time.perf_counter()
     ctx = context_for(ref, bundle)
     if ctx is None:
@@ -480,7 +480,7 @@ def _run_task(
         )
     except BaseException:
         if peers is not None:
-            peers.mark("failed")
+            _mark(spec, "failed")
         raise
     finally:
         ctx.auto_align = saved
@@ -500,6 +500,13 @@ def _run_task(
 #: runs the tasks of a call one after another, a worker without the exchange
 #: directory): slower, same bits, never a hang.
 PEER_START_SECONDS = 2.0
+
+
+def _mark(spec: TaskSpec, what: str) -> None:
+    """Create the empty marker file ``<what>-<task number>`` in the exchange directory."""
+    path = os.path.join(str(spec.exchange), f"{what}-{spec.index}")
+    with contextlib.suppress(OSError), open(path, "wb"):
+        pass
 
 
 class _Exchange:
@@ -524,18 +531,8 @@ class _Exchange:
         self.started = time.perf_counter()
         self.rescued: dict[int, Ciphertext] = {}
 
-    @staticmethod
-    def mark_started(spec: TaskSpec) -> None:
-        path = os.path.join(str(spec.exchange), f"started-{spec.index}")
-        with contextlib.suppress(OSError), open(path, "wb"):
-            pass
-
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, name)
-
-    def mark(self, what: str) -> None:
-        with contextlib.suppress(OSError), open(self._path(f"{what}-{self.spec.index}"), "wb"):
-            pass
 
     def publish(self, nid: int, ct: Ciphertext) -> None:
         if nid not in self.sends:

@@ -23,6 +23,7 @@ from sklearn_he.backend._serialization import Kind, split_sections, unpack
 from sklearn_he.circuit import (
     CKKSEvaluator,
     CompiledCircuit,
+    Node,
     Op,
     ParallelCKKSEvaluator,
     PlaintextEvaluator,
@@ -419,9 +420,57 @@ def test_bad_inputs_fail_like_ckks_evaluator(keys, circuits):
         pickle.dumps(ev)
 
 
-def test_constructor_checks():
+def test_constructor_checks(keys):
     with pytest.raises(TypeError, match="KeySet or public bundle"):
         ParallelCKKSEvaluator("keys")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mode must be 'auto', 'bsp' or 'dataflow'; got 'fast'"):
+        ParallelCKKSEvaluator(keys, mode="fast")
+
+
+def test_plan_schedule_rejects_an_unknown_mode(circuits):
+    with pytest.raises(ValueError, match="mode must be 'auto', 'bsp' or 'dataflow'; got 'x'"):
+        plan_schedule(
+            circuits["matvec"], n_workers=2, poly_modulus_degree=16384, max_level=7, mode="x"
+        )
+
+
+def _exchange_spec(tmp_path, **kw):
+    return _worker.TaskSpec(
+        index=0,
+        label="task 0",
+        slots=PARAMS.slots,
+        nodes=(),
+        levels={5: 0},
+        constants={},
+        returns=(),
+        exchange=str(tmp_path),
+        awaits={5: 1},
+        **kw,
+    )
+
+
+@pytest.mark.ckks
+def test_dataflow_wait_for_a_started_peer_times_out(keys, tmp_path):
+    (tmp_path / "started-1").touch()  # the peer started but never publishes node 5
+    spec = _exchange_spec(tmp_path, wait_timeout=0.2)
+    peers = _worker._Exchange(keys.context, spec, {}, _worker.TaskResult(index=0))
+    with pytest.raises(TimeoutError, match=r"task 0 waited 0 s for node 5 from task 1, which"):
+        peers.receive(5)
+
+
+@pytest.mark.ckks
+def test_dataflow_rescue_needs_readable_inputs(keys, tmp_path, monkeypatch):
+    monkeypatch.setattr(_worker, "PEER_START_SECONDS", 0.0)
+    lost = StoredCiphertext("lost", keys.fingerprint, 0, str(tmp_path / "gone.ct"), 0)
+    spec = _exchange_spec(
+        tmp_path, rescue=(Node(5, Op.ADD, (3, 3)),), rescue_inputs={3: lost}, wait_timeout=5.0
+    )
+    peers = _worker._Exchange(keys.context, spec, {}, _worker.TaskResult(index=0))
+    with pytest.raises(
+        ParallelEvaluationError,
+        match=r"task 0 cannot read stored input .*gone\.ct to compute node 5",
+    ):
+        peers.receive(5)
 
 
 # ------------------------------------------------------------------ schedule
