@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..exceptions import KeyMismatchError, SecretKeyPicklingError
+from ..exceptions import FormatError, KeyMismatchError, SecretKeyPicklingError
 from ._params import CKKSParameters
 from ._pyfhel import CKKSContext
 from ._serialization import (
@@ -34,6 +34,7 @@ __all__ = ["KeySet"]
 
 PUBLIC_BUNDLE_FILE = "public.bundle"
 SECRET_KEY_FILE = "secret.key"
+_KEY_FILES_MANIFEST = "keys.json"
 
 _PUBLIC_SECTIONS = ("context", "public", "relin", "rotation")
 
@@ -304,6 +305,73 @@ class KeySet:
             "sections": index,
         }
         return pack(Kind.PUBLIC_BUNDLE, self.fingerprint, meta, blob)
+
+    def _save_key_files(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the public key material into ``directory`` for fast local loading.
+
+        For worker processes on this machine (see
+        :class:`~sklearn_he.circuit.ParallelCKKSEvaluator`): SEAL's own key
+        files plus a small manifest, ~5x faster to write and to load than the
+        :meth:`public_bundle` bytes, but without the bundle's framing and
+        checksum, so meant for a private temporary directory, not for
+        transport. Never the secret key. Returns the manifest's path.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = self._context._save_key_files(str(directory))
+        manifest = {
+            "fingerprint": self.fingerprint,
+            "params": self.params.to_dict(),
+            "rotation_steps": sorted(self.rotation_steps),
+            "files": {name: os.path.basename(p) for name, p in paths.items()},
+        }
+        return atomic_write(directory / _KEY_FILES_MANIFEST, json.dumps(manifest).encode())
+
+    @classmethod
+    def _load_key_files(
+        cls, manifest_path: str | os.PathLike[str], *, allow_insecure_for_testing: bool = False
+    ) -> KeySet:
+        """Load what :meth:`_save_key_files` wrote (public keys only).
+
+        Raises
+        ------
+        FormatError
+            Missing or unreadable files.
+        KeyMismatchError
+            The public key does not hash to the manifest's fingerprint.
+        """
+        manifest_path = Path(manifest_path)
+        source = str(manifest_path.parent)
+        try:
+            manifest = json.loads(manifest_path.read_bytes())
+            params = CKKSParameters.from_dict(manifest["params"])
+            paths = {
+                name: str(manifest_path.parent / Path(file).name)
+                for name, file in manifest["files"].items()
+            }
+            public = Path(paths["public"]).read_bytes()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FormatError(f"unreadable key files in {source}: {exc}") from exc
+        params.validate(allow_insecure_for_testing=allow_insecure_for_testing)
+        fingerprint = str(manifest["fingerprint"])
+        if _fingerprint(params, public) != fingerprint:
+            raise KeyMismatchError(
+                f"the key files in {source} do not match their fingerprint {fingerprint[:16]}...; "
+                "they were altered"
+            )
+        context = CKKSContext._from_key_files(
+            params,
+            public,
+            paths,
+            rotation_steps=[int(s) for s in manifest.get("rotation_steps", [])],
+            fingerprint=fingerprint,
+        )
+        return cls(
+            context,
+            {"public": public},
+            allow_insecure_for_testing=allow_insecure_for_testing,
+            _token=_PRIVATE,
+        )
 
     def secret_key_bytes(self) -> bytes:
         """The secret key, framed with the fingerprint. Keep it on the client."""

@@ -70,8 +70,10 @@ class BundleRef:
     fingerprint : str
         Key-set fingerprint; the cache key.
     path : str or None
-        File holding the public bundle (read when the process has no cached
-        key set and the file exists there).
+        Manifest of the public key files the caller wrote for its workers
+        (SEAL's own files, ~5x faster to load than the bundle bytes; see
+        :meth:`KeySet._save_key_files <sklearn_he.KeySet>`), read when the
+        process has no cached key set and the file exists there.
     allow_insecure_for_testing : bool
         Passed to :meth:`KeySet.from_public_bundle`.
     """
@@ -270,25 +272,26 @@ def context_for(ref: BundleRef, bundle: np.ndarray | None = None) -> CKKSContext
     """
     keys = _KEYS.get(ref.fingerprint)
     if keys is None:
-        if bundle is not None:
-            data = np.asarray(bundle, dtype=np.uint8).tobytes()
-        elif ref.path is not None and os.path.exists(ref.path):
-            with open(ref.path, "rb") as fh:
-                data = fh.read()
-        else:
+        if bundle is None and (ref.path is None or not os.path.exists(ref.path)):
             return None
         with warnings.catch_warnings():
             if ref.allow_insecure_for_testing:  # the caller opted in (and was warned) already
                 warnings.simplefilter("ignore", InsecureParametersWarning)
-            keys = KeySet.from_public_bundle(
-                data,
-                allow_insecure_for_testing=ref.allow_insecure_for_testing,
-                source="public bundle sent to a worker",
-            )
+            if bundle is not None:
+                keys = KeySet.from_public_bundle(
+                    np.asarray(bundle, dtype=np.uint8).tobytes(),
+                    allow_insecure_for_testing=ref.allow_insecure_for_testing,
+                    source="public bundle sent to a worker",
+                )
+            else:
+                keys = KeySet._load_key_files(
+                    str(ref.path), allow_insecure_for_testing=ref.allow_insecure_for_testing
+                )
         if keys.fingerprint != ref.fingerprint:
+            where = "the public bundle sent" if bundle is not None else f"the key files {ref.path}"
             raise KeyMismatchError(
-                f"the public bundle at {ref.path} belongs to key set {keys.fingerprint[:16]}..., "
-                f"not {ref.fingerprint[:16]}...; it was replaced while the evaluation ran"
+                f"{where} belong to key set {keys.fingerprint[:16]}..., "
+                f"not {ref.fingerprint[:16]}...; they were replaced while the evaluation ran"
             )
         _keep_loky_worker()
         # Workers only run compiled circuits, which place every mod-switch

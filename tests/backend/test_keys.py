@@ -88,6 +88,44 @@ def test_save_and_load_files(small_keys, tmp_path):
         KeySet.load(paths["public_bundle"], tmp_path / "nope.key", allow_insecure_for_testing=True)
 
 
+def test_key_files_for_local_workers(small_keys, other_keys, tmp_path):
+    """SEAL's own key files: the same public keys, never the secret, checked on load."""
+    manifest = small_keys._save_key_files(tmp_path / "w")
+    files = sorted(os.listdir(tmp_path / "w"))
+    assert files == ["keys.json", "public.seal", "relin.seal", "rotation.seal"]
+    windows = _secret_windows(small_keys)
+    for name in files:
+        data = (tmp_path / "w" / name).read_bytes()
+        assert not any(w in data for w in windows)
+    with pytest.raises(InsecureParametersError, match="allow_insecure_for_testing"):
+        KeySet._load_key_files(manifest)
+    server = KeySet._load_key_files(manifest, allow_insecure_for_testing=True)
+    assert not server.has_secret_key
+    assert server.fingerprint == small_keys.fingerprint
+    assert server.rotation_steps == small_keys.rotation_steps
+    # It evaluates exactly as a key set loaded from the bundle does.
+    bundled = KeySet.from_public_bundle(
+        small_keys.public_bundle(), allow_insecure_for_testing=True
+    )
+    ct = small_keys.context.encrypt(np.linspace(-1, 1, 64))
+    got = [
+        ks.context.rotate(ks.context.multiply(ct, ct), 3).to_bytes() for ks in (server, bundled)
+    ]
+    assert got[0] == got[1]
+    rotation = (tmp_path / "w" / "rotation.seal").read_bytes()
+    (tmp_path / "w" / "rotation.seal").write_bytes(rotation[: len(rotation) // 2])
+    with pytest.raises(FormatError, match="SEAL could not load the key files"):
+        KeySet._load_key_files(manifest, allow_insecure_for_testing=True)
+    # Key files of another key set under this manifest are refused.
+    other = other_keys._save_key_files(tmp_path / "o")
+    (tmp_path / "w" / "public.seal").write_bytes((other.parent / "public.seal").read_bytes())
+    with pytest.raises(KeyMismatchError, match="do not match their fingerprint"):
+        KeySet._load_key_files(manifest, allow_insecure_for_testing=True)
+    (tmp_path / "w" / "public.seal").unlink()
+    with pytest.raises(FormatError, match="unreadable key files"):
+        KeySet._load_key_files(manifest, allow_insecure_for_testing=True)
+
+
 def test_secret_key_of_another_key_set_is_refused(small_keys, other_keys):
     with pytest.raises(KeyMismatchError, match="different key set"):
         KeySet.from_bytes(

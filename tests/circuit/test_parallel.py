@@ -195,12 +195,19 @@ def test_workers_get_the_public_bundle_only(keys, circuits):
     sections = split_sections(env.meta["sections"], env.payload)
     assert set(sections) == {"context", "public", "relin", "rotation"}
     assert secret not in bundle
-    # What the workers read is that bundle, through a file beside nothing
-    # but the stored circuit inputs (ciphertexts).
+    # What the workers read: the same public keys as SEAL's own files, in a
+    # directory beside nothing but the stored circuit inputs (ciphertexts).
     ref = ev._bundle_ref()
-    with open(ref.path, "rb") as fh:
-        assert fh.read() == bundle
-    others = set(os.listdir(os.path.dirname(ref.path))) - {"public.bundle"}
+    key_dir = os.path.dirname(ref.path)
+    files = sorted(os.listdir(key_dir))
+    assert files == ["keys.json", "public.seal", "relin.seal", "rotation.seal"]
+    for name in files:
+        with open(os.path.join(key_dir, name), "rb") as fh:
+            assert secret not in fh.read()
+    loaded = KeySet._load_key_files(ref.path, allow_insecure_for_testing=True)
+    assert loaded.fingerprint == keys.fingerprint and not loaded.has_secret_key
+    assert loaded.rotation_steps == keys.rotation_steps
+    others = set(os.listdir(ev._tempdir())) - {"keys"}
     assert len(others) == len(enc) and all(f.startswith("input-") for f in others)
     # The worker processes hold these keys, without the secret key.
     infos = Parallel(n_jobs=2)(delayed(_worker.cache_info)() for _ in range(4))
@@ -237,7 +244,7 @@ def test_inputs_are_stored_once_and_kept_by_the_workers(keys, circuits):
     want = CKKSEvaluator(keys.context).run(compiled, enc)
     ev = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
     assert_identical(ev.run(compiled, enc), want)
-    folder = os.path.dirname(ev._bundle_ref().path)
+    folder = ev._tempdir()
     files = {f for f in os.listdir(folder) if f.startswith("input-")}
     assert len(files) == len(enc)
     for _ in range(3):  # same input objects: no new files, same results
