@@ -21,7 +21,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .backend import CKKSParameters, KeySet
 from .circuit import CostModel
 from .exceptions import SklearnHEError
-from .training import NAGSchedule, Trainer, plan_training, sigmoid_poly
+from .training import (
+    NAGSchedule,
+    Trainer,
+    estimate_plan_seconds_per_sample,
+    plan_training,
+    sigmoid_poly,
+)
 from .training._planner import gram_block_costs
 
 __all__ = ["EncryptedLogisticRegression", "FitReport", "SigmoidRangeWarning"]
@@ -167,12 +173,14 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         Epochs run per one-vs-rest model.
     report_ : FitReport
         Parameters, depths, bytes, refreshes and timings of the last fit.
-        ``estimated_seconds_per_sample_epoch`` is the planner's estimate
-        (nominal op costs, one worker) times this machine's speed factor
-        (:meth:`~sklearn_he.circuit.CostModel.machine_factor`, measured
-        once and cached; in ``extra["machine_speed_factor"]``) for a CKKS
-        fit, and the unscaled estimate of a CKKS fit for the plaintext
-        backend.
+        ``estimated_seconds_per_sample_epoch`` is the cost model's estimate
+        of the chosen plan (circuit, client refresh, Gram blocks) for a CKKS
+        fit: with this machine's measured costs for the chosen parameters
+        (:meth:`~sklearn_he.circuit.CostModel.for_params`, measured once per
+        parameter set and cached) and, with ``n_jobs > 1``, the parallel
+        schedule's predicted time. For the plaintext backend it is the
+        planner's estimate of a CKKS fit with the nominal costs
+        (``extra["estimate_costs"]`` says which).
 
     Examples
     --------
@@ -323,9 +331,20 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 stacklevel=2,
             )
         p = plan.params
-        # The plan's estimate uses the nominal op costs (same plan on every
-        # machine); scaled to this machine for a CKKS fit (measured once, cached).
-        speed = CostModel.machine_factor() if self.backend == "ckks" else 1.0
+        # The plan was chosen with the nominal op costs (same plan on every
+        # machine); a CKKS fit's estimate uses this machine's costs for the
+        # chosen parameters (measured once, cached) and its worker count.
+        estimate = plan.estimated_seconds_per_sample
+        if self.backend == "ckks":
+            estimate = estimate_plan_seconds_per_sample(
+                plan,
+                trainer.coeffs,
+                CostModel.for_params(
+                    p, allow_insecure_for_testing=self.allow_insecure_for_testing
+                ),
+                n_jobs=effective_n_jobs(self.n_jobs),
+                epochs=self.max_iter,
+            )
         self.report_ = FitReport(
             circuit=self.circuit,
             backend=self.backend,
@@ -348,12 +367,10 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             margin_max=worst,
             seconds_per_sample_epoch=sum(r.train_seconds for r in results)
             / (self.max_iter * X.shape[0]),
-            estimated_seconds_per_sample_epoch=plan.estimated_seconds_per_sample
-            * len(targets)
-            * speed,
+            estimated_seconds_per_sample_epoch=estimate * len(targets),
             extra={
                 **self._gram_report(trainer),
-                **({"machine_speed_factor": speed} if self.backend == "ckks" else {}),
+                "estimate_costs": "measured" if self.backend == "ckks" else "nominal",
             },
         )
         return self

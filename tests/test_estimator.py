@@ -18,6 +18,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn_he import CKKSParameters, EncryptedLogisticRegression, KeySet
 from sklearn_he.circuit import CostModel
 from sklearn_he.exceptions import SecretKeyPicklingError, SklearnHEError, TrainingDivergedError
+from sklearn_he.training import estimate_plan_seconds_per_sample
 
 #: Insecure but fast parameters for CKKS tests: N=4096, 6 levels.
 SMALL = CKKSParameters(4096, (60, *([40] * 6), 60), 40, security_level=0)
@@ -181,13 +182,18 @@ def test_ckks_fit_matches_plaintext_backend(cancer):
         np.testing.assert_allclose(enc.coef_, ref.coef_, atol=5e-3 * np.abs(ref.coef_).max())
         assert enc.report_.key_fingerprint is not None
         assert enc.report_.poly_modulus_degree == 4096
-        # The estimate is the plan's (nominal costs) scaled to this machine.
-        speed = enc.report_.extra["machine_speed_factor"]
-        assert speed == CostModel.machine_factor()
-        assert enc.report_.estimated_seconds_per_sample_epoch == pytest.approx(
-            ref.report_.estimated_seconds_per_sample_epoch * speed
+        # The CKKS estimate prices the plan with this machine's measured
+        # costs for its parameters; the plaintext backend's with nominal ones.
+        assert enc.report_.extra["estimate_costs"] == "measured"
+        assert ref.report_.extra["estimate_costs"] == "nominal"
+        trainer = enc._trainer(160, Xtr.shape[1] + 1)
+        measured = CostModel.for_params(SMALL, allow_insecure_for_testing=True)
+        want = estimate_plan_seconds_per_sample(
+            trainer.plan, trainer.coeffs, measured, epochs=enc.max_iter
         )
-        assert "machine_speed_factor" not in ref.report_.extra
+        assert enc.report_.estimated_seconds_per_sample_epoch == pytest.approx(want)
+        nominal = estimate_plan_seconds_per_sample(trainer.plan, trainer.coeffs, epochs=2)
+        assert ref.report_.estimated_seconds_per_sample_epoch == pytest.approx(nominal)
 
 
 @pytest.mark.ckks

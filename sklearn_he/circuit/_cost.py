@@ -43,6 +43,11 @@ _KINDS = (
 )
 
 
+#: Client-side entries of a measured model's fits: encryption (constant),
+#: decryption (by primes, like the operations) and the top level measured.
+_ENCRYPT, _DECRYPT, _TOP = "encrypt", "decrypt", "top_level"
+
+
 def _monotone_fit(p: np.ndarray, t: np.ndarray) -> list[float]:
     """Least-squares ``a + b p + c p**2`` with ``b, c >= 0`` (cost never falls with p).
 
@@ -83,7 +88,7 @@ def _per_ring(table: Mapping[int, float], n: int) -> float:
 
 #: Bumped when :meth:`CostModel.measure` changes what it times (old cached
 #: measurements are then taken again).
-_MEASURE_VERSION = 2
+_MEASURE_VERSION = 3
 
 
 def cache_dir() -> Path:
@@ -210,6 +215,32 @@ class CostModel:
         """Nominal seconds to decrypt one fresh-level ciphertext of ring ``n`` (client side)."""
         return _per_ring(DECRYPT_SECONDS, n)
 
+    def encrypt_cost(self, n: int) -> float:
+        """Seconds to encrypt one vector at the top level of ring ``n`` (client side).
+
+        Measured when the model was (:meth:`measure`), else
+        :meth:`encrypt_seconds`' nominal figure.
+        """
+        fit = self.fits.get(int(n), {}).get(_ENCRYPT)
+        return max(0.0, fit[0]) if fit else self.encrypt_seconds(n)
+
+    def decrypt_cost(self, n: int, level: int | None = None) -> float:
+        """Seconds to decrypt one ciphertext of ring ``n`` at ``level`` (client side).
+
+        Measured when the model was (:meth:`measure`; ``level=None`` means
+        the top of the chain measured), else :meth:`decrypt_seconds`'
+        nominal (top-level) figure.
+        """
+        fits = self.fits.get(int(n), {})
+        fit = fits.get(_DECRYPT)
+        if not fit:
+            return self.decrypt_seconds(n)
+        if level is None:
+            level = int(fits.get(_TOP, [0.0])[0])
+        a, b, c = fit
+        p = level + 1
+        return max(0.0, a + b * p + c * p * p)
+
     def merge(self, other: CostModel) -> CostModel:
         return CostModel({**self.fits, **other.fits})
 
@@ -258,7 +289,27 @@ class CostModel:
                     fn(a, b)
                     ts.append(time.perf_counter() - t0)
                 samples[op.value].append((level + 1, float(np.median(ts))))
-        fits = {}
+        # Client side: encrypting at the top (what a refresh does) and
+        # decrypting at every level measured (chunk outputs sit low).
+        enc = []
+        for r in range(max(repeats, 3)):
+            t0 = time.perf_counter()
+            ctx.encrypt(np.roll(x, r))
+            enc.append(time.perf_counter() - t0)
+        samples[_DECRYPT] = []
+        for level in levels:
+            cts = [ctx.mod_switch_to(a, level) for a, _ in pool]
+            ctx.decrypt(cts[0], 8)  # warm-up
+            ts = []
+            for ct in cts[1:]:
+                t0 = time.perf_counter()
+                ctx.decrypt(ct)
+                ts.append(time.perf_counter() - t0)
+            samples[_DECRYPT].append((level + 1, float(np.median(ts))))
+        fits: dict[str, list[float]] = {
+            _ENCRYPT: [float(np.median(enc)), 0.0, 0.0],
+            _TOP: [float(top), 0.0, 0.0],
+        }
         for kind, pts in samples.items():
             if not pts:  # depth-0 parameters: nothing rescales
                 fits[kind] = [0.0, 0.0, 0.0]

@@ -1,7 +1,7 @@
 """Training circuits: the NAG recurrence, its unrolled/pipelined form, and their execution."""
 
 from ._circuits import CIRCUITS, ChunkCircuit, build_chunk, build_gram_circuit
-from ._planner import Plan, choose_shape, plan_training
+from ._planner import Plan, choose_shape, estimate_plan_seconds_per_sample, plan_training
 from ._program import Program, evaluate, nag_program, pipeline
 from ._schedule import NAGSchedule, nag_reference
 from ._sigmoid import SIGMOID_DEGREES, sigmoid_poly
@@ -33,6 +33,7 @@ __all__ = [
     "build_gram_circuit",
     "choose_shape",
     "chunk_specs",
+    "estimate_plan_seconds_per_sample",
     "evaluate",
     "nag_program",
     "nag_reference",

@@ -22,6 +22,7 @@ __all__ = [
     "Plan",
     "choose_shape",
     "ciphertext_bytes",
+    "estimate_plan_seconds_per_sample",
     "estimate_seconds_per_minibatch",
     "estimate_seconds_per_sample",
     "gram_block_costs",
@@ -157,7 +158,10 @@ def estimate_seconds_per_minibatch(
     work = factor * (analyze(chunk.compiled, params, costs).work_seconds or 0.0)
     n = params.poly_modulus_degree
     blocks = 2 * -(-chunk.n_features // chunk.shape.cols)  # v and w
-    refresh = blocks * (CostModel.decrypt_seconds(n) + CostModel.encrypt_seconds(n))
+    # The client decrypts the outputs where the chunk left them and encrypts
+    # the fresh state at the top (measured costs when ``costs`` has them).
+    out_level = max(0, params.max_level - chunk.depth)
+    refresh = blocks * (costs.decrypt_cost(n, out_level) + costs.encrypt_cost(n))
     return (work + refresh) / chunk.n_steps
 
 
@@ -169,6 +173,54 @@ def estimate_seconds_per_sample(
 ) -> float:
     """:func:`estimate_seconds_per_minibatch` divided by the batch size."""
     return estimate_seconds_per_minibatch(chunk, params, costs, n_jobs) / chunk.batch_size
+
+
+def _chunk_cost(
+    chunk: ChunkCircuit,
+    params: CKKSParameters,
+    gram_source: str,
+    costs: CostModel | None,
+    n_jobs: int,
+    epochs: int,
+) -> float:
+    """Seconds per sample-epoch of a plan running ``chunk``: circuit, refresh, Gram blocks."""
+    cost = estimate_seconds_per_sample(chunk, params, costs, n_jobs)
+    if chunk.grams:
+        g = gram_block_costs(chunk.shape, chunk.batch_size, chunk.n_features, params, costs)
+        per_chunk = len(chunk.grams) * g[f"{gram_source}_seconds"]
+        cost += per_chunk / (chunk.n_steps * chunk.batch_size * max(1, epochs))
+    return cost
+
+
+def estimate_plan_seconds_per_sample(
+    plan: Plan,
+    coeffs: Sequence[float],
+    costs: CostModel | None = None,
+    *,
+    n_jobs: int = 1,
+    epochs: int = 1,
+) -> float:
+    """Estimated seconds per sample-epoch of ``plan`` under ``costs``.
+
+    What :func:`plan_training` minimised, but for any cost model: with
+    :meth:`CostModel.for_params(plan.params) <sklearn_he.circuit.CostModel.for_params>`
+    it is the estimate for *this* machine (ops, refresh and the parallel
+    schedule's prediction for ``n_jobs`` workers all measured here).
+    """
+    if plan.params is None:
+        raise ValueError("the plan has no CKKS parameters to estimate with")
+    chunk = _chunk(
+        plan.k,
+        circuit=plan.circuit,
+        shape=plan.shape,
+        m=plan.batch_size,
+        f=plan.n_features,
+        gram_depth=plan.gram_depth,
+        coeffs=tuple(float(c) for c in coeffs),
+        layout=plan.layout,
+        fuse=plan.fuse,
+    )
+    return _chunk_cost(chunk, plan.params, plan.gram_source, costs, max(1, n_jobs), epochs)
 
 
 #: Client upload bandwidth assumed when weighing client-computed Gram blocks
@@ -386,11 +438,7 @@ def _plan(
             )
             return None
         chosen = params or CKKSParameters.for_depth(chunk.depth, min_poly_modulus_degree=n_ring)
-        cost = estimate_seconds_per_sample(chunk, chosen, costs, n_jobs)
-        if chunk.grams:
-            g = gram_block_costs(shape, m, n_features, chosen, costs)
-            per_chunk = len(chunk.grams) * g[f"{source}_seconds"]
-            cost += per_chunk / (chunk.n_steps * m * max(1, epochs))
+        cost = _chunk_cost(chunk, chosen, source, costs, n_jobs, epochs)
         n_batches = max(1, -(-n_samples // m))
         return Plan(
             circuit, shape, m, n_features, n_batches, k, chosen, source, cost, layout, fuse

@@ -179,6 +179,13 @@ def test_cost_model_measures_caches_and_estimates(tmp_path, monkeypatch, small_k
     assert "estimated work" in report.summary()
     with pytest.raises(KeyError, match="no cost measurements"):
         cached.op_seconds(Op.MUL, 32768, 3)
+    # Client-side costs are measured too: decrypting a low ciphertext is cheaper
+    # than a top-level one; a ring without measurements gets the nominal figures.
+    top = small_keys.params.max_level
+    assert cached.encrypt_cost(n) > 0
+    assert cached.decrypt_cost(n) == cached.decrypt_cost(n, top) >= cached.decrypt_cost(n, 0) > 0
+    assert cached.encrypt_cost(32768) == CostModel.encrypt_seconds(32768)
+    assert CostModel.nominal().decrypt_cost(16384, 2) == CostModel.decrypt_seconds(16384)
 
 
 @pytest.mark.ckks
