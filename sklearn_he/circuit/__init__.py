@@ -33,6 +33,7 @@ from ._parallel import (
     Schedule,
     TransferCosts,
     plan_schedule,
+    temp_folder,
 )
 from ._params import select_parameters
 from ._tracer import Sym, Tracer
@@ -62,4 +63,5 @@ __all__ = [
     "compile_circuit",
     "plan_schedule",
     "select_parameters",
+    "temp_folder",
 ]

@@ -32,12 +32,18 @@ see the exchange directory) computes the missing values itself after
 from __future__ import annotations
 
 import heapq
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ._ir import Node
 
-__all__ = ["DataflowPlan", "plan_dataflow"]
+__all__ = ["DataflowPlan", "output_affinity", "plan_dataflow"]
+
+#: :func:`output_affinity` tries every assignment of outputs to workers up to
+#: this many (workers ** outputs).
+MAX_ASSIGNMENTS = 70_000
 
 
 class _Costs(Protocol):
@@ -75,12 +81,14 @@ def plan_dataflow(
     exchange: float,
     stored: float,
     penalty: float = 0.0,
+    affinity: Sequence[int | None] | None = None,
 ) -> DataflowPlan:
     """List-schedule ``graph`` on ``workers`` workers exchanging values directly.
 
     ``serialize``, ``deserialize``, ``exchange`` (write and read through the
     exchange directory) and ``stored`` (a circuit input from the worker's
-    store) are seconds per MB.
+    store) are seconds per MB. ``affinity[n]``, when given and not None,
+    is the only worker node ``n`` may run on (see :func:`output_affinity`).
     """
     nodes, cost, mb = graph.nodes, graph.cost, graph.mb
     inputs = graph.inputs
@@ -123,7 +131,8 @@ def plan_dataflow(
         args = list(dict.fromkeys(nodes[n].args))
         best: tuple[tuple[float, int, int], float, list[tuple[int, float, float, str]]] | None
         best = None
-        for w in range(workers):
+        pinned = None if affinity is None else affinity[n]
+        for w in range(workers) if pinned is None else (pinned,):
             got = [(a, *fetch(w, a)) for a in args]
             start = max([free[w], *(t for _, t, _, _ in got)]) + sum(s for _, _, s, _ in got)
             # Earliest finish; ties: fewer values moved, then the lower worker.
@@ -182,3 +191,64 @@ def plan_dataflow(
         transfers=n_moves,
         transfer_mb=moved_mb,
     )
+
+
+def output_affinity(graph: _Costs, workers: int) -> list[int | None] | None:
+    """Pin each node that only some outputs need to the worker computing those outputs.
+
+    The outputs are split between the workers so that the work only one
+    worker's outputs need is balanced (every split is tried, up to
+    :data:`MAX_ASSIGNMENTS`); a node whose outputs all go to one worker is
+    pinned there, and the nodes several workers need (shared work) stay
+    free. A training chunk then runs each column block's gradient and update
+    where its outputs ``v[cb]``, ``w[cb]`` are returned, and moves only the
+    few values the column blocks share (the margins' partial sums), instead
+    of the dozens that placing every node greedily moves. Returns None when
+    there is nothing to pin (fewer outputs than workers, too many splits).
+    """
+    outs = sorted(o for o in graph.outputs if o not in graph.inputs)
+    if workers < 2 or len(outs) < workers or workers ** len(outs) > MAX_ASSIGNMENTS:
+        return None
+    bit = {o: 1 << i for i, o in enumerate(outs)}
+    reach = [0] * len(graph.nodes)
+    for n in reversed(graph.nodes):
+        r = bit.get(n.id, 0)
+        for c in graph.consumers[n.id]:
+            r |= reach[c]
+        reach[n.id] = r
+    work: dict[int, float] = {}
+    for n in graph.nodes:
+        if n.id not in graph.inputs and reach[n.id]:
+            work[reach[n.id]] = work.get(reach[n.id], 0.0) + graph.cost[n.id]
+    masks = list(work.items())
+
+    def owners(mask: int, assign: Sequence[int]) -> set[int]:
+        return {assign[i] for i in range(len(outs)) if mask >> i & 1}
+
+    best: tuple[float, tuple[int, ...]] | None = None
+    # Output 0 goes to worker 0: the other assignments are relabellings.
+    for rest in itertools.product(range(workers), repeat=len(outs) - 1):
+        assign = (0, *rest)
+        if len(set(assign)) < workers:
+            continue
+        own = [0.0] * workers
+        shared = 0.0
+        for mask, c in masks:
+            who = owners(mask, assign)
+            if len(who) == 1:
+                own[next(iter(who))] += c
+            else:
+                shared += c
+        score = max(own) + shared / workers
+        if best is None or score < best[0]:
+            best = (score, assign)
+    assert best is not None
+    assign = best[1]
+    out: list[int | None] = [None] * len(graph.nodes)
+    for n in graph.nodes:
+        if n.id in graph.inputs or not reach[n.id]:
+            continue
+        who = owners(reach[n.id], assign)
+        if len(who) == 1:
+            out[n.id] = next(iter(who))
+    return out

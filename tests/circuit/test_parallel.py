@@ -23,6 +23,7 @@ from sklearn_he.backend._serialization import Kind, split_sections, unpack
 from sklearn_he.circuit import (
     CKKSEvaluator,
     CompiledCircuit,
+    CostModel,
     Node,
     Op,
     ParallelCKKSEvaluator,
@@ -33,6 +34,8 @@ from sklearn_he.circuit import (
     compile_circuit,
     plan_schedule,
 )
+from sklearn_he.circuit._dataflow import output_affinity
+from sklearn_he.circuit._parallel import _Planner
 from sklearn_he.circuit._worker import StoredCiphertext
 from sklearn_he.exceptions import FormatError, ParallelEvaluationError
 from sklearn_he.linalg import EncMatrix, LinAlg, RowVector, TileShape
@@ -523,19 +526,8 @@ def test_schedule_is_a_valid_superstep_plan(circuits, workers, transfer):
             assert sched.parallel and sched.predicted_speedup > 1.2
 
 
-@pytest.mark.parametrize("workers", [2, 3, 8])
-@pytest.mark.parametrize("name", ["chunk", "matvec"])
-def test_dataflow_schedule_is_complete_and_cannot_deadlock(circuits, name, workers):
+def assert_valid_dataflow(sched, compiled: CompiledCircuit, workers: int) -> None:
     """Every node computed, every awaited value published, execution always progresses."""
-    compiled = circuits[name]
-    sched = plan_schedule(
-        compiled,
-        n_workers=workers,
-        poly_modulus_degree=16384,
-        max_level=7,
-        transfer=TransferCosts(),
-        mode="dataflow",
-    )
     assert sched.mode == "dataflow"
     tasks = sched.tasks
     nodes = compiled.nodes
@@ -567,9 +559,59 @@ def test_dataflow_schedule_is_complete_and_cannot_deadlock(circuits, name, worke
                 pos[k] += 1
                 moved = True
         assert moved, "deadlock: every task waits for a value not yet published"
+
+
+@pytest.mark.parametrize("workers", [2, 3, 8])
+@pytest.mark.parametrize("name", ["chunk", "matvec"])
+def test_dataflow_schedule_is_complete_and_cannot_deadlock(circuits, name, workers):
+    """Every node computed, every awaited value published, execution always progresses."""
+    compiled = circuits[name]
+    sched = plan_schedule(
+        compiled,
+        n_workers=workers,
+        poly_modulus_degree=16384,
+        max_level=7,
+        transfer=TransferCosts(),
+        mode="dataflow",
+    )
+    assert_valid_dataflow(sched, compiled, workers)
     assert sched.predicted_seconds >= sched.span_seconds - 1e-12
     if name == "chunk":
         assert sched.parallel and sched.predicted_speedup > 1.2
+
+
+@pytest.mark.parametrize("name", ["chunk", "matvec"])
+def test_output_affinity_pins_each_outputs_exclusive_work(circuits, name):
+    """Pinned nodes feed only the outputs their worker returns; shared work stays free."""
+    compiled = circuits[name]
+    planner = _Planner(compiled, 16384, 7, CostModel.nominal(), TransferCosts())
+    outs = set(compiled.circuit.outputs.values()) - set(compiled.circuit.inputs.values())
+    assert len(outs) == 2
+    assert output_affinity(planner, 3) is None  # fewer outputs than workers
+    affinity = output_affinity(planner, 2)
+    assert affinity is not None
+    sched = planner.dataflow(2, 0.0, affinity)
+    assert_valid_dataflow(sched, compiled, 2)
+    returned_by = {v: t for t in sched.tasks for v in t.returns}
+    ran_on = {n: t for t in sched.tasks for n in t.nodes}
+
+    def reaches(n: int) -> set[int]:
+        seen, todo = set(), [n]
+        while todo:
+            m = todo.pop()
+            for c in planner.consumers[m]:
+                if c not in seen:
+                    seen.add(c)
+                    todo.append(c)
+        return (seen | {n}) & outs
+
+    pinned = [n for n, w in enumerate(affinity) if w is not None]
+    shared = [n.id for n in compiled.nodes if n.op is not Op.INPUT and affinity[n.id] is None]
+    assert pinned and shared
+    for n in pinned:
+        assert {returned_by[o].number for o in reaches(n)} == {affinity[n]}
+        assert ran_on[n].number == affinity[n]
+    assert all(len({returned_by[o].number for o in reaches(n)}) == 2 for n in shared)
 
 
 # ---------------------------------------------------------------------- dask
