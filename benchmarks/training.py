@@ -405,6 +405,24 @@ def _child(spec: dict[str, Any], mnist: str | None, conn: Any) -> None:
         )
     finally:
         conn.close()
+        _stop_loky_workers()
+
+
+def _stop_loky_workers() -> None:
+    """Shut down joblib's worker processes before this child exits.
+
+    A non-daemonic multiprocessing child joins its children at exit, loky's
+    workers among them, and they only stop after their 300 s idle timeout:
+    the runs with 2 workers hung 30 s at exit until ``supervise`` killed
+    them. loky has no public handle on the reusable executor short of
+    creating one, hence its private module global (a no-op if renamed).
+    """
+    with contextlib.suppress(Exception):
+        from joblib.externals.loky import reusable_executor
+
+        executor = getattr(reusable_executor, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=True, kill_workers=True)
 
 
 def _proc_rss_mb(pid: int) -> float | None:

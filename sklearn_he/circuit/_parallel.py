@@ -1067,7 +1067,6 @@ class ParallelCKKSEvaluator:
             self.last_run_ = RunReport("serial", 1, time.perf_counter() - t0)
             return out
         serial.prepare(compiled)
-        ready = self._check_inputs(compiled, inputs)
         sched = self.schedule(compiled, workers)
         if not sched.parallel or (
             self.serial_fallback
@@ -1075,7 +1074,8 @@ class ParallelCKKSEvaluator:
         ):
             out = serial.run(compiled, inputs)
             self.last_run_ = RunReport("serial", workers, time.perf_counter() - t0, sched)
-            return out
+            return out  # serial.run checked (and mod-switched) the inputs itself
+        ready = self._check_inputs(compiled, inputs)
         report = RunReport("parallel", workers, schedule=sched)
         originals = {nid: inputs[name] for name, nid in compiled.circuit.inputs.items()}
         if sched.mode == "dataflow":

@@ -33,6 +33,7 @@ from sklearn_he.circuit import (
     _worker,
     compile_circuit,
     plan_schedule,
+    temp_folder,
 )
 from sklearn_he.circuit._dataflow import output_affinity
 from sklearn_he.circuit._parallel import _Planner
@@ -216,6 +217,24 @@ def test_workers_get_the_public_bundle_only(keys, circuits):
     infos = Parallel(n_jobs=2)(delayed(_worker.cache_info)() for _ in range(4))
     mine = [i for info in infos for i in info if i["fingerprint"] == keys.fingerprint]
     assert mine and not any(i["has_secret_key"] for i in mine)
+
+
+def test_temp_folder_prefers_the_setting_then_shared_memory(monkeypatch, tmp_path):
+    monkeypatch.setenv("SKLEARN_HE_TEMP_FOLDER", str(tmp_path))
+    assert temp_folder() == str(tmp_path)
+    monkeypatch.delenv("SKLEARN_HE_TEMP_FOLDER")
+
+    class Full:
+        f_bavail, f_frsize = 1, 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Full())
+    assert temp_folder() is None  # /dev/shm too full: the system default
+
+    def missing(path):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(os, "statvfs", missing)
+    assert temp_folder() is None  # no /dev/shm (macOS, Windows)
 
 
 class _NoSharedFiles(ParallelCKKSEvaluator):
