@@ -77,23 +77,25 @@ def plan_dataflow(
     workers: int,
     *,
     serialize: float,
-    deserialize: float,
     exchange: float,
     stored: float,
     penalty: float = 0.0,
     affinity: Sequence[int | None] | None = None,
+    priority: Sequence[float] | None = None,
 ) -> DataflowPlan:
     """List-schedule ``graph`` on ``workers`` workers exchanging values directly.
 
-    ``serialize``, ``deserialize``, ``exchange`` (write and read through the
-    exchange directory) and ``stored`` (a circuit input from the worker's
-    store) are seconds per MB. ``affinity[n]``, when given and not None,
-    is the only worker node ``n`` may run on (see :func:`output_affinity`).
+    ``exchange`` (SEAL writes a value to the exchange directory, another
+    worker loads it), ``stored`` (a circuit input from the worker's store)
+    and ``serialize`` (a returned value, into the pipe) are seconds per MB.
+    ``affinity[n]``, when given and not None, is the only worker node ``n``
+    may run on (see :func:`output_affinity`). Ready nodes are taken by
+    decreasing ``priority`` (default: the bottom level, critical path first).
     """
     nodes, cost, mb = graph.nodes, graph.cost, graph.mb
     inputs = graph.inputs
-    send_cost = [m * (serialize + exchange / 2) for m in mb]
-    recv_cost = [m * (deserialize + exchange / 2) for m in mb]
+    send_cost = [m * exchange / 2 for m in mb]
+    recv_cost = [m * exchange / 2 for m in mb]
     free = [0.0] * workers
     avail: list[dict[int, float]] = [{} for _ in range(workers)]
     orders: list[list[int]] = [[] for _ in range(workers)]
@@ -124,7 +126,8 @@ def plan_dataflow(
     indeg = {
         n.id: len({a for a in n.args if a not in inputs}) for n in nodes if n.id not in inputs
     }
-    ready = [(-graph.bottom[i], i) for i, d in indeg.items() if d == 0]
+    rank = graph.bottom if priority is None else priority
+    ready = [(-rank[i], i) for i, d in indeg.items() if d == 0]
     heapq.heapify(ready)
     while ready:
         _, n = heapq.heappop(ready)
@@ -172,7 +175,7 @@ def plan_dataflow(
         for c in set(graph.consumers[n]):
             indeg[c] -= 1
             if indeg[c] == 0:
-                heapq.heappush(ready, (-graph.bottom[c], c))
+                heapq.heappush(ready, (-rank[c], c))
     returns: list[list[int]] = [[] for _ in range(workers)]
     for v in sorted(graph.outputs):
         if v in inputs:

@@ -104,9 +104,10 @@ class StoredCiphertext:
 
     The data set's minibatch tiles are inputs of every chunk circuit of a
     training run: sending them with every task would move ~2 MB per tile
-    through the pipe each time. The caller writes each input once (as
-    :class:`~sklearn_he.backend.WireCiphertext` bytes) and sends this small
-    reference instead; a worker loads the file the first time it meets the
+    through the pipe each time. The caller writes each input once (SEAL's
+    bytes, streamed to the file by
+    :meth:`~sklearn_he.backend.CKKSContext.ciphertext_to_file`) and sends
+    this small reference instead; a worker loads the file the first time it meets the
     key and keeps the ciphertext (least recently used first out, at most
     :func:`store_limit_bytes`). A worker that cannot read the file (on
     another machine of a Dask cluster) reports it and is sent the bytes,
@@ -165,18 +166,23 @@ def _load_stored(ctx: CKKSContext, nid: int, ref: StoredCiphertext) -> Ciphertex
     ct = _store_get(ref.key)
     if ct is not None:
         return ct
-    data = ref.data
-    if data is None:
+    source = f"stored value of node {nid} ({ref.path})"
+    if ref.data is not None:
+        wire = WireCiphertext(ref.fingerprint, ref.level, ref.data)
+        ct = ctx.ciphertext_from_wire(wire, source=source)
+    else:
         if ref.path is None:
             return None
+        if ref.fingerprint != ctx.fingerprint:
+            raise KeyMismatchError(
+                f"{source} belongs to key set {ref.fingerprint[:16]}..., not this worker's "
+                f"{ctx.fingerprint[:16]}..."
+            )
         try:
-            with open(ref.path, "rb") as fh:
-                data = fh.read()
-        except OSError:
+            ct = ctx.ciphertext_from_file(ref.path, ref.level, source=source)
+        except FileNotFoundError:  # another machine: the caller sends the bytes
             return None
-    wire = WireCiphertext(ref.fingerprint, ref.level, data)
-    ct = ctx.ciphertext_from_wire(wire, source=f"stored value of node {nid} ({ref.path})")
-    _store_put(ref.key, ct, len(data))
+    _store_put(ref.key, ct, ref.nbytes)
     return ct
 
 
@@ -515,8 +521,9 @@ def _mark(spec: TaskSpec, what: str) -> None:
 class _Exchange:
     """A dataflow task's side of the exchange directory (see :class:`TaskSpec`).
 
-    Values are SEAL's bytes in ``<dir>/<node id>.ct``, written to a temporary
-    name and renamed into place (a reader never sees part of a file). Each
+    Values are SEAL's bytes in ``<dir>/<node id>.ct``, streamed by SEAL to a
+    temporary name (:meth:`~sklearn_he.backend.CKKSContext.ciphertext_to_file`)
+    and renamed into place (a reader never sees part of a file). Each
     task marks ``started-<n>`` when it begins computing and ``failed-<n>``
     if it raises.
     """
@@ -541,10 +548,8 @@ class _Exchange:
         if nid not in self.sends:
             return
         t0 = time.perf_counter()
-        wire = self.ctx.ciphertext_to_wire(ct)
         tmp = self._path(f"{nid}.ct.{self.spec.index}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(wire.data)
+        self.ctx.ciphertext_to_file(ct, tmp)
         os.replace(tmp, self._path(f"{nid}.ct"))
         self.result.exchange_seconds += time.perf_counter() - t0
 
@@ -560,12 +565,8 @@ class _Exchange:
         t0 = time.perf_counter()
         pause = 1e-4
         while True:
-            try:
-                with open(path, "rb") as fh:
-                    data = fh.read()
+            if os.path.exists(path):  # renamed into place: complete
                 break
-            except FileNotFoundError:
-                pass
             now = time.perf_counter()
             if os.path.exists(self._path(f"failed-{producer}")) or (
                 now - self.started > PEER_START_SECONDS
@@ -583,9 +584,9 @@ class _Exchange:
             pause = min(2 * pause, 2e-3)
         t1 = time.perf_counter()
         self.result.wait_seconds += t1 - t0
-        level = self.spec.levels[nid]
-        wire = WireCiphertext(self.ctx.fingerprint, level, data)
-        ct = self.ctx.ciphertext_from_wire(wire, source=f"node {nid} published by task {producer}")
+        ct = self.ctx.ciphertext_from_file(
+            path, self.spec.levels[nid], source=f"node {nid} published by task {producer}"
+        )
         self.result.exchange_seconds += time.perf_counter() - t1
         return ct
 

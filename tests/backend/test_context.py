@@ -327,6 +327,28 @@ def test_wire_ciphertexts_round_trip_and_are_checked(ctx, other_keys, xy):
         ctx.ciphertext_from_wire(ct.to_bytes())
 
 
+def test_ciphertext_files_round_trip_and_are_checked(ctx, xy, tmp_path):
+    """SEAL's own file streams: the bytes of ciphertext_to_wire, checked on loading."""
+    x, y = xy
+    ct = ctx.multiply(ctx.encrypt(x), ctx.encrypt(y))
+    path = str(tmp_path / "ct")
+    nbytes = ctx.ciphertext_to_file(ct, path)
+    wire = ctx.ciphertext_to_wire(ct)
+    assert nbytes == wire.nbytes and (tmp_path / "ct").read_bytes() == wire.data
+    back = ctx.ciphertext_from_file(path, ct.level)
+    assert back.level == ct.level and back.to_bytes() == ct.to_bytes()
+    for level in (ct.level - 1, ct.level + 1):
+        with pytest.raises(FormatError, match=f"do not match a ciphertext at level {level}"):
+            ctx.ciphertext_from_file(path, level)
+    with pytest.raises(FormatError, match="outside"):
+        ctx.ciphertext_from_file(path, ctx.max_level + 1)
+    (tmp_path / "ct").write_bytes(b"\0" * 16 + wire.data[16:])  # right length, bad header
+    with pytest.raises(FormatError, match="could not load"):
+        ctx.ciphertext_from_file(path, ct.level)
+    with pytest.raises(FileNotFoundError):
+        ctx.ciphertext_from_file(str(tmp_path / "missing"), ct.level)
+
+
 def test_native_objects_refuse_pickling(ctx):
     with pytest.raises(TypeError, match="to_bytes"):
         pickle.dumps(ctx.encrypt([1.0]))
