@@ -438,7 +438,14 @@ def _plan(
             )
             return None
         chosen = params or CKKSParameters.for_depth(chunk.depth, min_poly_modulus_degree=n_ring)
-        cost = _chunk_cost(chunk, chosen, source, costs, n_jobs, epochs)
+        cost = _chunk_cost(chunk, chosen, source, costs, 1, epochs)
+        # No schedule on n_jobs workers beats a 1/n_jobs share of the serial
+        # time: plan one (0.2 s for a training chunk) only for a candidate
+        # that could still win.
+        if n_jobs > 1 and (best is None or cost / n_jobs < best[0]):
+            cost = _chunk_cost(chunk, chosen, source, costs, n_jobs, epochs)
+        elif n_jobs > 1:
+            cost /= n_jobs  # a lower bound: never chosen, only ranked
         n_batches = max(1, -(-n_samples // m))
         return Plan(
             circuit, shape, m, n_features, n_batches, k, chosen, source, cost, layout, fuse
