@@ -57,16 +57,21 @@ worker that cannot see the directory makes the evaluator switch to BSP for
 good). ``mode="auto"`` (the default) plans both kinds and runs the one with
 the smaller simulated time.
 
-Measured (``benchmarks/parallel.py``, 2-core VM, otherwise idle; results in
-``benchmarks/results/parallel.json``), MNIST-sized training chunks at
-N=16384 (k=1, 128-row minibatch, four 128x64 column tiles), ``n_jobs=2``
-against in-process: with dataflow schedules and the machine's measured
-costs the pipelined chunk ran 1.60x faster (0.63 s -> 0.39 s) and the
-baseline chunk 1.34x (0.49 s -> 0.37 s); the best BSP schedules had
-reached 1.22x and 1.14x the same day. What bounds it: the two tasks
-exchange ~55 values (~24 MB) per chunk and wait for each other ~10% of
-the time; the margin chain (span ~0.15 s of ~0.63 s of work)
-leaves the other worker only the data-only scalings to overlap with.
+Measured (``benchmarks/parallel.py --costs measured --repeats 7``, 2-core
+VM, otherwise idle; results in ``benchmarks/results/parallel.json``),
+MNIST-sized training chunks at N=16384 (k=1, 128-row minibatch, four 128x64
+column tiles), ``n_jobs=2`` against in-process: the pipelined chunk ran
+1.70x faster (0.601 s -> 0.355 s, median of 7) and the baseline chunk 1.40x
+(0.443 s -> 0.317 s). Before values moved through SEAL's file streams in
+``/dev/shm`` and planning tried early-layer priorities, the same machine
+measured 1.60x and 1.34x, and the best BSP schedules 1.22x and 1.14x. What
+bounds it: the baseline chunk's critical path (the margin's rotation sums,
+the sigmoid, the gradient's rotation sums) is 0.195 s of 0.476 s of work,
+so no schedule on two workers beats 0.24 s; the pipelined chunk has more
+independent work (span 0.147 s of 0.635 s) but its tasks still exchange 35
+values and wait for each other, and each run pays ~10 ms for joblib's call
+(its result polling sleeps 10 ms at a time) and ~8 ms to store the new
+model state and load the outputs.
 Other designs considered: one task per output subtree (useless here: the
 two outputs, ``w`` and ``v``, share almost all their work), and dynamic
 dispatch of nodes as their operands become ready through joblib (joblib
