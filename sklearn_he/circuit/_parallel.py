@@ -972,7 +972,9 @@ class ParallelCKKSEvaluator:
 
     def _tempdir(self) -> str:
         if self._dir is None:
-            self._dir = tempfile.mkdtemp(prefix="sklearn-he-parallel-", dir=temp_folder())
+            root = temp_folder() or tempfile.gettempdir()
+            remove_stale_folders(root)
+            self._dir = tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", dir=root)
             weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
         return self._dir
 
@@ -1422,6 +1424,56 @@ def _ancestors(compiled: CompiledCircuit, values: Sequence[int]) -> list[int]:
             seen.add(v)
             stack.extend(compiled.nodes[v].args)
     return sorted(seen)
+
+
+#: Temporary folders are named ``<prefix><pid>-<random>``.
+_TEMP_PREFIX = "sklearn-he-parallel-"
+#: A folder of a dead process is removed only when it is at least this old (s).
+STALE_SECONDS = 60.0
+
+
+def remove_stale_folders(root: str) -> list[str]:
+    """Remove the evaluator folders in ``root`` left by processes that died.
+
+    An evaluator removes its folder when it is garbage collected or the
+    interpreter exits, but a killed process (out of memory, ``SIGKILL``)
+    leaves it behind, keys and stored inputs included: hundreds of MB, and
+    in ``/dev/shm`` that is memory. Folders of this user whose process no
+    longer exists and that are older than :data:`STALE_SECONDS` go (POSIX
+    only: elsewhere nothing is removed). Returns the paths removed.
+    """
+    if os.name != "posix":
+        return []
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(root):
+            if not name.startswith(_TEMP_PREFIX):
+                continue
+            pid_text = name[len(_TEMP_PREFIX) :].split("-", 1)[0]
+            if not pid_text.isdigit() or int(pid_text) == os.getpid():
+                continue
+            path = os.path.join(root, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if st.st_uid != os.getuid() or time.time() - st.st_mtime < STALE_SECONDS:
+                continue
+            if _process_exists(int(pid_text)):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # POSIX: signal 0 only checks
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's
+    return True
 
 
 def _remove_quietly(path: str, files: dict[str, str], key: str) -> None:

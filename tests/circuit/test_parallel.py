@@ -237,6 +237,39 @@ def test_temp_folder_prefers_the_setting_then_shared_memory(monkeypatch, tmp_pat
     assert temp_folder() is None  # no /dev/shm (macOS, Windows)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="stale folders are found by POSIX pid checks")
+def test_folders_of_dead_processes_are_removed(tmp_path):
+    """A killed fit leaves its keys behind; the next evaluator removes them."""
+    import subprocess
+    import sys
+
+    from sklearn_he.circuit._parallel import _TEMP_PREFIX, STALE_SECONDS, remove_stale_folders
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    old = time.time() - 2 * STALE_SECONDS
+    folders = {
+        "dead": tmp_path / f"{_TEMP_PREFIX}{dead_pid}-abc",
+        "young": tmp_path / f"{_TEMP_PREFIX}{dead_pid}-young",
+        "alive": tmp_path / f"{_TEMP_PREFIX}{os.getppid()}-abc",
+        "mine": tmp_path / f"{_TEMP_PREFIX}{os.getpid()}-abc",
+        "other": tmp_path / "unrelated-123-abc",
+    }
+    for name, folder in folders.items():
+        (folder / "keys").mkdir(parents=True)
+        (folder / "keys" / "rotation.seal").write_bytes(b"x")
+        if name != "young":
+            os.utime(folder, (old, old))
+    assert remove_stale_folders(str(tmp_path)) == [str(folders["dead"])]
+    assert not folders["dead"].exists()
+    assert all(folders[n].exists() for n in ("young", "alive", "mine", "other"))
+
+
 class _NoSharedFiles(ParallelCKKSEvaluator):
     """Pretends the workers cannot see the caller's files (a remote cluster)."""
 
@@ -267,6 +300,7 @@ def test_inputs_are_stored_once_and_kept_by_the_workers(keys, circuits):
     ev = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
     assert_identical(ev.run(compiled, enc), want)
     folder = ev._tempdir()
+    assert os.path.basename(folder).startswith(f"sklearn-he-parallel-{os.getpid()}-")
     files = {f for f in os.listdir(folder) if f.startswith("input-")}
     assert len(files) == len(enc)
     for _ in range(3):  # same input objects: no new files, same results
