@@ -32,18 +32,13 @@ see the exchange directory) computes the missing values itself after
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ._ir import Node
 
-__all__ = ["DataflowPlan", "output_affinity", "plan_dataflow"]
-
-#: :func:`output_affinity` tries every assignment of outputs to workers up to
-#: this many (workers ** outputs).
-MAX_ASSIGNMENTS = 70_000
+__all__ = ["DataflowPlan", "plan_dataflow"]
 
 
 class _Costs(Protocol):
@@ -80,7 +75,6 @@ def plan_dataflow(
     exchange: float,
     stored: float,
     penalty: float = 0.0,
-    affinity: Sequence[int | None] | None = None,
     priority: Sequence[float] | None = None,
 ) -> DataflowPlan:
     """List-schedule ``graph`` on ``workers`` workers exchanging values directly.
@@ -88,9 +82,8 @@ def plan_dataflow(
     ``exchange`` (SEAL writes a value to the exchange directory, another
     worker loads it), ``stored`` (a circuit input from the worker's store)
     and ``serialize`` (a returned value, into the pipe) are seconds per MB.
-    ``affinity[n]``, when given and not None, is the only worker node ``n``
-    may run on (see :func:`output_affinity`). Ready nodes are taken by
-    decreasing ``priority`` (default: the bottom level, critical path first).
+    Ready nodes are taken by decreasing ``priority`` (default: the bottom
+    level, critical path first).
     """
     nodes, cost, mb = graph.nodes, graph.cost, graph.mb
     inputs = graph.inputs
@@ -134,8 +127,7 @@ def plan_dataflow(
         args = list(dict.fromkeys(nodes[n].args))
         best: tuple[tuple[float, int, int], float, list[tuple[int, float, float, str]]] | None
         best = None
-        pinned = None if affinity is None else affinity[n]
-        for w in range(workers) if pinned is None else (pinned,):
+        for w in range(workers):
             got = [(a, *fetch(w, a)) for a in args]
             start = max([free[w], *(t for _, t, _, _ in got)]) + sum(s for _, _, s, _ in got)
             # Earliest finish; ties: fewer values moved, then the lower worker.
@@ -194,64 +186,3 @@ def plan_dataflow(
         transfers=n_moves,
         transfer_mb=moved_mb,
     )
-
-
-def output_affinity(graph: _Costs, workers: int) -> list[int | None] | None:
-    """Pin each node that only some outputs need to the worker computing those outputs.
-
-    The outputs are split between the workers so that the work only one
-    worker's outputs need is balanced (every split is tried, up to
-    :data:`MAX_ASSIGNMENTS`); a node whose outputs all go to one worker is
-    pinned there, and the nodes several workers need (shared work) stay
-    free. A training chunk then runs each column block's gradient and update
-    where its outputs ``v[cb]``, ``w[cb]`` are returned, and moves only the
-    few values the column blocks share (the margins' partial sums), instead
-    of the dozens that placing every node greedily moves. Returns None when
-    there is nothing to pin (fewer outputs than workers, too many splits).
-    """
-    outs = sorted(o for o in graph.outputs if o not in graph.inputs)
-    if workers < 2 or len(outs) < workers or workers ** len(outs) > MAX_ASSIGNMENTS:
-        return None
-    bit = {o: 1 << i for i, o in enumerate(outs)}
-    reach = [0] * len(graph.nodes)
-    for n in reversed(graph.nodes):
-        r = bit.get(n.id, 0)
-        for c in graph.consumers[n.id]:
-            r |= reach[c]
-        reach[n.id] = r
-    work: dict[int, float] = {}
-    for n in graph.nodes:
-        if n.id not in graph.inputs and reach[n.id]:
-            work[reach[n.id]] = work.get(reach[n.id], 0.0) + graph.cost[n.id]
-    masks = list(work.items())
-
-    def owners(mask: int, assign: Sequence[int]) -> set[int]:
-        return {assign[i] for i in range(len(outs)) if mask >> i & 1}
-
-    best: tuple[float, tuple[int, ...]] | None = None
-    # Output 0 goes to worker 0: the other assignments are relabellings.
-    for rest in itertools.product(range(workers), repeat=len(outs) - 1):
-        assign = (0, *rest)
-        if len(set(assign)) < workers:
-            continue
-        own = [0.0] * workers
-        shared = 0.0
-        for mask, c in masks:
-            who = owners(mask, assign)
-            if len(who) == 1:
-                own[next(iter(who))] += c
-            else:
-                shared += c
-        score = max(own) + shared / workers
-        if best is None or score < best[0]:
-            best = (score, assign)
-    assert best is not None
-    assign = best[1]
-    out: list[int | None] = [None] * len(graph.nodes)
-    for n in graph.nodes:
-        if n.id in graph.inputs or not reach[n.id]:
-            continue
-        who = owners(reach[n.id], assign)
-        if len(who) == 1:
-            out[n.id] = next(iter(who))
-    return out

@@ -102,7 +102,7 @@ from ..backend import Ciphertext, CKKSContext, KeySet, WireCiphertext
 from ..exceptions import DepthExhaustedError, ParallelEvaluationError
 from ._compiler import CompiledCircuit
 from ._cost import CostModel
-from ._dataflow import output_affinity, plan_dataflow
+from ._dataflow import plan_dataflow
 from ._evaluators import CKKSEvaluator, check_input_names
 from ._ir import Op
 from ._worker import (
@@ -497,13 +497,7 @@ class _Planner:
         return steps
 
     # ---------------------------------------------------------- dataflow
-    def dataflow(
-        self,
-        workers: int,
-        penalty: float,
-        affinity: Sequence[int | None] | None = None,
-        lateness: float = 0.0,
-    ) -> Schedule:
+    def dataflow(self, workers: int, penalty: float, lateness: float = 0.0) -> Schedule:
         """One task per worker exchanging values directly (see ``_dataflow``).
 
         Ready nodes go by bottom level less ``lateness`` times their top
@@ -523,7 +517,6 @@ class _Planner:
             exchange=tr.exchange,
             stored=tr.stored,
             penalty=penalty,
-            affinity=affinity,
             priority=priority,
         )
         tasks = []
@@ -760,11 +753,6 @@ def plan_schedule(
             for lateness in DATAFLOW_LATENESS
             for penalty in penalties
         ]
-        # Also with each output's exclusive work pinned to one worker (few
-        # values move; see output_affinity).
-        affinity = output_affinity(planner, n_workers)
-        if affinity is not None:
-            flows += [planner.dataflow(n_workers, p, affinity) for p in penalties[:3]]
         flow = min(flows, key=lambda f: f.predicted_seconds)
         if mode == "dataflow" or (
             flow.parallel and flow.predicted_seconds < best.predicted_seconds

@@ -107,8 +107,8 @@ class StoredCiphertext:
     through the pipe each time. The caller writes each input once (SEAL's
     bytes, streamed to the file by
     :meth:`~sklearn_he.backend.CKKSContext.ciphertext_to_file`) and sends
-    this small reference instead; a worker loads the file the first time it meets the
-    key and keeps the ciphertext (least recently used first out, at most
+    this small reference instead; a worker loads the file the first time it
+    meets the key and keeps the ciphertext (least recently used first out, at most
     :func:`store_limit_bytes`). A worker that cannot read the file (on
     another machine of a Dask cluster) reports it and is sent the bytes,
     which it keeps under the same key (``data``).
@@ -180,7 +180,7 @@ def _load_stored(ctx: CKKSContext, nid: int, ref: StoredCiphertext) -> Ciphertex
             )
         try:
             ct = ctx.ciphertext_from_file(ref.path, ref.level, source=source)
-        except FileNotFoundError:  # another machine: the caller sends the bytes
+        except OSError:  # not readable here (another machine): the caller sends the bytes
             return None
     _store_put(ref.key, ct, ref.nbytes)
     return ct
