@@ -19,7 +19,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .backend import CKKSParameters, KeySet
-from .circuit import CostModel
+from .circuit import CostModel, WorkerStart, start_workers
 from .exceptions import SklearnHEError
 from .training import (
     NAGSchedule,
@@ -293,9 +293,15 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         design = self._design(X, fit=not warm)
 
         targets = [classes[1]] if classes.size == 2 else list(classes)
-        trainer = self._trainer(X.shape[0], design.shape[1])
+        # Worker processes take about a second to start: let them while the
+        # plan is chosen and the keys are generated.
+        workers = start_workers(self.n_jobs) if self.backend == "ckks" else WorkerStart()
+        try:
+            trainer = self._trainer(X.shape[0], design.shape[1])
+            keys = self._keys_for(trainer) if self.backend == "ckks" else None
+        finally:
+            workers.wait()  # before any other joblib call, and when planning or keygen failed
         plan, coeffs = trainer.plan, trainer.coeffs
-        keys = self._keys_for(trainer) if self.backend == "ckks" else None
         trainer.keys = keys
 
         rng = check_random_state(self.random_state)

@@ -32,7 +32,9 @@ from ._parallel import (
     ParallelCKKSEvaluator,
     Schedule,
     TransferCosts,
+    WorkerStart,
     plan_schedule,
+    start_workers,
     temp_folder,
 )
 from ._params import select_parameters
@@ -59,9 +61,11 @@ __all__ = [
     "Sym",
     "Tracer",
     "TransferCosts",
+    "WorkerStart",
     "analyze",
     "compile_circuit",
     "plan_schedule",
     "select_parameters",
+    "start_workers",
     "temp_folder",
 ]

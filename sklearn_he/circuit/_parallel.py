@@ -115,6 +115,7 @@ from ._worker import (
     encrypt_batch,
     execute,
     run_task,
+    worker_pid,
 )
 
 __all__ = [
@@ -124,8 +125,10 @@ __all__ = [
     "Schedule",
     "Task",
     "TransferCosts",
+    "WorkerStart",
     "ciphertext_nbytes",
     "plan_schedule",
+    "start_workers",
     "temp_folder",
 ]
 
@@ -1374,6 +1377,50 @@ class ParallelCKKSEvaluator:
             return ref
         with open(self._files[ref.key], "rb") as fh:
             return replace(ref, data=fh.read())
+
+
+class WorkerStart:
+    """Worker processes starting in the background (see :func:`start_workers`)."""
+
+    def __init__(self, pending: Any = None) -> None:
+        self._pending = pending
+        self.pids: list[int] = []
+
+    def wait(self) -> list[int]:
+        """Wait until the workers are up; returns their process ids (empty if none started).
+
+        Call it before the next joblib call. A failure to start is not
+        raised here: the first real evaluation reports it with its own error.
+        """
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                self.pids = sorted(set(pending))
+            except Exception:  # the real call reports what is wrong
+                self.pids = []
+        return self.pids
+
+
+def start_workers(n_jobs: int | None) -> WorkerStart:
+    """Start the worker processes of ``n_jobs`` now and return without waiting for them.
+
+    A loky worker is a new interpreter that imports NumPy, Pyfhel and this
+    package: about a second on the development machine. A fit starts them
+    before it plans and generates keys, so that its first parallel circuit
+    finds them running (it then only loads the keys, ~0.3 s). Through
+    joblib like every task, so it honours ``parallel_config``. Does nothing
+    with one worker, or with a backend that cannot return results lazily.
+    """
+    n = effective_n_jobs(n_jobs)
+    if n <= 1:
+        return WorkerStart()
+    try:
+        pending = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+            delayed(worker_pid)() for _ in range(n)
+        )
+    except ValueError:  # a backend without lazy results (multiprocessing)
+        return WorkerStart()
+    return WorkerStart(pending)
 
 
 def temp_folder() -> str | None:

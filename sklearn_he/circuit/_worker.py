@@ -53,6 +53,7 @@ __all__ = [
     "run_task",
     "store_info",
     "tile_constants",
+    "worker_pid",
 ]
 
 #: Key sets rebuilt in this process, by fingerprint (most recently used last).
@@ -633,6 +634,16 @@ def encrypt_batch(
     if ctx is None:
         return None
     return [ctx.ciphertext_to_wire(ctx.encrypt(v)) for v in vectors]
+
+
+def worker_pid() -> int:
+    """A task that only starts a worker: importing this module loads NumPy and Pyfhel.
+
+    Sleeps 50 ms so that every worker of the pool gets one of the tasks
+    :func:`~sklearn_he.circuit.start_workers` sends. Returns the process id.
+    """
+    time.sleep(0.05)
+    return os.getpid()
 
 
 #: Signature of a task function (tests substitute one that fails on purpose).

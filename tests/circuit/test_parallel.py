@@ -33,6 +33,7 @@ from sklearn_he.circuit import (
     _worker,
     compile_circuit,
     plan_schedule,
+    start_workers,
     temp_folder,
 )
 from sklearn_he.circuit._parallel import _Planner
@@ -267,6 +268,16 @@ def test_folders_of_dead_processes_are_removed(tmp_path):
     assert remove_stale_folders(str(tmp_path)) == [str(folders["dead"])]
     assert not folders["dead"].exists()
     assert all(folders[n].exists() for n in ("young", "alive", "mine", "other"))
+
+
+def test_start_workers_starts_every_worker_for_the_calls_that_follow():
+    started = start_workers(2)  # returns at once; the processes start meanwhile
+    pids = started.wait()
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert started.wait() == pids  # waiting again changes nothing
+    # The tasks that follow run in those processes.
+    assert set(Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(4))) <= set(pids)
+    assert start_workers(1).wait() == [] and start_workers(None).wait() == []
 
 
 class _NoSharedFiles(ParallelCKKSEvaluator):
