@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,7 +268,8 @@ class CKKSContext:
                 "the serialised CKKS context does not match the parameters "
                 f"{params.describe()} recorded beside it; the bundle is inconsistent"
             )
-        try:
+
+        def load(he: Pyfhel) -> None:
             he.from_bytes_public_key(keys["public"])
             if keys.get("relin"):
                 he.from_bytes_relin_key(keys["relin"])
@@ -276,15 +277,43 @@ class CKKSContext:
                 he.from_bytes_rotate_key(keys["rotation"])
             if keys.get("secret"):
                 he.from_bytes_secret_key(keys["secret"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise FormatError(f"SEAL could not load the key material: {exc}") from exc
+
+        return cls._with_keys(
+            he,
+            params,
+            load,
+            what="the key material",
+            fingerprint=fingerprint,
+            rotation_steps=rotation_steps,
+            has_secret_key=bool(keys.get("secret")),
+            has_relin_key=bool(keys.get("relin")),
+        )
+
+    @classmethod
+    def _with_keys(
+        cls,
+        he: Pyfhel,
+        params: CKKSParameters,
+        load: Callable[[Pyfhel], Any],
+        *,
+        what: str,
+        fingerprint: str,
+        rotation_steps: Iterable[int],
+        has_secret_key: bool,
+        has_relin_key: bool,
+    ) -> CKKSContext:
+        """A context around ``he`` once ``load(he)`` has loaded its keys (errors: FormatError)."""
+        try:
+            load(he)
+        except (RuntimeError, ValueError, KeyError, OSError) as exc:
+            raise FormatError(f"SEAL could not load {what}: {exc}") from exc
         return cls(
             he,
             params,
             fingerprint=fingerprint,
             rotation_steps=rotation_steps,
-            has_secret_key=bool(keys.get("secret")),
-            has_relin_key=bool(keys.get("relin")),
+            has_secret_key=has_secret_key,
+            has_relin_key=has_relin_key,
         )
 
     def _export_keys(self, *, include_secret: bool) -> dict[str, bytes]:
@@ -334,18 +363,19 @@ class CKKSContext:
         fingerprint: str,
     ) -> CKKSContext:
         """A server context from the public key bytes and :meth:`_save_key_files` files."""
-        he = cls._new_pyfhel(params)
-        try:
+
+        def load(he: Pyfhel) -> None:
             he.from_bytes_public_key(public)
             if "relin" in paths:
                 he.load_relin_key(paths["relin"])
             if "rotation" in paths:
                 he.load_rotate_key(paths["rotation"])
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise FormatError(f"SEAL could not load the key files {sorted(paths)}: {exc}") from exc
-        return cls(
-            he,
+
+        return cls._with_keys(
+            cls._new_pyfhel(params),
             params,
+            load,
+            what=f"the key files {sorted(paths)}",
             fingerprint=fingerprint,
             rotation_steps=rotation_steps,
             has_secret_key=False,
@@ -846,20 +876,11 @@ class CKKSContext:
         if not 0 <= level <= self.max_level:
             raise FormatError(f"{source}: level {level} is outside 0..{self.max_level}")
         size = os.stat(path).st_size
-        if size != 2 * n * (level + 1) * 8 + self._seal_header_bytes():
+        if size != self._seal_nbytes(level):
             raise FormatError(
                 f"{source}: {size} bytes do not match a ciphertext at level {level} with N={n}"
             )
-        ct = PyCtxt(pyfhel=self._he)
-        try:
-            ct.load(str(path), "float")
-        except (RuntimeError, ValueError) as exc:
-            raise FormatError(f"SEAL could not load {source}: {exc}") from exc
-        if ct.size() != 2:
-            raise FormatError(
-                f"{source} is a ciphertext of size {ct.size()}, not a relinearised one (size 2)"
-            )
-        return self._wrap(ct, level)
+        return self._loaded(lambda ct: ct.load(str(path), "float"), level, source)
 
     def _seal_header_bytes(self) -> int:
         """Bytes SEAL writes around a ciphertext's coefficients (measured once)."""
@@ -879,14 +900,22 @@ class CKKSContext:
         # plus a header of fixed length: the byte count pins the level down
         # (a size-3 ciphertext could only match one level lower, and SEAL
         # reports its size once loaded).
-        if len(payload) != 2 * n * (level + 1) * 8 + self._seal_header_bytes():
+        if len(payload) != self._seal_nbytes(level):
             raise FormatError(
                 f"{source}: payload of {len(payload)} bytes does not match a ciphertext at "
                 f"level {level} with N={n}"
             )
+        return self._loaded(lambda ct: ct.from_bytes(payload, "ckks"), level, source)
+
+    def _seal_nbytes(self, level: int) -> int:
+        """SEAL's bytes for a relinearised ciphertext at ``level``: 2 N (level+1) words, header."""
+        return 2 * self.params.poly_modulus_degree * (level + 1) * 8 + self._seal_header_bytes()
+
+    def _loaded(self, load: Callable[[PyCtxt], Any], level: int, source: str) -> Ciphertext:
+        """The ciphertext ``load`` fills a fresh PyCtxt with, checked to be relinearised."""
         ct = PyCtxt(pyfhel=self._he)
         try:
-            ct.from_bytes(payload, "ckks")
+            load(ct)
         except (RuntimeError, ValueError) as exc:
             raise FormatError(f"SEAL could not load {source}: {exc}") from exc
         if ct.size() != 2:
