@@ -338,55 +338,5 @@ class CostModel:
         _write_store(path, store)
         return model
 
-    @staticmethod
-    def machine_factor(*, refresh: bool = False) -> float:
-        """This machine's speed relative to :meth:`nominal` (measured once, cached).
-
-        Times one of each of the operations a training run spends its time
-        on (product, rotation, scalar product and mod-switch at the top of a
-        128-bit N=16384 chain, plus encrypting and decrypting one vector)
-        and divides by what :meth:`nominal` and :meth:`encrypt_seconds` /
-        :meth:`decrypt_seconds` predict for them. Planning keeps the nominal
-        model (so the same data gets the same plan on every machine);
-        estimates of time on *this* machine multiply by this factor. Takes a
-        few seconds the first time (key generation), then is read from
-        ``cache_dir() / "costs.json"``; ``refresh=True`` re-measures.
-        """
-        path = cache_dir() / "costs.json"
-        key = f"machine-factor|{_machine()}"
-        store = _read_store(path)
-        if key in store and not refresh:
-            return float(store[key])
-        params = CKKSParameters(16384, (60, 40, 40, 40, 40, 40, 60), 40)
-        keys = KeySet.generate(params, rotation_steps=[1])
-        ctx = keys.context
-        top = params.max_level
-        x = np.random.default_rng(0).uniform(-1, 1, params.slots)
-        a, b = ctx.encrypt(x), ctx.encrypt(x[::-1].copy())
-        nominal = CostModel.nominal()
-        n = params.poly_modulus_degree
-        work = (
-            (lambda: ctx.multiply(a, b), nominal.op_seconds(Op.MUL, n, top)),
-            (lambda: ctx.rotate(a, 1), nominal.op_seconds(Op.ROTATE, n, top)),
-            (lambda: ctx.multiply_scalar(a, 0.5), nominal.op_seconds(Op.MUL_SCALAR, n, top)),
-            (lambda: ctx.mod_switch_to(a, top - 1), nominal.op_seconds(Op.MODSWITCH, n, top)),
-            (lambda: ctx.encrypt(x), CostModel.encrypt_seconds(n)),
-            (lambda: ctx.decrypt(a, 8), CostModel.decrypt_seconds(n)),
-        )
-        measured = predicted = 0.0
-        for fn, nominal_seconds in work:
-            fn()  # warm-up (caches, encoded constants)
-            ts = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t0)
-            measured += float(np.median(ts))
-            predicted += nominal_seconds
-        factor = measured / predicted
-        store[key] = factor
-        _write_store(path, store)
-        return factor
-
     def to_dict(self) -> dict[str, Any]:
         return {str(n): f for n, f in self.fits.items()}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -186,21 +184,6 @@ def test_cost_model_measures_caches_and_estimates(tmp_path, monkeypatch, small_k
     assert cached.decrypt_cost(n) == cached.decrypt_cost(n, top) >= cached.decrypt_cost(n, 0) > 0
     assert cached.encrypt_cost(32768) == CostModel.encrypt_seconds(32768)
     assert CostModel.nominal().decrypt_cost(16384, 2) == CostModel.decrypt_seconds(16384)
-
-
-@pytest.mark.ckks
-def test_machine_factor_is_measured_once_and_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv("SKLEARN_HE_CACHE_DIR", str(tmp_path))
-    factor = CostModel.machine_factor()
-    assert 0.01 < factor < 100  # this machine against the nominal one: same order
-    stored = json.loads((tmp_path / "costs.json").read_text())
-    assert [v for k, v in stored.items() if k.startswith("machine-factor|")] == [factor]
-    monkeypatch.setattr(KeySet, "generate", None)  # a re-measurement would fail
-    assert CostModel.machine_factor() == factor
-    monkeypatch.undo()
-    monkeypatch.setenv("SKLEARN_HE_CACHE_DIR", str(tmp_path))
-    (tmp_path / "costs.json").write_text("not json")  # a damaged cache is measured again
-    assert 0.01 < CostModel.machine_factor() < 100
 
 
 def test_select_parameters():
