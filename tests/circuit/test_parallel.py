@@ -37,8 +37,8 @@ from sklearn_he.circuit import (
     temp_folder,
 )
 from sklearn_he.circuit._parallel import _Planner
-from sklearn_he.circuit._worker import StoredCiphertext
-from sklearn_he.exceptions import FormatError, ParallelEvaluationError
+from sklearn_he.circuit._worker import BundleRef, StoredCiphertext
+from sklearn_he.exceptions import FormatError, KeyMismatchError, ParallelEvaluationError
 from sklearn_he.linalg import EncMatrix, LinAlg, RowVector, TileShape
 from sklearn_he.training import build_chunk, sigmoid_poly
 
@@ -88,6 +88,12 @@ def encrypt_inputs(keys: KeySet, compiled: CompiledCircuit, seed: int = 0):
     rng = np.random.default_rng(seed)
     plain = {name: rng.uniform(-0.5, 0.5, keys.params.slots) for name in compiled.circuit.inputs}
     return plain, {name: keys.context.encrypt(x) for name, x in plain.items()}
+
+
+def reference_run(keys: KeySet, compiled: CompiledCircuit):
+    """Encrypted inputs and what the in-process evaluator makes of them."""
+    _, enc = encrypt_inputs(keys, compiled)
+    return enc, CKKSEvaluator(keys.context).run(compiled, enc)
 
 
 def assert_identical(got, want):
@@ -140,8 +146,7 @@ def test_server_side_from_bundle_bytes(keys, circuits):
     """Built from the public bundle alone; outputs load on the client."""
     compiled = circuits["matvec"]
     server = KeySet.from_public_bundle(keys.public_bundle(), allow_insecure_for_testing=True)
-    _, enc = encrypt_inputs(keys, compiled)
-    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    enc, want = reference_run(keys, compiled)
     on_server = {k: server.context.ciphertext_from_bytes(v.to_bytes()) for k, v in enc.items()}
     ev = ParallelCKKSEvaluator(
         keys.public_bundle(),
@@ -158,8 +163,7 @@ def test_server_side_from_bundle_bytes(keys, circuits):
 @pytest.mark.ckks
 def test_n_jobs_none_is_serial_unless_parallel_config_says_otherwise(keys, circuits):
     compiled = circuits["matvec"]
-    _, enc = encrypt_inputs(keys, compiled)
-    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    enc, want = reference_run(keys, compiled)
     ev = ParallelCKKSEvaluator(keys, transfer=FREE, serial_fallback=False)
     assert_identical(ev.run(compiled, enc), want)
     assert ev.last_run_.mode == "serial"
@@ -300,13 +304,29 @@ def test_bundle_bytes_are_sent_when_workers_cannot_read_the_file(circuits):
     assert ev.last_run_.bundle_resent >= 1
 
 
+@pytest.mark.ckks
+def test_worker_refuses_key_files_and_stored_inputs_of_another_key_set(keys, tmp_path):
+    """A key-file manifest or stored input under the wrong fingerprint is an error, not garbage."""
+    manifest = keys._save_key_files(tmp_path / "keys")
+    stranger = "f" * 32  # no worker has these keys cached
+    ref = BundleRef(stranger, str(manifest), allow_insecure_for_testing=True)
+    with pytest.raises(KeyMismatchError, match=r"the key files .* belong to key set"):
+        _worker.context_for(ref)
+    ctx = KeySet._load_key_files(manifest, allow_insecure_for_testing=True).context
+    ct = keys.context.encrypt(np.ones(4))
+    path = str(tmp_path / "input.ct")
+    nbytes = keys.context.ciphertext_to_file(ct, path)
+    stored = StoredCiphertext(os.urandom(12).hex(), stranger, ct.level, path, nbytes)
+    with pytest.raises(KeyMismatchError, match=r"stored value of node 3 .* belongs to key set"):
+        _worker._load_stored(ctx, 3, stored)
+
+
 # ------------------------------------------------------------- stored inputs
 @pytest.mark.ckks
 def test_inputs_are_stored_once_and_kept_by_the_workers(keys, circuits):
     """The tiles every chunk reads are written once and loaded once per worker."""
     compiled = circuits["matvec"]
-    _, enc = encrypt_inputs(keys, compiled)
-    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    enc, want = reference_run(keys, compiled)
     ev = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
     assert_identical(ev.run(compiled, enc), want)
     folder = ev._tempdir()
@@ -335,8 +355,7 @@ class _NoSharedInputs(ParallelCKKSEvaluator):
 @pytest.mark.ckks
 def test_stored_inputs_are_sent_when_workers_cannot_read_them(keys, circuits):
     compiled = circuits["matvec"]
-    _, enc = encrypt_inputs(keys, compiled)
-    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    enc, want = reference_run(keys, compiled)
     _worker_clear_stores()
     ev = _NoSharedInputs(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
     assert_identical(ev.run(compiled, enc), want)
@@ -395,8 +414,7 @@ class _Remote(ParallelCKKSEvaluator):
 @pytest.mark.parametrize("name", ["matvec", "chunk"])
 def test_dataflow_run_is_bit_identical(keys, circuits, name):
     compiled = circuits[name]
-    _, enc = encrypt_inputs(keys, compiled)
-    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    enc, want = reference_run(keys, compiled)
     ev = ParallelCKKSEvaluator(keys, n_jobs=2, mode="dataflow", serial_fallback=False)
     sched = ev.schedule(compiled, 2)
     assert sched.mode == "dataflow" and len(sched.tasks) == 2
@@ -414,8 +432,7 @@ def test_dataflow_run_is_bit_identical(keys, circuits, name):
 @pytest.mark.ckks
 def test_dataflow_task_computes_what_a_peer_that_never_started_owes(keys, circuits):
     compiled = circuits["chunk"]
-    _, enc = encrypt_inputs(keys, compiled)
-    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    enc, want = reference_run(keys, compiled)
     # Threads: one process, so the late start is seen by both tasks.
     with parallel_config(backend="threading", n_jobs=2):
         ev = _Late(keys, mode="dataflow", serial_fallback=False)
@@ -428,8 +445,7 @@ def test_dataflow_task_computes_what_a_peer_that_never_started_owes(keys, circui
 @pytest.mark.ckks
 def test_dataflow_falls_back_when_workers_cannot_see_the_exchange(keys, circuits):
     compiled = circuits["chunk"]
-    _, enc = encrypt_inputs(keys, compiled)
-    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    enc, want = reference_run(keys, compiled)
     ev = _Remote(keys, n_jobs=2, mode="dataflow", serial_fallback=False, transfer=FREE)
     assert_identical(ev.run(compiled, enc), want)
     assert ev.mode == "bsp" and ev.last_run_.schedule.mode == "bsp"
@@ -463,8 +479,7 @@ def test_worker_exception_names_the_task(keys, circuits, mode):
 @pytest.mark.parametrize("mode", ["bsp", "dataflow"])
 def test_killed_worker_is_an_error_not_a_hang(keys, circuits, mode):
     compiled = circuits["matvec"]
-    _, enc = encrypt_inputs(keys, compiled)
-    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    enc, want = reference_run(keys, compiled)
     ok = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False, mode=mode)
     ok.run(compiled, enc)  # warm workers: task 0 then finishes before task 1 dies
     ev = _Dying(keys, n_jobs=2, transfer=FREE, serial_fallback=False, timeout=60, mode=mode)
@@ -663,8 +678,7 @@ def test_dask_backend_through_parallel_config(keys, circuits):
     """``parallel_config(backend="dask")`` sends the tasks to a Dask cluster."""
     distributed = pytest.importorskip("distributed")
     compiled = circuits["matvec"]
-    _, enc = encrypt_inputs(keys, compiled)
-    want = CKKSEvaluator(keys.context).run(compiled, enc)
+    enc, want = reference_run(keys, compiled)
     with (
         distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None

@@ -73,3 +73,17 @@ def test_fixed_batch_size_and_k_are_kept():
         minibatches_per_circuit=1,
     )
     assert plan.batch_size == 40 and plan.k == 1 and plan.n_batches == 25
+
+
+def test_plan_estimate_needs_parameters():
+    from dataclasses import replace
+
+    from sklearn_he.training import estimate_plan_seconds_per_sample
+
+    coeffs = sigmoid_poly(3)
+    plan = plan_training(200, 10, circuit="pipelined", coeffs=coeffs)
+    assert estimate_plan_seconds_per_sample(plan, coeffs) == pytest.approx(
+        plan.estimated_seconds_per_sample
+    )
+    with pytest.raises(ValueError, match="no CKKS parameters to estimate with"):
+        estimate_plan_seconds_per_sample(replace(plan, params=None), coeffs)
