@@ -210,6 +210,35 @@ def test_ckks_fit_with_workers_matches_serial_fit(cancer, monkeypatch):
 
 
 @pytest.mark.ckks
+def test_refreshes_after_parallel_chunks_encrypt_onto_zeros_made_meanwhile(cancer, monkeypatch):
+    """While workers evaluate a chunk, the client prepares the next refresh's randomness."""
+    import sklearn_he.circuit._parallel as par
+    import sklearn_he.training._trainer as trainer_module
+    from sklearn_he.backend import ZeroPool
+
+    # Every chunk in the workers (the test circuits are far too small to pay).
+    free = par.TransferCosts(serialize=0.0, deserialize=0.0, pipe=0.0, superstep=0.0, task=0.0)
+    monkeypatch.setattr(par, "TransferCosts", lambda: free)
+    monkeypatch.setattr(par, "MIN_PARALLEL_GAIN", 0.0)
+    pools: list[ZeroPool] = []
+
+    class Recorded(ZeroPool):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    monkeypatch.setattr(trainer_module, "ZeroPool", Recorded)
+    Xtr, _, ytr, _ = cancer
+    serial = ckks(max_iter=1).fit(Xtr[:160], ytr[:160])
+    assert not pools  # one process: nothing to overlap with, no pool
+    two = ckks(max_iter=1, n_jobs=2).fit(Xtr[:160], ytr[:160])
+    (pool,) = pools
+    refreshed = two.report_.refreshes * pool.size
+    assert refreshed > 0 and (pool.used, pool.missed) == (refreshed, 0)
+    np.testing.assert_allclose(two.coef_, serial.coef_, atol=5e-3 * np.abs(serial.coef_).max())
+
+
+@pytest.mark.ckks
 def test_user_keys_and_pickling_policy(cancer):
     Xtr, _, ytr, _ = cancer
     probe = ckks(max_iter=1)

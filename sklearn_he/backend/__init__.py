@@ -9,6 +9,7 @@ from ._keys import KeySet
 from ._params import MAX_COEFF_MODULUS_BITS_128, CKKSParameters, scalar_level_cost
 from ._pyfhel import SCALE_SNAP_RTOL, Ciphertext, CKKSContext, WireCiphertext
 from ._serialization import FORMAT_VERSION
+from ._zeros import ZeroPool
 
 __all__ = [
     "FORMAT_VERSION",
@@ -19,5 +20,6 @@ __all__ = [
     "Ciphertext",
     "KeySet",
     "WireCiphertext",
+    "ZeroPool",
     "scalar_level_cost",
 ]

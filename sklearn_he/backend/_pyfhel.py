@@ -539,6 +539,29 @@ class CKKSContext:
         """An encryption of the all-zero vector (an accumulator's start value)."""
         return self.encrypt(np.zeros(1))
 
+    def _encrypt_onto_zero(self, zero: Ciphertext, values: Any) -> Ciphertext:
+        """``values`` encrypted by adding their encoding to ``zero``, which is consumed.
+
+        SEAL's own encryption is exactly this: an encryption of zero (the
+        random part, which needs only the public key) plus the plaintext. So
+        the result is distributed like :meth:`encrypt`'s, provided ``zero`` is
+        a fresh top-level :meth:`encrypt_zeros` that no other ciphertext was
+        ever made from and that never left this process (its randomness
+        would reveal ``values``). :class:`~sklearn_he.backend.ZeroPool`
+        guarantees both; ``zero`` is modified in place and must not be used
+        again.
+        """
+        arr = self._vector(values)
+        zero = self._check(zero, "zero")
+        if zero.level != self.max_level or zero.size != 2:
+            raise ValueError(
+                f"zero must be a fresh encryption at the top level {self.max_level}; got a "
+                f"size-{zero.size} ciphertext at level {zero.level}"
+            )
+        pt = self._encode(arr, self.max_level, zero.scale)
+        self._he.add_plain(zero._ct, pt, in_new_ctxt=False)
+        return self._wrap(zero._ct, self.max_level)
+
     # ----------------------------------------------------------- encoding
     def _encode(self, values: np.ndarray | float, level: int, scale: float) -> Any:
         """Plaintext of ``values`` (vector or scalar, broadcast) at ``level`` and ``scale``."""

@@ -90,7 +90,7 @@ import tempfile
 import time
 import weakref
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -114,6 +114,7 @@ from ._worker import (
     TaskSpec,
     encrypt_batch,
     execute,
+    load_keys,
     run_task,
     worker_pid,
 )
@@ -942,6 +943,8 @@ class ParallelCKKSEvaluator:
             weakref.WeakKeyDictionary()
         )
         self._files: dict[str, str] = {}  # stored input key -> its file
+        self._meanwhile: Callable[[], None] | None = None  # see run()
+        self._preloading = WorkerStart()  # see preload_keys()
 
     @property
     def context(self) -> CKKSContext:
@@ -1003,6 +1006,32 @@ class ParallelCKKSEvaluator:
             allow_insecure_for_testing=self.allow_insecure_for_testing,
         )
 
+    def preload_keys(self) -> None:
+        """Have the workers load the public keys now, and return without waiting.
+
+        Loading takes each worker about 0.3 s (N=16384, 20 rotation keys),
+        which the first parallel run would otherwise wait for: the trainer
+        calls this before it encrypts the data set in this process, so that
+        both happen at once. The next :meth:`run` or :meth:`encrypt` waits
+        for the loads to finish before it sends its own tasks. Through
+        joblib like every task (``parallel_config`` is honoured); does
+        nothing with one worker, or with a backend that cannot return
+        results lazily. A worker that fails to load the keys is not an error
+        here: the first run reports it.
+        """
+        n = effective_n_jobs(self.n_jobs)
+        self._preloading.wait()
+        if n <= 1:
+            return
+        ref = self._bundle_ref()
+        try:
+            pending = Parallel(n_jobs=self.n_jobs, return_as="generator_unordered")(
+                delayed(load_keys)(ref) for _ in range(n)
+            )
+        except ValueError:  # a backend without lazy results (multiprocessing)
+            return
+        self._preloading = WorkerStart(pending)
+
     # -------------------------------------------------------------- planning
     def schedule(self, compiled: CompiledCircuit, n_workers: int | None = None) -> Schedule:
         """The schedule :meth:`run` would use.
@@ -1052,6 +1081,7 @@ class ParallelCKKSEvaluator:
         if workers <= 1 or len(vectors) < 2 * workers or estimate < MIN_PARALLEL_ENCRYPT_SECONDS:
             return [ctx.encrypt(v) for v in vectors]
         ref = self._bundle_ref()
+        self._preloading.wait()
         parts = [list(range(i, len(vectors), workers)) for i in range(workers)]
         try:
             with Parallel(n_jobs=workers, backend="loky") as parallel:
@@ -1077,9 +1107,31 @@ class ParallelCKKSEvaluator:
 
     # --------------------------------------------------------------- running
     def run(
+        self,
+        compiled: CompiledCircuit,
+        inputs: Mapping[str, Ciphertext],
+        *,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> dict[str, Ciphertext]:
+        """Evaluate; returns the output ciphertexts by name (as :meth:`CKKSEvaluator.run`).
+
+        ``meanwhile()``, if given, is called once the workers have their
+        tasks, before this process waits for them: work of the caller's
+        that does not depend on the result (the trainer compiles the next
+        chunk and prepares the encryptions its refresh needs). It is not
+        called when the circuit runs in this process. An error it raises is
+        raised once the tasks have finished.
+        """
+        self._meanwhile = meanwhile
+        self._preloading.wait()
+        try:
+            return self._run(compiled, inputs)
+        finally:
+            self._meanwhile = None
+
+    def _run(
         self, compiled: CompiledCircuit, inputs: Mapping[str, Ciphertext]
     ) -> dict[str, Ciphertext]:
-        """Evaluate; returns the output ciphertexts by name (as :meth:`CKKSEvaluator.run`)."""
         t0 = time.perf_counter()
         serial = CKKSEvaluator(self.context, check_levels=self.check_levels)
         workers = effective_n_jobs(self.n_jobs)
@@ -1109,7 +1161,7 @@ class ParallelCKKSEvaluator:
             # plan without it from now on, and run this circuit again.
             self.mode = "bsp"
             self.last_run_ = None
-            return self.run(compiled, inputs)
+            return self._run(compiled, inputs)
         out = self._run_parallel(compiled, ready, originals, sched, report)
         report.wall_seconds = time.perf_counter() - t0
         self.last_run_ = report
@@ -1339,15 +1391,27 @@ class ParallelCKKSEvaluator:
         for _attempt in range(3):
             data = np.frombuffer(self.public_bundle(), dtype=np.uint8) if with_bundle else None
             pending = {spec.index: task for task, spec, _ in todo}
+            caller_error: BaseException | None = None
             try:
-                for res in parallel(
+                outputs = parallel(
                     delayed(fn)(ref, spec, payload, data if spec.index in with_bundle else None)
                     for _, spec, payload in todo
-                ):
+                )
+                # The tasks are dispatched (results come as a generator): the
+                # caller's own work now overlaps with the workers'.
+                meanwhile, self._meanwhile = self._meanwhile, None
+                if meanwhile is not None:
+                    try:
+                        meanwhile()
+                    except BaseException as exc:  # raised once the tasks are done
+                        caller_error = exc
+                for res in outputs:
                     pending.pop(res.index, None)
                     results.append(res)
             except Exception as exc:
                 raise _task_error(exc, pending, compiled) from exc
+            if caller_error is not None:
+                raise caller_error
             again = {r.index: r for r in results if r.missing_bundle or r.missing_stored}
             if not again:
                 return results

@@ -636,6 +636,16 @@ def encrypt_batch(
     return [ctx.ciphertext_to_wire(ctx.encrypt(v)) for v in vectors]
 
 
+def load_keys(ref: BundleRef) -> int:
+    """A task that loads ``ref``'s key files into this worker's cache; returns the process id.
+
+    Does nothing when the files are not readable here (another machine):
+    the first task of a run then gets the bundle bytes.
+    """
+    context_for(ref)
+    return os.getpid()
+
+
 def worker_pid() -> int:
     """A task that only starts a worker: importing this module loads NumPy and Pyfhel.
 

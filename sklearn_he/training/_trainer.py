@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 from joblib import effective_n_jobs
 
-from ..backend import CKKSParameters, KeySet
+from ..backend import CKKSParameters, KeySet, ZeroPool
 from ..circuit import CKKSEvaluator, CostModel, ParallelCKKSEvaluator, PlaintextEvaluator
 from ..exceptions import TrainingDivergedError
 from ..linalg import EncMatrix, RowVector, encode_diagonals
@@ -158,6 +158,15 @@ class TrainingClient:
     backend : {"ckks", "plaintext"}
     keys : KeySet, optional
         The client's key set (with its secret key); required for ``"ckks"``.
+
+    Attributes
+    ----------
+    zeros : ZeroPool or None
+        When set, :meth:`encrypt_tile` encrypts onto its ready-made
+        encryptions of zero (see :class:`~sklearn_he.backend.ZeroPool`):
+        :class:`Trainer` fills one while worker processes evaluate a chunk,
+        so that the refresh after it costs an encoding per tile instead of
+        an encryption.
     """
 
     def __init__(self, plan: Plan, *, backend: str = "ckks", keys: KeySet | None = None) -> None:
@@ -165,6 +174,7 @@ class TrainingClient:
         self.plan = plan
         self.backend = backend
         self.keys = keys
+        self.zeros: ZeroPool | None = None
 
     def _require_keys(self) -> KeySet:
         if self.keys is None:
@@ -175,7 +185,10 @@ class TrainingClient:
         """Encrypt one slot vector (identity on the plaintext backend)."""
         if self.backend == "plaintext":
             return tile
-        return self._require_keys().context.encrypt(tile)
+        context = self._require_keys().context
+        if self.zeros is not None and self.zeros.context is context:
+            return self.zeros.encrypt(tile)
+        return context.encrypt(tile)
 
     def decrypt_tile(self, value: Any) -> np.ndarray:
         """Decrypt one slot vector (identity on the plaintext backend)."""
@@ -338,12 +351,16 @@ class TrainingServer:
         inputs: dict[str, Any],
         *,
         on_value: Callable[[Any, Any], None] | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Run a compiled circuit on this side's backend (in parallel when ``n_jobs`` asks).
 
         ``on_value(node, ciphertext)`` is called after every node of a serial
         CKKS evaluation (progress bars, tests); parallel and plaintext
-        evaluations do not call it.
+        evaluations do not call it. ``meanwhile()`` is called while worker
+        processes evaluate the circuit (see
+        :meth:`ParallelCKKSEvaluator.run`), and not at all when the circuit
+        runs in this process.
         """
         if self.backend == "plaintext":
             return PlaintextEvaluator().run(compiled, inputs)
@@ -351,7 +368,7 @@ class TrainingServer:
             raise ValueError("backend='ckks' needs a KeySet (the public one suffices)")
         if effective_n_jobs(self.n_jobs) == 1:
             return CKKSEvaluator(self.keys.context).run(compiled, inputs, on_value=on_value)
-        return self.parallel_evaluator().run(compiled, inputs)
+        return self.parallel_evaluator().run(compiled, inputs, meanwhile=meanwhile)
 
     def parallel_evaluator(self) -> ParallelCKKSEvaluator:
         """The worker pool's evaluator (workers get the public bundle only, never the secret)."""
@@ -425,11 +442,18 @@ class TrainingServer:
         state: Mapping[str, Any],
         *,
         on_value: Callable[[Any, Any], None] | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """Evaluate one chunk; returns the new (encrypted) state ``v[cb]``, ``w[cb]``."""
+        """Evaluate one chunk; returns the new (encrypted) state ``v[cb]``, ``w[cb]``.
+
+        ``on_value`` and ``meanwhile`` as in :meth:`evaluate`.
+        """
         chunk = self.chunk_circuit(spec.step, spec.length)
         return self.evaluate(
-            chunk.compiled, self.chunk_inputs(spec, data, state), on_value=on_value
+            chunk.compiled,
+            self.chunk_inputs(spec, data, state),
+            on_value=on_value,
+            meanwhile=meanwhile,
         )
 
 
@@ -565,6 +589,8 @@ class Trainer:
         client, server = self.client, self.server
         t0 = time.perf_counter()
         parallel = self.backend == "ckks" and effective_n_jobs(self.n_jobs) > 1
+        if parallel:  # the workers load the keys while this process encrypts
+            server.parallel_evaluator().preload_keys()
         # Client-side encryption in local worker processes when n_jobs asks for them.
         data = _InProcessData(
             client, batches, server.parallel_evaluator().encrypt if parallel else None
@@ -576,24 +602,41 @@ class Trainer:
         refreshes, depths, per_mb = 0, [], []
         specs = chunk_specs(p, epochs, start_step)
         n_state = len(state_names(p))
-        for spec in specs:
-            chunk = server.chunk_circuit(spec.step, spec.length)
-            out = server.run_chunk(spec, data, state)
-            end = spec.step + spec.length
-            w, v = client.decrypt_state(out)
-            client.check_state(w, v, end, self.coeffs)
-            depths.append(chunk.depth)
-            if spec.length == p.k or p.n_batches < p.k:  # a short last chunk says little
-                per_mb.append(chunk.depth_per_minibatch)
-            if spec.index + 1 < len(specs):
-                refreshes += 1
-                state = client.encrypt_state(w, v)
-            if on_state is not None:
-                on_state(end, w)
-            self.log(
-                f"epoch {spec.epoch + 1}, batches {spec.first + 1}-{spec.first + spec.length} "
-                f"of {p.n_batches}: depth {chunk.depth}, |w| = {np.linalg.norm(w):.3f}"
-            )
+        # While worker processes evaluate a chunk this process would only wait:
+        # it compiles the next chunk and makes the encryptions of zero that the
+        # refresh after the chunk encrypts onto.
+        zeros = ZeroPool(self.keys.context, n_state) if parallel and self.keys else None
+        client.zeros = zeros
+        try:
+            for spec in specs:
+                chunk = server.chunk_circuit(spec.step, spec.length)
+                later = specs[spec.index + 1] if spec.index + 1 < len(specs) else None
+
+                def prepare(later: ChunkSpec | None = later) -> None:
+                    if later is not None:
+                        server.chunk_circuit(later.step, later.length)
+                        if zeros is not None:
+                            zeros.fill()
+
+                out = server.run_chunk(spec, data, state, meanwhile=prepare)
+                end = spec.step + spec.length
+                w, v = client.decrypt_state(out)
+                client.check_state(w, v, end, self.coeffs)
+                depths.append(chunk.depth)
+                if spec.length == p.k or p.n_batches < p.k:  # a short last chunk says little
+                    per_mb.append(chunk.depth_per_minibatch)
+                if later is not None:
+                    refreshes += 1
+                    state = client.encrypt_state(w, v)
+                if on_state is not None:
+                    on_state(end, w)
+                self.log(
+                    f"epoch {spec.epoch + 1}, batches {spec.first + 1}-"
+                    f"{spec.first + spec.length} of {p.n_batches}: depth {chunk.depth}, "
+                    f"|w| = {np.linalg.norm(w):.3f}"
+                )
+        finally:
+            client.zeros = None
         uploaded = (data.tiles + refreshes * n_state) * self._ct_bytes()
         if self.backend == "ckks":
             uploaded += self._bundle_bytes()

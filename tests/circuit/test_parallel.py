@@ -292,6 +292,27 @@ class _NoSharedFiles(ParallelCKKSEvaluator):
 
 
 @pytest.mark.ckks
+def test_preload_keys_loads_them_in_the_workers_before_the_first_run(circuits):
+    compiled = circuits["matvec"]
+    fresh = KeySet.generate(  # a fingerprint no worker has cached yet
+        PARAMS, rotation_steps=compiled.rotation_steps, allow_insecure_for_testing=True
+    )
+    ev = ParallelCKKSEvaluator(fresh, n_jobs=2, transfer=FREE, serial_fallback=False)
+    ev.preload_keys()
+    pids = ev._preloading.wait()
+    assert len(pids) >= 1
+    infos = Parallel(n_jobs=2)(delayed(_worker.cache_info)() for _ in range(4))
+    assert any(i["fingerprint"] == fresh.fingerprint for info in infos for i in info)
+    _, enc = encrypt_inputs(fresh, compiled)
+    want = CKKSEvaluator(fresh.context).run(compiled, enc)
+    assert_identical(ev.run(compiled, enc), want)
+    ev.preload_keys()
+    assert_identical(ev.run(compiled, enc), want)  # a run first waits for a pending preload
+    assert ev._preloading._pending is None
+    ParallelCKKSEvaluator(fresh, n_jobs=1).preload_keys()  # one worker: nothing to do
+
+
+@pytest.mark.ckks
 def test_bundle_bytes_are_sent_when_workers_cannot_read_the_file(circuits):
     compiled = circuits["matvec"]
     fresh = KeySet.generate(  # a fingerprint no worker has cached yet
@@ -493,6 +514,47 @@ def test_killed_worker_is_an_error_not_a_hang(keys, circuits, mode):
         assert "task 1 (superstep 0" in str(info.value)
     # The pool recovers: the next run works.
     assert_identical(ok.run(compiled, enc), want)
+
+
+@pytest.mark.ckks
+@pytest.mark.parametrize("mode", ["bsp", "dataflow"])
+def test_meanwhile_runs_once_while_the_workers_compute(keys, circuits, mode, monkeypatch):
+    """The caller's own work overlaps with the tasks: called once they are dispatched."""
+    import sklearn_he.circuit._parallel as par
+
+    compiled = circuits["chunk"]
+    enc, want = reference_run(keys, compiled)
+    ev = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False, mode=mode)
+    calls = []
+    got = ev.run(compiled, enc, meanwhile=lambda: calls.append(time.perf_counter()))
+    assert_identical(got, want)
+    assert ev.last_run_.mode == "parallel" and len(calls) == 1
+    # In-process runs have nothing to overlap with: not called.
+    monkeypatch.setattr(par, "MIN_PARALLEL_GAIN", 1e9)  # processes never pay
+    for serial in (ParallelCKKSEvaluator(keys, n_jobs=1), ParallelCKKSEvaluator(keys, n_jobs=2)):
+        assert_identical(serial.run(compiled, enc, meanwhile=lambda: calls.append(0)), want)
+        assert serial.last_run_.mode == "serial"
+    assert len(calls) == 1
+    ev.run(compiled, enc)  # nothing left over from the last call
+    assert len(calls) == 1
+
+
+@pytest.mark.ckks
+def test_meanwhile_error_is_raised_after_the_tasks_finish(keys, circuits):
+    """An error in the caller's work does not abandon (or kill) the running tasks."""
+    compiled = circuits["chunk"]
+    enc, want = reference_run(keys, compiled)
+    ev = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
+    ev.run(compiled, enc)
+    pids = {r.pid for r in ev.last_run_.tasks}
+
+    def broken() -> None:
+        raise KeyError("caller's own bug")
+
+    with pytest.raises(KeyError, match="caller's own bug"):
+        ev.run(compiled, enc, meanwhile=broken)
+    assert_identical(ev.run(compiled, enc), want)
+    assert {r.pid for r in ev.last_run_.tasks} <= pids  # the same workers, still alive
 
 
 @pytest.mark.ckks
