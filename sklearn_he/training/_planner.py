@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backend import MAX_COEFF_MODULUS_BITS_128, CKKSParameters
-from ..circuit import MIN_PARALLEL_GAIN, CostModel, analyze, plan_schedule
+from ..circuit import MIN_PARALLEL_GAIN, CostModel, Op, analyze, plan_schedule
 from ..linalg import TileShape
 from ._circuits import ChunkCircuit, build_chunk, build_gram_circuit
 
@@ -161,7 +161,13 @@ def estimate_seconds_per_minibatch(
     # The client decrypts the outputs where the chunk left them and encrypts
     # the fresh state at the top (measured costs when ``costs`` has them).
     out_level = max(0, params.max_level - chunk.depth)
-    refresh = blocks * (costs.decrypt_cost(n, out_level) + costs.encrypt_cost(n))
+    encrypt = costs.encrypt_cost(n)
+    if factor < 1.0:
+        # Workers evaluate the chunk: meanwhile the client makes the
+        # encryptions of zero (ZeroPool), sharing the cores with the workers,
+        # and the refresh itself only encodes and adds (an add_plain).
+        encrypt = encrypt / n_jobs + costs.op_seconds(Op.ADD_PLAIN, n, params.max_level)
+    refresh = blocks * (costs.decrypt_cost(n, out_level) + encrypt)
     return (work + refresh) / chunk.n_steps
 
 

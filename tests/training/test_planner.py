@@ -87,3 +87,42 @@ def test_plan_estimate_needs_parameters():
     )
     with pytest.raises(ValueError, match="no CKKS parameters to estimate with"):
         estimate_plan_seconds_per_sample(replace(plan, params=None), coeffs)
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.6])
+def test_refresh_is_priced_as_pooled_encryption_only_when_workers_evaluate(factor, monkeypatch):
+    """With workers busy on the chunk the client makes the refresh's zeros meanwhile."""
+    import sklearn_he.training._planner as planner
+    from sklearn_he.circuit import CostModel, Op, analyze
+
+    coeffs = tuple(sigmoid_poly(5))
+    chunk = _chunk(
+        1,
+        circuit="pipelined",
+        shape=_shape(),
+        m=128,
+        f=197,
+        gram_depth=0,
+        coeffs=coeffs,
+        fuse=False,
+    )
+    params = CKKSParameters.for_depth(chunk.depth, min_poly_modulus_degree=16384)
+    costs = CostModel.nominal()
+    monkeypatch.setattr(planner, "parallel_factor", lambda *a: factor)
+    got = planner.estimate_seconds_per_minibatch(chunk, params, costs, n_jobs=2)
+    n, top = params.poly_modulus_degree, params.max_level
+    refresh = got - factor * analyze(chunk.compiled, params, costs).work_seconds
+    blocks = 2 * -(-197 // chunk.shape.cols)
+    decrypt = blocks * costs.decrypt_cost(n, top - chunk.depth)
+    if factor == 1.0:  # in-process: the client encrypts after the chunk
+        assert refresh == pytest.approx(decrypt + blocks * costs.encrypt_cost(n))
+    else:
+        pooled = costs.encrypt_cost(n) / 2 + costs.op_seconds(Op.ADD_PLAIN, n, top)
+        assert refresh == pytest.approx(decrypt + blocks * pooled)
+        assert pooled < costs.encrypt_cost(n)
+
+
+def _shape():
+    from sklearn_he.linalg import TileShape
+
+    return TileShape(64, 128)
