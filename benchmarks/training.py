@@ -262,8 +262,8 @@ def _watch_parallel(counts: dict[str, Any]) -> Any:
 
     original = ParallelCKKSEvaluator.run
 
-    def run(self: Any, compiled: Any, inputs: Any) -> Any:
-        out = original(self, compiled, inputs)
+    def run(self: Any, compiled: Any, inputs: Any, **kwargs: Any) -> Any:
+        out = original(self, compiled, inputs, **kwargs)
         last = getattr(self, "last_run_", None)
         mode = getattr(last, "mode", "unknown")
         counts[mode] = counts.get(mode, 0) + 1

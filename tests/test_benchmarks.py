@@ -159,3 +159,28 @@ def test_training_summary_with_workers(training):
     gap = next(n for n in found if n.startswith("breast cancer, CKKS pipelined: accuracy"))
     assert "-0.50 points (mean over 2 splits; per split -1.00 to +0.00)" in gap
     assert "against scikit-learn **(more than 2 points)**" in gap
+
+
+@pytest.mark.ckks
+def test_watch_parallel_counts_runs_and_passes_every_argument(training):
+    """The benchmark's wrapper of ParallelCKKSEvaluator.run keeps its whole signature."""
+    from sklearn_he import CKKSParameters, KeySet
+    from sklearn_he.circuit import ParallelCKKSEvaluator, Tracer, compile_circuit
+
+    t = Tracer(2048)
+    x = t.input("x")
+    t.output("y", t.add(x, x))
+    compiled = compile_circuit(t.circuit)
+    keys = KeySet.generate(
+        CKKSParameters(4096, (60, 40, 60), 40, security_level=0), allow_insecure_for_testing=True
+    )
+    counts: dict = {}
+    with training._watch_parallel(counts):
+        ev = ParallelCKKSEvaluator(keys, n_jobs=2)
+        out = ev.run(compiled, {"x": keys.context.encrypt(np.ones(4))}, meanwhile=lambda: None)
+    assert counts["serial"] == 1  # far too small for processes: in-process, and counted
+    np.testing.assert_allclose(keys.context.decrypt(out["y"], 4), 2.0, atol=1e-6)
+    assert (
+        ParallelCKKSEvaluator.run is not None
+        and "meanwhile" in ParallelCKKSEvaluator.run.__code__.co_varnames
+    )
