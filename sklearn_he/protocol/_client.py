@@ -32,7 +32,7 @@ from sklearn.utils import check_random_state
 
 from .._estimator import EncryptedLogisticRegression, FitReport
 from .._version import __version__
-from ..backend import CKKSParameters, KeySet
+from ..backend import CKKSParameters, KeySet, ZeroPool
 from ..backend._keys import PUBLIC_BUNDLE_FILE, SECRET_KEY_FILE
 from ..backend._serialization import Kind, atomic_write, unpack
 from ..exceptions import FormatError, KeyMismatchError, MissingKeyError, ProtocolError
@@ -250,6 +250,9 @@ class Client:
         )
         self.allow_insecure = allow_insecure_for_testing
         self.progress = progress
+        #: Encryptions of zero that :meth:`follow` makes while it waits for the
+        #: server; :meth:`refresh` encrypts onto them (see ZeroPool).
+        self.zeros = ZeroPool(self.keys.context, 0)
 
     def _bundle_rotation_steps(self) -> set[int]:
         """Rotation steps of the public bundle (the server's keys)."""
@@ -497,6 +500,7 @@ class Client:
         meta, cts = read_state(latest, self.keys.context, dataset_id=record["dataset"])
         plan = plan_from_dict(record["plan"])
         client = TrainingClient(plan, keys=self.keys)
+        client.zeros = self.zeros
         _, _, fresh = client.refresh(cts, int(meta["step"]), record["sigmoid_coeffs"])
         out = StateFile(store.path(latest.chunks_done, fresh=True), latest.chunks_done, True)
         write_state(
@@ -521,7 +525,10 @@ class Client:
         The client's counterpart of ``train(..., wait=...)``: returns when the
         final state has arrived (it is not refreshed: decrypt it, or call
         :meth:`refresh` for encrypted scoring) or when no new state arrived
-        for ``wait`` seconds. A state still being copied is read again.
+        for ``wait`` seconds. A state still being copied is read again. While
+        it waits it makes the encryptions of zero that the next refresh
+        encrypts onto (:attr:`zeros`), so that a refresh then costs an
+        encoding per state ciphertext instead of an encryption.
 
         Returns
         -------
@@ -534,9 +541,11 @@ class Client:
         deadline = time.monotonic() + wait
         while True:
             latest = store.latest()
-            n_chunks = int(self.record(self._peek_dataset(latest))["n_chunks"])
+            record = self.record(self._peek_dataset(latest))
+            n_chunks = int(record["n_chunks"])
             if latest.chunks_done >= n_chunks:
                 return written
+            self.zeros.size = len(state_names(plan_from_dict(record["plan"])))
             if not latest.fresh:
                 try:
                     written.append(self.refresh(states_dir))
@@ -550,6 +559,7 @@ class Client:
                 continue
             if time.monotonic() >= deadline:
                 return written
+            self.zeros.fill()  # the server's turn: prepare the next refresh
             time.sleep(poll)
 
     def _peek_dataset(self, state: StateFile) -> str:

@@ -71,3 +71,25 @@ def test_both_sides_keep_running_through_the_command_line(fresh_copy):
     ]
     assert run("decrypt", "-q", INSECURE, "--keys", fresh_copy / "client" / "keys",
                "--states", states, "--json-out", fresh_copy / "model.json") == 0  # fmt: skip
+
+
+def test_follow_prepares_each_refresh_while_the_server_trains(fresh_copy):
+    """While the client waits it makes the refresh's encryptions of zero (ZeroPool)."""
+    server = fresh_copy / "server"
+    states = server / "states"  # shared by both sides
+    keys = load_public_keys(server / "public.bundle", allow_insecure_for_testing=True)
+    result = {}
+
+    def serve() -> None:
+        result["status"] = train(keys, server / "dataset", states, wait=60, poll=0.05)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    client = Client(fresh_copy / "client" / "keys", allow_insecure_for_testing=True)
+    written = client.follow(states, wait=60, poll=0.05)
+    thread.join(timeout=120)
+    assert result["status"].finished and [s.name for s in written] == ["state-00001.fresh.skhe"]
+    pool = client.zeros
+    assert pool.size > 0 and (pool.used, pool.missed) == (pool.size, 0)
+    model = client.decrypt(states)  # training went on from the pooled refresh
+    assert model.report_.refreshes == 1 and abs(model.coef_).max() > 0
