@@ -1348,7 +1348,7 @@ class ParallelCKKSEvaluator:
         t_step = time.perf_counter()
         try:
             with self._parallel(sched) as parallel:
-                results = self._dispatch(parallel, jobs, compiled, report)
+                results = self._dispatch(parallel, jobs, compiled, report, exchange)
         finally:
             shutil.rmtree(exchange, ignore_errors=True)
         if any(r.missing_exchange for r in results):
@@ -1375,8 +1375,15 @@ class ParallelCKKSEvaluator:
         jobs: list[tuple[Task, TaskSpec, dict[int, TaskInput]]],
         compiled: CompiledCircuit,
         report: RunReport,
+        exchange: str | None = None,
     ) -> list[TaskResult]:
         """Run one superstep's tasks; map worker failures to ParallelEvaluationError.
+
+        The caller's ``meanwhile`` work (see :meth:`run`) starts once the
+        tasks are dispatched and, in a dataflow run (``exchange``), once
+        every task has marked its start there: until then this process is
+        still shipping the tasks (loky's feeder thread needs the GIL, which
+        SEAL calls hold), and work started earlier delays them.
 
         A task whose worker could not read the bundle file, or the file of a
         stored input (another machine), is sent again with the bytes: the
@@ -1401,6 +1408,8 @@ class ParallelCKKSEvaluator:
                 # caller's own work now overlaps with the workers'.
                 meanwhile, self._meanwhile = self._meanwhile, None
                 if meanwhile is not None:
+                    if exchange is not None:
+                        _await_starts(exchange, [spec.index for _, spec, _ in todo])
                     try:
                         meanwhile()
                     except BaseException as exc:  # raised once the tasks are done
@@ -1507,6 +1516,20 @@ def temp_folder() -> str | None:
         if os.access(shm, os.W_OK | os.X_OK) and st.f_bavail * st.f_frsize >= MIN_SHM_FREE_BYTES:
             return shm
     return None
+
+
+#: Longest wait for dataflow tasks to start before the caller's own work.
+MEANWHILE_START_WAIT = 0.25
+
+
+def _await_starts(exchange: str, tasks: Sequence[int]) -> None:
+    """Wait (at most :data:`MEANWHILE_START_WAIT`) until every task marked its start."""
+    deadline = time.perf_counter() + MEANWHILE_START_WAIT
+    todo = [os.path.join(exchange, f"started-{n}") for n in tasks]
+    while todo and time.perf_counter() < deadline:
+        todo = [path for path in todo if not os.path.exists(path)]
+        if todo:
+            time.sleep(2e-4)
 
 
 def _check_mode(mode: str) -> str:

@@ -539,6 +539,21 @@ def test_meanwhile_runs_once_while_the_workers_compute(keys, circuits, mode, mon
     assert len(calls) == 1
 
 
+def test_meanwhile_waits_for_dataflow_tasks_to_start_but_not_forever(tmp_path, monkeypatch):
+    """Work started before the tasks run delays their shipping (loky's feeder needs the GIL)."""
+    import sklearn_he.circuit._parallel as par
+
+    (tmp_path / "started-0").touch()
+    (tmp_path / "started-1").touch()
+    t0 = time.perf_counter()
+    par._await_starts(str(tmp_path), [0, 1])
+    assert time.perf_counter() - t0 < 0.05
+    monkeypatch.setattr(par, "MEANWHILE_START_WAIT", 0.1)
+    t0 = time.perf_counter()
+    par._await_starts(str(tmp_path), [0, 1, 2])  # task 2 never starts: give up
+    assert 0.1 <= time.perf_counter() - t0 < 1.0
+
+
 @pytest.mark.ckks
 def test_meanwhile_error_is_raised_after_the_tasks_finish(keys, circuits):
     """An error in the caller's work does not abandon (or kill) the running tasks."""
