@@ -70,3 +70,19 @@ def test_no_module_imports_a_higher_layer():
             if layer in LAYERS and LAYERS.index(layer) > LAYERS.index(own):
                 violations.append(f"{rel} imports {mod}")
     assert violations == []
+
+
+def test_worker_processes_do_not_import_scikit_learn():
+    """A worker imports sklearn_he.circuit only: ~0.3 s to start instead of ~1.5 s."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sklearn_he.circuit._worker, sklearn_he.training\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))\n"
+        "import sklearn_he\n"
+        "sklearn_he.EncryptedLogisticRegression\n"
+        "print('sklearn' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[:2] == ["[]", "True"]  # loaded on first use only
