@@ -228,14 +228,34 @@ def test_refreshes_after_parallel_chunks_encrypt_onto_zeros_made_meanwhile(cance
             pools.append(self)
 
     monkeypatch.setattr(trainer_module, "ZeroPool", Recorded)
+    preloads = []
+    real_preload = par.ParallelCKKSEvaluator.preload_keys
+
+    def preload(self):
+        preloads.append(self)
+        return real_preload(self)
+
+    monkeypatch.setattr(par.ParallelCKKSEvaluator, "preload_keys", preload)
     Xtr, _, ytr, _ = cancer
     serial = ckks(max_iter=1).fit(Xtr[:160], ytr[:160])
-    assert not pools  # one process: nothing to overlap with, no pool
+    assert not pools and not preloads  # one process: nothing to overlap with
     two = ckks(max_iter=1, n_jobs=2).fit(Xtr[:160], ytr[:160])
+    assert len(preloads) == 1  # the workers loaded the keys while the data was encrypted
     (pool,) = pools
     refreshed = two.report_.refreshes * pool.size
     assert refreshed > 0 and (pool.used, pool.missed) == (refreshed, 0)
     np.testing.assert_allclose(two.coef_, serial.coef_, atol=5e-3 * np.abs(serial.coef_).max())
+
+
+@pytest.mark.ckks
+def test_workers_are_not_given_keys_when_every_chunk_runs_in_process(cancer, monkeypatch):
+    import sklearn_he.circuit._parallel as par
+
+    preloads = []
+    monkeypatch.setattr(par.ParallelCKKSEvaluator, "preload_keys", preloads.append)
+    Xtr, _, ytr, _ = cancer
+    clf = ckks(max_iter=1, n_jobs=2).fit(Xtr[:160], ytr[:160])  # far too small to pay
+    assert clf.report_.refreshes >= 1 and not preloads
 
 
 @pytest.mark.ckks

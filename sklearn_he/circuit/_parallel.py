@@ -1042,6 +1042,17 @@ class ParallelCKKSEvaluator:
             return
         self._preloading = WorkerStart(pending)
 
+    def runs_in_workers(self, compiled: CompiledCircuit) -> bool:
+        """Whether :meth:`run` would evaluate ``compiled`` in worker processes."""
+        workers = effective_n_jobs(self.n_jobs)
+        return workers > 1 and self._pays(self.schedule(compiled, workers))
+
+    def _pays(self, sched: Schedule) -> bool:
+        return sched.parallel and not (
+            self.serial_fallback
+            and sched.predicted_seconds * MIN_PARALLEL_GAIN >= sched.serial_seconds
+        )
+
     # -------------------------------------------------------------- planning
     def schedule(self, compiled: CompiledCircuit, n_workers: int | None = None) -> Schedule:
         """The schedule :meth:`run` would use.
@@ -1151,10 +1162,7 @@ class ParallelCKKSEvaluator:
             return out
         serial.prepare(compiled)
         sched = self.schedule(compiled, workers)
-        if not sched.parallel or (
-            self.serial_fallback
-            and sched.predicted_seconds * MIN_PARALLEL_GAIN >= sched.serial_seconds
-        ):
+        if not self._pays(sched):
             out = serial.run(compiled, inputs)
             self.last_run_ = RunReport("serial", workers, time.perf_counter() - t0, sched)
             return out  # serial.run checked (and mod-switched) the inputs itself

@@ -588,8 +588,15 @@ class Trainer:
             raise ValueError("backend='ckks' needs a KeySet (trainer.keys)")
         client, server = self.client, self.server
         t0 = time.perf_counter()
+        specs = chunk_specs(p, epochs, start_step)
         parallel = self.backend == "ckks" and effective_n_jobs(self.n_jobs) > 1
-        if parallel:  # the workers load the keys while this process encrypts
+        if (
+            parallel
+            and specs
+            and server.parallel_evaluator().runs_in_workers(
+                server.chunk_circuit(specs[0].step, specs[0].length).compiled
+            )
+        ):  # the workers load the keys while this process encrypts
             server.parallel_evaluator().preload_keys()
         # Client-side encryption in local worker processes when n_jobs asks for them.
         data = _InProcessData(
@@ -600,7 +607,6 @@ class Trainer:
         w, v = np.asarray(w0, dtype=float), np.asarray(v0, dtype=float)
         state = client.encrypt_state(w, v)
         refreshes, depths, per_mb = 0, [], []
-        specs = chunk_specs(p, epochs, start_step)
         n_state = len(state_names(p))
         # While worker processes evaluate a chunk this process would only wait:
         # it compiles the next chunk and makes the encryptions of zero that the

@@ -555,6 +555,22 @@ def test_meanwhile_waits_for_dataflow_tasks_to_start_but_not_forever(tmp_path, m
 
 
 @pytest.mark.ckks
+def test_runs_in_workers_says_what_run_does(keys, circuits, monkeypatch):
+    import sklearn_he.circuit._parallel as par
+
+    compiled = circuits["chunk"]
+    enc, _ = reference_run(keys, compiled)
+    forced = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
+    monkeypatch.setattr(par, "MIN_PARALLEL_GAIN", 1e9)
+    fallback = ParallelCKKSEvaluator(keys, n_jobs=2)
+    for ev, where in ((forced, "parallel"), (fallback, "serial")):
+        assert ev.runs_in_workers(compiled) == (where == "parallel")
+        ev.run(compiled, enc)
+        assert ev.last_run_.mode == where
+    assert not ParallelCKKSEvaluator(keys, n_jobs=1).runs_in_workers(compiled)
+
+
+@pytest.mark.ckks
 def test_meanwhile_error_is_raised_after_the_tasks_finish(keys, circuits):
     """An error in the caller's work does not abandon (or kill) the running tasks."""
     compiled = circuits["chunk"]
