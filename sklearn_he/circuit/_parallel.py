@@ -58,13 +58,16 @@ good). ``mode="auto"`` (the default) plans both kinds and runs the one with
 the smaller simulated time.
 
 Measured (``benchmarks/parallel.py --costs measured --repeats 7``, 2-core
-VM, otherwise idle; results in ``benchmarks/results/parallel.json``),
-MNIST-sized training chunks at N=16384 (k=1, 128-row minibatch, four 128x64
-column tiles), ``n_jobs=2`` against in-process: the pipelined chunk ran
-1.70x faster (0.601 s -> 0.355 s, median of 7) and the baseline chunk 1.40x
-(0.443 s -> 0.317 s). Before values moved through SEAL's file streams in
-``/dev/shm`` and planning tried early-layer priorities, the same machine
-measured 1.60x and 1.34x, and the best BSP schedules 1.22x and 1.14x. What
+VM, otherwise idle), MNIST-sized training chunks at N=16384 (k=1, 128-row
+minibatch, four 128x64 column tiles), ``n_jobs=2`` against in-process: the
+pipelined chunk ran 1.70x faster (0.601 s -> 0.355 s, median of 7) and the
+baseline chunk 1.40x (0.443 s -> 0.317 s). On a later VM of the same kind,
+whose two cores scaled worse for SEAL's rotations (1.66-1.89x throughput
+with 2 processes, against ~1.95x for products), the same chunk code ran
+1.22x (0.647 s -> 0.529 s) and 1.01x faster
+(``benchmarks/results/parallel.json``). Before values moved through SEAL's
+file streams in ``/dev/shm`` and planning tried early-layer priorities, the
+first machine measured 1.60x and 1.34x, and the best BSP schedules 1.22x and 1.14x. What
 bounds it: the baseline chunk's critical path (the margin's rotation sums,
 the sigmoid, the gradient's rotation sums) is 0.195 s of 0.476 s of work,
 so no schedule on two workers beats 0.24 s; the pipelined chunk has more
