@@ -28,7 +28,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_data_only_blocks_through_the_protocol(case, cancer_small, tmp_path):
+def test_data_only_blocks_through_the_protocol(case, cancer_small, tmp_path, monkeypatch):
     levels, extra, prefix = CASES[case]
     params = CKKSParameters(4096, (60, *([40] * levels), 60), 40, security_level=0)
     X, y = cancer_small[0][:32], cancer_small[1][:32]
@@ -53,8 +53,23 @@ def test_data_only_blocks_through_the_protocol(case, cancer_small, tmp_path):
     public = load_public_keys(tmp_path / "keys" / "public.bundle", allow_insecure_for_testing=True)
     assert not public.has_secret_key
     if case == "client-gram":  # parallel evaluation gives the very same state
+        import sklearn_he.circuit._parallel as par
+
         shutil.copytree(tmp_path / "states", tmp_path / "states-parallel")
-        assert train(public, tmp_path / "dataset", tmp_path / "states-parallel", n_jobs=2).finished
+        with monkeypatch.context() as m:  # the chunk in worker processes, keys preloaded
+            free = par.TransferCosts(serialize=0, deserialize=0, pipe=0, superstep=0, task=0)
+            m.setattr(par, "TransferCosts", lambda: free)
+            m.setattr(par, "MIN_PARALLEL_GAIN", 0.0)
+            preloads = []
+            real_preload = par.ParallelCKKSEvaluator.preload_keys
+            m.setattr(
+                par.ParallelCKKSEvaluator,
+                "preload_keys",
+                lambda self: (preloads.append(self), real_preload(self))[1],
+            )
+            status = train(public, tmp_path / "dataset", tmp_path / "states-parallel", n_jobs=2)
+            assert status.finished and len(preloads) == 1
+            assert preloads[0].last_run_.mode == "parallel"
     status = train(public, tmp_path / "dataset", tmp_path / "states")
     assert status.finished and status.chunks_run == 1
     if case == "client-gram":
