@@ -958,6 +958,7 @@ class ParallelCKKSEvaluator:
         self._files: dict[str, str] = {}  # stored input key -> its file
         self._meanwhile: Callable[[], None] | None = None  # see run()
         self._preloading = WorkerStart()  # see preload_keys()
+        self._timings: dict[tuple[str, int], _Timings] = {}  # see run()
 
     @property
     def context(self) -> CKKSContext:
@@ -1046,7 +1047,11 @@ class ParallelCKKSEvaluator:
         self._preloading = WorkerStart(pending)
 
     def runs_in_workers(self, compiled: CompiledCircuit) -> bool:
-        """Whether :meth:`run` would evaluate ``compiled`` in worker processes."""
+        """Whether the schedule says ``compiled`` pays for worker processes.
+
+        :meth:`run` then evaluates it there, except for the in-process runs
+        of its measured fallback (see :meth:`run`).
+        """
         workers = effective_n_jobs(self.n_jobs)
         return workers > 1 and self._pays(self.schedule(compiled, workers))
 
@@ -1139,12 +1144,20 @@ class ParallelCKKSEvaluator:
     ) -> dict[str, Ciphertext]:
         """Evaluate; returns the output ciphertexts by name (as :meth:`CKKSEvaluator.run`).
 
-        ``meanwhile()``, if given, is called once the workers have their
-        tasks, before this process waits for them: work of the caller's
-        that does not depend on the result (the trainer compiles the next
-        chunk and prepares the encryptions its refresh needs). It is not
-        called when the circuit runs in this process. An error it raises is
-        raised once the tasks have finished.
+        ``meanwhile()``, if given, is called once per run: work of the
+        caller's that does not depend on the result (the trainer compiles
+        the next chunk and prepares the encryptions its refresh needs). In
+        a parallel run it is called once the workers have their tasks,
+        before this process waits for them, and an error it raises is
+        raised once the tasks have finished; when the circuit runs in this
+        process, it is called after the evaluation.
+
+        With ``serial_fallback`` the evaluator also *measures* which way is
+        faster on this machine: after :data:`PROBE_AFTER` parallel runs of
+        a circuit structure it runs one in-process, then keeps the faster
+        way (median wall time, ``meanwhile`` included), trying the other
+        again every :data:`PROBE_EVERY` runs. The result is bit-identical
+        either way; :attr:`last_run_` says which way ran.
         """
         self._meanwhile = meanwhile
         self._preloading.wait()
@@ -1160,15 +1173,47 @@ class ParallelCKKSEvaluator:
         serial = CKKSEvaluator(self.context, check_levels=self.check_levels)
         workers = effective_n_jobs(self.n_jobs)
         if workers <= 1:
-            out = serial.run(compiled, inputs)
+            out = self._in_process(serial, compiled, inputs)
             self.last_run_ = RunReport("serial", 1, time.perf_counter() - t0)
             return out
         serial.prepare(compiled)
         sched = self.schedule(compiled, workers)
         if not self._pays(sched):
-            out = serial.run(compiled, inputs)
+            out = self._in_process(serial, compiled, inputs)
             self.last_run_ = RunReport("serial", workers, time.perf_counter() - t0, sched)
             return out  # serial.run checked (and mod-switched) the inputs itself
+        timings = None
+        if self.serial_fallback:
+            key = (_structure_key(compiled), workers)
+            timings = self._timings.setdefault(key, _Timings())
+            if timings.choose() == "serial":
+                out = self._in_process(serial, compiled, inputs)
+                wall = time.perf_counter() - t0
+                timings.record("serial", wall)
+                self.last_run_ = RunReport("serial", workers, wall, sched)
+                return out
+        out = self._run_in_workers(compiled, inputs, sched, workers, t0)
+        if timings is not None and self.last_run_ is not None:
+            timings.record(self.last_run_.mode, self.last_run_.wall_seconds)
+        return out
+
+    def _in_process(
+        self, serial: CKKSEvaluator, compiled: CompiledCircuit, inputs: Mapping[str, Ciphertext]
+    ) -> dict[str, Ciphertext]:
+        out = serial.run(compiled, inputs)
+        meanwhile, self._meanwhile = self._meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
+        return out
+
+    def _run_in_workers(
+        self,
+        compiled: CompiledCircuit,
+        inputs: Mapping[str, Ciphertext],
+        sched: Schedule,
+        workers: int,
+        t0: float,
+    ) -> dict[str, Ciphertext]:
         ready = self._check_inputs(compiled, inputs)
         report = RunReport("parallel", workers, schedule=sched)
         originals = {nid: inputs[name] for name, nid in compiled.circuit.inputs.items()}
@@ -1541,6 +1586,49 @@ def temp_folder() -> str | None:
 
 #: Longest wait for dataflow tasks to start before the caller's own work.
 MEANWHILE_START_WAIT = 0.25
+#: Measured fallback (``serial_fallback=True``): after this many parallel runs
+#: of one circuit structure (not counting the first, which pays for the
+#: workers' warm-up) one run goes in-process, and from then on the faster way
+#: (median of the last :data:`TIMINGS_KEPT` runs of each) is used...
+PROBE_AFTER = 2
+#: ...and the other way is tried again every this many runs of the structure.
+PROBE_EVERY = 48
+TIMINGS_KEPT = 5
+
+
+@dataclass
+class _Timings:
+    """Wall times of one circuit structure's runs, in workers and in-process."""
+
+    parallel: list[float] = field(default_factory=list)
+    serial: list[float] = field(default_factory=list)
+    runs: int = 0
+    warm: bool = False  # the first parallel run (warm-up) was seen
+
+    def choose(self) -> str:
+        self.runs += 1
+        if len(self.parallel) < PROBE_AFTER:
+            return "parallel"
+        if not self.serial:
+            return "serial"
+        best = "serial" if _median(self.serial) < _median(self.parallel) else "parallel"
+        if self.runs % PROBE_EVERY == 0:
+            return "parallel" if best == "serial" else "serial"
+        return best
+
+    def record(self, mode: str, seconds: float) -> None:
+        if mode == "parallel" and not self.warm:
+            self.warm = True
+            return
+        kept = self.parallel if mode == "parallel" else self.serial
+        kept.append(seconds)
+        del kept[:-TIMINGS_KEPT]
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
 def _await_starts(exchange: str, tasks: Sequence[int]) -> None:

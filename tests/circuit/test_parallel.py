@@ -529,14 +529,14 @@ def test_meanwhile_runs_once_while_the_workers_compute(keys, circuits, mode, mon
     got = ev.run(compiled, enc, meanwhile=lambda: calls.append(time.perf_counter()))
     assert_identical(got, want)
     assert ev.last_run_.mode == "parallel" and len(calls) == 1
-    # In-process runs have nothing to overlap with: not called.
+    # In-process runs have nothing to overlap with: called after the evaluation.
     monkeypatch.setattr(par, "MIN_PARALLEL_GAIN", 1e9)  # processes never pay
     for serial in (ParallelCKKSEvaluator(keys, n_jobs=1), ParallelCKKSEvaluator(keys, n_jobs=2)):
         assert_identical(serial.run(compiled, enc, meanwhile=lambda: calls.append(0)), want)
         assert serial.last_run_.mode == "serial"
-    assert len(calls) == 1
+    assert calls[1:] == [0, 0]
     ev.run(compiled, enc)  # nothing left over from the last call
-    assert len(calls) == 1
+    assert len(calls) == 3
 
 
 def test_meanwhile_waits_for_dataflow_tasks_to_start_but_not_forever(tmp_path, monkeypatch):
@@ -568,6 +568,48 @@ def test_runs_in_workers_says_what_run_does(keys, circuits, monkeypatch):
         ev.run(compiled, enc)
         assert ev.last_run_.mode == where
     assert not ParallelCKKSEvaluator(keys, n_jobs=1).runs_in_workers(compiled)
+
+
+@pytest.mark.ckks
+def test_measured_fallback_keeps_the_faster_way(keys, circuits):
+    """Processes that do not pay on this machine: after a probe the runs stay in-process."""
+    compiled = circuits["matvec"]
+    enc, want = reference_run(keys, compiled)
+    ev = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE)  # the schedule says: workers
+    assert ev.runs_in_workers(compiled)
+    modes = []
+    for _ in range(7):
+        assert_identical(ev.run(compiled, enc), want)  # bit-identical either way
+        modes.append(ev.last_run_.mode)
+    # Warm-up, two measured parallel runs, one in-process probe; this tiny
+    # circuit is far faster in-process, so that is where it stays.
+    assert modes == ["parallel"] * 3 + ["serial"] * 4
+    # serial_fallback=False: always the schedule's way.
+    forced = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
+    for _ in range(5):
+        forced.run(compiled, enc)
+        assert forced.last_run_.mode == "parallel"
+
+
+def test_measured_fallback_choices():
+    import sklearn_he.circuit._parallel as par
+
+    t = par._Timings()
+    choices = []
+    for wall in (9.0, 1.0, 1.2):  # warm-up not counted, then two parallel runs
+        choices.append(t.choose())
+        t.record("parallel", wall)
+    choices.append(t.choose())  # the probe
+    t.record("serial", 2.0)
+    assert choices == ["parallel"] * 3 + ["serial"]
+    assert t.parallel == [1.0, 1.2] and t.serial == [2.0]
+    later = []
+    while t.runs < par.PROBE_EVERY:
+        later.append(t.choose())
+    assert set(later[:-1]) == {"parallel"} and later[-1] == "serial"  # re-probed
+    for wall in [0.5] * 10:
+        t.record("serial", wall)
+    assert len(t.serial) == par.TIMINGS_KEPT and t.choose() == "serial"
 
 
 @pytest.mark.ckks
