@@ -357,10 +357,11 @@ class TrainingServer:
 
         ``on_value(node, ciphertext)`` is called after every node of a serial
         CKKS evaluation (progress bars, tests); parallel and plaintext
-        evaluations do not call it. ``meanwhile()`` is called while worker
-        processes evaluate the circuit (see
-        :meth:`ParallelCKKSEvaluator.run`), and not at all when the circuit
-        runs in this process.
+        evaluations do not call it. With ``n_jobs > 1``, ``meanwhile()`` is
+        called once per run (see :meth:`ParallelCKKSEvaluator.run`): while
+        worker processes evaluate the circuit, or after the evaluation when
+        it runs in this process. With one worker or the plaintext backend it
+        is not called.
         """
         if self.backend == "plaintext":
             return PlaintextEvaluator().run(compiled, inputs)
