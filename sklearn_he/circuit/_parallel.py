@@ -1033,18 +1033,9 @@ class ParallelCKKSEvaluator:
         results lazily. A worker that fails to load the keys is not an error
         here: the first run reports it.
         """
-        n = effective_n_jobs(self.n_jobs)
         self._preloading.wait()
-        if n <= 1:
-            return
-        ref = self._bundle_ref()
-        try:
-            pending = Parallel(n_jobs=self.n_jobs, return_as="generator_unordered")(
-                delayed(load_keys)(ref) for _ in range(n)
-            )
-        except ValueError:  # a backend without lazy results (multiprocessing)
-            return
-        self._preloading = WorkerStart(pending)
+        if effective_n_jobs(self.n_jobs) > 1:
+            self._preloading = _one_task_per_worker(self.n_jobs, load_keys, self._bundle_ref())
 
     def runs_in_workers(self, compiled: CompiledCircuit) -> bool:
         """Whether the schedule says ``compiled`` pays for worker processes.
@@ -1552,12 +1543,17 @@ def start_workers(n_jobs: int | None) -> WorkerStart:
     joblib like every task, so it honours ``parallel_config``. Does nothing
     with one worker, or with a backend that cannot return results lazily.
     """
+    return _one_task_per_worker(n_jobs, worker_pid)
+
+
+def _one_task_per_worker(n_jobs: int | None, fn: Callable[..., int], *args: Any) -> WorkerStart:
+    """``fn(*args)`` once per worker of ``n_jobs``, sent now, results collected by ``wait``."""
     n = effective_n_jobs(n_jobs)
     if n <= 1:
         return WorkerStart()
     try:
         pending = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-            delayed(worker_pid)() for _ in range(n)
+            delayed(fn)(*args) for _ in range(n)
         )
     except ValueError:  # a backend without lazy results (multiprocessing)
         return WorkerStart()
