@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from joblib import effective_n_jobs
 
 from .._version import __version__
 from ..backend import KeySet
@@ -234,12 +233,8 @@ def train(
         ds.plan, ds.schedule, ds.coeffs, backend="ckks", keys=keys, n_jobs=n_jobs
     )
     done, server_seconds = latest.chunks_done, float(meta.get("server_seconds", 0.0))
-    if done < len(specs) and effective_n_jobs(n_jobs) > 1:
-        evaluator = server.parallel_evaluator()
-        if evaluator.runs_in_workers(
-            server.chunk_circuit(specs[done].step, specs[done].length).compiled
-        ):
-            evaluator.preload_keys()  # the workers start and load the keys meanwhile
+    if done < len(specs):  # the workers start and load the keys meanwhile
+        server.preload_keys(specs[done])
     data = DirectoryData(ds, keys.context)
     while done < len(specs):
         if max_chunks is not None and status.chunks_run >= max_chunks:

@@ -371,6 +371,20 @@ class TrainingServer:
             return CKKSEvaluator(self.keys.context).run(compiled, inputs, on_value=on_value)
         return self.parallel_evaluator().run(compiled, inputs, meanwhile=meanwhile)
 
+    def preload_keys(self, spec: ChunkSpec) -> None:
+        """Have the workers load the keys now if ``spec``'s chunk will run in them.
+
+        Returns at once (see :meth:`ParallelCKKSEvaluator.preload_keys`); the
+        caller does its own work (encrypting, reading the data set) while
+        the workers load. Nothing happens with one worker, on the plaintext
+        backend, or when the chunk will run in this process anyway.
+        """
+        if self.backend != "ckks" or effective_n_jobs(self.n_jobs) <= 1:
+            return
+        evaluator = self.parallel_evaluator()
+        if evaluator.runs_in_workers(self.chunk_circuit(spec.step, spec.length).compiled):
+            evaluator.preload_keys()
+
     def parallel_evaluator(self) -> ParallelCKKSEvaluator:
         """The worker pool's evaluator (workers get the public bundle only, never the secret)."""
         if self.keys is None:
@@ -591,14 +605,8 @@ class Trainer:
         t0 = time.perf_counter()
         specs = chunk_specs(p, epochs, start_step)
         parallel = self.backend == "ckks" and effective_n_jobs(self.n_jobs) > 1
-        if (
-            parallel
-            and specs
-            and server.parallel_evaluator().runs_in_workers(
-                server.chunk_circuit(specs[0].step, specs[0].length).compiled
-            )
-        ):  # the workers load the keys while this process encrypts
-            server.parallel_evaluator().preload_keys()
+        if specs:  # the workers load the keys while this process encrypts
+            server.preload_keys(specs[0])
         # Client-side encryption in local worker processes when n_jobs asks for them.
         data = _InProcessData(
             client, batches, server.parallel_evaluator().encrypt if parallel else None
