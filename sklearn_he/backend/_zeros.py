@@ -96,13 +96,19 @@ class ZeroPool:
 
     def encrypt(self, values: Any) -> Ciphertext:
         """``values`` encrypted at the top level, onto a zero from the pool if one is ready."""
-        values = self.context._vector(values)  # bad values fail before a zero is taken
         with self._lock:
             zero = self._zeros.popleft() if self._zeros else None
-            if zero is None:
-                self.missed += 1
-            else:
-                self.used += 1
         if zero is None:
-            return self.context.encrypt(values)
-        return self.context._encrypt_onto_zero(zero, values)
+            out = self.context.encrypt(values)
+            with self._lock:
+                self.missed += 1
+            return out
+        try:
+            out = self.context._encrypt_onto_zero(zero, values)
+        except (TypeError, ValueError):  # bad values: refused before the zero is touched
+            with self._lock:
+                self._zeros.appendleft(zero)
+            raise
+        with self._lock:
+            self.used += 1
+        return out
