@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "sklearn_he"
 
 #: Layers from the bottom up. A module may import from its own layer and
@@ -86,3 +88,11 @@ def test_worker_processes_do_not_import_scikit_learn():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split("\n")[:2] == ["[]", "True"]  # loaded on first use only
+
+
+def test_unknown_top_level_name_is_an_attribute_error():
+    import sklearn_he
+
+    with pytest.raises(AttributeError, match="module 'sklearn_he' has no attribute 'Nope'"):
+        sklearn_he.Nope  # noqa: B018
+    assert "EncryptedLogisticRegression" in dir(sklearn_he)
