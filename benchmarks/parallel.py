@@ -1,17 +1,25 @@
 """Parallel evaluation of the training chunk circuits: measured and projected speed-ups.
 
-For the MNIST-sized chunk circuits (``sklearn_he.training.build_chunk``,
-``circuit="baseline"`` and ``"pipelined"``, 197 features with the bias,
-degree-5 sigmoid, the tile shape and minibatch size that ``plan_training``
-chooses for MNIST 3 vs 8 (1,587 training rows), ``k`` minibatches per
-circuit, 128-bit parameters from ``CKKSParameters.for_depth(chunk.depth)``):
+For the MNIST-sized chunk circuits a fit runs (``Plan.compile_chunk`` of
+the plan ``plan_training`` makes for MNIST 3 vs 8: 1,587 training rows,
+197 features with the bias, degree-5 sigmoid, 5 epochs; its tile shape,
+minibatch size, layout and fusion, ``circuit="baseline"`` and
+``"pipelined"``, ``k`` minibatches per circuit, the plan's 128-bit
+parameters), planned for 1 and for 2 workers (``--plan-jobs``; a fit plans
+for its ``n_jobs``, and with 2 the cost model may pick a shape that splits
+into two equal halves):
 
 * **measured**: wall time of :class:`~sklearn_he.circuit.CKKSEvaluator`
   (``T1``, in-process) and of
   :class:`~sklearn_he.circuit.ParallelCKKSEvaluator` with ``n_jobs=2``
-  (``T2``, loky), median of ``--repeats`` runs after a warm-up (the first
+  (``T2``, loky, ``serial_fallback=False`` so that every timed run uses the
+  workers), median of ``--repeats`` runs after a warm-up (the first
   parallel run starts the worker processes and loads the public bundle in
-  each; it is reported separately). As in a fit, every timed run gets a new
+  each; it is reported separately). T1 and T2 runs alternate, and the
+  *paired* speed-up is the median of the ratios of neighbouring runs: on a
+  shared VM whose speed drifts by 10-20% within a minute it is the steadier
+  figure. The last line per circuit compares what a fit runs: T1 of the
+  1-worker plan against T2 of the 2-worker plan. As in a fit, every timed run gets a new
   model state (``v``, ``w``: new ciphertext objects, stored and loaded
   afresh) while the minibatch tiles are ones the workers already hold, as
   in every epoch after the first. Every parallel output is checked to be
@@ -33,10 +41,11 @@ circuit, 128-bit parameters from ``CKKSParameters.for_depth(chunk.depth)``):
 Usage::
 
     python benchmarks/parallel.py [--ring 16384] [--k 1] [--repeats 3]
+                                  [--plan-jobs 1 2] [--costs measured]
                                   [--out benchmarks/results/parallel.json]
 
-Default: N=16384 with k=1 (the only k whose circuits fit N=16384; about a
-minute in all, key generation included). ``--ring 32768 --k 2`` runs the
+Default: N=16384 with k=1 (the only k whose circuits fit N=16384; about two
+minutes in all with ``--repeats 7``, key generation included). ``--ring 32768 --k 2`` runs the
 two-minibatch circuits (minutes). Prints a Markdown table and writes JSON.
 """
 
@@ -62,13 +71,18 @@ from sklearn_he.circuit import (
     analyze,
     plan_schedule,
 )
-from sklearn_he.training import build_chunk, plan_training, sigmoid_poly
+from sklearn_he.training import plan_training, sigmoid_poly
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SAMPLES = 1587  # MNIST 3 vs 8 training rows (80% of 1,984)
 FEATURES = 197  # 14 x 14 MNIST pixels and the bias column
 DEGREE = 5  # EncryptedLogisticRegression's default sigmoid degree
+EPOCHS = 5  # and its default max_iter
 CORES = (16, 64)
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker{'s' if n != 1 else ''}"
 
 
 def _log(msg: str) -> None:
@@ -89,34 +103,33 @@ def _median_time(fn: Any, repeats: int) -> tuple[float, list[float], list[float]
 def bench(
     circuit: str, ring: int, k: int, repeats: int, plan_jobs: int, measured: bool
 ) -> dict[str, Any]:
-    # The tile shape and minibatch size EncryptedLogisticRegression plans for MNIST 3 vs 8.
+    # The circuit EncryptedLogisticRegression's fit runs for MNIST 3 vs 8 with
+    # n_jobs=plan_jobs: its plan's tile shape, minibatch size, layout and fusion.
     plan = plan_training(
         SAMPLES,
         FEATURES,
         circuit=circuit,
         coeffs=sigmoid_poly(DEGREE),
-        minibatches_per_circuit=1,
+        minibatches_per_circuit=k,
+        epochs=EPOCHS,
         n_jobs=plan_jobs,
     )
     shape, batch = plan.shape, plan.batch_size
-    steps = [(0.1, 0.1)] * k
-    chunk = build_chunk(
-        steps,
-        sigmoid_poly(DEGREE),
-        circuit=circuit,
-        shape=shape,
-        batch_size=batch,
-        n_features=FEATURES,
-    )
+    chunk = plan.compile_chunk([(0.1, 0.1)] * k, sigmoid_poly(DEGREE))
     compiled = chunk.compiled
-    params = CKKSParameters.for_depth(chunk.depth, min_poly_modulus_degree=ring)
+    params = plan.params
+    if params is None or params.poly_modulus_degree != ring:
+        params = CKKSParameters.for_depth(chunk.depth, min_poly_modulus_degree=ring)
     # The scheduler's op costs: nominal, or measured on this machine (cached).
     costs = CostModel.for_params(params) if measured else None
     report = analyze(compiled, params, CostModel.nominal())
     work, span = report.work_seconds or 0.0, report.span_seconds or 0.0
     row: dict[str, Any] = {
         "circuit": circuit,
+        "plan_jobs": plan_jobs,
         "k": k,
+        "fuse": plan.fuse,
+        "layout": plan.layout,
         "shape": f"{shape.rows}x{shape.cols}",
         "batch_size": batch,
         "params": params.to_dict(),
@@ -163,9 +176,9 @@ def bench(
 
     serial = CKKSEvaluator(ctx)
     serial.run(compiled, inputs)  # warm-up
-    t1, t1_all, t1_cpu, ref = _median_time(lambda: serial.run(compiled, inputs), repeats)
-
-    parallel = ParallelCKKSEvaluator(keys, n_jobs=2, costs=costs)
+    # serial_fallback=False: this measures the parallel evaluation itself (with
+    # the default, the evaluator would time one run in-process as a probe).
+    parallel = ParallelCKKSEvaluator(keys, n_jobs=2, costs=costs, serial_fallback=False)
     t0 = time.perf_counter()
     bundle = parallel.public_bundle()
     row["bundle_mb"] = len(bundle) / 1e6
@@ -211,7 +224,19 @@ def bench(
         )
         return out
 
-    t2, t2_all, _, out = _median_time(timed_parallel, repeats)
+    # T1 and T2 runs alternate, so that a slow spell of the machine (other
+    # tenants, CPU frequency) falls on both; the paired ratio is the median
+    # of the ratios of neighbouring runs.
+    t1_all, t1_cpu, t2_all = [], [], []
+    ref = out = None
+    for _ in range(repeats):
+        _, (t1_run,), (c1,), ref = _median_time(lambda: serial.run(compiled, inputs), 1)
+        _, (t2_run,), _, out = _median_time(timed_parallel, 1)
+        t1_all.append(t1_run)
+        t1_cpu.append(c1)
+        t2_all.append(t2_run)
+    t1, t2 = statistics.median(t1_all), statistics.median(t2_all)
+    assert ref is not None and out is not None
     identical = all(out[n].to_bytes() == ref[n].to_bytes() for n in ref)
     if not identical:
         raise AssertionError(f"{circuit}: parallel outputs differ from the in-process ones")
@@ -232,6 +257,9 @@ def bench(
             "t2_s": t2,
             "t2_runs_s": t2_all,
             "speedup_2": t1 / t2,
+            "speedup_2_paired": statistics.median(
+                a / b for a, b in zip(t1_all, t2_all, strict=True)
+            ),
             "efficiency_2": t1 / (2 * t2),
             "identical": identical,
             "mode": runs[-1]["mode"],
@@ -257,8 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--plan-jobs",
         type=int,
-        default=1,
-        help="worker count the tile shape is planned for (fit plans for its n_jobs)",
+        nargs="+",
+        default=[1, 2],
+        help="worker counts to plan the tile shape for, one row each (a fit plans for its "
+        "n_jobs; default: 1 2)",
     )
     ap.add_argument(
         "--costs",
@@ -271,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     load_before = os.getloadavg()
     rows = [
-        bench(c, args.ring, args.k, args.repeats, args.plan_jobs, args.costs == "measured")
+        bench(c, args.ring, args.k, args.repeats, jobs, args.costs == "measured")
         for c in args.circuits
+        for jobs in args.plan_jobs
     ]
     load_after = os.getloadavg()
 
@@ -281,33 +312,47 @@ def main(argv: list[str] | None = None) -> int:
         f"batch {rows[0]['batch_size']}, {FEATURES} features, 2 workers)\n"
     )
     print(
-        "| circuit | depth | nodes | rot | work s | span s | work/span | T1 s | T2 s "
-        "| speed-up | eff. T1/(2T2) | worker cpu/wall | CPU-adj. eff. | sched. pred. 2 "
-        "| Brent 16 | Brent 64 | sched. pred. 16 | sched. pred. 64 |"
+        "| circuit | planned for (tile) | depth | nodes | rot | work s | span s | work/span "
+        "| T1 s | T2 s | speed-up (paired) | eff. T1/(2T2) | worker cpu/wall | CPU-adj. eff. "
+        "| sched. pred. 2 | Brent 16 | Brent 64 | sched. pred. 16 | sched. pred. 64 |"
     )
-    print("|" + "---|" * 18)
+    print("|" + "---|" * 19)
     for r in rows:
         s = r["scheduler_speedup"]
         print(
-            f"| {r['circuit']} | {r['depth']} | {r['nodes']} | {r['op_counts'].get('rotate', 0)} "
+            f"| {r['circuit']} | {_workers(r['plan_jobs'])} ({r['shape']}) | {r['depth']} "
+            f"| {r['nodes']} | {r['op_counts'].get('rotate', 0)} "
             f"| {r['work_s']:.3f} | {r['span_s']:.3f} | {r['parallelism']:.2f} "
-            f"| {r['t1_s']:.3f} | {r['t2_s']:.3f} | {r['speedup_2']:.2f} "
+            f"| {r['t1_s']:.3f} | {r['t2_s']:.3f} "
+            f"| {r['speedup_2']:.2f} ({r['speedup_2_paired']:.2f}) "
             f"| {r['efficiency_2']:.2f} | {r['worker_cpu_over_wall'] or 0:.2f} "
             f"| {r['efficiency_2_adjusted']:.2f} "
             f"| {s['2']['speedup']:.2f} | {r['brent_speedup']['16']:.2f} "
             f"| {r['brent_speedup']['64']:.2f} | {s['16']['speedup']:.2f} "
             f"| {s['64']['speedup']:.2f} |"
         )
+    by_plan = {(r["circuit"], r["plan_jobs"]): r for r in rows}
+    for c in args.circuits:
+        one, two = by_plan.get((c, 1)), by_plan.get((c, 2))
+        if one is not None and two is not None:
+            print(
+                f"\n{c}, as a fit plans it for each n_jobs: T1 {one['t1_s']:.3f} s "
+                f"({one['shape']}) -> T2 {two['t2_s']:.3f} s ({two['shape']}): "
+                f"{one['t1_s'] / two['t2_s']:.2f}x"
+            )
     print(
         f"\nLoad average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
         f"on {os.cpu_count()} CPUs. First parallel run (worker start + bundle load): "
-        + ", ".join(f"{r['circuit']} {r['first_parallel_run_s']:.1f} s" for r in rows)
+        + ", ".join(f"{r['circuit']} {r['shape']} {r['first_parallel_run_s']:.1f} s" for r in rows)
         + ". Bundles: "
-        + ", ".join(f"{r['circuit']} {r['bundle_mb']:.0f} MB" for r in rows)
+        + ", ".join(f"{r['circuit']} {r['shape']} {r['bundle_mb']:.0f} MB" for r in rows)
         + "."
     )
     for r in rows:
-        print(f"\n{r['circuit']} schedule for 2 workers:\n```\n{r['schedule_2']}\n```")
+        print(
+            f"\n{r['circuit']} ({r['shape']}, planned for {_workers(r['plan_jobs'])}) "
+            f"schedule for 2 workers:\n```\n{r['schedule_2']}\n```"
+        )
     result = {
         "machine": platform.platform(),
         "processor": platform.processor(),
