@@ -337,17 +337,16 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 stacklevel=2,
             )
         p = plan.params
-        # The plan was chosen with the nominal op costs (same plan on every
-        # machine); a CKKS fit's estimate uses this machine's costs for the
+        # The ring and batch size were chosen with the nominal op costs (the
+        # same on every machine; with workers, the tile shape then with this
+        # machine's); a CKKS fit's estimate uses this machine's costs for the
         # chosen parameters (measured once, cached) and its worker count.
         estimate = plan.estimated_seconds_per_sample
         if self.backend == "ckks":
             estimate = estimate_plan_seconds_per_sample(
                 plan,
                 trainer.coeffs,
-                CostModel.for_params(
-                    p, allow_insecure_for_testing=self.allow_insecure_for_testing
-                ),
+                self._machine_costs(p),
                 n_jobs=effective_n_jobs(self.n_jobs),
                 epochs=self.max_iter,
             )
@@ -468,6 +467,9 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             layout=self.layout,
             # The plaintext backend plans like CKKS (same circuits), workers or not.
             n_jobs=effective_n_jobs(self.n_jobs),
+            # With workers, a CKKS fit splits the circuit the way that is fastest on
+            # this machine (batch size and ring stay the nominal choice).
+            machine_costs=self._machine_costs if self.backend == "ckks" else None,
         )
         return Trainer(
             plan,
@@ -476,6 +478,12 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             backend=self.backend,
             log=print if self.verbose else None,
             n_jobs=self.n_jobs,
+        )
+
+    def _machine_costs(self, params: CKKSParameters) -> CostModel:
+        """This machine's op costs for ``params`` (measured once, then cached)."""
+        return CostModel.for_params(
+            params, allow_insecure_for_testing=self.allow_insecure_for_testing
         )
 
     def plan(self, n_samples: int, n_features: int) -> tuple[CKKSParameters, set[int]]:

@@ -298,3 +298,42 @@ def test_diagonal_layout_same_model_two_levels(cancer):
     diag = plain(layout="diagonal", **kw).fit(Xtr, ytr)
     np.testing.assert_allclose(diag.coef_, alt.coef_, rtol=1e-9)
     assert diag.report_.depth_per_minibatch == 2.0 < alt.report_.depth_per_minibatch <= 2.5
+
+
+@pytest.mark.parametrize(
+    ("backend", "n_jobs", "asked"),
+    [("ckks", 2, True), ("ckks", 1, False), ("plaintext", 2, False)],
+)
+def test_ckks_fit_with_workers_splits_by_this_machines_costs(monkeypatch, backend, n_jobs, asked):
+    """Only a CKKS fit with workers re-chooses the tile shape with the measured costs."""
+    from sklearn_he.training import plan_training, sigmoid_poly
+
+    nominal = CostModel.nominal()
+    dear = CostModel(  # a machine whose scalar products are dear: 128x64 tiles win
+        {
+            n: {k: [3 * x for x in v] if k == "mul_scalar" else v for k, v in ops.items()}
+            for n, ops in nominal.fits.items()
+        }
+    )
+    calls = []
+
+    def machine_costs(self, params):
+        calls.append(params)
+        return dear
+
+    monkeypatch.setattr(EncryptedLogisticRegression, "_machine_costs", machine_costs)
+    clf = EncryptedLogisticRegression(backend=backend, n_jobs=n_jobs)
+    plan = clf._trainer(1587, 197).plan
+    expected = plan_training(
+        1587,
+        197,
+        circuit="pipelined",
+        coeffs=sigmoid_poly(5),
+        epochs=5,
+        n_jobs=n_jobs,
+        costs=dear if asked else None,
+        params=plan.params if asked else None,
+        batch_size=plan.batch_size if asked else "auto",
+    )
+    assert bool(calls) is asked
+    assert plan == expected

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -315,6 +315,7 @@ def plan_training(
     epochs: int = 1,
     layout: str = "alternating",
     n_jobs: int = 1,
+    machine_costs: Callable[[CKKSParameters], CostModel] | None = None,
 ) -> Plan:
     """Choose ring, tile shape, batch size, ``k``, Gram source (and CKKS parameters).
 
@@ -338,6 +339,18 @@ def plan_training(
     explored only for the :data:`SHAPES_EXPLORED` cheapest (shape, batch
     size) pairs of each ring at ``k = 1``. Fixed ``k``, ``batch_size`` or
     ``gram_source`` restrict the candidates.
+
+    ``machine_costs(params)``, with ``n_jobs > 1``, is this machine's cost
+    model for the chosen parameters
+    (:meth:`CostModel.for_params <sklearn_he.circuit.CostModel.for_params>`).
+    Ring, modulus chain and batch size stay what ``costs`` chose; shape,
+    fusion, ``k`` and Gram source are then chosen again with this machine's
+    costs. How well a circuit splits over workers depends on how the
+    machine's cores scale and on the balance of its op costs, which the
+    nominal model cannot know: on the development VM it ranked MNIST's
+    64x128 tiles 4% ahead of 128x64 for 2 workers, the measured costs put
+    128x64 ahead, and 128x64 ran 16% faster (``benchmarks/parallel.py``).
+    None of these choices changes the model beyond rounding.
     """
     if gram_source not in ("client", "server", "auto"):
         raise ValueError(f"gram_source must be 'client', 'server' or 'auto'; got {gram_source!r}")
@@ -370,9 +383,24 @@ def plan_training(
             layout=layout,
         ).batch_size
         args = (*args[:4], batch_size, *args[5:])
-    if costs is None:  # the nominal model: the same question always has the same answer
-        return _plan_nominal(*args)
-    return _plan(*args, costs)
+    # The nominal model: the same question always has the same answer (cached).
+    plan = _plan_nominal(*args) if costs is None else _plan(*args, costs)
+    if machine_costs is None or n_jobs <= 1 or plan.params is None:
+        return plan
+    return plan_training(
+        n_samples,
+        n_features,
+        circuit=circuit,
+        coeffs=coeffs,
+        batch_size=plan.batch_size,
+        minibatches_per_circuit=minibatches_per_circuit,
+        gram_source=gram_source,
+        params=plan.params,
+        costs=machine_costs(plan.params),
+        epochs=epochs,
+        layout=layout,
+        n_jobs=n_jobs,
+    )
 
 
 @functools.lru_cache(maxsize=64)

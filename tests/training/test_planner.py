@@ -126,3 +126,55 @@ def _shape():
     from sklearn_he.linalg import TileShape
 
     return TileShape(64, 128)
+
+
+def _skewed(op: str, factor: float):
+    """The nominal cost model with one operation kind ``factor`` times dearer."""
+    from sklearn_he.circuit import CostModel
+
+    nominal = CostModel.nominal()
+    return CostModel(
+        {
+            n: {k: [x * factor for x in v] if k == op else v for k, v in ops.items()}
+            for n, ops in nominal.fits.items()
+        }
+    )
+
+
+def test_machine_costs_choose_how_workers_split_the_circuit_not_the_model():
+    """With n_jobs > 1 this machine's costs re-choose shape, fusion and k; ring and batch stay."""
+    coeffs = sigmoid_poly(5)
+    machine = _skewed("mul_scalar", 3.0)  # a machine whose scalar products are dear
+    asked = []
+
+    def machine_costs(params):
+        asked.append(params)
+        return machine
+
+    kw = {"circuit": "pipelined", "coeffs": coeffs, "epochs": 5}
+    nominal = plan_training(1587, 197, n_jobs=2, **kw)
+    plan = plan_training(1587, 197, n_jobs=2, machine_costs=machine_costs, **kw)
+    assert asked == [nominal.params]
+    assert (plan.params, plan.batch_size) == (nominal.params, nominal.batch_size)
+    # The cheapest split under the machine's costs, which here is not the nominal one.
+    direct = plan_training(
+        1587,
+        197,
+        n_jobs=2,
+        params=nominal.params,
+        batch_size=nominal.batch_size,
+        costs=machine,
+        **kw,
+    )
+    assert plan == direct
+    assert plan.shape != nominal.shape
+
+
+def test_machine_costs_are_not_asked_for_one_worker():
+    def machine_costs(params):
+        raise AssertionError("one worker keeps the nominal plan")
+
+    coeffs = sigmoid_poly(5)
+    kw = {"circuit": "pipelined", "coeffs": coeffs, "epochs": 5}
+    one = plan_training(1587, 197, **kw)
+    assert plan_training(1587, 197, machine_costs=machine_costs, **kw) == one
