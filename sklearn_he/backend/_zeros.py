@@ -39,12 +39,15 @@ class ZeroPool:
     leaves this object: its randomness would reveal the values encrypted
     onto it. When the pool is empty, :meth:`encrypt` encrypts directly.
 
-    :meth:`fill` may run in a background thread (its ``stop`` event ends it
-    early), as the trainer does while worker processes evaluate a chunk.
-    Pyfhel holds the GIL during every SEAL call, so this speeds nothing up
-    while the process computes; it pays while the process waits. Calls on
-    the context from other threads simply take turns, and the pool itself
-    is guarded by a lock.
+    The trainer calls :meth:`fill` in its own thread while worker processes
+    evaluate a chunk (the ``meanwhile`` of
+    :meth:`ParallelCKKSEvaluator.run <sklearn_he.circuit.ParallelCKKSEvaluator.run>`).
+    It may also run in a background thread (its ``stop`` event ends it
+    early): the pool is guarded by a lock, and calls on the context from
+    other threads simply take turns, since Pyfhel holds the GIL during
+    every SEAL call. That speeds nothing up while the process computes,
+    and it delays the thread that talks to the workers, which is why the
+    trainer does not do it.
 
     Examples
     --------

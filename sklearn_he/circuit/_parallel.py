@@ -58,23 +58,33 @@ good). ``mode="auto"`` (the default) plans both kinds and runs the one with
 the smaller simulated time.
 
 Measured (``benchmarks/parallel.py --costs measured --repeats 7``, 2-core
-VM, otherwise idle), MNIST-sized training chunks at N=16384 (k=1, 128-row
-minibatch, four 128x64 column tiles), ``n_jobs=2`` against in-process: the
-pipelined chunk ran 1.70x faster (0.601 s -> 0.355 s, median of 7) and the
-baseline chunk 1.40x (0.443 s -> 0.317 s). On a later VM of the same kind,
-whose two cores scaled worse for SEAL's rotations (1.66-1.89x throughput
-with 2 processes, against ~1.95x for products), the same chunk code ran
-1.22x (0.647 s -> 0.529 s) and 1.01x faster
-(``benchmarks/results/parallel.json``). Before values moved through SEAL's
-file streams in ``/dev/shm`` and planning tried early-layer priorities, the
-first machine measured 1.60x and 1.34x, and the best BSP schedules 1.22x and 1.14x. What
-bounds it: the baseline chunk's critical path (the margin's rotation sums,
-the sigmoid, the gradient's rotation sums) is 0.195 s of 0.476 s of work,
-so no schedule on two workers beats 0.24 s; the pipelined chunk has more
-independent work (span 0.147 s of 0.635 s) but its tasks still exchange 35
-values and wait for each other, and each run pays ~10 ms for joblib's call
-(its result polling sleeps 10 ms at a time) and ~8 ms to store the new
-model state and load the outputs.
+VM, three runs on 2026-12-02; ``benchmarks/results/parallel.json``), on the
+MNIST chunks a fit runs (N=16384, 8 primes, k=1, 128-row minibatch,
+unfused), ``n_jobs=2`` against in-process, T1 and T2 runs interleaved:
+
+* 64x128 tiles (two row blocks of two column tiles; the nominal plan for 2
+  workers): the pipelined chunk ran 1.55-1.76x faster (paired medians
+  1.64-1.76x; 0.971 s -> 0.553 s in the last run), the baseline chunk
+  1.45-1.66x. The two row blocks are independent up to the gradient sums,
+  and the scheduler splits them into two equal tasks that exchange 10
+  values (predicted 1.80x).
+* 128x64 tiles (one row block of four column tiles; the plan for 1 worker,
+  and the one a fit with 2 workers picks here, see
+  :func:`~sklearn_he.training.plan_training`'s ``machine_costs``): 1.20-1.38x.
+  What bounds it: the margin's rotation sum, the sigmoid and the
+  broadcast back act on one ciphertext, in sequence; the critical path is
+  0.49 s of 1.37 s of work (nominal costs), so no schedule on two workers
+  beats 1.49x (the scheduler's prediction), and each run adds ~10 ms for
+  joblib's call, ~10 ms for the workers to load the new model state and
+  ~10 ms to return the outputs.
+
+The 64x128 chunk costs 1.3-1.5x more work (two sigmoids instead of one,
+more products), so on this VM 128x64 on two workers was still 4-16%
+faster than 64x128 on two workers, and a whole fit gains what 128x64
+gains. Earlier VMs of the same kind measured 1.70x and 1.40x on the fused
+chunks the benchmark then built, and one 1.22x and 1.01x: the two vCPUs'
+scaling for SEAL's rotations varied from 1.66x to 2x between machines.
+
 While the workers compute, the caller's own process would only wait:
 :meth:`ParallelCKKSEvaluator.run` takes a ``meanwhile`` callable that it
 runs once the tasks have started (the trainer compiles the next chunk and
