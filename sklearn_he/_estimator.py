@@ -153,7 +153,13 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         Worker processes evaluating the training circuits (joblib; honours
         ``joblib.parallel_config``, so a Dask backend runs them on a
         cluster). Workers receive the public bundle, never the secret key.
-        ``None`` means 1 unless set by ``parallel_config``.
+        ``None`` means 1 unless set by ``parallel_config``. The worker count
+        never changes the minibatch size or the ring, so it changes the model
+        only by rounding; with ``backend="ckks"`` and more than one worker,
+        the tile shape, fusion and ``k`` are chosen with this machine's
+        measured op costs (:meth:`CostModel.for_params
+        <sklearn_he.circuit.CostModel.for_params>`, measured once per
+        parameter set and cached), which :meth:`plan` then reflects.
     random_state : int, RandomState instance or None, default=None
         Shuffling of the training rows into minibatches.
     verbose : int, default=0
