@@ -1,4 +1,4 @@
-"""Smoke tests of ``benchmarks/training.py``.
+"""Smoke tests of ``benchmarks/training.py`` (and of ``benchmarks/parallel.py``'s summary).
 
 The script itself runs on its tiniest settings (breast cancer, two splits,
 scikit-learn and plaintext runs, one epoch: no CKKS); the table and the notes
@@ -180,3 +180,39 @@ def test_watch_parallel_counts_runs_and_passes_every_argument(training):
         out = ev.run(compiled, {"x": keys.context.encrypt(np.ones(4))}, meanwhile=lambda: None)
     assert counts["serial"] == 1  # far too small for processes: in-process, and counted
     np.testing.assert_allclose(keys.context.decrypt(out["y"], 4), 2.0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def parallel_bench():
+    path = SCRIPT.with_name("parallel.py")
+    spec = importlib.util.spec_from_file_location("benchmarks_parallel", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parallel_benchmark_compares_with_the_shape_a_fit_picks(parallel_bench, monkeypatch):
+    """The closing line pairs T1 of the 1-worker plan with T2 of the fit's 2-worker shape."""
+    rows = [
+        {"circuit": "pipelined", "plan_jobs": 1, "shape": "128x64", "t1_s": 0.6, "t2_s": 0.5},
+        {"circuit": "pipelined", "plan_jobs": 2, "shape": "64x128", "t1_s": 0.9, "t2_s": 0.45},
+    ]
+    # Nominal costs: a fit with 2 workers would run the 64x128 tiles.
+    (line,) = parallel_bench._fit_choice(rows, ["pipelined"], 1, measured=False)
+    assert "2 workers: 64x128" in line and line.endswith("1.33x")
+    # A machine whose scalar products are dear keeps 128x64 for 2 workers.
+    from sklearn_he.circuit import CostModel
+
+    nominal = CostModel.nominal()
+    dear = CostModel(
+        {
+            n: {k: [3 * x for x in v] if k == "mul_scalar" else v for k, v in ops.items()}
+            for n, ops in nominal.fits.items()
+        }
+    )
+    monkeypatch.setattr(parallel_bench.CostModel, "for_params", lambda params: dear)
+    (line,) = parallel_bench._fit_choice(rows, ["pipelined"], 1, measured=True)
+    assert "2 workers: 128x64" in line and line.endswith("1.20x")
+    assert parallel_bench._fit_choice(rows[1:], ["pipelined"], 1, measured=True) == []
+    (line,) = parallel_bench._fit_choice(rows[:1], ["pipelined"], 1, measured=False)
+    assert line == "pipelined: a fit with n_jobs=2 would run 64x128 tiles, not measured here"
