@@ -8,6 +8,7 @@ candidates that fit a 128-bit-secure ring's depth budget.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -349,7 +350,8 @@ def plan_training(
     machine's cores scale and on the balance of its op costs, which the
     nominal model cannot know: on the development VM it ranked MNIST's
     64x128 tiles 4% ahead of 128x64 for 2 workers, the measured costs put
-    128x64 ahead, and 128x64 ran 16% faster (``benchmarks/parallel.py``).
+    128x64 ahead, and 128x64 ran 4-16% faster in five comparisons
+    (``benchmarks/parallel.py``).
     None of these choices changes the model beyond rounding.
     """
     if gram_source not in ("client", "server", "auto"):
@@ -383,8 +385,8 @@ def plan_training(
             layout=layout,
         ).batch_size
         args = (*args[:4], batch_size, *args[5:])
-    # The nominal model: the same question always has the same answer (cached).
-    plan = _plan_nominal(*args) if costs is None else _plan(*args, costs)
+    # The same question under the same costs always has the same answer (cached).
+    plan = _plan_nominal(*args) if costs is None else _plan_costed(args, costs)
     if machine_costs is None or n_jobs <= 1 or plan.params is None:
         return plan
     return plan_training(
@@ -406,6 +408,24 @@ def plan_training(
 @functools.lru_cache(maxsize=64)
 def _plan_nominal(*args: Any) -> Plan:
     return _plan(*args, None)
+
+
+#: Plans under measured cost models, keyed by the question and the costs'
+#: values: a fit with workers re-plans with this machine's costs (0.2-0.4 s
+#: for MNIST), and refits (cross-validation, grid search) ask the same again.
+_COSTED_PLANS: dict[tuple[Any, str], Plan] = {}
+_COSTED_PLANS_KEPT = 64
+
+
+def _plan_costed(args: tuple[Any, ...], costs: CostModel) -> Plan:
+    key = (args, json.dumps(costs.to_dict(), sort_keys=True))
+    plan = _COSTED_PLANS.get(key)
+    if plan is None:
+        plan = _plan(*args, costs)
+        if len(_COSTED_PLANS) >= _COSTED_PLANS_KEPT:
+            _COSTED_PLANS.pop(next(iter(_COSTED_PLANS)))
+        _COSTED_PLANS[key] = plan
+    return plan
 
 
 def _plan(

@@ -178,3 +178,18 @@ def test_machine_costs_are_not_asked_for_one_worker():
     kw = {"circuit": "pipelined", "coeffs": coeffs, "epochs": 5}
     one = plan_training(1587, 197, **kw)
     assert plan_training(1587, 197, machine_costs=machine_costs, **kw) == one
+
+
+def test_plans_under_measured_costs_are_cached_by_their_values():
+    """The same costs give the same (cached) plan; other costs are not served from the cache."""
+    from sklearn_he.circuit import CostModel
+
+    coeffs = sigmoid_poly(5)
+    kw = {"circuit": "pipelined", "coeffs": coeffs, "epochs": 5, "n_jobs": 2}
+    nominal = plan_training(1587, 197, **kw)
+    fixed = {"params": nominal.params, "batch_size": nominal.batch_size}
+    same = CostModel(CostModel.nominal().fits)  # a new object with the nominal values
+    first = plan_training(1587, 197, costs=same, **fixed, **kw)
+    assert plan_training(1587, 197, costs=CostModel(same.fits), **fixed, **kw) is first
+    dear = plan_training(1587, 197, costs=_skewed("mul_scalar", 3.0), **fixed, **kw)
+    assert dear.shape != first.shape
