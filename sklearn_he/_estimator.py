@@ -531,7 +531,9 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             if missing:
                 raise SklearnHEError(
                     f"keys lacks rotation keys for steps {missing}; generate them with "
-                    "KeySet.generate(params, rotation_steps=...) including these steps"
+                    "KeySet.generate(params, rotation_steps=...) including these steps "
+                    "(clf.plan(n_samples, n_features) lists them for this estimator's "
+                    "settings, n_jobs included: with workers the tile shape may differ)"
                 )
             return self.keys
         return KeySet.generate(
