@@ -216,3 +216,28 @@ def test_parallel_benchmark_compares_with_the_shape_a_fit_picks(parallel_bench, 
     assert parallel_bench._fit_choice(rows[1:], ["pipelined"], 1, measured=True) == []
     (line,) = parallel_bench._fit_choice(rows[:1], ["pipelined"], 1, measured=False)
     assert line == "pipelined: a fit with n_jobs=2 would run 64x128 tiles, not measured here"
+
+
+def test_fit_speedup_pairs_ratios_and_medians():
+    path = SCRIPT.with_name("fit_speedup.py")
+    spec = importlib.util.spec_from_file_location("benchmarks_fit_speedup", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pairs = [
+        {
+            "1": {"train_seconds": 10.0, "fit_seconds": 12.0},
+            "2": {"train_seconds": 5.0, "fit_seconds": 8.0},
+        },
+        {
+            "1": {"train_seconds": 9.0, "fit_seconds": 11.0},
+            "2": {"train_seconds": 6.0, "fit_seconds": 11.0},
+        },
+        {
+            "1": {"train_seconds": 8.0, "fit_seconds": 10.0},
+            "2": {"train_seconds": 8.0, "fit_seconds": 8.0},
+        },
+    ]
+    got = module.pair_summary(pairs)
+    assert got["train_speedups"] == [2.0, 1.5, 1.0]
+    assert got["median_train_speedup"] == 1.5
+    assert got["median_fit_speedup"] == 1.25
