@@ -91,15 +91,11 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _median_time(fn: Any, repeats: int) -> tuple[float, list[float], list[float], Any]:
-    """Median wall time, all wall times, all CPU times (this thread), last result."""
-    times, cpu, out = [], [], None
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.thread_time()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.thread_time() - c0)
-    return statistics.median(times), times, cpu, out
+def _timed(fn: Any) -> tuple[float, float, Any]:
+    """Wall time, CPU time (this thread) and result of ``fn()``."""
+    t0, c0 = time.perf_counter(), time.thread_time()
+    out = fn()
+    return time.perf_counter() - t0, time.thread_time() - c0, out
 
 
 def bench(
@@ -232,8 +228,8 @@ def bench(
     t1_all, t1_cpu, t2_all = [], [], []
     ref = out = None
     for _ in range(repeats):
-        _, (t1_run,), (c1,), ref = _median_time(lambda: serial.run(compiled, inputs), 1)
-        _, (t2_run,), _, out = _median_time(timed_parallel, 1)
+        t1_run, c1, ref = _timed(lambda: serial.run(compiled, inputs))
+        t2_run, _, out = _timed(timed_parallel)
         t1_all.append(t1_run)
         t1_cpu.append(c1)
         t2_all.append(t2_run)
