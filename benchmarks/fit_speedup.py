@@ -70,24 +70,29 @@ def main(argv: list[str] | None = None) -> int:
 
     defaults = EncryptedLogisticRegression()
     mnist = str(args.mnist or tb.DEFAULT_MNIST)
-    spec = {
-        "dataset": args.dataset,
-        "name": f"CKKS {args.circuit}",
-        "model": "elr",
-        "backend": "ckks",
-        "circuit": args.circuit,
-        "epochs": args.epochs or defaults.max_iter,
-        "minibatches_per_circuit": "auto",
-        "sigmoid_degree": 5,
-        "learning_rate": defaults.learning_rate,
-        "split": 0,
+    # training.py's own CKKS run specs for split 0, one per worker count.
+    specs = {
+        s["n_jobs"]: s
+        for s in tb.run_specs(
+            argparse.Namespace(
+                datasets=[args.dataset],
+                splits={args.dataset: 1},
+                runs=["ckks"],
+                workers=[1, 2],
+                epochs=args.epochs or defaults.max_iter,
+                learning_rate=defaults.learning_rate,
+                minibatches_per_circuit="auto",
+            )
+        )
+        if s["circuit"] == args.circuit
     }
+    spec = specs[1]
     t_start = time.perf_counter()
     pairs: list[dict[str, Any]] = []
     for i in range(args.pairs):
         pair: dict[str, Any] = {}
         for w in (1, 2) if i % 2 == 0 else (2, 1):
-            run = tb.supervise({**spec, "n_jobs": w}, mnist, args.timeout, 20 * 1024.0)
+            run = tb.supervise(specs[w], mnist, args.timeout, 20 * 1024.0)
             if run.get("status") != "ok":
                 print(f"pair {i + 1}, {w} worker(s): {run.get('error')}", file=sys.stderr)
                 return 1
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     result = {
         "machine": tb.machine(),
-        "settings": {**spec, "pairs": args.pairs},
+        "settings": {**{k: v for k, v in spec.items() if k != "n_jobs"}, "pairs": args.pairs},
         "pairs": pairs,
         "summary": summary,
         "total_seconds": time.perf_counter() - t_start,
