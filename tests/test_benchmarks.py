@@ -201,15 +201,9 @@ def test_parallel_benchmark_compares_with_the_shape_a_fit_picks(parallel_bench, 
     (line,) = parallel_bench._fit_choice(rows, ["pipelined"], 1, measured=False)
     assert "2 workers: 64x128" in line and line.endswith("1.33x")
     # A machine whose scalar products are dear keeps 128x64 for 2 workers.
-    from sklearn_he.circuit import CostModel
+    from tests._costs import skewed_costs
 
-    nominal = CostModel.nominal()
-    dear = CostModel(
-        {
-            n: {k: [3 * x for x in v] if k == "mul_scalar" else v for k, v in ops.items()}
-            for n, ops in nominal.fits.items()
-        }
-    )
+    dear = skewed_costs("mul_scalar", 3.0)
     monkeypatch.setattr(parallel_bench.CostModel, "for_params", lambda params: dear)
     (line,) = parallel_bench._fit_choice(rows, ["pipelined"], 1, measured=True)
     assert "2 workers: 128x64" in line and line.endswith("1.20x")

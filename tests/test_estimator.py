@@ -19,6 +19,7 @@ from sklearn_he import CKKSParameters, EncryptedLogisticRegression, KeySet
 from sklearn_he.circuit import CostModel
 from sklearn_he.exceptions import SecretKeyPicklingError, SklearnHEError, TrainingDivergedError
 from sklearn_he.training import estimate_plan_seconds_per_sample
+from tests._costs import skewed_costs
 
 #: Insecure but fast parameters for CKKS tests: N=4096, 6 levels.
 SMALL = CKKSParameters(4096, (60, *([40] * 6), 60), 40, security_level=0)
@@ -308,13 +309,7 @@ def test_ckks_fit_with_workers_splits_by_this_machines_costs(monkeypatch, backen
     """Only a CKKS fit with workers re-chooses the tile shape with the measured costs."""
     from sklearn_he.training import plan_training, sigmoid_poly
 
-    nominal = CostModel.nominal()
-    dear = CostModel(  # a machine whose scalar products are dear: 128x64 tiles win
-        {
-            n: {k: [3 * x for x in v] if k == "mul_scalar" else v for k, v in ops.items()}
-            for n, ops in nominal.fits.items()
-        }
-    )
+    dear = skewed_costs("mul_scalar", 3.0)  # scalar products dear: 128x64 tiles win
     calls = []
 
     def machine_costs(self, params):

@@ -12,6 +12,7 @@ from sklearn_he.training._planner import (
     candidate_shapes,
     estimate_seconds_per_sample,
 )
+from tests._costs import skewed_costs
 
 
 @pytest.mark.parametrize(("f", "m"), [(197, 128), (31, 64), (3, 8), (600, 32)])
@@ -128,23 +129,10 @@ def _shape():
     return TileShape(64, 128)
 
 
-def _skewed(op: str, factor: float):
-    """The nominal cost model with one operation kind ``factor`` times dearer."""
-    from sklearn_he.circuit import CostModel
-
-    nominal = CostModel.nominal()
-    return CostModel(
-        {
-            n: {k: [x * factor for x in v] if k == op else v for k, v in ops.items()}
-            for n, ops in nominal.fits.items()
-        }
-    )
-
-
 def test_machine_costs_choose_how_workers_split_the_circuit_not_the_model():
     """With n_jobs > 1 this machine's costs re-choose shape, fusion and k; ring and batch stay."""
     coeffs = sigmoid_poly(5)
-    machine = _skewed("mul_scalar", 3.0)  # a machine whose scalar products are dear
+    machine = skewed_costs("mul_scalar", 3.0)  # a machine whose scalar products are dear
     asked = []
 
     def machine_costs(params):
@@ -191,5 +179,5 @@ def test_plans_under_measured_costs_are_cached_by_their_values():
     same = CostModel(CostModel.nominal().fits)  # a new object with the nominal values
     first = plan_training(1587, 197, costs=same, **fixed, **kw)
     assert plan_training(1587, 197, costs=CostModel(same.fits), **fixed, **kw) is first
-    dear = plan_training(1587, 197, costs=_skewed("mul_scalar", 3.0), **fixed, **kw)
+    dear = plan_training(1587, 197, costs=skewed_costs("mul_scalar", 3.0), **fixed, **kw)
     assert dear.shape != first.shape
