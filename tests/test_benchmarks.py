@@ -235,3 +235,19 @@ def test_fit_speedup_pairs_ratios_and_medians():
     assert got["train_speedups"] == [2.0, 1.5, 1.0]
     assert got["median_train_speedup"] == 1.5
     assert got["median_fit_speedup"] == 1.25
+
+
+def test_fit_speedup_refuses_no_pairs_and_reports_a_failed_fit(monkeypatch, capsys, tmp_path):
+    path = SCRIPT.with_name("fit_speedup.py")
+    spec = importlib.util.spec_from_file_location("benchmarks_fit_speedup", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit):
+        module.main(["--pairs", "0"])
+    assert "--pairs must be >= 1" in capsys.readouterr().err
+    tb = module._training()
+    monkeypatch.setattr(tb, "supervise", lambda *a: {"status": "killed", "error": "too slow"})
+    out = tmp_path / "fit_speedup.json"
+    assert module.main(["--dataset", "breast_cancer", "--pairs", "1", "--out", str(out)]) == 1
+    assert "pair 1, 1 worker(s): too slow" in capsys.readouterr().err
+    assert not out.exists()  # nothing half-written
