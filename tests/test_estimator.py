@@ -89,6 +89,36 @@ def test_both_circuits_learn_the_same_model(cancer):
     np.testing.assert_allclose(a.intercept_, b.intercept_, rtol=1e-9)
 
 
+@pytest.mark.parametrize("circuit", ["baseline", "pipelined"])
+def test_transposed_tiles_learn_the_same_model(cancer, circuit):
+    """transpose_data changes how minibatches are tiled, not the model (plaintext: to 1e-9)."""
+    Xtr, _, ytr, _ = cancer
+    k = 2 if circuit == "baseline" else 1  # the pipelined circuit transposes one-step chunks
+    kw = {"circuit": circuit, "minibatches_per_circuit": k}
+    rows = plain(transpose_data=False, **kw).fit(Xtr, ytr)
+    cols = plain(transpose_data=True, **kw).fit(Xtr, ytr)
+    assert not rows.report_.transposed and cols.report_.transposed
+    np.testing.assert_allclose(cols.coef_, rows.coef_, rtol=1e-9)
+    np.testing.assert_allclose(cols.intercept_, rows.intercept_, rtol=1e-9)
+
+
+@pytest.mark.ckks
+def test_transposed_tiles_train_under_ckks(cancer):
+    """The CKKS path of transposed tiles: the client reads column 0 of the last gradient."""
+    Xtr, _, ytr, _ = cancer
+    rows = plain(max_iter=2, transpose_data=False).fit(Xtr, ytr)
+    enc = ckks(transpose_data=True).fit(Xtr, ytr)
+    np.testing.assert_allclose(enc.coef_, rows.coef_, atol=1e-3)
+    np.testing.assert_allclose(enc.intercept_, rows.intercept_, atol=1e-3)
+
+
+def test_transpose_data_is_refused_where_the_chunk_has_gram_blocks(cancer):
+    Xtr, _, ytr, _ = cancer
+    clf = plain(circuit="pipelined", minibatches_per_circuit=2, transpose_data=True)
+    with pytest.raises(ValueError, match="chunk without Gram blocks"):
+        clf.fit(Xtr, ytr)
+
+
 def test_report_fields(cancer):
     Xtr, _, ytr, _ = cancer
     r = plain(sigmoid_degree=3, learning_rate=3.0, minibatches_per_circuit=4).fit(Xtr, ytr).report_

@@ -292,7 +292,9 @@ class LinAlg(Generic[T]):
         return RowVector(blocks, self.shape, M.n_cols)
 
     # ------------------------------------------------------ matrix-vector
-    def matvec(self, M: EncMatrix[T], v: RowVector[T], *, scale: float = 1.0) -> ColVector[T]:
+    def matvec(
+        self, M: EncMatrix[T], v: RowVector[T], *, scale: float = 1.0, replicate: bool = True
+    ) -> ColVector[T]:
         """``scale * M @ v`` as a column vector of length ``n_rows``.
 
         Per row block: tiles times ``v``'s blocks, summed; a sum within rows
@@ -307,6 +309,14 @@ class LinAlg(Generic[T]):
             Length ``n_cols``.
         scale : float, default=1.0
             Public factor, free (folded into the mask).
+        replicate : bool, default=True
+            Replicate column 0 back across the rows. With False the result
+            holds the entries in column 0 and zeros elsewhere: it decodes
+            like a ColVector (:func:`decode_col_vector` reads column 0) but
+            is not one for further products. For a result that only the
+            client reads (a chunk's last gradient), this saves the
+            ``R log2(w)`` rotations of the replication, all on the critical
+            path.
 
         Returns
         -------
@@ -315,7 +325,8 @@ class LinAlg(Generic[T]):
 
         Notes
         -----
-        Levels: 2. Rotations: ``2 R log2(w)``.
+        Levels: 2. Rotations: ``2 R log2(w)`` (``R log2(w)`` without
+        replication).
         """
         self._check(M, EncMatrix, "M")
         self._check(v, RowVector, "v")
@@ -330,7 +341,7 @@ class LinAlg(Generic[T]):
             acc = self._sum([self.alg.multiply(t, b) for t, b in zip(row, v.blocks, strict=True)])
             acc = self._sum_within_rows(acc)
             acc = self.alg.multiply_plain(acc, self._column0_mask(rb, M.n_rows, scale))
-            blocks.append(self._replicate_right(acc))
+            blocks.append(self._replicate_right(acc) if replicate else acc)
         return ColVector(blocks, self.shape, M.n_rows)
 
     def rmatvec(self, M: EncMatrix[T], u: ColVector[T], *, scale: float = 1.0) -> RowVector[T]:
@@ -486,15 +497,22 @@ class LinAlg(Generic[T]):
         *,
         scale: float = 1.0,
         fold: str = "matrix",
+        replicate: bool = True,
     ) -> ColVector[T]:
         """``scale * M @ p(v)`` with ``p`` distributed over the product (see :meth:`rmatvec_poly`).
 
+        ``scale`` is folded into the column-0 mask (free, and the products
+        are then the same for every scale: a tracer shares them).
+        ``replicate=False`` leaves the result in column 0 (see :meth:`matvec`).
+
         Levels: ``poly_depth(coeffs) + 1`` below ``v`` (the column-0 mask) when
-        ``depth(M) < depth(v)``. Rotations: ``2 R log2(w)``.
+        ``depth(M) < depth(v)``. Rotations: ``2 R log2(w)`` (``R log2(w)``
+        without replication).
         """
         self._check(M, EncMatrix, "M")
         self._check(v, RowVector, "v")
-        cs = self._fused_coeffs(coeffs, scale, fold)
+        scale = _real_scalar(scale, "scale")
+        cs = self._fused_coeffs(coeffs, 1.0, fold)
         if v.length != M.n_cols:
             raise ValueError(
                 f"matvec_poly needs a RowVector of length n_cols={M.n_cols}; got {v.length}"
@@ -504,8 +522,8 @@ class LinAlg(Generic[T]):
         for rb, row in enumerate(M.tiles):
             parts = [self._tile_poly(t, powers[cb], cs, fold) for cb, t in enumerate(row)]
             acc = self._sum_within_rows(self._sum([p for p in parts if p is not None]))
-            acc = self.alg.multiply_plain(acc, self._column0_mask(rb, M.n_rows, 1.0))
-            blocks.append(self._replicate_right(acc))
+            acc = self.alg.multiply_plain(acc, self._column0_mask(rb, M.n_rows, scale))
+            blocks.append(self._replicate_right(acc) if replicate else acc)
         return ColVector(blocks, self.shape, M.n_rows)
 
     def diagonal_matvec_poly(

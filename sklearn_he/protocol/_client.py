@@ -113,6 +113,9 @@ def _make_estimator(
             "version that wrote them"
         ) from None
     clf.set_params(backend="ckks", ckks_params=params, allow_insecure_for_testing=allow_insecure)
+    # Row-oriented tiles: a refreshed state is then also the encrypted weights
+    # that `sklearn-he score` multiplies the rows by (RowVectors).
+    clf.set_params(transpose_data=False)
     clf._validate_params()
     return clf
 
@@ -164,8 +167,17 @@ def keygen(
             "encrypted under them would become undecryptable). Choose another directory"
         )
     clf = EncryptedLogisticRegression(**dict(options or {}))
+    if clf.transpose_data is True:
+        raise ValueError(
+            "the file protocol encrypts minibatches as rows (transpose_data=False), so that a "
+            "refreshed state also serves as encrypted weights for `sklearn-he score`; drop "
+            "the transpose_data option"
+        )
     clf.set_params(
-        backend="ckks", ckks_params=params, allow_insecure_for_testing=allow_insecure_for_testing
+        backend="ckks",
+        ckks_params=params,
+        allow_insecure_for_testing=allow_insecure_for_testing,
+        transpose_data=False,
     )
     stored = _estimator_params(clf)
     chosen, steps = clf.plan(n_samples, n_features)
@@ -373,7 +385,7 @@ class Client:
             jobs.append(
                 (
                     lambda rb, cb, b=b: z_file(b, rb, cb),
-                    lambda b=b: client.encrypt_matrix(batches[b]),
+                    lambda b=b: client.encrypt_batch(batches[b]),
                 )
             )
         for a, b in sorted(grams):
@@ -627,6 +639,7 @@ class Client:
             batch_size=plan.batch_size,
             n_batches=plan.n_batches,
             tile_shape=(plan.shape.rows, plan.shape.cols),
+            transposed=plan.transposed,
             poly_modulus_degree=p.poly_modulus_degree,
             coeff_modulus_bits=tuple(p.coeff_modulus_bits),
             scale_bits=p.scale_bits,

@@ -286,10 +286,8 @@ class DirectoryData:
         return self._cache[key]
 
     def batch(self, i: int) -> EncMatrix[Ciphertext]:
-        p = self.plan
-        return self._load(
-            ("Z", i, 0), p.batch_size, p.n_features, lambda rb, cb: z_file(i, rb, cb)
-        )
+        n_rows, n_cols = self.plan.batch_matrix
+        return self._load(("Z", i, 0), n_rows, n_cols, lambda rb, cb: z_file(i, rb, cb))
 
     def gram(self, a: int, b: int) -> EncMatrix[Ciphertext]:
         self._require(self._grams, "Gram", a, b)

@@ -1,6 +1,13 @@
 """Training circuits: the NAG recurrence, its unrolled/pipelined form, and their execution."""
 
-from ._circuits import CIRCUITS, ChunkCircuit, build_chunk, build_gram_circuit
+from ._circuits import (
+    CIRCUITS,
+    ChunkCircuit,
+    build_chunk,
+    build_gram_circuit,
+    can_transpose,
+    state_vector,
+)
 from ._planner import Plan, choose_shape, estimate_plan_seconds_per_sample, plan_training
 from ._program import Program, evaluate, nag_program, pipeline
 from ._schedule import NAGSchedule, nag_reference
@@ -31,6 +38,7 @@ __all__ = [
     "TrainingServer",
     "build_chunk",
     "build_gram_circuit",
+    "can_transpose",
     "choose_shape",
     "chunk_specs",
     "estimate_plan_seconds_per_sample",
@@ -40,5 +48,6 @@ __all__ = [
     "pipeline",
     "plan_training",
     "sigmoid_poly",
+    "state_vector",
     "state_names",
 ]

@@ -6,8 +6,10 @@ through a :class:`~sklearn_he.training._lowering.Lowering` on a
 contract with whoever encrypts them):
 
 * ``Z{t}[rb,cb]``: tile (rb, cb) of minibatch matrix ``Z_t`` (``m x f``),
-  step ``t`` of the chunk;
-* ``v[cb]``, ``w[cb]``: blocks of the model state (RowVectors, length ``f``);
+  step ``t`` of the chunk; of ``Z_t^T`` (``f x m``) in a *transposed* chunk;
+* ``v[cb]``, ``w[cb]``: blocks of the model state (RowVectors, length ``f``;
+  ColVectors in a transposed chunk, where the outputs hold the entries in
+  column 0 only: see :func:`state_vector`);
 * ``G{a},{b}[rb,cb]``: tiles of the Gram block ``Z_a Z_b^T`` (``m x m``),
   only in the pipelined circuit; at depth 0 when the client computes them,
   at the depth of the server's precomputation otherwise.
@@ -20,13 +22,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from ..circuit import CompiledCircuit, Tracer, compile_circuit
-from ..linalg import EncMatrix, LinAlg, RowVector, TileShape, diagonal_offsets
+from ..linalg import ColVector, EncMatrix, LinAlg, RowVector, TileShape, diagonal_offsets
 from ._lowering import ChunkInputs, Lowering, alternating, columns, rows
 from ._program import nag_program, pipeline
 
-__all__ = ["CIRCUITS", "ChunkCircuit", "build_chunk", "build_gram_circuit"]
+__all__ = [
+    "CIRCUITS",
+    "ChunkCircuit",
+    "build_chunk",
+    "build_gram_circuit",
+    "can_transpose",
+    "state_vector",
+]
 
 CIRCUITS = ("baseline", "pipelined")
 LAYOUTS = ("alternating", "diagonal")
@@ -46,6 +56,7 @@ class ChunkCircuit:
     grams: list[tuple[int, int]] = field(default_factory=list)
     diagonals: list[tuple[int, int]] = field(default_factory=list)
     layout: str = "alternating"
+    transposed: bool = False
 
     @property
     def depth(self) -> int:
@@ -62,6 +73,24 @@ class ChunkCircuit:
         if self.n_steps < 2 or len(d) < self.n_steps:
             return float(self.depth)
         return (d[self.n_steps - 1] - d[0]) / (self.n_steps - 1)
+
+
+def can_transpose(circuit: str, n_steps: int, layout: str = "alternating") -> bool:
+    """Whether a chunk can use transposed tiles: only chunks without Gram blocks.
+
+    The baseline circuit has none; the pipelined one has none for one step.
+    """
+    return circuit == "baseline" or (n_steps == 1 and layout != "diagonal")
+
+
+def state_vector(transposed: bool) -> type[RowVector[Any]] | type[ColVector[Any]]:
+    """The vector class of the model state: RowVector, or ColVector in transposed chunks.
+
+    Both decoders read what a chunk's outputs hold: row 0 of a RowVector,
+    column 0 of a ColVector (a transposed chunk leaves its last gradient in
+    column 0 and does not replicate it across the rows).
+    """
+    return ColVector if transposed else RowVector
 
 
 def z_name(t: int, rb: int, cb: int) -> str:
@@ -87,6 +116,7 @@ def build_chunk(
     gram_depth: int = 0,
     layout: str = "alternating",
     fuse: bool | None = None,
+    transposed: bool = False,
 ) -> ChunkCircuit:
     """Trace and compile ``len(steps)`` NAG steps (``steps[t] = (a_t, e_t[, d_t])``).
 
@@ -112,12 +142,26 @@ def build_chunk(
         per tile. Default: fused for the pipelined circuit (depth is what it
         is for), not for the baseline (Han et al.'s recurrence as written).
         The planner weighs both for the pipelined circuit.
+    transposed : bool, default=False
+        Encrypt ``Z_t^T`` instead of ``Z_t`` (features down the tile rows):
+        margins are free down-the-rows sums, gradients masked within-row
+        sums, and the last gradient is left in column 0 for the client to
+        read, which takes ``log2(w)`` rotations off the critical path of
+        every step and about a third of the rotations off a one-step chunk.
+        The model state is then ColVectors (:func:`state_vector`). Only for
+        chunks without Gram blocks (:func:`can_transpose`).
     """
     if circuit not in CIRCUITS:
         raise ValueError(f"circuit must be one of {CIRCUITS}; got {circuit!r}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
     diagonal = circuit == "pipelined" and layout == "diagonal"
+    if transposed and not can_transpose(circuit, len(steps), layout):
+        raise ValueError(
+            "transposed tiles need a chunk without Gram blocks: circuit='baseline', or "
+            f"one minibatch per circuit; got the {circuit} circuit with {len(steps)} steps"
+            + (" and the diagonal layout" if diagonal else "")
+        )
     if diagonal and batch_size > shape.cols:
         raise ValueError(
             f"the diagonal layout needs batch_size <= tile width ({shape.cols}); got {batch_size}"
@@ -125,12 +169,16 @@ def build_chunk(
     tracer = Tracer(shape.slots)
     la = LinAlg(tracer, shape)
     m, f = batch_size, n_features
+    rows_, cols_ = (f, m) if transposed else (m, f)
     Z = [
-        EncMatrix.from_index(shape, m, f, lambda rb, cb, t=t: tracer.input(z_name(t, rb, cb)))
+        EncMatrix.from_index(
+            shape, rows_, cols_, lambda rb, cb, t=t: tracer.input(z_name(t, rb, cb))
+        )
         for t in range(len(steps))
     ]
+    vector = state_vector(transposed)
     state = {
-        name: RowVector.from_index(shape, f, lambda cb, name=name: tracer.input(f"{name}[{cb}]"))
+        name: vector.from_index(shape, f, lambda b, name=name: tracer.input(f"{name}[{b}]"))
         for name in ("v", "w")
     }
     grams: dict[tuple[int, int], EncMatrix] = {}
@@ -163,9 +211,11 @@ def build_chunk(
     if pipelined:
         program = pipeline(program)
     inputs = ChunkInputs(Z=Z, state=state, gram=gram, diagonals=diagonals if diagonal else None)
-    orient = (rows if diagonal else alternating) if pipelined else columns
+    orient = rows if transposed else (rows if diagonal else alternating) if pipelined else columns
     fused = pipelined if fuse is None else bool(fuse)
-    lowering = Lowering(tracer, la, coeffs, inputs, fuse=fused, orient=orient)
+    lowering = Lowering(
+        tracer, la, coeffs, inputs, fuse=fused, orient=orient, transposed=transposed
+    )
     for name, vec in lowering.lower(program).items():
         for cb, blk in enumerate(vec.blocks):
             tracer.output(f"{name}[{cb}]", blk)
@@ -180,6 +230,7 @@ def build_chunk(
         grams=sorted(inputs.used_grams),
         diagonals=sorted(inputs.used_diagonals),
         layout=layout if pipelined else "alternating",
+        transposed=transposed,
     )
 
 

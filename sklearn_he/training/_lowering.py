@@ -19,6 +19,17 @@ Two modes:
     a column vector (free down-the-rows sum) and 1 when it is a row vector
     (masked within-row sum), hence the alternation.
 
+``transposed=True`` (chunks without Gram blocks)
+    the minibatch tiles hold ``Z_t^T`` (features down the tile rows,
+    samples across), the weights are ColVectors and the margins RowVectors:
+    a margin is a free down-the-rows sum (``rmatvec``, no mask) and a
+    gradient a masked within-row sum (``matvec``). A gradient that only the
+    chunk's outputs read is left in column 0 (``replicate=False``): the
+    client decodes column 0 when it refreshes the state, so the replication
+    back across the rows - ``log2(w)`` rotations on the critical path - is
+    never computed. Critical path per step: ``log2(h) + log2(w)`` rotations
+    instead of ``2 log2(w) + log2(h)``.
+
 Linear combinations are depth-aware: a term that is not on the critical path
 is scaled with a product (one level it can afford), the deepest terms get
 their coefficient folded into the operation that produces them (free).
@@ -73,7 +84,7 @@ class ChunkInputs:
     """
 
     Z: list[EncMatrix[Sym]]
-    state: dict[str, RowVector[Sym]]
+    state: dict[str, Vec]
     gram: Callable[[int, int], EncMatrix[Sym]]
     used_grams: set[tuple[int, int]] = field(default_factory=set)
     diagonals: Callable[[int, int], tuple[list[int], EncMatrix[Sym]]] | None = None
@@ -92,6 +103,7 @@ class Lowering:
         *,
         fuse: bool,
         orient: Callable[[int], Orient],
+        transposed: bool = False,
     ) -> None:
         self.tracer = tracer
         self.la = la
@@ -99,6 +111,12 @@ class Lowering:
         self.inputs = inputs
         self.fuse = fuse
         self.orient = orient
+        self.transposed = transposed
+        #: Sample-space orientation a gradient product consumes.
+        self._sample: Orient = "R" if transposed else "C"
+        #: Gradients that a later margin reads (replicated); the others feed
+        #: the outputs only (set by :meth:`lower`).
+        self._replicated: set[int] = set()
         self._memo: dict[tuple[Any, ...], Any] = {}
         self.margin_depths: dict[int, int] = {}
 
@@ -133,20 +151,31 @@ class Lowering:
         return acc
 
     # ------------------------------------------------------ feature space
-    def feature(self, x: VExpr, c: float = 1.0) -> RowVector[Sym]:
-        """Lower a weight-space expression, times ``c``, as a RowVector."""
+    def feature(self, x: VExpr, c: float = 1.0) -> Vec:
+        """Lower a weight-space expression, times ``c`` (a RowVector; ColVector if transposed)."""
         key = ("f", x.uid, c)
         if key not in self._memo:
             self._memo[key] = self._feature(x, c)
         return self._memo[key]
 
-    def _feature(self, x: VExpr, c: float) -> RowVector[Sym]:
+    def _feature(self, x: VExpr, c: float) -> Vec:
         la = self.la
         if isinstance(x, Var):
             v = self.inputs.state[x.name]
             return v if c == 1.0 else la.scale(v, c)
         if isinstance(x, Lin):
             return self._lin(x, self.feature)
+        if isinstance(x, RMatVec) and self.transposed:
+            ZT = self.inputs.Z[x.batch]
+            replicate = x.uid in self._replicated
+            if isinstance(x.s, Sig) and self.fuse:
+                u = self._convert(self.margin(x.s.x, self._pref(x.s.x)), "R")
+                return la.matvec_poly(
+                    ZT, u, self.coeffs, scale=c, fold=self._fold(ZT, u), replicate=replicate
+                )
+            # The scale rides on the column-0 mask: one g(u) and one set of
+            # products for every coefficient the gradient appears with.
+            return la.matvec(ZT, self.margin(x.s, "R"), scale=c, replicate=replicate)
         if isinstance(x, RMatVec):
             Z = self.inputs.Z[x.batch]
             if isinstance(x.s, Sig) and self.fuse:
@@ -170,7 +199,10 @@ class Lowering:
     def _margin(self, x: VExpr, o: Orient, c: float) -> Vec:
         la = self.la
         if isinstance(x, MatVec):
-            return self._convert(la.matvec(self.inputs.Z[x.batch], self.feature(x.x), scale=c), o)
+            Z, v = self.inputs.Z[x.batch], self.feature(x.x)
+            if self.transposed:
+                return self._convert(la.rmatvec(Z, v, scale=c), o)
+            return self._convert(la.matvec(Z, v, scale=c), o)
         if isinstance(x, Sig):
             return la.poly(self.margin(x.x, o), c * self.coeffs)
         if isinstance(x, Lin):
@@ -200,8 +232,9 @@ class Lowering:
         raise TypeError(f"{x!r} is not a sample-space expression")
 
     # --------------------------------------------------------------- entry
-    def lower(self, program: Program) -> dict[str, RowVector[Sym]]:
+    def lower(self, program: Program) -> dict[str, Vec]:
         """Lower every output; records the depth of each margin ``u_t``."""
+        self._replicated = _read_by_margins(program)
         out = {name: self.feature(expr) for name, expr in program.outputs.items()}
         for x in program.nodes():
             if isinstance(x, Sig):
@@ -210,6 +243,22 @@ class Lowering:
                 if key in self._memo:
                     self.margin_depths[t] = self.depth(self._memo[key])
         return out
+
+
+def _read_by_margins(program: Program) -> set[int]:
+    """Gradient nodes (:class:`RMatVec`) inside the weights of some margin ``Z_t x``."""
+    found: set[int] = set()
+
+    def visit(x: VExpr) -> None:
+        if isinstance(x, RMatVec):
+            found.add(x.uid)
+        for ch in () if isinstance(x, (MatVec, Gram, Sig)) else x.children:
+            visit(ch)
+
+    for x in program.nodes():
+        if isinstance(x, MatVec):
+            visit(x.x)
+    return found
 
 
 def _batch_of(u: VExpr) -> int:

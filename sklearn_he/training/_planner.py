@@ -8,6 +8,7 @@ candidates that fit a 128-bit-secure ring's depth budget.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 from ..backend import MAX_COEFF_MODULUS_BITS_128, CKKSParameters
 from ..circuit import MIN_PARALLEL_GAIN, CostModel, Op, analyze, plan_schedule
 from ..linalg import TileShape
-from ._circuits import ChunkCircuit, build_chunk, build_gram_circuit
+from ._circuits import ChunkCircuit, build_chunk, build_gram_circuit, can_transpose
 
 __all__ = [
     "Plan",
@@ -53,6 +54,20 @@ class Plan:
     #: Gradient products fused with the sigmoid polynomial (None: the
     #: circuit's default, see :func:`~sklearn_he.training.build_chunk`).
     fuse: bool | None = None
+    #: Minibatch tiles hold ``Z^T`` and the model state is ColVectors
+    #: (``build_chunk(transposed=True)``).
+    transposed: bool = False
+
+    @property
+    def state_blocks(self) -> int:
+        """Ciphertexts per state vector (``v`` or ``w``)."""
+        return -(-self.n_features // (self.shape.rows if self.transposed else self.shape.cols))
+
+    @property
+    def batch_matrix(self) -> tuple[int, int]:
+        """Rows and columns of an encrypted minibatch: ``Z`` (``m x f``) or ``Z^T``."""
+        m, f = self.batch_size, self.n_features
+        return (f, m) if self.transposed else (m, f)
 
     def chunks(self) -> list[tuple[int, int]]:
         """(first batch, length) of each chunk of one epoch."""
@@ -80,6 +95,7 @@ class Plan:
             gram_depth=self.gram_depth,
             layout=self.layout,
             fuse=self.fuse,
+            transposed=self.transposed,
         )
 
 
@@ -105,6 +121,7 @@ def _chunk(
     coeffs: Sequence[float],
     layout: str = "alternating",
     fuse: bool | None = None,
+    transposed: bool = False,
 ) -> ChunkCircuit:
     steps = [(0.1, 0.1)] * k  # structure and depth do not depend on the constants
     return build_chunk(
@@ -117,6 +134,7 @@ def _chunk(
         gram_depth=gram_depth,
         layout=layout,
         fuse=fuse,
+        transposed=transposed,
     )
 
 
@@ -158,7 +176,8 @@ def estimate_seconds_per_minibatch(
     costs = costs or CostModel.nominal()
     work = factor * (analyze(chunk.compiled, params, costs).work_seconds or 0.0)
     n = params.poly_modulus_degree
-    blocks = 2 * -(-chunk.n_features // chunk.shape.cols)  # v and w
+    width = chunk.shape.rows if chunk.transposed else chunk.shape.cols
+    blocks = 2 * -(-chunk.n_features // width)  # v and w
     # The client decrypts the outputs where the chunk left them and encrypts
     # the fresh state at the top (measured costs when ``costs`` has them).
     out_level = max(0, params.max_level - chunk.depth)
@@ -226,6 +245,7 @@ def estimate_plan_seconds_per_sample(
         coeffs=tuple(float(c) for c in coeffs),
         layout=plan.layout,
         fuse=plan.fuse,
+        transposed=plan.transposed,
     )
     return _chunk_cost(chunk, plan.params, plan.gram_source, costs, max(1, n_jobs), epochs)
 
@@ -317,6 +337,7 @@ def plan_training(
     layout: str = "alternating",
     n_jobs: int = 1,
     machine_costs: Callable[[CKKSParameters], CostModel] | None = None,
+    transposed: bool | str = "auto",
 ) -> Plan:
     """Choose ring, tile shape, batch size, ``k``, Gram source (and CKKS parameters).
 
@@ -353,7 +374,22 @@ def plan_training(
     128x64 ahead, and 128x64 ran 4-16% faster in five comparisons
     (``benchmarks/parallel.py``).
     None of these choices changes the model beyond rounding.
+
+    ``transposed``: whether minibatch tiles hold ``Z^T`` (see
+    :func:`~sklearn_he.training.build_chunk`); ``"auto"`` weighs both
+    orientations for chunks without Gram blocks
+    (:func:`~sklearn_he.training.can_transpose`), False keeps ``Z``.
     """
+    if transposed not in (True, False, "auto"):
+        raise ValueError(f"transposed must be True, False or 'auto'; got {transposed!r}")
+    fixed_k = 1 if minibatches_per_circuit == "auto" else int(minibatches_per_circuit)
+    if transposed is True and not can_transpose(circuit, fixed_k, layout):
+        raise ValueError(
+            "transposed tiles need a chunk without Gram blocks: circuit='baseline', or "
+            f"one minibatch per circuit; got the {circuit} circuit with {fixed_k} per circuit"
+            + (" and the diagonal layout" if layout == "diagonal" else "")
+            + ". Use transposed='auto' (or transpose_data='auto' on the estimator)"
+        )
     if gram_source not in ("client", "server", "auto"):
         raise ValueError(f"gram_source must be 'client', 'server' or 'auto'; got {gram_source!r}")
     args = (
@@ -368,6 +404,7 @@ def plan_training(
         epochs,
         layout,
         max(1, int(n_jobs)),
+        transposed,
     )
     if batch_size == "auto" and n_jobs > 1:
         # The minibatch size changes the model; the worker count must not. Fix
@@ -383,6 +420,7 @@ def plan_training(
             costs=costs,
             epochs=epochs,
             layout=layout,
+            transposed=transposed,
         ).batch_size
         args = (*args[:4], batch_size, *args[5:])
     # The same question under the same costs always has the same answer (cached).
@@ -402,6 +440,7 @@ def plan_training(
         epochs=epochs,
         layout=layout,
         n_jobs=n_jobs,
+        transposed=transposed,
     )
 
 
@@ -440,6 +479,7 @@ def _plan(
     epochs: int,
     layout: str,
     n_jobs: int,
+    transposed: bool | str,
     costs: CostModel | None,
 ) -> Plan:
     rings = [params.poly_modulus_degree] if params is not None else [16384, 32768]
@@ -463,8 +503,19 @@ def _plan(
         [True, False] if circuit == "pipelined" and layout != "diagonal" else [None]
     )
 
+    def orientations(k: int) -> list[bool]:
+        if not can_transpose(circuit, k, layout):
+            return [] if transposed is True else [False]
+        return [False, True] if transposed == "auto" else [bool(transposed)]
+
     def evaluate(
-        n_ring: int, shape: TileShape, m: int, k: int, source: str, fuse: bool | None
+        n_ring: int,
+        shape: TileShape,
+        m: int,
+        k: int,
+        source: str,
+        fuse: bool | None,
+        tr: bool,
     ) -> Plan | None:
         if k == 1 and source != sources[0]:
             return None  # one step has no Gram blocks: the source changes nothing
@@ -479,6 +530,7 @@ def _plan(
             coeffs=tuple(coeffs),
             layout=layout,
             fuse=fuse,
+            transposed=tr,
         )
         budget = (
             params.max_level
@@ -502,21 +554,23 @@ def _plan(
             cost /= n_jobs  # a lower bound: never chosen, only ranked
         n_batches = max(1, -(-n_samples // m))
         return Plan(
-            circuit, shape, m, n_features, n_batches, k, chosen, source, cost, layout, fuse
+            circuit, shape, m, n_features, n_batches, k, chosen, source, cost, layout, fuse, tr
         )
 
     for n_ring in rings:
-        first: list[tuple[float, TileShape, int]] = []
+        first: list[tuple[float, TileShape, int, bool]] = []
         fixed_k = minibatches_per_circuit != "auto"
         k1 = int(minibatches_per_circuit) if fixed_k else 1
         for m in sizes:
-            for shape in candidate_shapes(n_features, m, n_ring // 2):
-                for source in sources:
-                    for fuse in fusions:
-                        plan = evaluate(n_ring, shape, m, k1, source, fuse)
+            for tr in orientations(k1):
+                # Shapes for the matrix the tiles hold: Z (m x f) or Z^T (f x m).
+                rows, cols = (n_features, m) if tr else (m, n_features)
+                for shape in candidate_shapes(cols, rows, n_ring // 2):
+                    for source, fuse in itertools.product(sources, fusions):
+                        plan = evaluate(n_ring, shape, m, k1, source, fuse, tr)
                         if plan is None:
                             continue
-                        first.append((plan.estimated_seconds_per_sample, shape, m))
+                        first.append((plan.estimated_seconds_per_sample, shape, m, tr))
                         if best is None or plan.estimated_seconds_per_sample < best[0]:
                             best = (plan.estimated_seconds_per_sample, plan)
         if fixed_k or not first:
@@ -525,24 +579,23 @@ def _plan(
         if best is not None and first[0][0] > RING_PRUNE_FACTOR * best[0]:
             continue  # a ring this much dearer at k = 1 does not catch up with larger k
         explored = []
-        for _, shape, m in first:
-            if (shape, m) not in explored:
-                explored.append((shape, m))
-        for shape, m in explored[:SHAPES_EXPLORED]:
+        for _, shape, m, tr in first:
+            if (shape, m, tr) not in explored and tr in orientations(2):
+                explored.append((shape, m, tr))
+        for shape, m, tr in explored[:SHAPES_EXPLORED]:
             n_batches = max(1, -(-n_samples // m))
-            for source in sources:
-                for fuse in fusions:
-                    previous = float("inf")
-                    for k in range(2, min(MAX_K, n_batches) + 1):
-                        plan = evaluate(n_ring, shape, m, k, source, fuse)
-                        if plan is None:
-                            break  # deeper k only get deeper
-                        cost = plan.estimated_seconds_per_sample
-                        if best is None or cost < best[0]:
-                            best = (cost, plan)
-                        if cost > previous:
-                            break  # past the k where refreshes stop paying
-                        previous = cost
+            for source, fuse in itertools.product(sources, fusions):
+                previous = float("inf")
+                for k in range(2, min(MAX_K, n_batches) + 1):
+                    plan = evaluate(n_ring, shape, m, k, source, fuse, tr)
+                    if plan is None:
+                        break  # deeper k only get deeper
+                    cost = plan.estimated_seconds_per_sample
+                    if best is None or cost < best[0]:
+                        best = (cost, plan)
+                    if cost > previous:
+                        break  # past the k where refreshes stop paying
+                    previous = cost
     if best is None:
         raise ValueError(
             f"no CKKS parameters fit the training circuit: {reasons[-1]}. Use fewer "

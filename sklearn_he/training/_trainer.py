@@ -36,12 +36,13 @@ from joblib import effective_n_jobs
 from ..backend import CKKSParameters, KeySet, ZeroPool
 from ..circuit import CKKSEvaluator, CostModel, ParallelCKKSEvaluator, PlaintextEvaluator
 from ..exceptions import TrainingDivergedError
-from ..linalg import EncMatrix, RowVector, encode_diagonals
+from ..linalg import EncMatrix, encode_diagonals
 from ._circuits import (
     ChunkCircuit,
     build_gram_circuit,
     diagonal_name,
     gram_name,
+    state_vector,
     z_name,
 )
 from ._planner import Plan, ciphertext_bytes
@@ -119,7 +120,7 @@ def chunk_specs(plan: Plan, epochs: int, start_step: int = 0) -> list[ChunkSpec]
 
 def state_names(plan: Plan) -> list[str]:
     """Names of the model-state ciphertexts, ``v[cb]`` then ``w[cb]`` (inputs and outputs)."""
-    n_blk = len(RowVector.from_index(plan.shape, plan.n_features, lambda b: b).blocks)
+    n_blk = plan.state_blocks
     return [f"{name}[{cb}]" for name in ("v", "w") for cb in range(n_blk)]
 
 
@@ -200,6 +201,20 @@ class TrainingClient:
         """Tile and encrypt a matrix in the plan's tile shape."""
         return EncMatrix.from_array(M, self.plan.shape, self.encrypt_tile)
 
+    def encrypt_batch(self, Z: np.ndarray) -> EncMatrix[Any]:
+        """Tile and encrypt a minibatch as the plan's chunks read it: ``Z``, or ``Z^T``."""
+        return self.encrypt_matrix(Z.T if self.plan.transposed else Z)
+
+    def encrypt_batches(
+        self,
+        batches: Sequence[np.ndarray],
+        encrypt_many: Callable[[list[np.ndarray]], list[Any]] | None = None,
+    ) -> list[EncMatrix[Any]]:
+        """:meth:`encrypt_matrices` of the minibatches, as :meth:`encrypt_batch` lays them out."""
+        return self.encrypt_matrices(
+            [Z.T if self.plan.transposed else Z for Z in batches], encrypt_many
+        )
+
     def encrypt_matrices(
         self,
         matrices: Sequence[np.ndarray],
@@ -240,8 +255,9 @@ class TrainingClient:
     def encrypt_state(self, w: np.ndarray, v: np.ndarray) -> dict[str, Any]:
         """The model state as the named chunk inputs ``v[cb]`` and ``w[cb]``."""
         out: dict[str, Any] = {}
+        vector = state_vector(self.plan.transposed)
         for name, vec in (("v", v), ("w", w)):
-            blocks = RowVector.from_array(np.asarray(vec, float), self.plan.shape).blocks
+            blocks = vector.from_array(np.asarray(vec, float), self.plan.shape).blocks
             for cb, blk in enumerate(blocks):
                 out[f"{name}[{cb}]"] = self.encrypt_tile(blk)
         return out
@@ -250,8 +266,9 @@ class TrainingClient:
         """``(w, v)`` from the named state ciphertexts (a chunk's outputs)."""
         p = self.plan
         n_blk = len(state_names(p)) // 2
+        vector = state_vector(p.transposed)
         w, v = (
-            RowVector(
+            vector(
                 [self.decrypt_tile(state[f"{name}[{cb}]"]) for cb in range(n_blk)],
                 p.shape,
                 p.n_features,
@@ -484,7 +501,7 @@ class _InProcessData:
     ) -> None:
         self.client = client
         self.plain = batches
-        self.batches = client.encrypt_matrices(batches, encrypt_many)
+        self.batches = client.encrypt_batches(batches, encrypt_many)
         self.tiles = sum(len(b.tiles) * len(b.tiles[0]) for b in self.batches)
         self._grams: dict[tuple[int, int], EncMatrix[Any]] = {}
         self._diagonals: dict[tuple[int, int], EncMatrix[Any]] = {}

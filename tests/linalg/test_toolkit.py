@@ -105,6 +105,26 @@ class TestValues:
         assert_encodes(la.rmatvec(EM, eu), M.T @ u)
         assert_encodes(la.rmatvec(EM, eu, scale=0.125), 0.125 * (M.T @ u))
 
+    def test_matvec_without_replication_holds_column_0_and_zeros(self, shape, n, f, rng):
+        """replicate=False: column 0 decodes to the product, every other slot is zero."""
+        la = LinAlg(NumpySlots(SLOTS), shape)
+        M, v, x = rng.normal(size=(n, f)), rng.normal(size=f), rng.normal(size=f) * 0.5
+        EM, ev = EncMatrix.from_array(M, shape), RowVector.from_array(v, shape)
+        for out, want in (
+            (la.matvec(EM, ev, scale=-0.3, replicate=False), -0.3 * (M @ v)),
+            (
+                la.matvec_poly(
+                    EM, RowVector.from_array(x, shape), SIGMOID3, scale=2.0, replicate=False
+                ),
+                2.0 * (M @ np.polynomial.polynomial.polyval(x, SIGMOID3)),
+            ),
+        ):
+            assert isinstance(out, ColVector)
+            np.testing.assert_allclose(out.decode(), want, atol=1e-9)
+            for blk in out.blocks:
+                tile = np.asarray(blk).reshape(shape.rows, shape.cols)
+                assert not tile[:, 1:].any()
+
     def test_sums(self, shape, n, f, rng):
         la = LinAlg(NumpySlots(SLOTS), shape)
         M = rng.normal(size=(n, f))

@@ -18,12 +18,14 @@ from sklearn_he.training import (
     pipeline,
     sigmoid_poly,
 )
+from sklearn_he.training._circuits import state_vector
 from sklearn_he.training._program import Gram, Lin, MatVec
 
 
 def _inputs(chunk, batches, v0, w0, shape):
     ins = {}
     for t, Z in enumerate(batches):
+        Z = Z.T if chunk.transposed else Z
         for rb, row in enumerate(EncMatrix.from_array(Z, shape).tiles):
             for cb, tile in enumerate(row):
                 ins[f"Z{t}[{rb},{cb}]"] = tile
@@ -31,8 +33,9 @@ def _inputs(chunk, batches, v0, w0, shape):
         for rb, row in enumerate(EncMatrix.from_array(batches[a] @ batches[b].T, shape).tiles):
             for cb, tile in enumerate(row):
                 ins[f"G{a},{b}[{rb},{cb}]"] = tile
+    vector = state_vector(chunk.transposed)
     for name, vec in (("v", v0), ("w", w0)):
-        for cb, blk in enumerate(RowVector.from_array(vec, shape).blocks):
+        for cb, blk in enumerate(vector.from_array(vec, shape).blocks):
             ins[f"{name}[{cb}]"] = blk
     return ins
 
@@ -40,10 +43,9 @@ def _inputs(chunk, batches, v0, w0, shape):
 def _run(chunk, batches, v0, w0, shape):
     out = PlaintextEvaluator().run(chunk.compiled, _inputs(chunk, batches, v0, w0, shape))
     f = len(v0)
-    n = len(RowVector.from_array(v0, shape).blocks)
-    return {
-        k: RowVector([out[f"{k}[{cb}]"] for cb in range(n)], shape, f).decode() for k in ("w", "v")
-    }
+    vector = state_vector(chunk.transposed)
+    n = len(vector.from_array(v0, shape).blocks)
+    return {k: vector([out[f"{k}[{b}]"] for b in range(n)], shape, f).decode() for k in ("w", "v")}
 
 
 @settings(max_examples=12, deadline=None)
@@ -66,10 +68,21 @@ def test_baseline_pipelined_and_numpy_agree(k, m, f, start, degree, shape, l2):
     coeffs = sigmoid_poly(degree)
     w_ref, v_ref = nag_reference(batches, sched, coeffs, start=start, w=w0, v=v0)
     steps = sched.steps(start, k, m)
-    for circuit in ("baseline", "pipelined"):
+    variants = [("baseline", None, False), ("pipelined", None, False), ("baseline", None, True)]
+    if k == 1:  # transposed tiles: chunks without Gram blocks
+        variants += [("pipelined", True, True), ("pipelined", False, True)]
+    for circuit, fuse, transposed in variants:
         chunk = build_chunk(
-            steps, coeffs, circuit=circuit, shape=shape, batch_size=m, n_features=f
+            steps,
+            coeffs,
+            circuit=circuit,
+            shape=shape,
+            batch_size=m,
+            n_features=f,
+            fuse=fuse,
+            transposed=transposed,
         )
+        assert chunk.transposed == transposed
         got = _run(chunk, batches, v0, w0, shape)
         scale = max(np.abs(w_ref).max(), 1e-12)
         assert np.abs(got["w"] - w_ref).max() / scale < 1e-9
@@ -183,3 +196,70 @@ def test_schedule_values_and_errors():
         NAGSchedule(1.0, decay="cosine")
     with pytest.raises(ValueError, match="sigmoid_degree must be one of"):
         sigmoid_poly(4)
+
+
+def test_transposed_chunk_takes_rotations_off_the_critical_path():
+    """Z^T tiles: margins are free sums down the rows and the last gradient stays in column 0,
+    so a one-step chunk needs fewer rotations and a shorter critical path (MNIST's shape)."""
+    from sklearn_he import CKKSParameters
+    from sklearn_he.circuit import CostModel
+
+    coeffs, shape = sigmoid_poly(5), TileShape(128, 64)
+    params = CKKSParameters.for_depth(6, min_poly_modulus_degree=16384)
+    reports = {}
+    for transposed in (False, True):
+        chunk = build_chunk(
+            [(0.1, 0.1)],
+            coeffs,
+            circuit="baseline",
+            shape=shape,
+            batch_size=128,
+            n_features=197,
+            transposed=transposed,
+        )
+        reports[transposed] = analyze(chunk.compiled, params, CostModel.nominal())
+        assert chunk.depth == 6
+    rows, cols = reports[False], reports[True]
+    assert cols.op_counts["rotate"] < 0.5 * rows.op_counts["rotate"]
+    assert cols.span_seconds < 0.9 * rows.span_seconds
+    assert cols.work_seconds < rows.work_seconds
+
+
+def test_transposed_chunks_replicate_every_gradient_but_the_last():
+    """Inside a chunk a gradient feeds the next margin (replicated); only the outputs' is not."""
+    coeffs, shape = sigmoid_poly(3), TileShape(8, 8)
+    counts = []
+    for k in (1, 2):
+        chunk = build_chunk(
+            [(0.1, 0.1)] * k,
+            coeffs,
+            circuit="baseline",
+            shape=shape,
+            batch_size=8,
+            n_features=8,
+            transposed=True,
+        )
+        counts.append(analyze(chunk.compiled).op_counts["rotate"])
+    # One step: margin (log2 h = 3) + gradient (log2 w = 3), no replication. Two
+    # steps add the second step's margin and gradient (3 + 3) and replicate the
+    # first gradient back across the rows (3) for each of the two coefficients it
+    # carries into v_1 and w_1 (the scale rides on its column-0 mask).
+    assert counts == [6, 6 + 3 + 3 + 2 * 3]
+
+
+@pytest.mark.parametrize(
+    ("circuit", "k", "layout"),
+    [("pipelined", 2, "alternating"), ("pipelined", 1, "diagonal")],
+)
+def test_transposed_tiles_are_refused_for_chunks_with_gram_blocks(circuit, k, layout):
+    with pytest.raises(ValueError, match="chunk without Gram blocks"):
+        build_chunk(
+            [(0.1, 0.1)] * k,
+            sigmoid_poly(3),
+            circuit=circuit,
+            shape=TileShape(8, 8),
+            batch_size=8,
+            n_features=5,
+            layout=layout,
+            transposed=True,
+        )

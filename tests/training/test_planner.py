@@ -139,7 +139,8 @@ def test_machine_costs_choose_how_workers_split_the_circuit_not_the_model():
         asked.append(params)
         return machine
 
-    kw = {"circuit": "pipelined", "coeffs": coeffs, "epochs": 5}
+    # Row-oriented tiles, whose 2-worker split these costs re-rank.
+    kw = {"circuit": "pipelined", "coeffs": coeffs, "epochs": 5, "transposed": False}
     nominal = plan_training(1587, 197, n_jobs=2, **kw)
     plan = plan_training(1587, 197, n_jobs=2, machine_costs=machine_costs, **kw)
     assert asked == [nominal.params]
@@ -173,7 +174,7 @@ def test_plans_under_measured_costs_are_cached_by_their_values():
     from sklearn_he.circuit import CostModel
 
     coeffs = sigmoid_poly(5)
-    kw = {"circuit": "pipelined", "coeffs": coeffs, "epochs": 5, "n_jobs": 2}
+    kw = {"circuit": "pipelined", "coeffs": coeffs, "epochs": 5, "n_jobs": 2, "transposed": False}
     nominal = plan_training(1587, 197, **kw)
     fixed = {"params": nominal.params, "batch_size": nominal.batch_size}
     same = CostModel(CostModel.nominal().fits)  # a new object with the nominal values
