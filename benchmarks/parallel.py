@@ -91,6 +91,11 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _shape_label(plan: Any) -> str:
+    """``128x64``, with `` Z^T`` when the tiles hold the transposed minibatch."""
+    return f"{plan.shape.rows}x{plan.shape.cols}" + (" Z^T" if plan.transposed else "")
+
+
 def _timed(fn: Any) -> tuple[float, float, Any]:
     """Wall time, CPU time (this thread) and result of ``fn()``."""
     t0, c0 = time.perf_counter(), time.thread_time()
@@ -112,7 +117,7 @@ def bench(
         epochs=EPOCHS,
         n_jobs=plan_jobs,
     )
-    shape, batch = plan.shape, plan.batch_size
+    batch = plan.batch_size
     chunk = plan.compile_chunk([(0.1, 0.1)] * k, sigmoid_poly(DEGREE))
     compiled = chunk.compiled
     params = plan.params
@@ -128,7 +133,8 @@ def bench(
         "k": k,
         "fuse": plan.fuse,
         "layout": plan.layout,
-        "shape": f"{shape.rows}x{shape.cols}",
+        "shape": _shape_label(plan),
+        "transposed": plan.transposed,
         "batch_size": batch,
         "params": params.to_dict(),
         "depth": chunk.depth,
@@ -298,7 +304,7 @@ def _fit_choice(
             n_jobs=2,
             machine_costs=CostModel.for_params if measured else None,
         )
-        shape = f"{plan.shape.rows}x{plan.shape.cols}"
+        shape = _shape_label(plan)
         two = next((r for r in rows if r["circuit"] == c and r["shape"] == shape), None)
         if two is None:
             lines.append(f"{c}: a fit with n_jobs=2 would run {shape} tiles, not measured here")

@@ -194,22 +194,22 @@ def parallel_bench():
 def test_parallel_benchmark_compares_with_the_shape_a_fit_picks(parallel_bench, monkeypatch):
     """The closing line pairs T1 of the 1-worker plan with T2 of the fit's 2-worker shape."""
     rows = [
-        {"circuit": "pipelined", "plan_jobs": 1, "shape": "128x64", "t1_s": 0.6, "t2_s": 0.5},
-        {"circuit": "pipelined", "plan_jobs": 2, "shape": "64x128", "t1_s": 0.9, "t2_s": 0.45},
+        {"circuit": "pipelined", "plan_jobs": 1, "shape": "128x64 Z^T", "t1_s": 0.6, "t2_s": 0.5},
+        {"circuit": "pipelined", "plan_jobs": 2, "shape": "256x32 Z^T", "t1_s": 0.9, "t2_s": 0.45},
     ]
-    # Nominal costs: a fit with 2 workers would run the 64x128 tiles.
+    # Nominal costs: a fit with 2 workers runs the 1-worker plan's transposed 128x64 tiles.
     (line,) = parallel_bench._fit_choice(rows, ["pipelined"], 1, measured=False)
-    assert "2 workers: 64x128" in line and line.endswith("1.33x")
-    # A machine whose scalar products are dear keeps 128x64 for 2 workers.
+    assert "2 workers: 128x64 Z^T" in line and line.endswith("1.20x")
+    # A machine whose plaintext additions are very dear picks 256x32 for 2 workers.
     from tests._costs import skewed_costs
 
-    dear = skewed_costs("mul_scalar", 3.0)
+    dear = skewed_costs("add_plain", 30.0)
     monkeypatch.setattr(parallel_bench.CostModel, "for_params", lambda params: dear)
     (line,) = parallel_bench._fit_choice(rows, ["pipelined"], 1, measured=True)
-    assert "2 workers: 128x64" in line and line.endswith("1.20x")
+    assert "2 workers: 256x32 Z^T" in line and line.endswith("1.33x")
     assert parallel_bench._fit_choice(rows[1:], ["pipelined"], 1, measured=True) == []
-    (line,) = parallel_bench._fit_choice(rows[:1], ["pipelined"], 1, measured=False)
-    assert line == "pipelined: a fit with n_jobs=2 would run 64x128 tiles, not measured here"
+    (line,) = parallel_bench._fit_choice(rows[:1], ["pipelined"], 1, measured=True)
+    assert line == "pipelined: a fit with n_jobs=2 would run 256x32 Z^T tiles, not measured here"
 
 
 def test_fit_speedup_pairs_ratios_and_medians():

@@ -57,33 +57,27 @@ worker that cannot see the directory makes the evaluator switch to BSP for
 good). ``mode="auto"`` (the default) plans both kinds and runs the one with
 the smaller simulated time.
 
-Measured (``benchmarks/parallel.py --costs measured --repeats 7``, 2-core
-VM, three runs on 2026-12-02; ``benchmarks/results/parallel.json``), on the
-MNIST chunks a fit runs (N=16384, 8 primes, k=1, 128-row minibatch,
-unfused), ``n_jobs=2`` against in-process, T1 and T2 runs interleaved:
+Measured (``benchmarks/parallel.py --costs measured``, 2-core VM,
+2026-12-02; ``benchmarks/results/parallel.json``), on the MNIST chunk a
+fit runs (N=16384, 8 primes, k=1, 128-row minibatch, 128x64 tiles holding
+``Z^T``: see :func:`~sklearn_he.training.build_chunk`'s ``transposed``),
+``n_jobs=2`` against in-process, T1 and T2 runs interleaved: 1.62-1.82x
+(paired medians of four rows that all run this circuit; 0.78 s -> 0.46 s
+in one). It splits into two equal tasks (one margin tile and one block of
+features each) that exchange 8 values (predicted 1.82x). The critical
+path is 0.27 s of 0.78 s of work (nominal costs): the margin's sum down
+the rows, the sigmoid and the within-row sum of the gradient, which stays
+in column 0 for the client.
 
-* 64x128 tiles (two row blocks of two column tiles; the nominal plan for 2
-  workers): the pipelined chunk ran 1.55-1.76x faster (paired medians
-  1.64-1.76x; 0.971 s -> 0.553 s in the last run), the baseline chunk
-  1.45-1.66x. The two row blocks are independent up to the gradient sums,
-  and the scheduler splits them into two equal tasks that exchange 10
-  values (predicted 1.80x).
-* 128x64 tiles (one row block of four column tiles; the plan for 1 worker,
-  and the one a fit with 2 workers picks here, see
-  :func:`~sklearn_he.training.plan_training`'s ``machine_costs``): 1.20-1.38x.
-  What bounds it: the margin's rotation sum, the sigmoid and the
-  broadcast back act on one ciphertext, in sequence; the critical path is
-  0.49 s of 1.37 s of work (nominal costs), so no schedule on two workers
-  beats 1.49x (the scheduler's prediction), and each run adds ~10 ms for
-  joblib's call, ~10 ms for the workers to load the new model state and
-  ~10 ms to return the outputs.
-
-The 64x128 chunk costs 1.3-1.5x more work (two sigmoids instead of one,
-more products), so on this VM 128x64 on two workers was still 4-16%
-faster than 64x128 on two workers, and a whole fit gains what 128x64
-gains. Earlier VMs of the same kind measured 1.70x and 1.40x on the fused
-chunks the benchmark then built, and one 1.22x and 1.01x: the two vCPUs'
-scaling for SEAL's rotations varied from 1.66x to 2x between machines.
+Before the transposed tiles, the same chunk on ``Z`` tiles was bounded by
+its one margin ciphertext: rotation sum, sigmoid and the broadcast back
+in sequence, a critical path of 0.49 s of 1.37 s of work, so no schedule
+on two workers beat 1.49x (measured 1.20-1.38x); the 64x128 shape that
+split in two (1.55-1.76x) cost 1.3-1.5x more work. Each run also adds
+~10 ms for joblib's call, ~10 ms for the workers to load the new model
+state and ~10 ms to return the outputs; two SEAL processes running at
+once each ran 6-11% slower than one alone on this VM (memory traffic of
+the rotation keys, which exceed the shared L3).
 
 While the workers compute, the caller's own process would only wait:
 :meth:`ParallelCKKSEvaluator.run` takes a ``meanwhile`` callable that it

@@ -48,6 +48,6 @@ __all__ = [
     "pipeline",
     "plan_training",
     "sigmoid_poly",
-    "state_vector",
     "state_names",
+    "state_vector",
 ]

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sklearn_he.circuit import PlaintextEvaluator, analyze
-from sklearn_he.linalg import EncMatrix, RowVector, TileShape
+from sklearn_he.linalg import EncMatrix, TileShape
 from sklearn_he.training import (
     NAGSchedule,
     build_chunk,
