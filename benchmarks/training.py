@@ -348,6 +348,7 @@ def execute(spec: dict[str, Any], mnist: str | None) -> dict[str, Any]:
                 batch_size=r.batch_size,
                 n_batches=r.n_batches,
                 tile_shape=list(r.tile_shape),
+                transposed=r.transposed,
                 refreshes=r.refreshes,
                 refreshes_per_epoch=r.refreshes_per_epoch,
                 bytes_uploaded=r.bytes_uploaded,

@@ -61,13 +61,13 @@ Measured (``benchmarks/parallel.py --costs measured``, 2-core VM,
 2026-12-02; ``benchmarks/results/parallel.json``), on the MNIST chunk a
 fit runs (N=16384, 8 primes, k=1, 128-row minibatch, 128x64 tiles holding
 ``Z^T``: see :func:`~sklearn_he.training.build_chunk`'s ``transposed``),
-``n_jobs=2`` against in-process, T1 and T2 runs interleaved: 1.62-1.82x
-(paired medians of four rows that all run this circuit; 0.78 s -> 0.46 s
-in one). It splits into two equal tasks (one margin tile and one block of
-features each) that exchange 8 values (predicted 1.82x). The critical
-path is 0.27 s of 0.78 s of work (nominal costs): the margin's sum down
-the rows, the sigmoid and the within-row sum of the gradient, which stays
-in column 0 for the client.
+``n_jobs=2`` against in-process, T1 and T2 runs interleaved: 1.55-1.77x in
+two runs of four rows that all run this circuit (paired medians
+1.56-1.82x; 0.89 s -> 0.53 s in the last). It splits into two equal tasks
+(one margin tile and one block of features each) that exchange 8 values
+(predicted 1.82x). Each half's critical path - the margin's sum down the
+rows, the sigmoid, and the within-row sum of the gradient, which stays in
+column 0 for the client - is 0.42 s of 1.35 s of work (nominal costs).
 
 Before the transposed tiles, the same chunk on ``Z`` tiles was bounded by
 its one margin ciphertext: rotation sum, sigmoid and the broadcast back

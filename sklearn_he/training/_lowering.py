@@ -112,8 +112,6 @@ class Lowering:
         self.fuse = fuse
         self.orient = orient
         self.transposed = transposed
-        #: Sample-space orientation a gradient product consumes.
-        self._sample: Orient = "R" if transposed else "C"
         #: Gradients that a later margin reads (replicated); the others feed
         #: the outputs only (set by :meth:`lower`).
         self._replicated: set[int] = set()
