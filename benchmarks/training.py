@@ -1002,12 +1002,24 @@ def notes(
             pc = t.get("parallel_circuits") or {}
             if pc.get("serial"):
                 n = pc["serial"] + pc.get("parallel", 0)
+                from sklearn_he.circuit import MIN_PARALLEL_GAIN
+
                 predicted = pc.get("predicted_speedup_mean")
+                probes = pc.get("parallel") and predicted is not None
+                probes = probes and predicted >= MIN_PARALLEL_GAIN
+                why = (
+                    # Worth the workers by the prediction: these were the evaluator's
+                    # in-process runs that time the circuit both ways.
+                    f"the evaluator's timing probes: the scheduler predicted {predicted:.2f}x, "
+                    "and the evaluator runs a circuit in-process now and then to compare"
+                    if probes
+                    else "the scheduler predicted a "
+                    + (f"speed-up of {predicted:.2f}, " if predicted is not None else "")
+                    + "too small to pay for moving ciphertexts"
+                )
                 out.append(
                     f"{title}, {_workers_label(int(w))}: {pc['serial']} of {n} circuits ran "
-                    "in the calling process, not on the workers (the scheduler predicted a "
-                    + (f"speed-up of {predicted:.2f}, " if predicted is not None else "")
-                    + "too small to pay for moving ciphertexts)"
+                    f"in the calling process, not on the workers ({why})"
                     + (
                         ": the training-time difference to 1 worker is noise"
                         if not pc.get("parallel")

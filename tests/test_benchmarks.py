@@ -251,3 +251,23 @@ def test_fit_speedup_refuses_no_pairs_and_reports_a_failed_fit(monkeypatch, caps
     assert module.main(["--dataset", "breast_cancer", "--pairs", "1", "--out", str(out)]) == 1
     assert "pair 1, 1 worker(s): too slow" in capsys.readouterr().err
     assert not out.exists()  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    ("circuits", "said"),
+    [
+        ({"serial": 2, "parallel": 63, "predicted_speedup_mean": 1.82}, "timing probes"),
+        ({"serial": 40, "parallel": 0, "predicted_speedup_mean": 1.1}, "too small to pay"),
+    ],
+)
+def test_notes_tell_timing_probes_from_circuits_kept_in_process(training, circuits, said):
+    """In-process runs of a circuit worth the workers are the evaluator's probes, not a verdict."""
+    runs = [
+        _run("CKKS pipelined", 0, 1, train_seconds=10.0),
+        _run("CKKS pipelined", 0, 2, train_seconds=6.0, parallel_circuits=circuits),
+    ]
+    training.compare(runs, lambda dataset, split: np.eye(2))
+    found = training.notes(runs, training.summarize(runs, [1, 2]), [1, 2])
+    (note,) = [n for n in found if "ran in the calling process" in n]
+    n = circuits["serial"] + circuits["parallel"]
+    assert said in note and f"{circuits['serial']} of {n} circuits" in note
