@@ -112,6 +112,12 @@ def test_transposed_tiles_train_under_ckks(cancer):
     np.testing.assert_allclose(enc.intercept_, rows.intercept_, atol=1e-3)
 
 
+def test_transpose_data_must_be_a_bool_or_auto(cancer):
+    Xtr, _, ytr, _ = cancer
+    with pytest.raises(ValueError, match="transpose_data"):
+        plain(transpose_data="yes").fit(Xtr, ytr)
+
+
 def test_transpose_data_is_refused_where_the_chunk_has_gram_blocks(cancer):
     Xtr, _, ytr, _ = cancer
     clf = plain(circuit="pipelined", minibatches_per_circuit=2, transpose_data=True)

@@ -112,10 +112,14 @@ def _make_estimator(
             f"training options {sorted(options)} do not fit this sklearn-he ({exc}); use the "
             "version that wrote them"
         ) from None
-    clf.set_params(backend="ckks", ckks_params=params, allow_insecure_for_testing=allow_insecure)
-    # Row-oriented tiles: a refreshed state is then also the encrypted weights
-    # that `sklearn-he score` multiplies the rows by (RowVectors).
-    clf.set_params(transpose_data=False)
+    # Row-oriented tiles (transpose_data=False): a refreshed state is then also
+    # the encrypted weights that `sklearn-he score` multiplies the rows by.
+    clf.set_params(
+        backend="ckks",
+        ckks_params=params,
+        allow_insecure_for_testing=allow_insecure,
+        transpose_data=False,
+    )
     clf._validate_params()
     return clf
 

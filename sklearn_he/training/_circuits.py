@@ -35,6 +35,8 @@ __all__ = [
     "build_chunk",
     "build_gram_circuit",
     "can_transpose",
+    "check_transposable",
+    "state_blocks",
     "state_vector",
 ]
 
@@ -81,6 +83,24 @@ def can_transpose(circuit: str, n_steps: int, layout: str = "alternating") -> bo
     The baseline circuit has none; the pipelined one has none for one step.
     """
     return circuit == "baseline" or (n_steps == 1 and layout != "diagonal")
+
+
+def check_transposable(
+    circuit: str, n_steps: int, layout: str = "alternating", hint: str = ""
+) -> None:
+    """Raise ValueError, naming what allows transposed tiles, unless :func:`can_transpose`."""
+    if not can_transpose(circuit, n_steps, layout):
+        raise ValueError(
+            "transposed tiles need a chunk without Gram blocks: circuit='baseline', or "
+            f"one minibatch per circuit; got the {circuit} circuit with {n_steps} per circuit"
+            + (" and the diagonal layout" if layout == "diagonal" else "")
+            + hint
+        )
+
+
+def state_blocks(shape: TileShape, n_features: int, transposed: bool) -> int:
+    """Ciphertexts per state vector (``v`` or ``w``) in the encoding :func:`state_vector` names."""
+    return len(state_vector(transposed).from_index(shape, n_features, lambda b: b).blocks)
 
 
 def state_vector(transposed: bool) -> type[RowVector[Any]] | type[ColVector[Any]]:
@@ -156,12 +176,8 @@ def build_chunk(
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
     diagonal = circuit == "pipelined" and layout == "diagonal"
-    if transposed and not can_transpose(circuit, len(steps), layout):
-        raise ValueError(
-            "transposed tiles need a chunk without Gram blocks: circuit='baseline', or "
-            f"one minibatch per circuit; got the {circuit} circuit with {len(steps)} steps"
-            + (" and the diagonal layout" if diagonal else "")
-        )
+    if transposed:
+        check_transposable(circuit, len(steps), layout)
     if diagonal and batch_size > shape.cols:
         raise ValueError(
             f"the diagonal layout needs batch_size <= tile width ({shape.cols}); got {batch_size}"

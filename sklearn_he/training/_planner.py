@@ -18,7 +18,14 @@ from typing import Any
 from ..backend import MAX_COEFF_MODULUS_BITS_128, CKKSParameters
 from ..circuit import MIN_PARALLEL_GAIN, CostModel, Op, analyze, plan_schedule
 from ..linalg import TileShape
-from ._circuits import ChunkCircuit, build_chunk, build_gram_circuit, can_transpose
+from ._circuits import (
+    ChunkCircuit,
+    build_chunk,
+    build_gram_circuit,
+    can_transpose,
+    check_transposable,
+    state_blocks,
+)
 
 __all__ = [
     "Plan",
@@ -61,7 +68,7 @@ class Plan:
     @property
     def state_blocks(self) -> int:
         """Ciphertexts per state vector (``v`` or ``w``)."""
-        return -(-self.n_features // (self.shape.rows if self.transposed else self.shape.cols))
+        return state_blocks(self.shape, self.n_features, self.transposed)
 
     @property
     def batch_matrix(self) -> tuple[int, int]:
@@ -176,8 +183,7 @@ def estimate_seconds_per_minibatch(
     costs = costs or CostModel.nominal()
     work = factor * (analyze(chunk.compiled, params, costs).work_seconds or 0.0)
     n = params.poly_modulus_degree
-    width = chunk.shape.rows if chunk.transposed else chunk.shape.cols
-    blocks = 2 * -(-chunk.n_features // width)  # v and w
+    blocks = 2 * state_blocks(chunk.shape, chunk.n_features, chunk.transposed)  # v and w
     # The client decrypts the outputs where the chunk left them and encrypts
     # the fresh state at the top (measured costs when ``costs`` has them).
     out_level = max(0, params.max_level - chunk.depth)
@@ -383,13 +389,12 @@ def plan_training(
     """
     if transposed not in (True, False, "auto"):
         raise ValueError(f"transposed must be True, False or 'auto'; got {transposed!r}")
-    fixed_k = 1 if minibatches_per_circuit == "auto" else int(minibatches_per_circuit)
-    if transposed is True and not can_transpose(circuit, fixed_k, layout):
-        raise ValueError(
-            "transposed tiles need a chunk without Gram blocks: circuit='baseline', or "
-            f"one minibatch per circuit; got the {circuit} circuit with {fixed_k} per circuit"
-            + (" and the diagonal layout" if layout == "diagonal" else "")
-            + ". Use transposed='auto' (or transpose_data='auto' on the estimator)"
+    if transposed is True:
+        check_transposable(
+            circuit,
+            1 if minibatches_per_circuit == "auto" else int(minibatches_per_circuit),
+            layout,
+            hint=". Use transposed='auto' (or transpose_data='auto' on the estimator)",
         )
     if gram_source not in ("client", "server", "auto"):
         raise ValueError(f"gram_source must be 'client', 'server' or 'auto'; got {gram_source!r}")

@@ -201,9 +201,13 @@ class TrainingClient:
         """Tile and encrypt a matrix in the plan's tile shape."""
         return EncMatrix.from_array(M, self.plan.shape, self.encrypt_tile)
 
+    def _as_read(self, Z: np.ndarray) -> np.ndarray:
+        """A minibatch as the plan's chunks read it: ``Z``, or ``Z^T``."""
+        return Z.T if self.plan.transposed else Z
+
     def encrypt_batch(self, Z: np.ndarray) -> EncMatrix[Any]:
         """Tile and encrypt a minibatch as the plan's chunks read it: ``Z``, or ``Z^T``."""
-        return self.encrypt_matrix(Z.T if self.plan.transposed else Z)
+        return self.encrypt_matrix(self._as_read(Z))
 
     def encrypt_batches(
         self,
@@ -211,9 +215,7 @@ class TrainingClient:
         encrypt_many: Callable[[list[np.ndarray]], list[Any]] | None = None,
     ) -> list[EncMatrix[Any]]:
         """:meth:`encrypt_matrices` of the minibatches, as :meth:`encrypt_batch` lays them out."""
-        return self.encrypt_matrices(
-            [Z.T if self.plan.transposed else Z for Z in batches], encrypt_many
-        )
+        return self.encrypt_matrices([self._as_read(Z) for Z in batches], encrypt_many)
 
     def encrypt_matrices(
         self,
@@ -265,7 +267,7 @@ class TrainingClient:
     def decrypt_state(self, state: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """``(w, v)`` from the named state ciphertexts (a chunk's outputs)."""
         p = self.plan
-        n_blk = len(state_names(p)) // 2
+        n_blk = p.state_blocks
         vector = state_vector(p.transposed)
         w, v = (
             vector(

@@ -182,3 +182,20 @@ def test_plans_under_measured_costs_are_cached_by_their_values():
     assert plan_training(1587, 197, costs=CostModel(same.fits), **fixed, **kw) is first
     dear = plan_training(1587, 197, costs=skewed_costs("mul_scalar", 3.0), **fixed, **kw)
     assert dear.shape != first.shape
+
+
+def test_transposed_must_be_a_bool_or_auto():
+    with pytest.raises(ValueError, match="transposed must be True, False or 'auto'; got 'yes'"):
+        plan_training(100, 5, circuit="baseline", coeffs=sigmoid_poly(3), transposed="yes")
+
+
+def test_transposed_true_is_refused_where_every_chunk_has_gram_blocks():
+    with pytest.raises(ValueError, match=r"without Gram blocks.*Use transposed='auto'"):
+        plan_training(
+            100,
+            5,
+            circuit="pipelined",
+            coeffs=sigmoid_poly(3),
+            minibatches_per_circuit=2,
+            transposed=True,
+        )
