@@ -32,6 +32,7 @@ from ._program import nag_program, pipeline
 __all__ = [
     "CIRCUITS",
     "ChunkCircuit",
+    "batch_matrix",
     "build_chunk",
     "build_gram_circuit",
     "can_transpose",
@@ -96,6 +97,11 @@ def check_transposable(
             + (" and the diagonal layout" if layout == "diagonal" else "")
             + hint
         )
+
+
+def batch_matrix(batch_size: int, n_features: int, transposed: bool) -> tuple[int, int]:
+    """Rows and columns of the matrix a minibatch's tiles hold: ``Z`` (``m x f``) or ``Z^T``."""
+    return (n_features, batch_size) if transposed else (batch_size, n_features)
 
 
 def state_blocks(shape: TileShape, n_features: int, transposed: bool) -> int:
@@ -185,7 +191,7 @@ def build_chunk(
     tracer = Tracer(shape.slots)
     la = LinAlg(tracer, shape)
     m, f = batch_size, n_features
-    rows_, cols_ = (f, m) if transposed else (m, f)
+    rows_, cols_ = batch_matrix(m, f, transposed)
     Z = [
         EncMatrix.from_index(
             shape, rows_, cols_, lambda rb, cb, t=t: tracer.input(z_name(t, rb, cb))

@@ -20,6 +20,7 @@ from ..circuit import MIN_PARALLEL_GAIN, CostModel, Op, analyze, plan_schedule
 from ..linalg import TileShape
 from ._circuits import (
     ChunkCircuit,
+    batch_matrix,
     build_chunk,
     build_gram_circuit,
     can_transpose,
@@ -73,8 +74,7 @@ class Plan:
     @property
     def batch_matrix(self) -> tuple[int, int]:
         """Rows and columns of an encrypted minibatch: ``Z`` (``m x f``) or ``Z^T``."""
-        m, f = self.batch_size, self.n_features
-        return (f, m) if self.transposed else (m, f)
+        return batch_matrix(self.batch_size, self.n_features, self.transposed)
 
     def chunks(self) -> list[tuple[int, int]]:
         """(first batch, length) of each chunk of one epoch."""
@@ -570,7 +570,7 @@ def _plan(
         for m in sizes:
             for tr in orientations(k1):
                 # Shapes for the matrix the tiles hold: Z (m x f) or Z^T (f x m).
-                rows, cols = (n_features, m) if tr else (m, n_features)
+                rows, cols = batch_matrix(m, n_features, tr)
                 for shape in candidate_shapes(cols, rows, n_ring // 2):
                     for source, fuse in itertools.product(sources, fusions):
                         plan = evaluate(n_ring, shape, m, k1, source, fuse, tr)
