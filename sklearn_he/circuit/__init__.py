@@ -16,7 +16,7 @@ Write an algorithm once against the slot algebra (usually through
 [1.0, 5.0, 11.0]
 """
 
-from ._analysis import AnalysisEvaluator, CircuitReport, analyze
+from ._analysis import AnalysisEvaluator, CircuitReport, analyze, op_profile, work_seconds
 from ._compiler import CompiledCircuit, compile_circuit
 from ._cost import CostModel
 from ._evaluators import (
@@ -64,8 +64,10 @@ __all__ = [
     "WorkerStart",
     "analyze",
     "compile_circuit",
+    "op_profile",
     "plan_schedule",
     "select_parameters",
     "start_workers",
     "temp_folder",
+    "work_seconds",
 ]

@@ -10,6 +10,7 @@ unboundedly many workers (the *span*). Summing every node's cost gives the
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from ._cost import CostModel
 from ._evaluators import _interpret
 from ._ir import Node, Op
 
-__all__ = ["AnalysisEvaluator", "CircuitReport", "analyze"]
+__all__ = ["AnalysisEvaluator", "CircuitReport", "analyze", "op_profile", "work_seconds"]
 
 
 @dataclass
@@ -168,3 +169,43 @@ def analyze(
 ) -> CircuitReport:
     """Shorthand for ``AnalysisEvaluator(params, costs).run(compiled)``."""
     return AnalysisEvaluator(params, costs).run(compiled)
+
+
+def op_profile(compiled: CompiledCircuit) -> dict[tuple[Op, int, int], int]:
+    """How many operations of each kind the circuit runs at each operand depth.
+
+    Keys are ``(op, operand depth, levels dropped)``, with depths worked
+    out from the operands as :class:`AnalysisEvaluator` does; values are
+    node counts. The work of the circuit under any parameters and cost
+    model follows from it (:func:`work_seconds`), without walking the
+    nodes again. Computed once per circuit and kept on it.
+    """
+    cached = compiled._op_profile
+    if cached is not None:
+        return cached
+    depth = list(compiled.depths)
+    profile: Counter[tuple[Op, int, int]] = Counter()
+    for n in compiled.nodes:
+        if n.op is Op.INPUT:
+            continue
+        d_in = max(depth[a] for a in n.args)
+        drop = n.level_cost()
+        depth[n.id] = d_in + drop
+        profile[(n.op, d_in, drop)] += 1
+    compiled._op_profile = dict(profile)
+    return compiled._op_profile
+
+
+def work_seconds(compiled: CompiledCircuit, params: CKKSParameters, costs: CostModel) -> float:
+    """Estimated total op time of ``compiled`` under ``params`` and ``costs`` (seconds).
+
+    The ``work_seconds`` of :func:`analyze`, from the circuit's
+    :func:`op_profile`: a planner weighing many parameter sets and cost
+    models for one circuit pays for the walk over its nodes once.
+    """
+    params.require_depth(compiled.depth)
+    top, n = params.max_level, params.poly_modulus_degree
+    return math.fsum(
+        count * costs.op_seconds(op, n, top - d_in, drop=drop)
+        for (op, d_in, drop), count in op_profile(compiled).items()
+    )

@@ -55,6 +55,10 @@ class CompiledCircuit:
     rotation_steps: frozenset[int]
     traced_nodes: int
     output_depths: dict[str, int] = field(default_factory=dict)
+    #: Cache of :func:`~sklearn_he.circuit.op_profile` (derived, not compared).
+    _op_profile: dict[tuple[Op, int, int], int] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def slots(self) -> int:

@@ -104,6 +104,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import time
 import weakref
 from collections import Counter
@@ -114,6 +115,8 @@ from typing import Any
 
 import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
+from joblib._parallel_backends import LokyBackend
+from joblib.parallel import get_active_backend
 
 from ..backend import Ciphertext, CKKSContext, KeySet, WireCiphertext
 from ..exceptions import DepthExhaustedError, ParallelEvaluationError
@@ -164,6 +167,8 @@ _AUTO_TIMEOUT = 120.0
 #: Encrypt in worker processes only beyond this much estimated serial work:
 #: starting workers and loading the public bundle in them takes seconds.
 MIN_PARALLEL_ENCRYPT_SECONDS = 4.0
+#: Vectors per task when worker processes help :meth:`ParallelCKKSEvaluator.encrypt`.
+ENCRYPT_BATCH = 2
 #: Priorities tried by dataflow planning: bottom level less this times the
 #: top level (see ``_Planner.dataflow``).
 DATAFLOW_LATENESS = (0.0, 0.1, 0.25)
@@ -910,6 +915,8 @@ class ParallelCKKSEvaluator:
 
     #: The function each task runs in a worker (tests substitute a failing one).
     _task_function: TaskFunction = staticmethod(run_task)
+    #: What a worker runs to encrypt a batch (tests substitute one that fails).
+    _encrypt_function: Callable[..., Any] = staticmethod(encrypt_batch)
 
     def __init__(
         self,
@@ -962,6 +969,7 @@ class ParallelCKKSEvaluator:
         self._files: dict[str, str] = {}  # stored input key -> its file
         self._meanwhile: Callable[[], None] | None = None  # see run()
         self._preloading = WorkerStart()  # see preload_keys()
+        self._keys_in_local_workers = False  # see preload_keys() and encrypt()
         self._timings: dict[tuple[str, int], _Timings] = {}  # see run()
 
     @property
@@ -1040,6 +1048,8 @@ class ParallelCKKSEvaluator:
         self._preloading.wait()
         if effective_n_jobs(self.n_jobs) > 1:
             self._preloading = _one_task_per_worker(self.n_jobs, load_keys, self._bundle_ref())
+            # The processes :meth:`encrypt` uses, when evaluation uses loky too.
+            self._keys_in_local_workers = isinstance(get_active_backend()[0], LokyBackend)
 
     def runs_in_workers(self, compiled: CompiledCircuit) -> bool:
         """Whether the schedule says ``compiled`` pays for worker processes.
@@ -1085,46 +1095,59 @@ class ParallelCKKSEvaluator:
 
     # ------------------------------------------------------------ encryption
     def encrypt(self, vectors: Sequence[np.ndarray]) -> list[Ciphertext]:
-        """Encrypt ``vectors`` (each at most ``slots`` reals) with the worker processes.
+        """Encrypt ``vectors`` (each at most ``slots`` reals), sharing the work with the workers.
 
         Client-side work: the training data set, client-computed Gram blocks.
         Encryption needs only the public key, so workers use the bundle they
-        already hold for evaluation. The vectors are *plaintext* data, so
-        this always runs in local processes (joblib's ``loky`` backend), even
-        inside ``parallel_config(backend="dask")``: the client's data never
-        leaves its machine unencrypted. Runs in-process when there is one
-        worker or too little to encrypt to pay for starting workers
-        (:data:`MIN_PARALLEL_ENCRYPT_SECONDS` of estimated work). Results
-        are in the order of ``vectors``.
+        already hold for evaluation. This process encrypts from the end of
+        the list while the worker processes take batches of
+        :data:`ENCRYPT_BATCH` vectors from the front as they become free; the
+        two meet where their speeds put them. Nothing waits for a worker to
+        start or to load the keys, and every core encrypts once they have.
+        The vectors are *plaintext* data, so the workers are always local
+        processes (joblib's ``loky`` backend), even inside
+        ``parallel_config(backend="dask")``: the client's data never leaves
+        its machine unencrypted. Runs in-process with one worker, and when
+        there is too little to encrypt to pay for starting worker processes
+        (:data:`MIN_PARALLEL_ENCRYPT_SECONDS` of estimated work) unless
+        :meth:`preload_keys` has them loading the keys already. Results are
+        in the order of ``vectors``; a vector that cannot be encrypted is
+        refused before any work starts.
         """
         ctx = self.context
-        vectors = list(vectors)
+        arrays = [ctx._vector(v, f"vector {i}") for i, v in enumerate(vectors)]
         workers = min(effective_n_jobs(self.n_jobs), os.cpu_count() or 1)
-        n = ctx.params.poly_modulus_degree
-        estimate = len(vectors) * CostModel.encrypt_seconds(n)
-        if workers <= 1 or len(vectors) < 2 * workers or estimate < MIN_PARALLEL_ENCRYPT_SECONDS:
-            return [ctx.encrypt(v) for v in vectors]
-        ref = self._bundle_ref()
-        self._preloading.wait()
-        parts = [list(range(i, len(vectors), workers)) for i in range(workers)]
+        estimate = len(arrays) * CostModel.encrypt_seconds(ctx.params.poly_modulus_degree)
+        warm = self._keys_in_local_workers  # no workers to start, no keys to load
+        if (
+            workers <= 1
+            or len(arrays) < 2
+            or not (warm or estimate >= MIN_PARALLEL_ENCRYPT_SECONDS)
+        ):
+            return [ctx.encrypt(v) for v in arrays]
+        ends = _Ends(len(arrays))
+        helper = _EncryptHelper(self, self._bundle_ref(), arrays, ends, workers)
+        helper.start()
+        out: list[Ciphertext | None] = [None] * len(arrays)
         try:
-            with Parallel(n_jobs=workers, backend="loky") as parallel:
-                blobs = parallel(
-                    delayed(encrypt_batch)(ref, [vectors[i] for i in part]) for part in parts
-                )
-        except Exception as exc:
+            while (i := ends.take_back()) is not None:
+                out[i] = ctx.encrypt(arrays[i])
+        finally:
+            ends.close()  # after an error here: no new batches for the workers
+            helper.join()
+        if helper.error is not None:
+            exc = helper.error
             what = (
                 "a worker process died (killed, crashed or out of memory)"
                 if _is_worker_death(exc)
                 else f"{type(exc).__name__}: {exc}"
             )
             raise ParallelEvaluationError(
-                f"parallel encryption of {len(vectors)} vectors failed: {what}"
+                f"parallel encryption of {len(arrays)} vectors failed: {what}"
             ) from exc
-        out: list[Ciphertext | None] = [None] * len(vectors)
-        for part, got in zip(parts, blobs, strict=True):
+        for part, got in helper.results:
             if got is None:  # cannot happen with local processes, but never lose data
-                got = [ctx.ciphertext_to_wire(ctx.encrypt(vectors[i])) for i in part]
+                got = [ctx.ciphertext_to_wire(ctx.encrypt(arrays[i])) for i in part]
             for i, wire in zip(part, got, strict=True):
                 out[i] = ctx.ciphertext_from_wire(wire, source=f"encrypted vector {i}")
         return out  # type: ignore[return-value]
@@ -1513,6 +1536,81 @@ class ParallelCKKSEvaluator:
             return ref
         with open(self._files[ref.key], "rb") as fh:
             return replace(ref, data=fh.read())
+
+
+class _Ends:
+    """Indices ``0 .. n-1`` handed out from both ends, each exactly once (thread-safe)."""
+
+    def __init__(self, n: int) -> None:
+        self.front, self.back = 0, n
+        self._lock = threading.Lock()
+
+    def take_front(self, k: int) -> range | None:
+        """Up to ``k`` indices from the front (a workers' batch), or None when none are left."""
+        with self._lock:
+            if self.front >= self.back:
+                return None
+            part = range(self.front, min(self.front + k, self.back))
+            self.front = part.stop
+            return part
+
+    def take_back(self) -> int | None:
+        """One index from the back (this process's next vector), or None when none are left."""
+        with self._lock:
+            if self.back <= self.front:
+                return None
+            self.back -= 1
+            return self.back
+
+    def close(self) -> None:
+        """Hand out nothing more."""
+        with self._lock:
+            self.front = self.back
+
+
+class _EncryptHelper(threading.Thread):
+    """Feeds the front of an :class:`_Ends` to local worker processes and collects the bytes.
+
+    A thread of the calling process: it waits for the workers' key loads
+    (one joblib call at a time, see :meth:`ParallelCKKSEvaluator.preload_keys`),
+    then keeps every worker busy with batches until the ends meet. The
+    caller deserialises the results once the thread is done (``results``:
+    ``(indices, wire ciphertexts or None)``; ``error``: what a task raised).
+    """
+
+    def __init__(
+        self,
+        evaluator: ParallelCKKSEvaluator,
+        ref: BundleRef,
+        arrays: list[np.ndarray],
+        ends: _Ends,
+        workers: int,
+    ) -> None:
+        super().__init__(name="sklearn-he-encrypt", daemon=True)
+        self.evaluator, self.ref, self.arrays, self.ends = evaluator, ref, arrays, ends
+        self.workers = workers
+        self.results: list[tuple[range, list[WireCiphertext] | None]] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        fn = type(self.evaluator)._encrypt_function
+        try:
+            self.evaluator._preloading.wait()
+            batches = iter(lambda: self.ends.take_front(ENCRYPT_BATCH), None)
+            with Parallel(
+                n_jobs=self.workers,
+                backend="loky",
+                batch_size=1,
+                pre_dispatch="2*n_jobs",
+                return_as="generator_unordered",
+            ) as parallel:
+                for part, got in parallel(
+                    delayed(fn)(self.ref, part, [self.arrays[i] for i in part]) for part in batches
+                ):
+                    self.results.append((part, got))
+        except BaseException as exc:  # raised by the caller, with the vectors' count
+            self.ends.close()
+            self.error = exc
 
 
 class WorkerStart:

@@ -624,16 +624,21 @@ class _Exchange:
 
 
 def encrypt_batch(
-    ref: BundleRef, vectors: Sequence[np.ndarray], bundle: np.ndarray | None = None
-) -> list[WireCiphertext] | None:
+    ref: BundleRef,
+    indices: Sequence[int],
+    vectors: Sequence[np.ndarray],
+    bundle: np.ndarray | None = None,
+) -> tuple[Sequence[int], list[WireCiphertext] | None]:
     """Encrypt ``vectors`` with the public key of ``ref``, ready to send back.
 
-    Returns None when the bundle is not readable here (see :func:`context_for`).
+    Returns ``indices`` (the caller's positions of the vectors, passed
+    through) and the ciphertexts, or None in their place when the bundle is
+    not readable here (see :func:`context_for`).
     """
     ctx = context_for(ref, bundle)
     if ctx is None:
-        return None
-    return [ctx.ciphertext_to_wire(ctx.encrypt(v)) for v in vectors]
+        return indices, None
+    return indices, [ctx.ciphertext_to_wire(ctx.encrypt(v)) for v in vectors]
 
 
 def load_keys(ref: BundleRef) -> int:

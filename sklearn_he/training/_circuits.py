@@ -256,7 +256,7 @@ def build_chunk(
     )
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=32)
 def build_gram_circuit(shape: TileShape, batch_size: int, n_features: int) -> CompiledCircuit:
     """Server-side precomputation of one Gram block ``Z_a Z_b^T`` from encrypted data.
 

@@ -7,6 +7,7 @@ candidates that fit a 128-bit-secure ring's depth budget.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backend import MAX_COEFF_MODULUS_BITS_128, CKKSParameters
-from ..circuit import MIN_PARALLEL_GAIN, CostModel, Op, analyze, plan_schedule
+from ..circuit import MIN_PARALLEL_GAIN, CostModel, Op, plan_schedule, work_seconds
 from ..linalg import TileShape
 from ._circuits import (
     ChunkCircuit,
@@ -181,7 +182,7 @@ def estimate_seconds_per_minibatch(
     """
     factor = parallel_factor(chunk, params, n_jobs, costs)
     costs = costs or CostModel.nominal()
-    work = factor * (analyze(chunk.compiled, params, costs).work_seconds or 0.0)
+    work = factor * work_seconds(chunk.compiled, params, costs)
     n = params.poly_modulus_degree
     blocks = 2 * state_blocks(chunk.shape, chunk.n_features, chunk.transposed)  # v and w
     # The client decrypts the outputs where the chunk left them and encrypts
@@ -267,12 +268,6 @@ def ciphertext_bytes(params: CKKSParameters, level: int | None = None) -> int:
     return 2 * params.poly_modulus_degree * (level + 1) * 8 + 128
 
 
-@functools.lru_cache(maxsize=64)
-def _nominal_gram_work(shape: TileShape, m: int, f: int, params: CKKSParameters) -> float:
-    compiled = build_gram_circuit(shape, m, f)
-    return analyze(compiled, params, CostModel.nominal()).work_seconds or 0.0
-
-
 def gram_block_costs(
     plan_shape: TileShape, m: int, f: int, params: CKKSParameters, costs: CostModel | None
 ) -> dict[str, float]:
@@ -284,10 +279,7 @@ def gram_block_costs(
     """
     tiles = -(-m // plan_shape.rows) * -(-m // plan_shape.cols)
     nbytes = tiles * ciphertext_bytes(params)
-    if costs is None:
-        work = _nominal_gram_work(plan_shape, m, f, params)
-    else:
-        work = analyze(build_gram_circuit(plan_shape, m, f), params, costs).work_seconds or 0.0
+    work = work_seconds(build_gram_circuit(plan_shape, m, f), params, costs or CostModel.nominal())
     return {
         "client_bytes": float(nbytes),
         "client_seconds": nbytes / UPLOAD_BYTES_PER_SECOND,
@@ -522,7 +514,10 @@ def _plan(
         source: str,
         fuse: bool | None,
         tr: bool,
+        *,
+        serial: bool = False,
     ) -> Plan | None:
+        """The candidate costed (for one worker with ``serial``), or None if it does not fit."""
         if k == 1 and source != sources[0]:
             return None  # one step has no Gram blocks: the source changes nothing
         gd = 3 if source == "server" else 0
@@ -551,34 +546,52 @@ def _plan(
             return None
         chosen = params or CKKSParameters.for_depth(chunk.depth, min_poly_modulus_degree=n_ring)
         cost = _chunk_cost(chunk, chosen, source, costs, 1, epochs)
-        # No schedule on n_jobs workers beats a 1/n_jobs share of the serial
-        # time: plan one (0.2 s for a training chunk) only for a candidate
-        # that could still win.
-        if n_jobs > 1 and (best is None or cost / n_jobs < best[0]):
-            cost = _chunk_cost(chunk, chosen, source, costs, n_jobs, epochs)
-        elif n_jobs > 1:
-            cost /= n_jobs  # a lower bound: never chosen, only ranked
         n_batches = max(1, -(-n_samples // m))
-        return Plan(
+        plan = Plan(
             circuit, shape, m, n_features, n_batches, k, chosen, source, cost, layout, fuse, tr
         )
+        return plan if serial else with_workers(plan)
+
+    def with_workers(plan: Plan) -> Plan:
+        """``plan`` (costed for one worker) costed for ``n_jobs``."""
+        if n_jobs <= 1:
+            return plan
+        cost = plan.estimated_seconds_per_sample
+        # No schedule on n_jobs workers beats a 1/n_jobs share of the serial
+        # time: plan one (0.1-0.2 s for a training chunk) only for a candidate
+        # that could still win.
+        if best is None or cost / n_jobs < best[0]:
+            cost = estimate_plan_seconds_per_sample(
+                plan, coeffs, costs, n_jobs=n_jobs, epochs=epochs
+            )
+        else:
+            cost /= n_jobs  # a lower bound: never chosen, only ranked
+        return dataclasses.replace(plan, estimated_seconds_per_sample=cost)
 
     for n_ring in rings:
         first: list[tuple[float, TileShape, int, bool]] = []
         fixed_k = minibatches_per_circuit != "auto"
         k1 = int(minibatches_per_circuit) if fixed_k else 1
+        ones = []
         for m in sizes:
             for tr in orientations(k1):
                 # Shapes for the matrix the tiles hold: Z (m x f) or Z^T (f x m).
                 rows, cols = batch_matrix(m, n_features, tr)
                 for shape in candidate_shapes(cols, rows, n_ring // 2):
                     for source, fuse in itertools.product(sources, fusions):
-                        plan = evaluate(n_ring, shape, m, k1, source, fuse, tr)
-                        if plan is None:
-                            continue
-                        first.append((plan.estimated_seconds_per_sample, shape, m, tr))
-                        if best is None or plan.estimated_seconds_per_sample < best[0]:
-                            best = (plan.estimated_seconds_per_sample, plan)
+                        plan = evaluate(n_ring, shape, m, k1, source, fuse, tr, serial=True)
+                        if plan is not None:
+                            ones.append(plan)
+        # Schedules for workers in order of serial cost: the cheap candidates
+        # set the bar early, and the others are ranked by their lower bound
+        # without one (the same winner, fewer schedules).
+        ones.sort(key=lambda p: p.estimated_seconds_per_sample)
+        for plan in map(with_workers, ones):
+            first.append(
+                (plan.estimated_seconds_per_sample, plan.shape, plan.batch_size, plan.transposed)
+            )
+            if best is None or plan.estimated_seconds_per_sample < best[0]:
+                best = (plan.estimated_seconds_per_sample, plan)
         if fixed_k or not first:
             continue
         first.sort(key=lambda c: c[0])

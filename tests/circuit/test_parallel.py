@@ -19,6 +19,7 @@ import pytest
 from joblib import Parallel, delayed, parallel_config
 
 from sklearn_he import CKKSParameters, KeySet
+from sklearn_he.backend import CKKSContext
 from sklearn_he.backend._serialization import Kind, split_sections, unpack
 from sklearn_he.circuit import (
     CKKSEvaluator,
@@ -891,15 +892,86 @@ def test_estimator_fit_on_a_dask_cluster_matches_the_sequential_fit(monkeypatch)
     np.testing.assert_allclose(clf.coef_, seq.coef_, atol=5e-3 * np.abs(seq.coef_).max())
 
 
-def test_parallel_encryption_failure_is_a_clear_error(keys, monkeypatch):
-    """A vector a worker cannot encrypt stops the whole call with the worker's reason."""
+def test_bad_vector_is_refused_before_any_encryption(keys, monkeypatch):
+    """A vector that cannot be encrypted stops the call up front, naming it."""
     import sklearn_he.circuit._parallel as par
 
     monkeypatch.setattr(par, "MIN_PARALLEL_ENCRYPT_SECONDS", 0.0)
+    started = []
+    monkeypatch.setattr(par._EncryptHelper, "start", lambda self: started.append(self))
     slots = keys.params.slots
     vectors = [np.zeros(slots), np.zeros(slots), np.zeros(slots + 1), np.zeros(slots)]
-    with pytest.raises(
-        ParallelEvaluationError,
-        match=r"parallel encryption of 4 vectors failed: ValueError: values has \d+ entries",
-    ):
+    with pytest.raises(ValueError, match=rf"^vector 2 has {slots + 1} entries but a ciphertext"):
         ParallelCKKSEvaluator(keys, n_jobs=2).encrypt(vectors)
+    assert not started  # no worker was given anything
+
+
+def _encrypt_fails_on_vector_1(ref, indices, vectors, bundle=None):
+    if 1 in indices:
+        raise RuntimeError("disk full")
+    return _worker.encrypt_batch(ref, indices, vectors, bundle)
+
+
+def _encrypt_dies(ref, indices, vectors, bundle=None):
+    os._exit(13)
+
+
+class _FailingEncryption(ParallelCKKSEvaluator):
+    _encrypt_function = staticmethod(_encrypt_fails_on_vector_1)
+
+
+class _DyingEncryption(ParallelCKKSEvaluator):
+    _encrypt_function = staticmethod(_encrypt_dies)
+
+
+def _slow_encryption_here(monkeypatch, seconds, seen=None):
+    """This process's encryptions take ``seconds`` more (recording the first value)."""
+    real = CKKSContext.encrypt
+
+    def slow(self, values):
+        if seen is not None:
+            seen.append(float(np.asarray(values)[0]))
+        time.sleep(seconds)
+        return real(self, values)
+
+    monkeypatch.setattr(CKKSContext, "encrypt", slow)
+
+
+@pytest.mark.ckks
+@pytest.mark.parametrize(
+    ("evaluator", "reason"),
+    [
+        (_FailingEncryption, "RuntimeError: disk full"),
+        (_DyingEncryption, "a worker process died"),
+    ],
+)
+def test_worker_failure_during_encryption_is_a_clear_error(keys, monkeypatch, evaluator, reason):
+    """A worker that raises or dies while encrypting stops the call with its reason."""
+    import sklearn_he.circuit._parallel as par
+
+    monkeypatch.setattr(par, "MIN_PARALLEL_ENCRYPT_SECONDS", 0.0)
+    # This process encrypts from the back: slowed down, it leaves the workers the
+    # front, vector 1 included.
+    _slow_encryption_here(monkeypatch, 0.3)
+    vectors = [np.full(4, float(i)) for i in range(6)]
+    with pytest.raises(
+        ParallelEvaluationError, match=rf"^parallel encryption of 6 vectors failed: {reason}"
+    ):
+        evaluator(keys, n_jobs=2).encrypt(vectors)
+
+
+@pytest.mark.ckks
+def test_encryption_is_shared_between_this_process_and_the_workers(keys, monkeypatch):
+    """Both ends of the list get encrypted, each vector exactly once, in order."""
+    import sklearn_he.circuit._parallel as par
+
+    monkeypatch.setattr(par, "MIN_PARALLEL_ENCRYPT_SECONDS", 0.0)
+    here: list[float] = []
+    _slow_encryption_here(monkeypatch, 0.05, here)  # as slow as a real ring
+    vectors = [np.full(4, float(i)) for i in range(24)]
+    cts = ParallelCKKSEvaluator(keys, n_jobs=2).encrypt(vectors)
+    got = [keys.context.decrypt(ct, 4) for ct in cts]
+    np.testing.assert_allclose(got, np.array(vectors), atol=1e-5)
+    assert here and len(here) < len(vectors)  # the workers encrypted the rest
+    assert here == sorted(here, reverse=True)  # this process took them from the back
+    assert here[-1] > 0  # ...and never reached the front

@@ -263,3 +263,44 @@ def test_transposed_tiles_are_refused_for_chunks_with_gram_blocks(circuit, k, la
             layout=layout,
             transposed=True,
         )
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"circuit": "pipelined", "shape": TileShape(8, 16), "gram_depth": 3},
+        {"circuit": "baseline", "shape": TileShape(16, 8), "transposed": True},
+    ],
+)
+def test_work_from_the_op_profile_is_the_analysis_work(kw):
+    """The planner's shortcut (op_profile, work_seconds) gives analyze()'s work exactly.
+
+    Chunk circuits of 3 steps mod-switch by several levels at once, the case
+    where the cost of a node depends on what it drops.
+    """
+    from sklearn_he import CKKSParameters
+    from sklearn_he.circuit import CostModel, Op, op_profile, work_seconds
+    from sklearn_he.training import build_gram_circuit
+
+    chunk = build_chunk(
+        [(0.1, 0.1)] * 3, sigmoid_poly(3), batch_size=16, n_features=10, **kw
+    ).compiled
+    profile = op_profile(chunk)
+    assert op_profile(chunk) is profile  # kept on the circuit
+    assert sum(profile.values()) == sum(n.op is not Op.INPUT for n in chunk.nodes)
+    assert any(op is Op.MODSWITCH and drop > 1 for op, _, drop in profile)
+    nominal = CostModel.nominal()
+    doubled = CostModel(
+        {
+            n: {op: [2 * x for x in abc] for op, abc in ops.items()}
+            for n, ops in nominal.fits.items()
+        }
+    )
+    for compiled in (chunk, build_gram_circuit(TileShape(8, 16), 16, 10)):
+        for n in (8192, 16384):
+            params = CKKSParameters.for_depth(compiled.depth + 1, min_poly_modulus_degree=n)
+            for costs in (nominal, doubled):
+                want = analyze(compiled, params, costs).work_seconds
+                assert work_seconds(compiled, params, costs) == pytest.approx(want, rel=1e-12)
+    with pytest.raises(Exception, match="depth"):
+        work_seconds(chunk, CKKSParameters.for_depth(1, min_poly_modulus_degree=8192), nominal)
