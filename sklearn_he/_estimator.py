@@ -493,7 +493,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             # The plaintext backend plans like CKKS (same circuits), workers or not.
             n_jobs=effective_n_jobs(self.n_jobs),
             # With workers, a CKKS fit splits the circuit the way that is fastest on
-            # this machine (batch size and ring stay the nominal choice).
+            # this machine (batch size, ring and chain stay the one-worker choice).
             machine_costs=self._machine_costs if self.backend == "ckks" else None,
             transposed=self.transpose_data,
         )

@@ -1174,7 +1174,9 @@ class ParallelCKKSEvaluator:
         faster on this machine: after :data:`PROBE_AFTER` parallel runs of
         a circuit structure it runs one in-process, then keeps the faster
         way (median wall time, ``meanwhile`` included), trying the other
-        again every :data:`PROBE_EVERY` runs. The result is bit-identical
+        again every :data:`PROBE_EVERY` runs, or every
+        :data:`RARE_PROBE_FACTOR` times as many when one way is clearly
+        faster (by :data:`CLEAR_MARGIN`). The result is bit-identical
         either way; :attr:`last_run_` says which way ran.
         """
         self._meanwhile = meanwhile
@@ -1689,8 +1691,13 @@ MEANWHILE_START_WAIT = 0.25
 #: workers' warm-up) one run goes in-process, and from then on the faster way
 #: (median of the last :data:`TIMINGS_KEPT` runs of each) is used...
 PROBE_AFTER = 2
-#: ...and the other way is tried again every this many runs of the structure.
+#: ...and the other way is tried again every this many runs of the structure
+#: while the two are within :data:`CLEAR_MARGIN` of each other...
 PROBE_EVERY = 48
+#: ...and every :data:`RARE_PROBE_FACTOR` times as many runs once the slower way
+#: took this many times as long as the faster (each probe costs the difference).
+CLEAR_MARGIN = 1.3
+RARE_PROBE_FACTOR = 4
 TIMINGS_KEPT = 5
 
 
@@ -1709,10 +1716,11 @@ class _Timings:
             return "parallel"
         if not self.serial:
             return "serial"
-        best = "serial" if _median(self.serial) < _median(self.parallel) else "parallel"
-        if self.runs % PROBE_EVERY == 0:
-            return "parallel" if best == "serial" else "serial"
-        return best
+        serial, parallel = _median(self.serial), _median(self.parallel)
+        best, other = ("serial", "parallel") if serial < parallel else ("parallel", "serial")
+        clear = max(serial, parallel) >= CLEAR_MARGIN * min(serial, parallel)
+        every = PROBE_EVERY * (RARE_PROBE_FACTOR if clear else 1)
+        return other if self.runs % every == 0 else best
 
     def record(self, mode: str, seconds: float) -> None:
         if mode == "parallel" and not self.warm:

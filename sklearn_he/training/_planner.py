@@ -363,15 +363,17 @@ def plan_training(
     ``machine_costs(params)``, with ``n_jobs > 1``, is this machine's cost
     model for the chosen parameters
     (:meth:`CostModel.for_params <sklearn_he.circuit.CostModel.for_params>`).
-    Ring, modulus chain and batch size stay what ``costs`` chose; shape,
-    fusion, ``k`` and Gram source are then chosen again with this machine's
-    costs. How well a circuit splits over workers depends on how the
-    machine's cores scale and on the balance of its op costs, which the
-    nominal model cannot know: on the development VM, with row-oriented
-    tiles, it ranked MNIST's 64x128 tiles 4% ahead of 128x64 for 2 workers,
-    the measured costs put 128x64 ahead, and 128x64 ran 4-16% faster in
-    five comparisons (``benchmarks/parallel.py``). (With transposed tiles
-    both cost models pick 128x64 ``Z^T`` for MNIST, 1 or 2 workers.)
+    Ring, modulus chain and batch size are then those of the one-worker
+    plan under ``costs`` (so that the worker count changes neither the model
+    nor its CKKS parameters); shape, fusion, ``k`` and Gram source are
+    chosen again for ``n_jobs`` with this machine's costs. How well a
+    circuit splits over workers depends on how the machine's cores scale
+    and on the balance of its op costs, which the nominal model cannot
+    know: on the development VM, with row-oriented tiles, it ranked MNIST's
+    64x128 tiles 4% ahead of 128x64 for 2 workers, the measured costs put
+    128x64 ahead, and 128x64 ran 4-16% faster in five comparisons
+    (``benchmarks/parallel.py``). (With transposed tiles both cost models
+    pick 128x64 ``Z^T`` for MNIST, 1 or 2 workers.)
     None of these choices changes the model beyond rounding.
 
     ``transposed``: whether minibatch tiles hold ``Z^T`` (see
@@ -404,42 +406,48 @@ def plan_training(
         max(1, int(n_jobs)),
         transposed,
     )
-    if batch_size == "auto" and n_jobs > 1:
-        # The minibatch size changes the model; the worker count must not. Fix
-        # it as for one worker, then choose shape, fusion and k for n_jobs.
-        batch_size = plan_training(
-            n_samples,
-            n_features,
-            circuit=circuit,
-            coeffs=coeffs,
-            minibatches_per_circuit=minibatches_per_circuit,
-            gram_source=gram_source,
-            params=params,
-            costs=costs,
-            epochs=epochs,
-            layout=layout,
-            transposed=transposed,
-        ).batch_size
-        args = (*args[:4], batch_size, *args[5:])
-    # The same question under the same costs always has the same answer (cached).
-    plan = _plan_nominal(*args) if costs is None else _plan_costed(args, costs)
-    if machine_costs is None or n_jobs <= 1 or plan.params is None:
-        return plan
-    return plan_training(
+    one_worker = functools.partial(
+        plan_training,
         n_samples,
         n_features,
         circuit=circuit,
         coeffs=coeffs,
-        batch_size=plan.batch_size,
         minibatches_per_circuit=minibatches_per_circuit,
         gram_source=gram_source,
-        params=plan.params,
-        costs=machine_costs(plan.params),
+        costs=costs,
         epochs=epochs,
         layout=layout,
-        n_jobs=n_jobs,
         transposed=transposed,
     )
+    if n_jobs > 1 and machine_costs is not None:
+        # Ring, chain and batch size as for one worker, the split for n_jobs
+        # with this machine's costs.
+        if params is None or batch_size == "auto":
+            one = one_worker(batch_size=batch_size, params=params)
+            params, batch_size = one.params, one.batch_size
+        assert params is not None  # every plan has parameters
+        return plan_training(
+            n_samples,
+            n_features,
+            circuit=circuit,
+            coeffs=coeffs,
+            batch_size=batch_size,
+            minibatches_per_circuit=minibatches_per_circuit,
+            gram_source=gram_source,
+            params=params,
+            costs=machine_costs(params),
+            epochs=epochs,
+            layout=layout,
+            n_jobs=n_jobs,
+            transposed=transposed,
+        )
+    if batch_size == "auto" and n_jobs > 1:
+        # The minibatch size changes the model; the worker count must not. Fix
+        # it as for one worker, then choose shape, fusion and k for n_jobs.
+        batch_size = one_worker(batch_size=batch_size, params=params).batch_size
+        args = (*args[:4], batch_size, *args[5:])
+    # The same question under the same costs always has the same answer (cached).
+    return _plan_nominal(*args) if costs is None else _plan_costed(args, costs)
 
 
 @functools.lru_cache(maxsize=64)

@@ -601,9 +601,10 @@ def test_measured_fallback_choices():
         choices.append(t.choose())
         t.record("parallel", wall)
     choices.append(t.choose())  # the probe
-    t.record("serial", 2.0)
+    t.record("serial", 1.4)
     assert choices == ["parallel"] * 3 + ["serial"]
-    assert t.parallel == [1.0, 1.2] and t.serial == [2.0]
+    assert t.parallel == [1.0, 1.2] and t.serial == [1.4]
+    # A close call (1.4 against 1.0-1.2, under CLEAR_MARGIN): re-probed every PROBE_EVERY runs.
     later = []
     while t.runs < par.PROBE_EVERY:
         later.append(t.choose())
@@ -611,6 +612,15 @@ def test_measured_fallback_choices():
     for wall in [0.5] * 10:
         t.record("serial", wall)
     assert len(t.serial) == par.TIMINGS_KEPT and t.choose() == "serial"
+    # Now a clear verdict (parallel 1.0-1.2 against 0.5): the other way only every
+    # RARE_PROBE_FACTOR * PROBE_EVERY runs, since each probe costs the difference.
+    every = par.PROBE_EVERY * par.RARE_PROBE_FACTOR
+    assert min(t.parallel) >= par.CLEAR_MARGIN * max(t.serial)
+    probes = []
+    for _ in range(3 * every):
+        if t.choose() == "parallel":
+            probes.append(t.runs)
+    assert len(probes) == 3 and all(r % every == 0 for r in probes)
 
 
 @pytest.mark.ckks

@@ -130,7 +130,8 @@ def _shape():
 
 
 def test_machine_costs_choose_how_workers_split_the_circuit_not_the_model():
-    """With n_jobs > 1 this machine's costs re-choose shape, fusion and k; ring and batch stay."""
+    """With n_jobs > 1 this machine's costs re-choose shape, fusion and k; ring, chain and
+    batch size are the one-worker plan's (the worker count never changes the model)."""
     coeffs = sigmoid_poly(5)
     machine = skewed_costs("mul_scalar", 3.0)  # a machine whose scalar products are dear
     asked = []
@@ -142,9 +143,21 @@ def test_machine_costs_choose_how_workers_split_the_circuit_not_the_model():
     # Row-oriented tiles, whose 2-worker split these costs re-rank.
     kw = {"circuit": "pipelined", "coeffs": coeffs, "epochs": 5, "transposed": False}
     nominal = plan_training(1587, 197, n_jobs=2, **kw)
+    one = plan_training(1587, 197, **kw)
     plan = plan_training(1587, 197, n_jobs=2, machine_costs=machine_costs, **kw)
-    assert asked == [nominal.params]
-    assert (plan.params, plan.batch_size) == (nominal.params, nominal.batch_size)
+    assert asked == [one.params]
+    assert (plan.params, plan.batch_size) == (one.params, one.batch_size)
+    # Fixed parameters and batch size are used as they are.
+    fixed = plan_training(
+        1587,
+        197,
+        n_jobs=2,
+        machine_costs=machine_costs,
+        params=nominal.params,
+        batch_size=32,
+        **kw,
+    )
+    assert asked[-1] == nominal.params and fixed.batch_size == 32
     # The cheapest split under the machine's costs, which here is not the nominal one.
     direct = plan_training(
         1587,
