@@ -61,9 +61,10 @@ Measured (``benchmarks/parallel.py --costs measured``, 2-core VM,
 2026-12-02; ``benchmarks/results/parallel.json``), on the MNIST chunk a
 fit runs (N=16384, 8 primes, k=1, 128-row minibatch, 128x64 tiles holding
 ``Z^T``: see :func:`~sklearn_he.training.build_chunk`'s ``transposed``),
-``n_jobs=2`` against in-process, T1 and T2 runs interleaved: 1.55-1.77x in
-two runs of four rows that all run this circuit (paired medians
-1.56-1.82x; 0.89 s -> 0.53 s in the last). It splits into two equal tasks
+``n_jobs=2`` against in-process, T1 and T2 runs interleaved: 1.80-1.84x in
+the four rows of the last run, which all run this circuit (paired medians
+1.77-1.83x; 0.64 s -> 0.35 s), 1.31-1.62x an hour earlier on the same VM
+30% slower, and 1.55-1.77x the day before. It splits into two equal tasks
 (one margin tile and one block of features each) that exchange 8 values
 (predicted 1.82x). Each half's critical path - the margin's sum down the
 rows, the sigmoid, and the within-row sum of the gradient, which stays in
@@ -85,10 +86,14 @@ runs once the tasks have started (the trainer compiles the next chunk and
 makes the encryptions of zero its refresh encrypts onto, see
 :class:`~sklearn_he.backend.ZeroPool`), and
 :meth:`ParallelCKKSEvaluator.preload_keys` has the workers load the keys
-while the caller encrypts the data set. On MNIST with 2 workers this took
-the client's refresh from 61 ms to 6 ms per minibatch; the meanwhile work
-(~75 ms of CPU per chunk) lengthens the chunk by about half of that, since
-it shares the two cores with the workers.
+while the caller starts encrypting the data set, which
+:meth:`ParallelCKKSEvaluator.encrypt` then shares with them. On MNIST with
+2 workers this took the client's refresh from 61 ms to 6 ms per
+minibatch; the meanwhile work (four encryptions of zero, 24 ms each alone
+and ~37 ms each beside the two workers, so ~150 ms of CPU per chunk on
+2026-12-02) lengthens the chunk by about half of that, since it shares
+the two cores with the workers. That refresh work - randomness the client
+must make itself - is what stays serial in a fit on two cores.
 Other designs considered: one task per output subtree (useless here: the
 two outputs, ``w`` and ``v``, share almost all their work), and dynamic
 dispatch of nodes as their operands become ready through joblib (joblib

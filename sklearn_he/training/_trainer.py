@@ -626,7 +626,7 @@ class Trainer:
         parallel = self.backend == "ckks" and effective_n_jobs(self.n_jobs) > 1
         if specs:  # the workers load the keys while this process encrypts
             server.preload_keys(specs[0])
-        # Client-side encryption in local worker processes when n_jobs asks for them.
+        # Client-side encryption shared with local worker processes when n_jobs asks for them.
         data = _InProcessData(
             client, batches, server.parallel_evaluator().encrypt if parallel else None
         )
