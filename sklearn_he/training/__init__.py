@@ -6,10 +6,12 @@ from ._circuits import (
     build_chunk,
     build_gram_circuit,
     can_transpose,
+    client_momentum,
+    state_io,
     state_vector,
 )
 from ._planner import Plan, choose_shape, estimate_plan_seconds_per_sample, plan_training
-from ._program import Program, evaluate, nag_program, pipeline
+from ._program import Program, evaluate, momentum_step, nag_program, pipeline
 from ._schedule import NAGSchedule, nag_reference
 from ._sigmoid import SIGMOID_DEGREES, sigmoid_poly
 from ._trainer import (
@@ -41,13 +43,16 @@ __all__ = [
     "can_transpose",
     "choose_shape",
     "chunk_specs",
+    "client_momentum",
     "estimate_plan_seconds_per_sample",
     "evaluate",
+    "momentum_step",
     "nag_program",
     "nag_reference",
     "pipeline",
     "plan_training",
     "sigmoid_poly",
+    "state_io",
     "state_names",
     "state_vector",
 ]

@@ -37,7 +37,9 @@ __all__ = [
     "build_gram_circuit",
     "can_transpose",
     "check_transposable",
+    "client_momentum",
     "state_blocks",
+    "state_io",
     "state_vector",
 ]
 
@@ -64,6 +66,11 @@ class ChunkCircuit:
     @property
     def depth(self) -> int:
         return self.compiled.depth
+
+    @property
+    def client_momentum(self) -> bool:
+        """The chunk reads only ``v`` and returns only ``w`` (see :func:`client_momentum`)."""
+        return client_momentum(self.transposed, self.n_steps)
 
     @property
     def depth_per_minibatch(self) -> float:
@@ -97,6 +104,26 @@ def check_transposable(
             + (" and the diagonal layout" if layout == "diagonal" else "")
             + hint
         )
+
+
+def client_momentum(transposed: bool, n_steps: int) -> bool:
+    """Whether a chunk leaves its last momentum step to the client.
+
+    Transposed one-step chunks do: their outputs are read by the client only
+    (column 0, see :func:`build_chunk`), and the client knows the ``w`` it
+    sent, so it computes ``v = (1 - e) w_new + e w`` itself
+    (:func:`~sklearn_he.training.momentum_step`). The chunk then reads ``v``
+    only and returns ``w`` only: half the state to encrypt, send and decrypt
+    per minibatch, and the momentum's products off the server.
+    """
+    return bool(transposed) and n_steps == 1
+
+
+def state_io(transposed: bool, n_steps: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The state vectors a chunk reads and the ones it returns, by name."""
+    if client_momentum(transposed, n_steps):
+        return ("v",), ("w",)
+    return ("v", "w"), ("v", "w")
 
 
 def batch_matrix(batch_size: int, n_features: int, transposed: bool) -> tuple[int, int]:
@@ -175,7 +202,10 @@ def build_chunk(
         read, which takes its ``log2(w)`` replication rotations off the
         critical path (MNIST's one-step chunk: 26 rotations instead of 68).
         The model state is then ColVectors (:func:`state_vector`). Only for
-        chunks without Gram blocks (:func:`can_transpose`).
+        chunks without Gram blocks (:func:`can_transpose`). A transposed
+        one-step chunk also leaves the momentum step to the client
+        (:func:`client_momentum`): its inputs are ``v[b]`` only, its outputs
+        ``w[b]`` only.
     """
     if circuit not in CIRCUITS:
         raise ValueError(f"circuit must be one of {CIRCUITS}; got {circuit!r}")
@@ -199,9 +229,10 @@ def build_chunk(
         for t in range(len(steps))
     ]
     vector = state_vector(transposed)
+    reads, _ = state_io(transposed, len(steps))
     state = {
         name: vector.from_index(shape, f, lambda b, name=name: tracer.input(f"{name}[{b}]"))
-        for name in ("v", "w")
+        for name in reads
     }
     grams: dict[tuple[int, int], EncMatrix] = {}
 
@@ -228,7 +259,7 @@ def build_chunk(
             )
         return offsets, diags[(a, b)]
 
-    program = nag_program(steps)
+    program = nag_program(steps, client_momentum=client_momentum(transposed, len(steps)))
     pipelined = circuit == "pipelined"
     if pipelined:
         program = pipeline(program)

@@ -27,6 +27,7 @@ from ._circuits import (
     can_transpose,
     check_transposable,
     state_blocks,
+    state_io,
 )
 
 __all__ = [
@@ -184,7 +185,8 @@ def estimate_seconds_per_minibatch(
     costs = costs or CostModel.nominal()
     work = factor * work_seconds(chunk.compiled, params, costs)
     n = params.poly_modulus_degree
-    blocks = 2 * state_blocks(chunk.shape, chunk.n_features, chunk.transposed)  # v and w
+    blocks = state_blocks(chunk.shape, chunk.n_features, chunk.transposed)
+    reads, returns = state_io(chunk.transposed, chunk.n_steps)  # v and w, or v in, w out
     # The client decrypts the outputs where the chunk left them and encrypts
     # the fresh state at the top (measured costs when ``costs`` has them).
     out_level = max(0, params.max_level - chunk.depth)
@@ -194,7 +196,7 @@ def estimate_seconds_per_minibatch(
         # encryptions of zero (ZeroPool), sharing the cores with the workers,
         # and the refresh itself only encodes and adds (an add_plain).
         encrypt = encrypt / n_jobs + costs.op_seconds(Op.ADD_PLAIN, n, params.max_level)
-    refresh = blocks * (costs.decrypt_cost(n, out_level) + encrypt)
+    refresh = blocks * (len(returns) * costs.decrypt_cost(n, out_level) + len(reads) * encrypt)
     return (work + refresh) / chunk.n_steps
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "Sig",
     "VExpr",
     "Var",
+    "momentum_step",
     "nag_program",
     "pipeline",
 ]
@@ -223,16 +224,26 @@ class Program:
         return list(seen.values())
 
 
-def nag_program(steps: Sequence[tuple[float, ...]]) -> Program:
+def nag_program(steps: Sequence[tuple[float, ...]], *, client_momentum: bool = False) -> Program:
     """Unroll ``len(steps)`` NAG minibatch steps.
 
     ``steps[t] = (a_t, e_t)`` or ``(a_t, e_t, d_t)`` (step size, momentum
     weight, weight decay factor, 1 when omitted; see
     :class:`~sklearn_he.training.NAGSchedule`).
 
+    With ``client_momentum`` (one step only) the program stops at the new
+    weights ``w``: the momentum step ``v = (1 - e) w + e w_prev`` is left to
+    the client, which knows ``w_prev`` (it encrypted it), so the program
+    reads only ``v`` and outputs only ``w``.
+
     This is the only statement of the training algorithm; both circuits are
     lowerings of the program it builds.
     """
+    if client_momentum and len(steps) != 1:
+        raise ValueError(
+            f"client_momentum needs a one-step program (the client knows only the state it "
+            f"sent); got {len(steps)} steps"
+        )
     p = Program()
     v, w = p.var("v"), p.var("w")
     for t, step in enumerate(steps):
@@ -241,10 +252,22 @@ def nag_program(steps: Sequence[tuple[float, ...]]) -> Program:
         u = p.matvec(t, v)  # margins of minibatch t
         q = p.rmatvec(t, p.sig(u))  # gradient direction
         w_next = d * v + a * q
+        if client_momentum:
+            p.outputs = {"w": w_next}
+            return p
         v = (1.0 - e) * w_next + e * w
         w = w_next
     p.outputs = {"w": w, "v": v}
     return p
+
+
+def momentum_step(w: Any, w_prev: Any, step: tuple[float, ...]) -> Any:
+    """The look-ahead state ``v = (1 - e) w + e w_prev`` of :func:`nag_program`'s step.
+
+    What the client computes after a ``client_momentum`` chunk (NumPy arrays).
+    """
+    e = step[1]
+    return (1.0 - e) * w + e * w_prev
 
 
 def pipeline(program: Program) -> Program:

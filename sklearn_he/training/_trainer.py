@@ -42,10 +42,12 @@ from ._circuits import (
     build_gram_circuit,
     diagonal_name,
     gram_name,
+    state_io,
     state_vector,
     z_name,
 )
 from ._planner import Plan, ciphertext_bytes
+from ._program import momentum_step
 from ._schedule import NAGSchedule
 
 __all__ = [
@@ -118,10 +120,19 @@ def chunk_specs(plan: Plan, epochs: int, start_step: int = 0) -> list[ChunkSpec]
     return out
 
 
-def state_names(plan: Plan) -> list[str]:
-    """Names of the model-state ciphertexts, ``v[cb]`` then ``w[cb]`` (inputs and outputs)."""
+def state_names(plan: Plan, vectors: Sequence[str] = ("v", "w")) -> list[str]:
+    """Names of the model-state ciphertexts, ``v[cb]`` then ``w[cb]``.
+
+    ``vectors`` restricts them to some of the state vectors (what a chunk
+    reads or returns: :func:`~sklearn_he.training.state_io`).
+    """
     n_blk = plan.state_blocks
-    return [f"{name}[{cb}]" for name in ("v", "w") for cb in range(n_blk)]
+    return [f"{name}[{cb}]" for name in vectors for cb in range(n_blk)]
+
+
+def chunk_state(plan: Plan, spec: ChunkSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The state vectors ``spec``'s chunk reads and returns (:func:`state_io`)."""
+    return state_io(plan.transposed, spec.length)
 
 
 def _check_backend(backend: str) -> None:
@@ -254,30 +265,42 @@ class TrainingClient:
         _, D = encode_diagonals(Za @ Zb.T, self.plan.shape)
         return self.encrypt_matrix(D)
 
-    def encrypt_state(self, w: np.ndarray, v: np.ndarray) -> dict[str, Any]:
-        """The model state as the named chunk inputs ``v[cb]`` and ``w[cb]``."""
+    def encrypt_state(
+        self, w: np.ndarray, v: np.ndarray, vectors: Sequence[str] = ("v", "w")
+    ) -> dict[str, Any]:
+        """The model state as the named chunk inputs ``v[cb]`` and ``w[cb]``.
+
+        ``vectors``: the ones the next chunk reads (:func:`chunk_state`).
+        """
         out: dict[str, Any] = {}
         vector = state_vector(self.plan.transposed)
-        for name, vec in (("v", v), ("w", w)):
-            blocks = vector.from_array(np.asarray(vec, float), self.plan.shape).blocks
+        values = {"v": v, "w": w}
+        for name in vectors:
+            blocks = vector.from_array(np.asarray(values[name], float), self.plan.shape).blocks
             for cb, blk in enumerate(blocks):
                 out[f"{name}[{cb}]"] = self.encrypt_tile(blk)
         return out
 
-    def decrypt_state(self, state: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """``(w, v)`` from the named state ciphertexts (a chunk's outputs)."""
+    def decrypt_state(
+        self, state: Mapping[str, Any], vectors: Sequence[str] = ("v", "w")
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(w, v)`` from the named state ciphertexts (a chunk's outputs).
+
+        ``vectors``: the ones the chunk returned (:func:`chunk_state`); a
+        vector it did not return comes back as None.
+        """
         p = self.plan
         n_blk = p.state_blocks
         vector = state_vector(p.transposed)
-        w, v = (
-            vector(
+        got = {
+            name: vector(
                 [self.decrypt_tile(state[f"{name}[{cb}]"]) for cb in range(n_blk)],
                 p.shape,
                 p.n_features,
             ).decode()
-            for name in ("w", "v")
-        )
-        return w, v
+            for name in vectors
+        }
+        return got.get("w"), got.get("v")
 
     @staticmethod
     def check_state(w: np.ndarray, v: np.ndarray, step: int, coeffs: Sequence[float]) -> None:
@@ -298,6 +321,7 @@ class TrainingClient:
         Returns ``(w, v, fresh_state)``.
         """
         w, v = self.decrypt_state(state)
+        assert w is not None and v is not None  # a full state was asked for
         self.check_state(w, v, step, coeffs)
         return w, v, self.encrypt_state(w, v)
 
@@ -465,7 +489,7 @@ class TrainingServer:
                     data.diagonal(first + a, first + b),
                 )
             )
-        for name in state_names(self.plan):
+        for name in state_names(self.plan, chunk_state(self.plan, spec)[0]):
             inputs[name] = state[name]
         return inputs
 
@@ -633,9 +657,9 @@ class Trainer:
         encrypt_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         w, v = np.asarray(w0, dtype=float), np.asarray(v0, dtype=float)
-        state = client.encrypt_state(w, v)
-        refreshes, depths, per_mb = 0, [], []
-        n_state = len(state_names(p))
+        state = client.encrypt_state(w, v, chunk_state(p, specs[0])[0]) if specs else {}
+        refreshes, refreshed, depths, per_mb = 0, 0, [], []
+        n_state = max((len(state_names(p, chunk_state(p, s)[0])) for s in specs), default=0)
         # While worker processes evaluate a chunk this process would only wait:
         # it compiles the next chunk and makes the encryptions of zero that the
         # refresh after the chunk encrypts onto.
@@ -654,14 +678,20 @@ class Trainer:
 
                 out = server.run_chunk(spec, data, state, meanwhile=prepare)
                 end = spec.step + spec.length
-                w, v = client.decrypt_state(out)
+                w_prev = w
+                w, v = client.decrypt_state(out, chunk_state(p, spec)[1])
+                assert w is not None
+                if v is None:  # the chunk left the momentum step to the client
+                    last = self.schedule.steps(end - 1, 1, p.batch_size)[0]
+                    v = momentum_step(w, w_prev, last)
                 client.check_state(w, v, end, self.coeffs)
                 depths.append(chunk.depth)
                 if spec.length == p.k or p.n_batches < p.k:  # a short last chunk says little
                     per_mb.append(chunk.depth_per_minibatch)
                 if later is not None:
                     refreshes += 1
-                    state = client.encrypt_state(w, v)
+                    state = client.encrypt_state(w, v, chunk_state(p, later)[0])
+                    refreshed += len(state)
                 if on_state is not None:
                     on_state(end, w)
                 self.log(
@@ -671,7 +701,7 @@ class Trainer:
                 )
         finally:
             client.zeros = None
-        uploaded = (data.tiles + refreshes * n_state) * self._ct_bytes()
+        uploaded = (data.tiles + refreshed) * self._ct_bytes()
         if self.backend == "ckks":
             uploaded += self._bundle_bytes()
         return TrainResult(

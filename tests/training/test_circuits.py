@@ -13,12 +13,13 @@ from sklearn_he.training import (
     NAGSchedule,
     build_chunk,
     evaluate,
+    momentum_step,
     nag_program,
     nag_reference,
     pipeline,
     sigmoid_poly,
 )
-from sklearn_he.training._circuits import state_vector
+from sklearn_he.training._circuits import state_io, state_vector
 from sklearn_he.training._program import Gram, Lin, MatVec
 
 
@@ -34,18 +35,26 @@ def _inputs(chunk, batches, v0, w0, shape):
             for cb, tile in enumerate(row):
                 ins[f"G{a},{b}[{rb},{cb}]"] = tile
     vector = state_vector(chunk.transposed)
+    reads, _ = state_io(chunk.transposed, chunk.n_steps)
     for name, vec in (("v", v0), ("w", w0)):
-        for cb, blk in enumerate(vector.from_array(vec, shape).blocks):
-            ins[f"{name}[{cb}]"] = blk
+        if name in reads:
+            for cb, blk in enumerate(vector.from_array(vec, shape).blocks):
+                ins[f"{name}[{cb}]"] = blk
     return ins
 
 
-def _run(chunk, batches, v0, w0, shape):
+def _run(chunk, batches, v0, w0, shape, steps=None):
+    """The chunk's new ``w`` and ``v``, the client's momentum step included when it has one."""
     out = PlaintextEvaluator().run(chunk.compiled, _inputs(chunk, batches, v0, w0, shape))
     f = len(v0)
     vector = state_vector(chunk.transposed)
     n = len(vector.from_array(v0, shape).blocks)
-    return {k: vector([out[f"{k}[{b}]"] for b in range(n)], shape, f).decode() for k in ("w", "v")}
+    _, returns = state_io(chunk.transposed, chunk.n_steps)
+    got = {k: vector([out[f"{k}[{b}]"] for b in range(n)], shape, f).decode() for k in returns}
+    assert set(out) == {f"{k}[{b}]" for k in returns for b in range(n)}
+    if chunk.client_momentum:
+        got["v"] = momentum_step(got["w"], w0, steps[-1])
+    return got
 
 
 @settings(max_examples=12, deadline=None)
@@ -83,7 +92,8 @@ def test_baseline_pipelined_and_numpy_agree(k, m, f, start, degree, shape, l2):
             transposed=transposed,
         )
         assert chunk.transposed == transposed
-        got = _run(chunk, batches, v0, w0, shape)
+        got = _run(chunk, batches, v0, w0, shape, steps)
+        assert chunk.client_momentum == (transposed and k == 1)
         scale = max(np.abs(w_ref).max(), 1e-12)
         assert np.abs(got["w"] - w_ref).max() / scale < 1e-9
         assert np.abs(got["v"] - v_ref).max() / max(np.abs(v_ref).max(), 1e-12) < 1e-9
@@ -304,3 +314,30 @@ def test_work_from_the_op_profile_is_the_analysis_work(kw):
                 assert work_seconds(compiled, params, costs) == pytest.approx(want, rel=1e-12)
     with pytest.raises(Exception, match="depth"):
         work_seconds(chunk, CKKSParameters.for_depth(1, min_poly_modulus_degree=8192), nominal)
+
+
+def test_one_step_transposed_chunks_leave_the_momentum_step_to_the_client():
+    """They read v only and return w only; longer or row-tile chunks keep the full state."""
+    kw = {"coeffs": sigmoid_poly(3), "shape": TileShape(8, 8), "batch_size": 8, "n_features": 10}
+    names = {}
+    for circuit, k, transposed in [
+        ("pipelined", 1, True),
+        ("baseline", 2, True),
+        ("pipelined", 1, False),
+    ]:
+        chunk = build_chunk([(0.1, 0.5)] * k, circuit=circuit, transposed=transposed, **kw)
+        c = chunk.compiled.circuit
+        names[(circuit, k, transposed)] = (
+            {n[0] for n in c.inputs if n[0] in "vw"},
+            {n[0] for n in c.outputs},
+        )
+        assert chunk.client_momentum == (k == 1 and transposed)
+        assert state_io(transposed, k) == tuple(
+            tuple(sorted(s)) for s in names[(circuit, k, transposed)]
+        )
+    assert names[("pipelined", 1, True)] == ({"v"}, {"w"})
+    assert names[("baseline", 2, True)] == names[("pipelined", 1, False)] == ({"v", "w"},) * 2
+    with pytest.raises(ValueError, match="one-step program"):
+        nag_program([(0.1, 0.5)] * 2, client_momentum=True)
+    w, w_prev = np.array([1.0, 2.0]), np.array([0.0, 4.0])
+    np.testing.assert_allclose(momentum_step(w, w_prev, (0.1, 0.25)), [0.75, 2.5])
