@@ -194,12 +194,12 @@ def parallel_bench():
 def test_parallel_benchmark_compares_with_the_shape_a_fit_picks(parallel_bench, monkeypatch):
     """The closing line pairs T1 of the 1-worker plan with T2 of the fit's 2-worker shape."""
     rows = [
-        {"circuit": "pipelined", "plan_jobs": 1, "shape": "128x64 Z^T", "t1_s": 0.6, "t2_s": 0.5},
+        {"circuit": "pipelined", "plan_jobs": 1, "shape": "64x128 Z^T", "t1_s": 0.6, "t2_s": 0.5},
         {"circuit": "pipelined", "plan_jobs": 2, "shape": "256x32 Z^T", "t1_s": 0.9, "t2_s": 0.45},
     ]
-    # Nominal costs: a fit with 2 workers runs the 1-worker plan's transposed 128x64 tiles.
+    # Nominal costs: a fit with 2 workers runs the 1-worker plan's transposed 64x128 tiles.
     (line,) = parallel_bench._fit_choice(rows, ["pipelined"], 1, measured=False)
-    assert "2 workers: 128x64 Z^T" in line and line.endswith("1.20x")
+    assert "2 workers: 64x128 Z^T" in line and line.endswith("1.20x")
     # A machine whose plaintext additions are very dear picks 256x32 for 2 workers.
     from tests._costs import skewed_costs
 

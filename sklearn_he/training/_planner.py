@@ -183,20 +183,27 @@ def estimate_seconds_per_minibatch(
     """
     factor = parallel_factor(chunk, params, n_jobs, costs)
     costs = costs or CostModel.nominal()
-    work = factor * work_seconds(chunk.compiled, params, costs)
+    serial = work_seconds(chunk.compiled, params, costs)
+    work = factor * serial
     n = params.poly_modulus_degree
     blocks = state_blocks(chunk.shape, chunk.n_features, chunk.transposed)
     reads, returns = state_io(chunk.transposed, chunk.n_steps)  # v and w, or v in, w out
+    encrypted = blocks * len(reads)
     # The client decrypts the outputs where the chunk left them and encrypts
     # the fresh state at the top (measured costs when ``costs`` has them).
     out_level = max(0, params.max_level - chunk.depth)
-    encrypt = costs.encrypt_cost(n)
+    refresh = blocks * len(returns) * costs.decrypt_cost(n, out_level)
     if factor < 1.0:
         # Workers evaluate the chunk: meanwhile the client makes the
-        # encryptions of zero (ZeroPool), sharing the cores with the workers,
-        # and the refresh itself only encodes and adds (an add_plain).
-        encrypt = encrypt / n_jobs + costs.op_seconds(Op.ADD_PLAIN, n, params.max_level)
-    refresh = blocks * (len(returns) * costs.decrypt_cost(n, out_level) + len(reads) * encrypt)
+        # encryptions of zero (ZeroPool), first on the core time the schedule
+        # leaves idle, then sharing the cores with the workers; the refresh
+        # itself only encodes and adds (an add_plain).
+        idle = max(0.0, n_jobs * work - serial)
+        zeros = encrypted * costs.encrypt_cost(n)
+        refresh += max(0.0, zeros - idle) / n_jobs
+        refresh += encrypted * costs.op_seconds(Op.ADD_PLAIN, n, params.max_level)
+    else:
+        refresh += encrypted * costs.encrypt_cost(n)
     return (work + refresh) / chunk.n_steps
 
 

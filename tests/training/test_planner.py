@@ -90,7 +90,7 @@ def test_plan_estimate_needs_parameters():
         estimate_plan_seconds_per_sample(replace(plan, params=None), coeffs)
 
 
-@pytest.mark.parametrize("factor", [1.0, 0.6])
+@pytest.mark.parametrize("factor", [1.0, 0.6, 0.5])
 def test_refresh_is_priced_as_pooled_encryption_only_when_workers_evaluate(factor, monkeypatch):
     """With workers busy on the chunk the client makes the refresh's zeros meanwhile."""
     import sklearn_he.training._planner as planner
@@ -118,9 +118,16 @@ def test_refresh_is_priced_as_pooled_encryption_only_when_workers_evaluate(facto
     if factor == 1.0:  # in-process: the client encrypts after the chunk
         assert refresh == pytest.approx(decrypt + blocks * costs.encrypt_cost(n))
     else:
-        pooled = costs.encrypt_cost(n) / 2 + costs.op_seconds(Op.ADD_PLAIN, n, top)
-        assert refresh == pytest.approx(decrypt + blocks * pooled)
-        assert pooled < costs.encrypt_cost(n)
+        # The zeros take the core time the schedule leaves idle first, then a
+        # share of the cores; the refresh itself adds them to the encoded state.
+        work = analyze(chunk.compiled, params, costs).work_seconds
+        idle = max(0.0, 2 * factor * work - work)
+        zeros = blocks * costs.encrypt_cost(n)
+        added = blocks * costs.op_seconds(Op.ADD_PLAIN, n, top)
+        assert refresh == pytest.approx(decrypt + max(0.0, zeros - idle) / 2 + added)
+        assert refresh < decrypt + zeros
+        if factor == 0.5:  # a perfect split leaves no idle time
+            assert refresh == pytest.approx(decrypt + zeros / 2 + added)
 
 
 def _shape():
