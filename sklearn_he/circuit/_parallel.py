@@ -59,16 +59,17 @@ the smaller simulated time.
 
 Measured (``benchmarks/parallel.py --costs measured``, 2-core VM,
 2026-12-02; ``benchmarks/results/parallel.json``), on the MNIST chunk a
-fit runs (N=16384, 8 primes, k=1, 128-row minibatch, 128x64 tiles holding
+fit runs (N=16384, 8 primes, k=1, 128-row minibatch, 64x128 tiles holding
 ``Z^T``: see :func:`~sklearn_he.training.build_chunk`'s ``transposed``),
-``n_jobs=2`` against in-process, T1 and T2 runs interleaved: 1.80-1.84x in
-the four rows of the last run, which all run this circuit (paired medians
-1.77-1.83x; 0.64 s -> 0.35 s), 1.31-1.62x an hour earlier on the same VM
-30% slower, and 1.55-1.77x the day before. It splits into two equal tasks
-(one margin tile and one block of features each) that exchange 8 values
-(predicted 1.82x). Each half's critical path - the margin's sum down the
-rows, the sigmoid, and the within-row sum of the gradient, which stays in
-column 0 for the client - is 0.42 s of 1.35 s of work (nominal costs).
+``n_jobs=2`` against in-process, T1 and T2 runs interleaved: 0.44 s ->
+0.30 s, 1.43-1.47x (predicted 1.54x). Its one margin ciphertext, the
+sigmoid and the four gradient blocks form a critical path of 0.40 s of
+0.96 s of work (nominal costs); the margin products and the gradient
+blocks split over the two tasks, which exchange 16 values. The 128x64
+tiles, whose two margin tiles split the chunk into two equal halves (each
+half's critical path 0.42 s of 1.35 s of work), ran 1.78-1.84x faster on
+2 workers but from 0.57-0.64 s in-process, so no faster on two workers
+(0.32-0.35 s) and 30% slower on one.
 
 Before the transposed tiles, the same chunk on ``Z`` tiles was bounded by
 its one margin ciphertext: rotation sum, sigmoid and the broadcast back
