@@ -415,7 +415,8 @@ def plan_training(
         max(1, int(n_jobs)),
         transposed,
     )
-    one_worker = functools.partial(
+    # The same question with some answers fixed (and other costs or workers).
+    again = functools.partial(
         plan_training,
         n_samples,
         n_features,
@@ -423,7 +424,6 @@ def plan_training(
         coeffs=coeffs,
         minibatches_per_circuit=minibatches_per_circuit,
         gram_source=gram_source,
-        costs=costs,
         epochs=epochs,
         layout=layout,
         transposed=transposed,
@@ -432,28 +432,16 @@ def plan_training(
         # Ring, chain and batch size as for one worker, the split for n_jobs
         # with this machine's costs.
         if params is None or batch_size == "auto":
-            one = one_worker(batch_size=batch_size, params=params)
+            one = again(batch_size=batch_size, params=params, costs=costs)
             params, batch_size = one.params, one.batch_size
         assert params is not None  # every plan has parameters
-        return plan_training(
-            n_samples,
-            n_features,
-            circuit=circuit,
-            coeffs=coeffs,
-            batch_size=batch_size,
-            minibatches_per_circuit=minibatches_per_circuit,
-            gram_source=gram_source,
-            params=params,
-            costs=machine_costs(params),
-            epochs=epochs,
-            layout=layout,
-            n_jobs=n_jobs,
-            transposed=transposed,
+        return again(
+            batch_size=batch_size, params=params, costs=machine_costs(params), n_jobs=n_jobs
         )
     if batch_size == "auto" and n_jobs > 1:
         # The minibatch size changes the model; the worker count must not. Fix
         # it as for one worker, then choose shape, fusion and k for n_jobs.
-        batch_size = one_worker(batch_size=batch_size, params=params).batch_size
+        batch_size = again(batch_size=batch_size, params=params, costs=costs).batch_size
         args = (*args[:4], batch_size, *args[5:])
     # The same question under the same costs always has the same answer (cached).
     return _plan_nominal(*args) if costs is None else _plan_costed(args, costs)
