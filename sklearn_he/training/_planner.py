@@ -381,8 +381,9 @@ def plan_training(
     know: on the development VM, with row-oriented tiles, it ranked MNIST's
     64x128 tiles 4% ahead of 128x64 for 2 workers, the measured costs put
     128x64 ahead, and 128x64 ran 4-16% faster in five comparisons
-    (``benchmarks/parallel.py``). (With transposed tiles both cost models
-    pick 128x64 ``Z^T`` for MNIST, 1 or 2 workers.)
+    (``benchmarks/parallel.py``). (With transposed tiles and the client's
+    momentum step both cost models pick 64x128 ``Z^T`` for MNIST, 1 or 2
+    workers.)
     None of these choices changes the model beyond rounding.
 
     ``transposed``: whether minibatch tiles hold ``Z^T`` (see

@@ -247,7 +247,7 @@ def nag_program(steps: Sequence[tuple[float, ...]], *, client_momentum: bool = F
     p = Program()
     v, w = p.var("v"), p.var("w")
     for t, step in enumerate(steps):
-        a, e = step[0], step[1]
+        a = step[0]
         d = step[2] if len(step) > 2 else 1.0
         u = p.matvec(t, v)  # margins of minibatch t
         q = p.rmatvec(t, p.sig(u))  # gradient direction
@@ -255,16 +255,17 @@ def nag_program(steps: Sequence[tuple[float, ...]], *, client_momentum: bool = F
         if client_momentum:
             p.outputs = {"w": w_next}
             return p
-        v = (1.0 - e) * w_next + e * w
+        v = momentum_step(w_next, w, step)
         w = w_next
     p.outputs = {"w": w, "v": v}
     return p
 
 
 def momentum_step(w: Any, w_prev: Any, step: tuple[float, ...]) -> Any:
-    """The look-ahead state ``v = (1 - e) w + e w_prev`` of :func:`nag_program`'s step.
+    """The look-ahead state ``v = (1 - e) w + e w_prev`` of one NAG step.
 
-    What the client computes after a ``client_momentum`` chunk (NumPy arrays).
+    :func:`nag_program` states it with symbolic vectors; the client runs the
+    same function on NumPy arrays after a ``client_momentum`` chunk.
     """
     e = step[1]
     return (1.0 - e) * w + e * w_prev
