@@ -28,11 +28,13 @@ into two equal halves):
   one. Parallel efficiency is
   ``T1 / (2 T2)``. The workers also report the CPU time of their compute:
   on a machine that other jobs keep busy, wall time grows but CPU time
-  does not, so ``cpu/wall`` of the workers shows how much of the two cores
-  this benchmark actually got. The *CPU-adjusted* efficiency replaces
-  ``T1`` by the in-process run's CPU time and ``T2`` by its wall time
-  minus, per superstep, the longest time a worker waited for a core: an
-  estimate of the efficiency on an otherwise idle machine.
+  does not, so ``cpu/wall`` of the workers (wall time less the time a
+  worker waited for a value the other one computes) shows how much of the
+  two cores this benchmark actually got. The *CPU-adjusted* efficiency
+  replaces ``T1`` by the in-process run's CPU time and ``T2`` by its wall
+  time minus, per superstep, the longest time a worker waited for a core
+  (not for the other worker): an estimate of the efficiency on an
+  otherwise idle machine.
 * **analysed**: work and span of the compiled circuit from
   ``analyze(compiled, params, CostModel.nominal())``, the projected speed-up
   on 16 and 64 cores by Brent's bound (``work / (work / p + span)``), and
@@ -210,12 +212,17 @@ def bench(
         last = parallel.last_run_
         superstep_of = {t.number: t.superstep for t in last.schedule.tasks}
         waits: dict[int, float] = {}
-        for t in last.tasks:  # time a worker was runnable but not running
+        for t in last.tasks:
+            # Time a worker was runnable but not running: its compute's wall
+            # time less its CPU time and less the time it waited for values
+            # from the other worker (a dependency, not a busy machine).
             s = superstep_of[t.index]
-            waits[s] = max(waits.get(s, 0.0), t.compute_seconds - t.compute_cpu_seconds)
+            off_core = t.compute_seconds - t.compute_cpu_seconds - t.wait_seconds
+            waits[s] = max(waits.get(s, 0.0), max(0.0, off_core))
         runs.append(
             {
                 "cpu_wait_s": sum(waits.values()),
+                "peer_wait_s": sum(t.wait_seconds for t in last.tasks),
                 "mode": last.mode,
                 "wall_s": last.wall_seconds,
                 "supersteps_s": [s["seconds"] for s in last.supersteps],
@@ -245,7 +252,7 @@ def bench(
     if not identical:
         raise AssertionError(f"{circuit}: parallel outputs differ from the in-process ones")
     cpu = sum(r["worker_compute_cpu_s"] for r in runs)
-    wall = sum(r["worker_compute_s"] for r in runs)
+    wall = sum(r["worker_compute_s"] - r["peer_wait_s"] for r in runs)
     # CPU-adjusted: the in-process run's CPU time, and the parallel wall time
     # minus, per superstep, the longest a worker waited for a core.
     t1_adj = statistics.median(t1_cpu)

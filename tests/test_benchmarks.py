@@ -195,20 +195,21 @@ def test_parallel_benchmark_compares_with_the_shape_a_fit_picks(parallel_bench, 
     """The closing line pairs T1 of the 1-worker plan with T2 of the fit's 2-worker shape."""
     rows = [
         {"circuit": "pipelined", "plan_jobs": 1, "shape": "64x128 Z^T", "t1_s": 0.6, "t2_s": 0.5},
-        {"circuit": "pipelined", "plan_jobs": 2, "shape": "256x32 Z^T", "t1_s": 0.9, "t2_s": 0.45},
+        {"circuit": "pipelined", "plan_jobs": 2, "shape": "128x64 Z^T", "t1_s": 0.9, "t2_s": 0.45},
+        {"circuit": "pipelined", "plan_jobs": 2, "shape": "256x32 Z^T", "t1_s": 1.0, "t2_s": 0.4},
     ]
-    # Nominal costs: a fit with 2 workers runs the 1-worker plan's transposed 64x128 tiles.
+    # Nominal costs: a fit with 2 workers runs transposed 128x64 tiles, which split in two.
     (line,) = parallel_bench._fit_choice(rows, ["pipelined"], 1, measured=False)
-    assert "2 workers: 64x128 Z^T" in line and line.endswith("1.20x")
+    assert "2 workers: 128x64 Z^T" in line and line.endswith("1.33x")
     # A machine whose plaintext additions are very dear picks 256x32 for 2 workers.
     from tests._costs import skewed_costs
 
     dear = skewed_costs("add_plain", 30.0)
     monkeypatch.setattr(parallel_bench.CostModel, "for_params", lambda params: dear)
     (line,) = parallel_bench._fit_choice(rows, ["pipelined"], 1, measured=True)
-    assert "2 workers: 256x32 Z^T" in line and line.endswith("1.33x")
+    assert "2 workers: 256x32 Z^T" in line and line.endswith("1.50x")
     assert parallel_bench._fit_choice(rows[1:], ["pipelined"], 1, measured=True) == []
-    (line,) = parallel_bench._fit_choice(rows[:1], ["pipelined"], 1, measured=True)
+    (line,) = parallel_bench._fit_choice(rows[:2], ["pipelined"], 1, measured=True)
     assert line == "pipelined: a fit with n_jobs=2 would run 256x32 Z^T tiles, not measured here"
 
 

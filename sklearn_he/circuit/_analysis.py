@@ -92,7 +92,7 @@ class CircuitReport:
         return "\n".join(lines)
 
 
-_COSTLY = {Op.MUL.value, Op.MUL_PLAIN.value, Op.MUL_SCALAR.value, Op.ROTATE.value}
+_COSTLY = {Op.MUL.value, Op.DOT.value, Op.MUL_PLAIN.value, Op.MUL_SCALAR.value, Op.ROTATE.value}
 
 
 class AnalysisEvaluator:
@@ -128,7 +128,11 @@ class AnalysisEvaluator:
             if self.costs is None or self.params is None:
                 return 0.0
             return self.costs.op_seconds(
-                n.op, self.params.poly_modulus_degree, top - depth_in, drop=n.level_cost()
+                n.op,
+                self.params.poly_modulus_degree,
+                top - depth_in,
+                drop=n.level_cost(),
+                pairs=n.pairs,
             )
 
         def step(n: Node, args: list[tuple[int, float]]) -> tuple[int, float]:
@@ -171,10 +175,11 @@ def analyze(
     return AnalysisEvaluator(params, costs).run(compiled)
 
 
-def op_profile(compiled: CompiledCircuit) -> dict[tuple[Op, int, int], int]:
+def op_profile(compiled: CompiledCircuit) -> dict[tuple[Op, int, int, int], int]:
     """How many operations of each kind the circuit runs at each operand depth.
 
-    Keys are ``(op, operand depth, levels dropped)``, with depths worked
+    Keys are ``(op, operand depth, levels dropped, products)`` (products:
+    :attr:`Node.pairs`, what a ``DOT`` sums), with depths worked
     out from the operands as :class:`AnalysisEvaluator` does; values are
     node counts. The work of the circuit under any parameters and cost
     model follows from it (:func:`work_seconds`), without walking the
@@ -184,14 +189,14 @@ def op_profile(compiled: CompiledCircuit) -> dict[tuple[Op, int, int], int]:
     if cached is not None:
         return cached
     depth = list(compiled.depths)
-    profile: Counter[tuple[Op, int, int]] = Counter()
+    profile: Counter[tuple[Op, int, int, int]] = Counter()
     for n in compiled.nodes:
         if n.op is Op.INPUT:
             continue
         d_in = max(depth[a] for a in n.args)
         drop = n.level_cost()
         depth[n.id] = d_in + drop
-        profile[(n.op, d_in, drop)] += 1
+        profile[(n.op, d_in, drop, n.pairs)] += 1
     compiled._op_profile = dict(profile)
     return compiled._op_profile
 
@@ -206,6 +211,6 @@ def work_seconds(compiled: CompiledCircuit, params: CKKSParameters, costs: CostM
     params.require_depth(compiled.depth)
     top, n = params.max_level, params.poly_modulus_degree
     return math.fsum(
-        count * costs.op_seconds(op, n, top - d_in, drop=drop)
-        for (op, d_in, drop), count in op_profile(compiled).items()
+        count * costs.op_seconds(op, n, top - d_in, drop=drop, pairs=pairs)
+        for (op, d_in, drop, pairs), count in op_profile(compiled).items()
     )

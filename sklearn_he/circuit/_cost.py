@@ -32,6 +32,7 @@ __all__ = ["CostModel", "cache_dir"]
 #: Operation kinds timed, and how (on ciphertext x at some level).
 _KINDS = (
     Op.MUL,
+    Op.DOT,
     Op.MUL_PLAIN,
     Op.MUL_SCALAR,
     Op.ROTATE,
@@ -88,7 +89,7 @@ def _per_ring(table: Mapping[int, float], n: int) -> float:
 
 #: Bumped when :meth:`CostModel.measure` changes what it times (old cached
 #: measurements are then taken again).
-_MEASURE_VERSION = 3
+_MEASURE_VERSION = 4
 
 
 def cache_dir() -> Path:
@@ -129,7 +130,7 @@ class CostModel:
             int(n): {k: [float(x) for x in v] for k, v in ops.items()} for n, ops in fits.items()
         }
 
-    def op_seconds(self, op: Op, n: int, level: int, *, drop: int = 1) -> float:
+    def op_seconds(self, op: Op, n: int, level: int, *, drop: int = 1, pairs: int = 1) -> float:
         """Estimated seconds of one ``op`` on a ciphertext at ``level`` for ring ``n``.
 
         ``drop`` is the number of levels a mod-switch drops. The backend
@@ -137,14 +138,24 @@ class CostModel:
         product and one rescale on the last, so a mod-switch costs what a
         one-level switch costs at ``level - drop + 1``, plus a pass over the
         ciphertext (priced as an addition) per dropped prime.
+
+        ``pairs`` is the number of products a ``DOT`` sums: it costs one
+        ``MUL`` (product, key switch, rescale) and, per further pair, what
+        the ``dot`` fit measures (a product without the key switch, and the
+        addition of two three-polynomial ciphertexts).
         """
         if op is Op.INPUT:
             return 0.0
+        if op is Op.DOT:
+            return self.op_seconds(Op.MUL, n, level) + (pairs - 1) * self._fit(op, n, level)
         if op is Op.MODSWITCH and drop > 1:
             # Dropping a prime is a pass over the ciphertext, like an addition.
             return (drop - 1) * self.op_seconds(Op.ADD, n, level) + self.op_seconds(
                 op, n, max(0, level - int(drop) + 1)
             )
+        return self._fit(op, n, level)
+
+    def _fit(self, op: Op, n: int, level: int) -> float:
         try:
             a, b, c = self.fits[int(n)][op.value]
         except KeyError:
@@ -191,6 +202,9 @@ class CostModel:
             scaled = {k: [v * ms for v in coef] for k, coef in t.items()}
             fits[n] = {
                 Op.MUL.value: scaled["mul"],
+                # A further product of a DOT: the tensor product and a
+                # three-polynomial addition: about four additions.
+                Op.DOT.value: [4 * v for v in scaled["add"]],
                 Op.ROTATE.value: scaled["rotate"],
                 Op.MUL_PLAIN.value: scaled["plain"],
                 Op.MUL_SCALAR.value: scaled["plain"],
@@ -265,6 +279,9 @@ class CostModel:
         pool = [(ctx.encrypt(np.roll(x, i)), ctx.encrypt(np.roll(x[::-1], i))) for i in range(4)]
         ops = {
             Op.MUL: lambda a, b: ctx.multiply(a, b),
+            # What one more pair adds to a DOT: a product left unrelinearised
+            # and unrescaled, added to another three-polynomial ciphertext.
+            Op.DOT: lambda a, b: ctx.add(a3, ctx.multiply(a, b, relinearize=False, rescale=False)),
             Op.MUL_PLAIN: lambda a, b: ctx.multiply_plain(a, x),
             Op.MUL_SCALAR: lambda a, b: ctx.multiply_scalar(a, 0.5),
             Op.ROTATE: lambda a, b: ctx.rotate(a, 1),
@@ -274,10 +291,12 @@ class CostModel:
             Op.ADD_PLAIN: lambda a, b: ctx.add_plain(a, x),
             Op.MODSWITCH: lambda a, b: ctx.mod_switch_to(a, a.level - 1),
         }
-        rescaling = {Op.MUL, Op.MUL_PLAIN, Op.MUL_SCALAR, Op.MODSWITCH}
+        rescaling = {Op.MUL, Op.DOT, Op.MUL_PLAIN, Op.MUL_SCALAR, Op.MODSWITCH}
         samples: dict[str, list[tuple[int, float]]] = {k.value: [] for k in _KINDS}
         for level in levels:
             pairs = [(ctx.mod_switch_to(a, level), ctx.mod_switch_to(b, level)) for a, b in pool]
+            if level:  # an unrescaled product needs the room of a level above 0
+                a3 = ctx.multiply(*pairs[0], relinearize=False, rescale=False)
             for op, fn in ops.items():
                 if op in rescaling and level == 0:
                     continue

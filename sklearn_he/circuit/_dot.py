@@ -14,6 +14,7 @@ __all__ = ["to_dot"]
 _COLOURS = {
     Op.INPUT: "lightblue",
     Op.MUL: "salmon",
+    Op.DOT: "salmon",
     Op.MUL_PLAIN: "lightsalmon",
     Op.MUL_SCALAR: "mistyrose",
     Op.ROTATE: "khaki",

@@ -111,6 +111,8 @@ def _plain_step(compiled: CompiledCircuit, n: Node, a: list[np.ndarray]) -> np.n
         return -a[0]
     if op is Op.MUL:
         return a[0] * a[1]
+    if op is Op.DOT:
+        return sum((a[i] * a[i + 1] for i in range(2, len(a), 2)), a[0] * a[1])
     if op is Op.MUL_SCALAR:
         return a[0] * n.attr
     if op is Op.MUL_PLAIN:
@@ -230,6 +232,8 @@ def _ckks_step(
         return ctx.negate(a[0])
     if op is Op.MUL:
         return ctx.multiply(a[0], a[1])
+    if op is Op.DOT:
+        return ctx.dot(zip(a[0::2], a[1::2], strict=True))
     if op is Op.MUL_SCALAR:
         return ctx.multiply_scalar(a[0], n.attr)
     if op is Op.MUL_PLAIN:

@@ -30,6 +30,10 @@ class Op(str, enum.Enum):
     NEG = "neg"
     ADD_PLAIN = "add_plain"  #: attr = ("scalar", c) or ("const", key)
     MUL = "mul"  #: ciphertext x ciphertext, relinearised and rescaled: 1 level
+    #: sum of ciphertext products ``args[0]*args[1] + args[2]*args[3] + ...``,
+    #: relinearised and rescaled once: 1 level (made by the compiler from
+    #: sums of MUL nodes; see :func:`~sklearn_he.circuit.compile_circuit`)
+    DOT = "dot"
     MUL_PLAIN = "mul_plain"  #: attr = constant key; rescaled: 1 level
     MUL_SCALAR = "mul_scalar"  #: attr = c; 1 level, 0 for small integers
     ROTATE = "rotate"  #: attr = steps (left), normalised to [1, slots)
@@ -51,12 +55,21 @@ class Node:
 
     def level_cost(self) -> int:
         """Levels this node consumes (rescales it performs)."""
-        if self.op in (Op.MUL, Op.MUL_PLAIN):
+        if self.op in (Op.MUL, Op.DOT, Op.MUL_PLAIN):
             return 1
         if self.op is Op.MUL_SCALAR:
             return scalar_level_cost(self.attr)
         if self.op is Op.MODSWITCH:
             return int(self.attr)
+        return 0
+
+    @property
+    def pairs(self) -> int:
+        """Ciphertext products this node computes (1 for MUL, one per pair for DOT)."""
+        if self.op is Op.MUL:
+            return 1
+        if self.op is Op.DOT:
+            return len(self.args) // 2
         return 0
 
     def label(self) -> str:
@@ -71,6 +84,8 @@ class Node:
             return f"add_plain {val:.4g}" if kind == "scalar" else "add_plain const"
         if self.op is Op.MODSWITCH:
             return f"modswitch -{self.attr}"
+        if self.op is Op.DOT:
+            return f"dot of {self.pairs} products"
         return self.op.value
 
 
@@ -129,6 +144,8 @@ class Circuit:
                 raise ValueError(
                     f"node {i} ({n.op.value}) refers forward or out of range: {n.args}"
                 )
+            if n.op is Op.DOT and (len(n.args) < 2 or len(n.args) % 2):
+                raise ValueError(f"node {i} (dot) needs factor pairs; got {len(n.args)} args")
         for name, nid in {**self.inputs, **self.outputs}.items():
             if not 0 <= nid < len(self.nodes):
                 raise ValueError(f"{name!r} refers to missing node {nid}")

@@ -388,7 +388,7 @@ class _Planner:
             if n.op is not Op.INPUT:
                 level_in = max_level - (compiled.depths[n.id] - n.level_cost())
                 self.cost[n.id] = costs.op_seconds(
-                    n.op, poly_modulus_degree, level_in, drop=n.level_cost()
+                    n.op, poly_modulus_degree, level_in, drop=n.level_cost(), pairs=n.pairs
                 )
         self.inputs = frozenset(circuit.inputs.values())
         #: Receiving a value the caller holds: pipe + load at the worker, or

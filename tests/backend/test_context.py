@@ -107,6 +107,22 @@ def test_relinearize_and_rescale_as_separate_steps(ctx, xy):
     np.testing.assert_allclose(dec(ctx, res), x * y, atol=1e-5)
 
 
+def test_dot_sums_products_with_one_relinearisation(ctx, xy):
+    x, y = xy
+    a, b = ctx.encrypt(x), ctx.encrypt(y)
+    d = ctx.dot([(a, b), (b, b), (a, a)])
+    assert d.level == ctx.max_level - 1 and d.size == 2
+    assert abs(d.scale_bits - 40) < 1e-4  # lands on the canonical scale like multiply
+    np.testing.assert_allclose(dec(ctx, d), x * y + y * y + x * x, atol=1e-5)
+    raw = ctx.dot([(a, b)], rescale=False)
+    assert raw.size == 2 and raw.level == ctx.max_level
+    with pytest.raises(ValueError, match="at least one pair"):
+        ctx.dot([])
+    bottom = ctx.mod_switch_to(a, 0)
+    with pytest.raises(DepthExhaustedError):
+        ctx.dot([(bottom, bottom)])
+
+
 def test_plaintext_and_scalar_products(ctx, xy):
     x, y = xy
     a = ctx.encrypt(x)

@@ -39,8 +39,10 @@ def every_op_circuit(slots=SLOTS):
     d = t.multiply(c, t.multiply_scalar(x, 0.3))  # 2
     e = t.add_plain(t.multiply_scalar(d, 3), 0.25)  # 2 (integer scalar is free)
     f = t.add_plain(t.multiply(e, e), mask)  # 3
+    g = t.add(t.multiply(c, y), t.multiply(x, x))  # 2: one DOT, x and y mod-switched
     t.output("f", f)
     t.output("c", t.rotate(c, 2))
+    t.output("g", g)
     return compile_circuit(t.circuit)
 
 
@@ -49,7 +51,7 @@ def reference(x, y, slots=SLOTS):
     mask[::3] = 1.5
     c = x * y - np.roll(x, -1) * mask - np.roll(y, 4)
     e = 3 * c * (0.3 * x) + 0.25
-    return {"f": e * e + mask, "c": np.roll(c, -2)}
+    return {"f": e * e + mask, "c": np.roll(c, -2), "g": c * y + x * x}
 
 
 @pytest.fixture

@@ -143,9 +143,14 @@ OPS = st.sampled_from(["add", "sub", "mul", "neg", "rot", "scal", "plain", "addp
         max_size=25,
     ),
     eager=st.booleans(),
+    fuse=st.booleans(),
 )
-def test_random_circuits_match_direct_numpy(program, eager):
-    """Any traced program, compiled either way, computes what NumPy computes."""
+def test_random_circuits_match_direct_numpy(program, eager, fuse):
+    """Any traced program, compiled any way, computes what NumPy computes.
+
+    Product fusion changes neither the depth of any output nor the result,
+    and never adds a key switch (a MUL or a DOT).
+    """
     slots = 8
     rng = np.random.default_rng(len(program))
     xin, yin = rng.uniform(-1, 1, slots), rng.uniform(-1, 1, slots)
@@ -175,7 +180,14 @@ def test_random_circuits_match_direct_numpy(program, eager):
         vals.append(v)
     t.output("out", syms[-1])
     t.output("mid", syms[len(syms) // 2])
-    c = compile_circuit(t.circuit, eager_modswitch=eager)
+    c = compile_circuit(t.circuit, eager_modswitch=eager, fuse_products=fuse)
+    unfused = compile_circuit(t.circuit, eager_modswitch=eager, fuse_products=False)
+    assert c.output_depths == unfused.output_depths
+
+    def switches(compiled):
+        return sum(n.op in (Op.MUL, Op.DOT) for n in compiled.nodes)
+
+    assert switches(c) <= switches(unfused)
     got = PlaintextEvaluator().run(c, {"x": xin, "y": yin})
     np.testing.assert_allclose(got["out"], vals[-1], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got["mid"], vals[len(syms) // 2], rtol=1e-12, atol=1e-12)
@@ -183,8 +195,8 @@ def test_random_circuits_match_direct_numpy(program, eager):
     assert report.depth == c.depth
     assert report.output_depths == c.output_depths
     for n in c.nodes:
-        if n.op.is_binary:
-            assert c.depths[n.args[0]] == c.depths[n.args[1]]
+        if n.op.is_binary or n.op is Op.DOT:
+            assert len({c.depths[a] for a in n.args}) == 1
         if n.args:
             assert c.depths[n.id] == c.depths[n.args[0]] + n.level_cost()
 
@@ -199,3 +211,41 @@ def test_tracer_reports_depth_while_tracing():
     assert t.depth(t.add(p, y)) == 2
     assert t.depth(t.multiply_scalar(y, 3)) == 2  # integer scalar: free
     assert t.depth(t.rotate(t.multiply(p, y), 1)) == 3
+
+
+def test_sums_of_products_become_one_dot():
+    """x*y + z*w + u: one DOT (one key switch) plus an add; shared products stay MULs."""
+    t = Tracer(8)
+    x, y, z, w, u = (t.input(k) for k in "xyzwu")
+    xy = t.multiply(x, y)
+    t.output("s", t.add(t.add(xy, t.multiply(z, w)), u))
+    fused = compile_circuit(t.circuit)
+    assert [n.op for n in fused.nodes if n.op not in (Op.INPUT, Op.MODSWITCH)] == [
+        Op.DOT,
+        Op.ADD,
+    ]
+    dot = next(n for n in fused.nodes if n.op is Op.DOT)
+    assert dot.pairs == 2 and dot.level_cost() == 1
+    assert analyze(fused).depth == 1
+    plain = compile_circuit(t.circuit, fuse_products=False)
+    assert analyze(plain).op_counts["mul"] == 2 and "dot" not in analyze(plain).op_counts
+    rng = np.random.default_rng(3)
+    vals = {k: rng.uniform(-1, 1, 8) for k in "xyzwu"}
+    want = vals["x"] * vals["y"] + vals["z"] * vals["w"] + vals["u"]
+    np.testing.assert_allclose(PlaintextEvaluator().run(fused, vals)["s"], want, rtol=1e-12)
+
+    # A product that is also used elsewhere (here an output) is computed once, as a MUL.
+    t.output("xy", xy)
+    shared = compile_circuit(t.circuit)
+    assert analyze(shared).op_counts["mul"] == 2
+    assert "dot" not in analyze(shared).op_counts
+
+
+def test_a_dot_node_needs_factor_pairs():
+    from sklearn_he.circuit import Circuit, Node
+
+    c = Circuit(slots=8)
+    c.nodes = [Node(0, Op.INPUT, (), "x"), Node(1, Op.DOT, (0, 0, 0), None)]
+    c.inputs, c.outputs = {"x": 0}, {"y": 1}
+    with pytest.raises(ValueError, match="factor pairs"):
+        c.check()

@@ -298,7 +298,7 @@ def test_work_from_the_op_profile_is_the_analysis_work(kw):
     profile = op_profile(chunk)
     assert op_profile(chunk) is profile  # kept on the circuit
     assert sum(profile.values()) == sum(n.op is not Op.INPUT for n in chunk.nodes)
-    assert any(op is Op.MODSWITCH and drop > 1 for op, _, drop in profile)
+    assert any(op is Op.MODSWITCH and drop > 1 for op, _, drop, _ in profile)
     nominal = CostModel.nominal()
     doubled = CostModel(
         {
