@@ -11,7 +11,7 @@ from ._circuits import (
     state_vector,
 )
 from ._planner import Plan, choose_shape, estimate_plan_seconds_per_sample, plan_training
-from ._program import Program, evaluate, momentum_step, nag_program, pipeline
+from ._program import Program, evaluate, momentum_step, nag_program, pipeline, weights_step
 from ._schedule import NAGSchedule, nag_reference
 from ._sigmoid import SIGMOID_DEGREES, sigmoid_poly
 from ._trainer import (
@@ -55,4 +55,5 @@ __all__ = [
     "state_io",
     "state_names",
     "state_vector",
+    "weights_step",
 ]

@@ -69,7 +69,7 @@ class ChunkCircuit:
 
     @property
     def client_momentum(self) -> bool:
-        """The chunk reads only ``v`` and returns only ``w`` (see :func:`client_momentum`)."""
+        """The chunk reads only ``v`` and returns only ``dw`` (see :func:`client_momentum`)."""
         return client_momentum(self.transposed, self.n_steps)
 
     @property
@@ -110,11 +110,13 @@ def client_momentum(transposed: bool, n_steps: int) -> bool:
     """Whether a chunk leaves its last momentum step to the client.
 
     Transposed one-step chunks do: their outputs are read by the client only
-    (column 0, see :func:`build_chunk`), and the client knows the ``w`` it
-    sent, so it computes ``v = (1 - e) w_new + e w`` itself
-    (:func:`~sklearn_he.training.momentum_step`). The chunk then reads ``v``
-    only and returns ``w`` only: half the state to encrypt, send and decrypt
-    per minibatch, and the momentum's products off the server.
+    (column 0, see :func:`build_chunk`), and the client knows the ``v`` and
+    ``w`` it sent, so it computes the new weights ``w_new = d v + dw`` from
+    the chunk's gradient term ``dw`` (:func:`~sklearn_he.training.weights_step`)
+    and ``v = (1 - e) w_new + e w`` (:func:`~sklearn_he.training.momentum_step`)
+    itself. The chunk then reads ``v`` only and returns ``dw`` only: half the
+    state to encrypt, send and decrypt per minibatch, and neither the
+    momentum's products nor the update's mod-switches on the server.
     """
     return bool(transposed) and n_steps == 1
 
@@ -122,7 +124,7 @@ def client_momentum(transposed: bool, n_steps: int) -> bool:
 def state_io(transposed: bool, n_steps: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The state vectors a chunk reads and the ones it returns, by name."""
     if client_momentum(transposed, n_steps):
-        return ("v",), ("w",)
+        return ("v",), ("dw",)
     return ("v", "w"), ("v", "w")
 
 
@@ -203,9 +205,9 @@ def build_chunk(
         critical path (MNIST's one-step chunk: 26 rotations instead of 68).
         The model state is then ColVectors (:func:`state_vector`). Only for
         chunks without Gram blocks (:func:`can_transpose`). A transposed
-        one-step chunk also leaves the momentum step to the client
-        (:func:`client_momentum`): its inputs are ``v[b]`` only, its outputs
-        ``w[b]`` only.
+        one-step chunk also leaves the weight update and the momentum step
+        to the client (:func:`client_momentum`): its inputs are ``v[b]``
+        only, its outputs the gradient term ``dw[b]`` only.
     """
     if circuit not in CIRCUITS:
         raise ValueError(f"circuit must be one of {CIRCUITS}; got {circuit!r}")

@@ -37,6 +37,7 @@ __all__ = [
     "momentum_step",
     "nag_program",
     "pipeline",
+    "weights_step",
 ]
 
 
@@ -231,10 +232,12 @@ def nag_program(steps: Sequence[tuple[float, ...]], *, client_momentum: bool = F
     weight, weight decay factor, 1 when omitted; see
     :class:`~sklearn_he.training.NAGSchedule`).
 
-    With ``client_momentum`` (one step only) the program stops at the new
-    weights ``w``: the momentum step ``v = (1 - e) w + e w_prev`` is left to
-    the client, which knows ``w_prev`` (it encrypted it), so the program
-    reads only ``v`` and outputs only ``w``.
+    With ``client_momentum`` (one step only) the program stops at the
+    gradient term ``dw = a q`` of the new weights ``w = d v + dw``: the
+    client, which knows the ``v`` and ``w_prev`` it encrypted, computes
+    ``w`` (:func:`weights_step`) and the momentum step
+    ``v = (1 - e) w + e w_prev`` (:func:`momentum_step`) itself, so the
+    program reads only ``v`` and outputs only ``dw``.
 
     This is the only statement of the training algorithm; both circuits are
     lowerings of the program it builds.
@@ -248,17 +251,27 @@ def nag_program(steps: Sequence[tuple[float, ...]], *, client_momentum: bool = F
     v, w = p.var("v"), p.var("w")
     for t, step in enumerate(steps):
         a = step[0]
-        d = step[2] if len(step) > 2 else 1.0
         u = p.matvec(t, v)  # margins of minibatch t
         q = p.rmatvec(t, p.sig(u))  # gradient direction
-        w_next = d * v + a * q
         if client_momentum:
-            p.outputs = {"w": w_next}
+            p.outputs = {"dw": a * q}
             return p
+        w_next = weights_step(v, a * q, step)
         v = momentum_step(w_next, w, step)
         w = w_next
     p.outputs = {"w": w, "v": v}
     return p
+
+
+def weights_step(v: Any, dw: Any, step: tuple[float, ...]) -> Any:
+    """The new weights ``w = d v + dw`` of one NAG step, from its gradient term ``dw = a q``.
+
+    :func:`nag_program` states it with symbolic vectors; the client runs the
+    same function on NumPy arrays after a ``client_momentum`` chunk, with
+    the exact ``v`` it encrypted.
+    """
+    d = step[2] if len(step) > 2 else 1.0
+    return d * v + dw
 
 
 def momentum_step(w: Any, w_prev: Any, step: tuple[float, ...]) -> Any:

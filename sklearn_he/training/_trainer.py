@@ -47,7 +47,7 @@ from ._circuits import (
     z_name,
 )
 from ._planner import Plan, ciphertext_bytes
-from ._program import momentum_step
+from ._program import momentum_step, weights_step
 from ._schedule import NAGSchedule
 
 __all__ = [
@@ -289,10 +289,17 @@ class TrainingClient:
         ``vectors``: the ones the chunk returned (:func:`chunk_state`); a
         vector it did not return comes back as None.
         """
+        got = self.decrypt_vectors(state, vectors)
+        return got.get("w"), got.get("v")
+
+    def decrypt_vectors(
+        self, state: Mapping[str, Any], vectors: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """The named vectors (``v``, ``w`` or ``dw``) a chunk returned, decrypted and decoded."""
         p = self.plan
         n_blk = p.state_blocks
         vector = state_vector(p.transposed)
-        got = {
+        return {
             name: vector(
                 [self.decrypt_tile(state[f"{name}[{cb}]"]) for cb in range(n_blk)],
                 p.shape,
@@ -300,7 +307,6 @@ class TrainingClient:
             ).decode()
             for name in vectors
         }
-        return got.get("w"), got.get("v")
 
     @staticmethod
     def check_state(w: np.ndarray, v: np.ndarray, step: int, coeffs: Sequence[float]) -> None:
@@ -678,12 +684,13 @@ class Trainer:
 
                 out = server.run_chunk(spec, data, state, meanwhile=prepare)
                 end = spec.step + spec.length
-                w_prev = w
-                w, v = client.decrypt_state(out, chunk_state(p, spec)[1])
-                assert w is not None
-                if v is None:  # the chunk left the momentum step to the client
+                got = client.decrypt_vectors(out, chunk_state(p, spec)[1])
+                if "dw" in got:  # the chunk left the update and the momentum to the client
                     last = self.schedule.steps(end - 1, 1, p.batch_size)[0]
+                    w_prev, w = w, weights_step(v, got["dw"], last)
                     v = momentum_step(w, w_prev, last)
+                else:
+                    w, v = got["w"], got["v"]
                 client.check_state(w, v, end, self.coeffs)
                 depths.append(chunk.depth)
                 if spec.length == p.k or p.n_batches < p.k:  # a short last chunk says little

@@ -18,6 +18,7 @@ from sklearn_he.training import (
     nag_reference,
     pipeline,
     sigmoid_poly,
+    weights_step,
 )
 from sklearn_he.training._circuits import state_io, state_vector
 from sklearn_he.training._program import Gram, Lin, MatVec
@@ -53,6 +54,7 @@ def _run(chunk, batches, v0, w0, shape, steps=None):
     got = {k: vector([out[f"{k}[{b}]"] for b in range(n)], shape, f).decode() for k in returns}
     assert set(out) == {f"{k}[{b}]" for k in returns for b in range(n)}
     if chunk.client_momentum:
+        got["w"] = weights_step(v0, got.pop("dw"), steps[-1])
         got["v"] = momentum_step(got["w"], w0, steps[-1])
     return got
 
@@ -317,7 +319,7 @@ def test_work_from_the_op_profile_is_the_analysis_work(kw):
 
 
 def test_one_step_transposed_chunks_leave_the_momentum_step_to_the_client():
-    """They read v only and return w only; longer or row-tile chunks keep the full state."""
+    """They read v only and return dw only; longer or row-tile chunks keep the full state."""
     kw = {"coeffs": sigmoid_poly(3), "shape": TileShape(8, 8), "batch_size": 8, "n_features": 10}
     names = {}
     for circuit, k, transposed in [
@@ -328,16 +330,18 @@ def test_one_step_transposed_chunks_leave_the_momentum_step_to_the_client():
         chunk = build_chunk([(0.1, 0.5)] * k, circuit=circuit, transposed=transposed, **kw)
         c = chunk.compiled.circuit
         names[(circuit, k, transposed)] = (
-            {n[0] for n in c.inputs if n[0] in "vw"},
-            {n[0] for n in c.outputs},
+            {n.split("[")[0] for n in c.inputs if n[0] in "vw"},
+            {n.split("[")[0] for n in c.outputs},
         )
         assert chunk.client_momentum == (k == 1 and transposed)
         assert state_io(transposed, k) == tuple(
             tuple(sorted(s)) for s in names[(circuit, k, transposed)]
         )
-    assert names[("pipelined", 1, True)] == ({"v"}, {"w"})
+    assert names[("pipelined", 1, True)] == ({"v"}, {"dw"})
     assert names[("baseline", 2, True)] == names[("pipelined", 1, False)] == ({"v", "w"},) * 2
     with pytest.raises(ValueError, match="one-step program"):
         nag_program([(0.1, 0.5)] * 2, client_momentum=True)
     w, w_prev = np.array([1.0, 2.0]), np.array([0.0, 4.0])
     np.testing.assert_allclose(momentum_step(w, w_prev, (0.1, 0.25)), [0.75, 2.5])
+    np.testing.assert_allclose(weights_step(w, w_prev, (0.1, 0.25)), [1.0, 6.0])
+    np.testing.assert_allclose(weights_step(w, w_prev, (0.1, 0.25, 0.5)), [0.5, 5.0])
