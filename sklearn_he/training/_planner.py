@@ -436,16 +436,64 @@ def plan_training(
             one = again(batch_size=batch_size, params=params, costs=costs)
             params, batch_size = one.params, one.batch_size
         assert params is not None  # every plan has parameters
-        return again(
-            batch_size=batch_size, params=params, costs=machine_costs(params), n_jobs=n_jobs
-        )
-    if batch_size == "auto" and n_jobs > 1:
-        # The minibatch size changes the model; the worker count must not. Fix
-        # it as for one worker, then choose shape, fusion and k for n_jobs.
-        batch_size = again(batch_size=batch_size, params=params, costs=costs).batch_size
-        args = (*args[:4], batch_size, *args[5:])
+        mine = machine_costs(params)
+        split = again(batch_size=batch_size, params=params, costs=mine, n_jobs=n_jobs)
+        kept = again(batch_size=batch_size, params=params, costs=mine)
+        return _prefer_unsplit(split, kept, coeffs, mine, n_jobs, epochs)
+    if n_jobs > 1:
+        if batch_size == "auto":
+            # The minibatch size changes the model; the worker count must not. Fix
+            # it as for one worker, then choose shape, fusion and k for n_jobs.
+            batch_size = again(batch_size=batch_size, params=params, costs=costs).batch_size
+            args = (*args[:4], batch_size, *args[5:])
+        split = _plan_nominal(*args) if costs is None else _plan_costed(args, costs)
+        kept = again(batch_size=batch_size, params=params, costs=costs)
+        return _prefer_unsplit(split, kept, coeffs, costs, n_jobs, epochs)
     # The same question under the same costs always has the same answer (cached).
     return _plan_nominal(*args) if costs is None else _plan_costed(args, costs)
+
+
+#: A plan chosen for ``n_jobs`` workers replaces the one-worker plan only when
+#: its estimate with those workers is at least this much faster. A split's
+#: estimate carries the scheduler's error on top of the op costs', and when a
+#: fit's evaluator finds the workers slower than it predicted it runs the
+#: chunk in-process, where a shape chosen to split is slower than the
+#: one-worker plan (MNIST: 128x64 tiles 0.66-0.71 s per chunk against
+#: 0.40-0.51 s for 64x128; on two workers they ran alike, 0.41-0.42 s and
+#: 0.36-0.42 s, where the estimates differed by 2%).
+MIN_SPLIT_GAIN = 1.10
+
+
+def _prefer_unsplit(
+    split: Plan,
+    kept: Plan,
+    coeffs: Sequence[float],
+    costs: CostModel | None,
+    n_jobs: int,
+    epochs: int,
+) -> Plan:
+    """``split`` unless the one-worker plan ``kept`` is within :data:`MIN_SPLIT_GAIN` of it."""
+    if _same_circuit(split, kept):
+        return split
+    t_kept = estimate_plan_seconds_per_sample(kept, coeffs, costs, n_jobs=n_jobs, epochs=epochs)
+    if split.estimated_seconds_per_sample * MIN_SPLIT_GAIN <= t_kept:
+        return split
+    # One object per answer, like the cached plans (a refit asks again).
+    key = (kept, t_kept)
+    if key not in _KEPT:
+        if len(_KEPT) >= 64:
+            _KEPT.clear()
+        _KEPT[key] = dataclasses.replace(kept, estimated_seconds_per_sample=t_kept)
+    return _KEPT[key]
+
+
+_KEPT: dict[tuple[Plan, float], Plan] = {}
+
+
+def _same_circuit(a: Plan, b: Plan) -> bool:
+    return dataclasses.replace(a, estimated_seconds_per_sample=0.0) == dataclasses.replace(
+        b, estimated_seconds_per_sample=0.0
+    )
 
 
 @functools.lru_cache(maxsize=64)

@@ -140,7 +140,7 @@ def test_machine_costs_choose_how_workers_split_the_circuit_not_the_model():
     """With n_jobs > 1 this machine's costs re-choose shape, fusion and k; ring, chain and
     batch size are the one-worker plan's (the worker count never changes the model)."""
     coeffs = sigmoid_poly(5)
-    machine = skewed_costs("mul_scalar", 3.0)  # a machine whose scalar products are dear
+    machine = skewed_costs("add_plain", 3.0)  # a machine whose plaintext additions are dear
     asked = []
 
     def machine_costs(params):
@@ -200,7 +200,7 @@ def test_plans_under_measured_costs_are_cached_by_their_values():
     same = CostModel(CostModel.nominal().fits)  # a new object with the nominal values
     first = plan_training(1587, 197, costs=same, **fixed, **kw)
     assert plan_training(1587, 197, costs=CostModel(same.fits), **fixed, **kw) is first
-    dear = plan_training(1587, 197, costs=skewed_costs("mul_scalar", 3.0), **fixed, **kw)
+    dear = plan_training(1587, 197, costs=skewed_costs("add_plain", 3.0), **fixed, **kw)
     assert dear.shape != first.shape
 
 
@@ -219,3 +219,29 @@ def test_transposed_true_is_refused_where_every_chunk_has_gram_blocks():
             minibatches_per_circuit=2,
             transposed=True,
         )
+
+
+def test_workers_keep_the_one_worker_plan_unless_a_split_is_clearly_faster(monkeypatch):
+    """A shape chosen to split must beat the one-worker plan by MIN_SPLIT_GAIN with workers.
+
+    Nominal costs for MNIST: 128x64 transposed tiles split in two and are estimated a
+    little faster on 2 workers than the one-worker plan's 64x128, not 10% faster; in
+    process (where a fit falls back when workers disappoint) they are much slower.
+    """
+    from sklearn_he.training import _planner
+
+    kw = {"circuit": "pipelined", "coeffs": sigmoid_poly(5), "epochs": 5}
+    one = plan_training(1587, 197, **kw)
+    two = plan_training(1587, 197, n_jobs=2, **kw)
+    assert (two.shape, two.transposed, two.k) == (one.shape, one.transposed, one.k)
+    monkeypatch.setattr(_planner, "MIN_SPLIT_GAIN", 1.0)
+    split = plan_training(1587, 197, n_jobs=2, **kw)
+    assert split.shape != one.shape
+    assert split.estimated_seconds_per_sample < two.estimated_seconds_per_sample
+    assert split.estimated_seconds_per_sample * 1.1 > two.estimated_seconds_per_sample
+    from sklearn_he.training import estimate_plan_seconds_per_sample
+
+    in_process = [
+        estimate_plan_seconds_per_sample(p, kw["coeffs"], epochs=5) for p in (one, split)
+    ]
+    assert in_process[1] > 1.15 * in_process[0]  # in process the split shape is slower
