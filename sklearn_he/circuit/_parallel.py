@@ -61,15 +61,18 @@ Measured (``benchmarks/parallel.py --costs measured``, 2-core VM,
 2026-12-02; ``benchmarks/results/parallel.json``), on the MNIST chunk a
 fit runs (N=16384, 8 primes, k=1, 128-row minibatch, 64x128 tiles holding
 ``Z^T``: see :func:`~sklearn_he.training.build_chunk`'s ``transposed``),
-``n_jobs=2`` against in-process, T1 and T2 runs interleaved: 0.44 s ->
-0.30 s, 1.43-1.47x (predicted 1.54x). Its one margin ciphertext, the
-sigmoid and the four gradient blocks form a critical path of 0.40 s of
-0.96 s of work (nominal costs); the margin products and the gradient
-blocks split over the two tasks, which exchange 16 values. The 128x64
-tiles, whose two margin tiles split the chunk into two equal halves (each
-half's critical path 0.42 s of 1.35 s of work), ran 1.78-1.84x faster on
-2 workers but from 0.57-0.64 s in-process, so no faster on two workers
-(0.32-0.35 s) and 30% slower on one.
+``n_jobs=2`` against in-process, T1 and T2 runs interleaved: 0.34 s ->
+0.27-0.29 s, 1.16-1.26x (predicted 1.26x). Its one margin ciphertext (one
+``DOT`` of the four margin products), its rotation sum and the sigmoid
+form a critical path of 0.41 s of 0.75 s of work (nominal costs): Amdahl
+allows at most 1.86x on two cores, before transfers; only the four
+gradient blocks split over the two tasks. Before product fusion the four
+margin products also split, and the chunk ran 0.44 s -> 0.30 s (1.43-1.47x):
+fusion took 0.09 s off the in-process run and less off the parallel one.
+The 128x64 tiles, whose two margin tiles split the chunk into two equal
+halves, ran 1.57-1.75x faster on 2 workers but from 0.48-0.71 s in
+process, so no faster on two workers (0.29-0.42 s, alike within each run)
+and 40% slower on one.
 
 Before the transposed tiles, the same chunk on ``Z`` tiles was bounded by
 its one margin ciphertext: rotation sum, sigmoid and the broadcast back

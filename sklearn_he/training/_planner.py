@@ -381,9 +381,11 @@ def plan_training(
     know: on the development VM, with row-oriented tiles, it ranked MNIST's
     64x128 tiles 4% ahead of 128x64 for 2 workers, the measured costs put
     128x64 ahead, and 128x64 ran 4-16% faster in five comparisons
-    (``benchmarks/parallel.py``). (With transposed tiles and the client's
-    momentum step both cost models pick 64x128 ``Z^T`` for MNIST, 1 or 2
-    workers.)
+    (``benchmarks/parallel.py``). A shape chosen for ``n_jobs`` replaces the
+    one-worker plan's only when it is estimated :data:`MIN_SPLIT_GAIN`
+    faster with those workers (MNIST keeps 64x128 ``Z^T`` for 1 or 2
+    workers: 128x64 is estimated 2% faster on two, ran alike there and is
+    40% slower in process, where a fit falls back when workers disappoint).
     None of these choices changes the model beyond rounding.
 
     ``transposed``: whether minibatch tiles hold ``Z^T`` (see
