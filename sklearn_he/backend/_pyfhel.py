@@ -783,14 +783,16 @@ class CKKSContext:
         the key switch ~18 ms. All factors must sit at one level and scale
         (the products are added as they are).
         """
-        acc: Ciphertext | None = None
-        for a, b in pairs:
-            p = self.multiply(a, b, relinearize=False, rescale=False)
-            acc = p if acc is None else self.add(acc, p)
-        if acc is None:
+        items = list(pairs)
+        if not items:
             raise ValueError("dot needs at least one pair of ciphertexts")
         if rescale:
-            self._require_level(acc, "multiply")
+            self._require_level(self._check(items[0][0], "first operand"), "multiply")
+        acc: Ciphertext | None = None
+        for a, b in items:
+            p = self.multiply(a, b, relinearize=False, rescale=False)
+            acc = p if acc is None else self.add(acc, p)
+        assert acc is not None
         acc = self.relinearize(acc)
         return self.rescale(acc) if rescale else acc
 

@@ -119,7 +119,7 @@ def test_dot_sums_products_with_one_relinearisation(ctx, xy):
     with pytest.raises(ValueError, match="at least one pair"):
         ctx.dot([])
     bottom = ctx.mod_switch_to(a, 0)
-    with pytest.raises(DepthExhaustedError):
+    with pytest.raises(DepthExhaustedError, match="cannot multiply: the ciphertext is at level 0"):
         ctx.dot([(bottom, bottom)])
 
 
