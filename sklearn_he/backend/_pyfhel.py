@@ -214,7 +214,6 @@ class CKKSContext:
         for lvl in range(1, params.max_level + 1):
             scales.append(math.sqrt(scales[-1] * self._primes[lvl]))
         self._level_scales = scales
-        self._switch_ones: dict[tuple[int, int], Any] = {}
         self._plaintexts: OrderedDict[tuple[Any, int, float], Any] = OrderedDict()
         self._plaintext_bytes = 0
 
@@ -590,13 +589,16 @@ class CKKSContext:
             self._plaintexts.move_to_end(key)
             return pt
         pt = self._encode(values, level, scale)
-        size = 8 * self.params.poly_modulus_degree * (level + 1)
-        if size <= PLAINTEXT_CACHE_BYTES:
+
+        def nbytes(lvl: int) -> int:  # one 64-bit word per coefficient and prime
+            return 8 * self.params.poly_modulus_degree * (lvl + 1)
+
+        if nbytes(level) <= PLAINTEXT_CACHE_BYTES:
             self._plaintexts[key] = pt
-            self._plaintext_bytes += size
+            self._plaintext_bytes += nbytes(level)
             while self._plaintext_bytes > PLAINTEXT_CACHE_BYTES:
                 (_, lvl, _), _ = self._plaintexts.popitem(last=False)
-                self._plaintext_bytes -= 8 * self.params.poly_modulus_degree * (lvl + 1)
+                self._plaintext_bytes -= nbytes(lvl)
         return pt
 
     def _encode(self, values: np.ndarray | float, level: int, scale: float) -> Any:
@@ -641,20 +643,15 @@ class CKKSContext:
         # (dropping alone would keep a scale that no longer matches the level).
         # One product and one rescale, on the short chain: ~1 ms at N=16384
         # where a product and a rescale per dropped prime took ~7 ms for four.
-        # The encoded one is cached per (level, target): encoding costs more
-        # than the product.
+        # The encoded one is kept with the other public plaintexts: encoding
+        # costs more than the product.
         out = ct._ct
         if ct.level - level > 1:
             out = PyCtxt(copy_ctxt=ct._ct)
             for _ in range(ct.level - level - 1):
                 self._he.mod_switch_to_next_ctxt(out, in_new_ctxt=False)
-        key = (ct.level, level)
-        one = self._switch_ones.get(key)
-        if one is None:
-            scale = self._level_scales[level] * float(self._primes[level + 1])
-            one = self._switch_ones[key] = self._encode(
-                1.0, level + 1, scale / self._level_scales[ct.level]
-            )
+        scale = self._level_scales[level] * float(self._primes[level + 1])
+        one = self._encode_public(1.0, level + 1, scale / self._level_scales[ct.level])
         out = self._he.multiply_plain(out, one, in_new_ctxt=True)
         self._he.rescale_to_next(out)
         return self._wrap(out, level)

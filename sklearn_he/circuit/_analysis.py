@@ -127,13 +127,7 @@ class AnalysisEvaluator:
         def cost(n: Node, depth_in: int) -> float:
             if self.costs is None or self.params is None:
                 return 0.0
-            return self.costs.op_seconds(
-                n.op,
-                self.params.poly_modulus_degree,
-                top - depth_in,
-                drop=n.level_cost(),
-                pairs=n.pairs,
-            )
+            return self.costs.node_seconds(n, self.params.poly_modulus_degree, top - depth_in)
 
         def step(n: Node, args: list[tuple[int, float]]) -> tuple[int, float]:
             nonlocal work

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import CKKSParameters, KeySet
-from ._ir import Op
+from ._ir import Node, Op
 
 __all__ = ["CostModel", "cache_dir"]
 
@@ -165,6 +165,10 @@ class CostModel:
             ) from None
         p = level + 1
         return max(0.0, a + b * p + c * p * p)
+
+    def node_seconds(self, node: Node, n: int, level: int) -> float:
+        """:meth:`op_seconds` of ``node`` (its kind, levels dropped and products) at ``level``."""
+        return self.op_seconds(node.op, n, level, drop=node.level_cost(), pairs=node.pairs)
 
     @classmethod
     def nominal(cls) -> CostModel:

@@ -390,9 +390,7 @@ class _Planner:
         for n in self.nodes:
             if n.op is not Op.INPUT:
                 level_in = max_level - (compiled.depths[n.id] - n.level_cost())
-                self.cost[n.id] = costs.op_seconds(
-                    n.op, poly_modulus_degree, level_in, drop=n.level_cost(), pairs=n.pairs
-                )
+                self.cost[n.id] = costs.node_seconds(n, poly_modulus_degree, level_in)
         self.inputs = frozenset(circuit.inputs.values())
         #: Receiving a value the caller holds: pipe + load at the worker, or
         #: for a circuit input, the worker's copy of it (stored once).
