@@ -281,16 +281,14 @@ class TrainingClient:
                 out[f"{name}[{cb}]"] = self.encrypt_tile(blk)
         return out
 
-    def decrypt_state(
-        self, state: Mapping[str, Any], vectors: Sequence[str] = ("v", "w")
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """``(w, v)`` from the named state ciphertexts (a chunk's outputs).
+    def decrypt_state(self, state: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """``(w, v)`` from a full state's ciphertexts ``w[cb]`` and ``v[cb]``.
 
-        ``vectors``: the ones the chunk returned (:func:`chunk_state`); a
-        vector it did not return comes back as None.
+        For a chunk that returned only part of the state (``dw``, or ``v``
+        alone: :func:`chunk_state`), use :meth:`decrypt_vectors`.
         """
-        got = self.decrypt_vectors(state, vectors)
-        return got.get("w"), got.get("v")
+        got = self.decrypt_vectors(state, ("w", "v"))
+        return got["w"], got["v"]
 
     def decrypt_vectors(
         self, state: Mapping[str, Any], vectors: Sequence[str]
@@ -327,7 +325,6 @@ class TrainingClient:
         Returns ``(w, v, fresh_state)``.
         """
         w, v = self.decrypt_state(state)
-        assert w is not None and v is not None  # a full state was asked for
         self.check_state(w, v, step, coeffs)
         return w, v, self.encrypt_state(w, v)
 
