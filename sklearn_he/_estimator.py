@@ -414,7 +414,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         if classes.size < 2:
             raise ValueError(
                 f"EncryptedLogisticRegression needs samples of at least 2 classes; the data "
-                f"contains only one: {classes[0]!r}"
+                f"contains only one: {np.asarray(classes[0]).item()!r}"
             )
         return X, y, classes
 
