@@ -115,6 +115,7 @@ def read_table(
             raise ValueError(f"{p}: rows have different numbers of columns {sorted(widths)}")
         cells = np.array(rows, dtype=object)
     y = None
+    columns = list(range(cells.shape[1]))  # file column of each remaining column
     if labels is not None:
         yl, _ = read_table(labels, label_column=None)
         if yl.shape[1] != 1:
@@ -124,15 +125,31 @@ def read_table(
         col = _column_index(label_column, header, cells.shape[1], p)
         y = cells[:, col]
         cells = np.delete(cells, col, axis=1)
+        del columns[col]
     if y is not None:
         y = _parse_labels([str(v) for v in y]) if y.dtype == object else y
     try:
         X = np.asarray(cells, dtype=np.float64)
-    except ValueError as exc:
-        raise ValueError(
-            f"{p}: features must be numbers ({exc}); name the label column with --label-column"
-        ) from None
+    except ValueError:
+        raise ValueError(_not_a_number(cells, columns, header, p)) from None
     return X, y
+
+
+def _not_a_number(
+    cells: np.ndarray, columns: Sequence[int], header: list[str] | None, path: Path
+) -> str:
+    """Where the first feature cell that is not a number is, and what to do."""
+    for i, row in enumerate(cells):
+        for j, cell in enumerate(row):
+            if not _is_number(str(cell)):
+                col = columns[j]
+                name = f"column index {col}" + (f" ({header[col]!r})" if header else "")
+                return (
+                    f"{path}: features must be numbers; data row {i + 1}, {name} holds "
+                    f"{str(cell)!r}. Drop or encode that column (one-hot, say) before "
+                    "encrypting; if it is the label, name it with --label-column"
+                )
+    return f"{path}: features must be numbers"
 
 
 def _column_index(spec: str, header: list[str] | None, width: int, path: Path) -> int:

@@ -116,9 +116,12 @@ def test_read_table_csv_and_npy(tmp_path):
     np.save(npy, np.array([[1.0, 2.0, 1.0], [3.0, 4.0, 0.0]]))
     X, y = read_table(str(npy), label_column="2")
     assert X.shape == (2, 2) and y.tolist() == [1.0, 0.0]
-    csv.write_text("a,b,label\n1,x,0\n")
-    with pytest.raises(ValueError, match="features must be numbers"):
+    csv.write_text("a,b,label\n1,2,0\n1,x,0\n")
+    with pytest.raises(ValueError, match=r"data row 2, column index 1 \('b'\) holds 'x'"):
         read_table(str(csv), label_column="label")
+    csv.write_text("0,1,2\n1,1,x\n")  # no header; the label column comes first
+    with pytest.raises(ValueError, match=r"data row 2, column index 2 holds 'x'.*--label-column"):
+        read_table(str(csv), label_column="0")
     csv.write_text("a,b,label\n")
     with pytest.raises(ValueError, match="no rows"):
         read_table(str(csv), label_column="-1")
