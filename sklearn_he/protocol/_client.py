@@ -366,7 +366,8 @@ class Client:
             raise MissingKeyError(
                 f"the key set lacks rotation keys for steps {missing[:8]}"
                 f"{'...' if len(missing) > 8 else ''} that training {X.shape[0]} x {X.shape[1]} "
-                "data needs; run `sklearn-he keygen` for this data shape"
+                f"data needs (the keys were made for {config['n_samples']} x "
+                f"{config['n_features']}); run `sklearn-he keygen` for this data shape"
             )
         order = check_random_state(clf.random_state).permutation(X.shape[0])
         Z = np.where(y == classes[1], 1.0, -1.0)[:, None] * design

@@ -318,3 +318,17 @@ def test_encrypt_refuses_multiclass_and_existing_outputs(fresh_copy, cancer_smal
                "--states", fresh_copy / "st4") == 1  # fmt: skip
     assert "refusing to overwrite" in _error(capsys)
     assert _snapshot(client) == before
+
+
+def test_encrypt_of_another_data_shape_names_both_shapes(fresh_copy, cancer_small, capsys):
+    X, y = cancer_small
+    rows = np.r_[np.flatnonzero(y == 0)[:8], np.flatnonzero(y == 1)[:8]]
+    np.save(fresh_copy / "X.npy", X[rows, :5])  # 16 x 5: smaller tiles
+    np.save(fresh_copy / "y.npy", y[rows])
+    assert run("encrypt", "-q", INSECURE, "--keys", fresh_copy / "client" / "keys",
+               "--data", fresh_copy / "X.npy", "--labels", fresh_copy / "y.npy",
+               "--out", fresh_copy / "ds", "--states", fresh_copy / "st") == 1  # fmt: skip
+    err = _error(capsys)
+    assert "16 x 5 data needs (the keys were made for 64 x 30)" in err
+    assert "sklearn-he keygen" in err
+    assert not (fresh_copy / "ds").exists() and not (fresh_copy / "st").exists()
