@@ -507,13 +507,19 @@ class Client:
         """
         store = StateStore(states_dir)
         latest = store.latest()
+        record = self.record(self._peek_dataset(latest))
         if latest.fresh:
+            n_chunks = int(record["n_chunks"])
+            if latest.chunks_done >= n_chunks:
+                raise ProtocolError(
+                    f"nothing to refresh: training is complete ({n_chunks} of {n_chunks} "
+                    f"chunks done) and {latest.name} is already refreshed; decrypt the model "
+                    "(`sklearn-he decrypt`) or score rows with it (`sklearn-he score`)"
+                )
             raise ProtocolError(
                 f"nothing to refresh: the latest state {latest.name} is fresh; the server "
                 "trains next (`sklearn-he train`), then copy its state here"
             )
-        probe = self._peek_dataset(latest)
-        record = self.record(probe)
         meta, cts = read_state(latest, self.keys.context, dataset_id=record["dataset"])
         plan = plan_from_dict(record["plan"])
         client = TrainingClient(plan, keys=self.keys)

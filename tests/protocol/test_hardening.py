@@ -204,6 +204,17 @@ def test_steps_out_of_order_say_what_to_do(fresh_copy, capsys):
                "--states", fresh_copy / "server" / "states") == 0  # fmt: skip
     assert "nothing to train" in capsys.readouterr().out
     assert not (fresh_copy / "m.pkl").exists()
+    # The last chunk, refreshed for encrypted scoring: a second refresh says training is over.
+    _to_client(fresh_copy)
+    assert _refresh(fresh_copy) == 0
+    _to_server(fresh_copy)
+    assert _train(fresh_copy) == 0
+    _to_client(fresh_copy)
+    assert _refresh(fresh_copy) == 0
+    capsys.readouterr()
+    assert _refresh(fresh_copy) == 1
+    err = _error(capsys)
+    assert "training is complete (2 of 2 chunks done)" in err and "sklearn-he decrypt" in err
 
 
 # -------------------------------------------------------- kill and resume
