@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import json
 import pickle
 import sys
@@ -363,8 +364,6 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     if args.sklearn_out:
         _write_out(args.sklearn_out, pickle.dumps(export_sklearn(clf)), args.force)
     if args.weights_out:
-        import io
-
         buf = io.BytesIO()
         np.save(buf, shareable_weights(clf))
         _write_out(args.weights_out, buf.getvalue(), args.force)
@@ -410,18 +409,38 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_decrypt_scores(args: argparse.Namespace) -> int:
+    suffix = Path(args.out).suffix.lower() if args.out else ".csv"
+    if suffix not in (".csv", ".npy"):
+        raise ValueError(f"--out {args.out}: write scores to a .csv or a .npy file")
     client = _client(args)
     res = client.decrypt_scores(args.scores)
-    lines = ["decision,probability,label"] + [
-        f"{d:.6g},{p:.6g},{lab}"
-        for d, p, lab in zip(res["decision"], res["probability"], res["label"], strict=True)
-    ]
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        _write_out(args.out, text.encode(), args.force)
-        _out(args, f"{len(lines) - 1} scores written to {args.out}")
+    n = len(res["decision"])
+    if suffix == ".npy":
+        labels = np.asarray(res["label"])
+        if labels.dtype == object:  # np.save would need pickle for it
+            labels = labels.astype(str)
+        table = np.empty(
+            n, dtype=[("decision", "f8"), ("probability", "f8"), ("label", labels.dtype)]
+        )
+        table["decision"], table["probability"], table["label"] = (
+            res["decision"],
+            res["probability"],
+            labels,
+        )
+        buf = io.BytesIO()
+        np.save(buf, table, allow_pickle=False)
+        data = buf.getvalue()
     else:
-        sys.stdout.write(text)
+        lines = ["decision,probability,label"] + [
+            f"{d:.6g},{p:.6g},{lab}"
+            for d, p, lab in zip(res["decision"], res["probability"], res["label"], strict=True)
+        ]
+        data = ("\n".join(lines) + "\n").encode()
+    if args.out:
+        _write_out(args.out, data, args.force)
+        _out(args, f"{n} scores written to {args.out}")
+    else:
+        sys.stdout.write(data.decode())
     return 0
 
 
@@ -686,7 +705,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--keys", required=True, help="key directory")
     p.add_argument("--scores", required=True, help="encrypted scores (from score)")
-    p.add_argument("--out", help="CSV file (default: standard output)")
+    p.add_argument(
+        "--out",
+        help="CSV file, or .npy (a structured array: decision, probability, label); "
+        "default: CSV on standard output",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_decrypt_scores)
     return parser

@@ -153,6 +153,19 @@ def test_two_directories_match_in_process_fit(tmp_path, monkeypatch, capsys):
         labels = np.array([int(line.split(",")[2]) for line in lines[1:]])
         np.testing.assert_allclose(decision, expected, atol=1e-3 * np.abs(expected).max())
         np.testing.assert_array_equal(labels, model.predict(X[:20]))
+    # The same scores as a .npy table (no pickle needed to read it); other suffixes refused.
+    assert run("decrypt-scores", "-q", INSECURE, "--keys", "keys", "--scores", "enc.skhe",
+               "--out", "scores.npy") == 0  # fmt: skip
+    table = np.load(client / "scores.npy", allow_pickle=False)
+    assert table.dtype.names == ("decision", "probability", "label")
+    np.testing.assert_allclose(table["decision"], expected, atol=1e-3 * np.abs(expected).max())
+    np.testing.assert_allclose(table["probability"], model.predict_proba(X[:20])[:, 1], atol=1e-3)
+    np.testing.assert_array_equal(table["label"], model.predict(X[:20]))
+    capsys.readouterr()
+    assert run("decrypt-scores", "-q", INSECURE, "--keys", "keys", "--scores", "enc.skhe",
+               "--out", "scores.txt") == 1  # fmt: skip
+    assert ".csv or a .npy" in capsys.readouterr().err
+    assert not (client / "scores.txt").exists()
     print(f"protocol through the CLI: {protocol_seconds:.1f} s, {rounds} rounds")
 
 
