@@ -349,16 +349,30 @@ def _finished(state: Any) -> bool:
 
 
 def _write_out(path: str, data: bytes, force: bool, mode: int = 0o644) -> None:
+    if not force and Path(path).exists():
+        raise FileExistsError(f"{path} exists; pass --force to replace it")
     atomic_write(path, data, mode=mode, overwrite=force)
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
     from .protocol import export_sklearn, shareable_weights
 
+    outputs = {
+        "--out": args.out,
+        "--sklearn-out": args.sklearn_out,
+        "--weights-out": args.weights_out,
+        "--json-out": args.json_out,
+    }
+    if not any(outputs.values()):
+        raise ValueError("say what to write: --out, --sklearn-out, --weights-out or --json-out")
+    if args.weights_out and Path(args.weights_out).suffix.lower() != ".npy":
+        raise ValueError(f"--weights-out {args.weights_out}: name a .npy file")
+    # Refuse before writing anything, so that no output is left half done.
+    for flag, path in outputs.items():
+        if path and Path(path).exists() and not args.force:
+            raise FileExistsError(f"{flag} {path} exists; pass --force to replace it")
     client = _client(args)
     clf = client.decrypt(args.states)
-    if not (args.out or args.sklearn_out or args.weights_out or args.json_out):
-        raise ValueError("say what to write: --out, --sklearn-out, --weights-out or --json-out")
     if args.out:
         _write_out(args.out, pickle.dumps(clf), args.force)
     if args.sklearn_out:
@@ -412,6 +426,8 @@ def cmd_decrypt_scores(args: argparse.Namespace) -> int:
     suffix = Path(args.out).suffix.lower() if args.out else ".csv"
     if suffix not in (".csv", ".npy"):
         raise ValueError(f"--out {args.out}: write scores to a .csv or a .npy file")
+    if args.out and Path(args.out).exists() and not args.force:
+        raise FileExistsError(f"--out {args.out} exists; pass --force to replace it")
     client = _client(args)
     res = client.decrypt_scores(args.scores)
     n = len(res["decision"])

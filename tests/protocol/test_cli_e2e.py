@@ -82,6 +82,15 @@ def test_two_directories_match_in_process_fit(tmp_path, monkeypatch, capsys):
     outputs = ["--out", "model.pkl", "--sklearn-out", "lr.pkl", "--weights-out", "w.npy"]
     assert run("decrypt", "-q", INSECURE, "--keys", "keys", "--states", "states", *outputs) == 0
     protocol_seconds = time.perf_counter() - t0
+    # An existing output is refused before anything is written; a wrong suffix too.
+    capsys.readouterr()
+    assert run("decrypt", "-q", INSECURE, "--keys", "keys", "--states", "states",
+               "--json-out", "model.json", "--weights-out", "w.npy") == 1  # fmt: skip
+    assert "--weights-out w.npy exists; pass --force" in capsys.readouterr().err
+    assert not (client / "model.json").exists()
+    assert run("decrypt", "-q", INSECURE, "--keys", "keys", "--states", "states",
+               "--weights-out", "w.csv") == 1  # fmt: skip
+    assert "name a .npy file" in capsys.readouterr().err
     model = pickle.loads((client / "model.pkl").read_bytes())
     lr = pickle.loads((client / "lr.pkl").read_bytes())
 
