@@ -428,9 +428,14 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         equals ``X @ coef_ + intercept_`` for the coefficients of :meth:`_set_coef`.
         """
         if fit:
-            self._mean = X.mean(axis=0) if self.fit_intercept else np.zeros(X.shape[1])
-            std = X.std(axis=0)
-            self._std = np.where(std > 0, std, 1.0)
+            mean, var = X.mean(axis=0), X.var(axis=0)
+            self._mean = mean if self.fit_intercept else np.zeros(X.shape[1])
+            # A constant column's computed variance is rounding error (1e-32 for a
+            # column of 0.1s), not 0: dividing by its root would blow the column
+            # up into a second, huge bias. scikit-learn's StandardScaler bound.
+            n, eps = X.shape[0], np.finfo(np.float64).eps
+            constant = var <= n * eps * var + (n * mean * eps) ** 2
+            self._std = np.where(constant, 1.0, np.sqrt(var))
             Xs = (X - self._mean) / self._std
             norms = np.sqrt((Xs**2).sum(axis=1) + (1.0 if self.fit_intercept else 0.0))
             self._row_scale = float(max(np.median(norms), 1.0))

@@ -73,6 +73,23 @@ def cancer():
     return train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
 
 
+@pytest.mark.parametrize("value", [0.1, 123.456, 5.0])
+def test_constant_feature_is_inert(cancer, value):
+    """A constant column (whose float variance is rounding error, not 0) changes nothing."""
+    Xtr, Xte, ytr, _ = cancer
+    ref = plain().fit(Xtr, ytr)
+    Xc = np.insert(Xtr, 3, value, axis=1)
+    clf = plain().fit(Xc, ytr)
+    assert abs(clf.coef_[0, 3]) < 1e-9
+    np.testing.assert_allclose(np.delete(clf.coef_, 3, axis=1), ref.coef_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(clf.intercept_, ref.intercept_, rtol=1e-9)
+    # A test-time wobble in that column does not move the decisions.
+    wobble = np.insert(Xte, 3, value + 1e-6, axis=1)
+    np.testing.assert_allclose(
+        clf.decision_function(wobble), ref.decision_function(Xte), rtol=1e-6, atol=1e-9
+    )
+
+
 def test_accuracy_close_to_scikit_learn(cancer):
     Xtr, Xte, ytr, yte = cancer
     ref = make_pipeline(StandardScaler(), LogisticRegression()).fit(Xtr, ytr).score(Xte, yte)
