@@ -180,7 +180,11 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
     verbose : int, default=0
         Print progress (one line per circuit) when positive.
     warm_start : bool, default=False
-        Continue from the previous solution (same classes and features).
+        Continue from the previous solution (same classes, features and
+        ``fit_intercept``): the next fit starts from its weights and momentum
+        and keeps its standardisation (means, scales), so the new data should
+        come from the same distribution. A refused warm fit leaves the fitted
+        model as it was.
 
     Attributes
     ----------
@@ -308,10 +312,12 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         self : EncryptedLogisticRegression
         """
         t_start = time.perf_counter()
-        X, y, classes = self._check_fit_data(X, y)
         warm = self.warm_start and hasattr(self, "coef_")
-        if warm and not np.array_equal(classes, self.classes_):
-            raise ValueError("warm_start needs the same classes as the previous fit")
+        # A warm fit checks X against the fitted model (same features) instead
+        # of resetting it, so that a refused warm fit leaves the model usable.
+        X, y, classes = self._check_fit_data(X, y, reset=not warm)
+        if warm:
+            self._check_warm_start(classes, X.shape[1])
         self.classes_ = classes
 
         design = self._design(X, fit=not warm)
@@ -406,9 +412,32 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         return self
 
     # The steps of fit, also run one by one by sklearn_he.protocol (client side).
-    def _check_fit_data(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Validated ``X, y`` and the classes (at least two)."""
-        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
+    def _check_warm_start(self, classes: np.ndarray, n_features: int) -> None:
+        """Raise unless a warm fit can continue the fitted model."""
+        if not np.array_equal(classes, self.classes_):
+            raise ValueError(
+                f"warm_start continues the previous fit, whose classes were "
+                f"{self.classes_.tolist()}; this data has {classes.tolist()}. Fit the same "
+                "classes, or set warm_start=False to start afresh"
+            )
+        state = getattr(self, "_state", None)
+        state_size = len(state[0][0]) if state else n_features + int(self.fit_intercept)
+        if state_size != n_features + int(self.fit_intercept):
+            raise ValueError(
+                f"warm_start continues the previous fit, which had fit_intercept="
+                f"{state_size > n_features}; set fit_intercept back, or set warm_start=False "
+                "to start afresh"
+            )
+
+    def _check_fit_data(
+        self, X: Any, y: Any, *, reset: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validated ``X, y`` and the classes (at least two).
+
+        ``reset=False`` (a warm fit) checks ``X`` against ``n_features_in_``
+        and ``feature_names_in_`` instead of setting them.
+        """
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2, reset=reset)
         check_classification_targets(y)
         classes = np.unique(y)
         if classes.size < 2:

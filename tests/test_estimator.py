@@ -206,6 +206,21 @@ def test_warm_start_continues(cancer):
     np.testing.assert_allclose(once.coef_, twice.coef_, rtol=1e-9)
 
 
+def test_refused_warm_start_leaves_the_model_usable(cancer):
+    Xtr, Xte, ytr, _ = cancer
+    clf = plain(max_iter=1, warm_start=True).fit(Xtr, ytr)
+    before = clf.decision_function(Xte)
+    with pytest.raises(ValueError, match=r"classes were \[0, 1\]; this data has \[0, 1, 2\]"):
+        clf.fit(Xtr, np.arange(len(ytr)) % 3)
+    with pytest.raises(ValueError, match="X has 10 features, but .* expecting 30"):
+        clf.fit(Xtr[:, :10], ytr)
+    with pytest.raises(ValueError, match="had fit_intercept=True"):
+        clf.set_params(fit_intercept=False).fit(Xtr, ytr)
+    clf.set_params(fit_intercept=True)
+    assert clf.n_features_in_ == 30
+    np.testing.assert_array_equal(clf.decision_function(Xte), before)
+
+
 def test_divergence_is_reported_not_garbage(cancer):
     Xtr, _, ytr, _ = cancer
     with pytest.raises(TrainingDivergedError, match="Lower the learning rate"):
