@@ -364,7 +364,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 "the sigmoid polynomial is accurate; the model may be poor. Lower "
                 "learning_rate, use fewer epochs (max_iter), or sigmoid_degree=5",
                 SigmoidRangeWarning,
-                stacklevel=2,
+                stacklevel=3,  # the caller of fit (fit is wrapped by _fit_context)
             )
         p = plan.params
         # The ring and batch size were chosen with the nominal op costs (the

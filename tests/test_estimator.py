@@ -15,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_he import CKKSParameters, EncryptedLogisticRegression, KeySet
+from sklearn_he import CKKSParameters, EncryptedLogisticRegression, KeySet, SigmoidRangeWarning
 from sklearn_he.circuit import CostModel
 from sklearn_he.exceptions import SecretKeyPicklingError, SklearnHEError, TrainingDivergedError
 from sklearn_he.training import estimate_plan_seconds_per_sample
@@ -219,6 +219,19 @@ def test_refused_warm_start_leaves_the_model_usable(cancer):
     clf.set_params(fit_intercept=True)
     assert clf.n_features_in_ == 30
     np.testing.assert_array_equal(clf.decision_function(Xte), before)
+
+
+def test_sigmoid_range_warning_points_at_the_caller(cancer):
+    """Degree 3 turns back up outside [-8, 8]: margins out there warn, from the fit call."""
+    Xtr, _, ytr, _ = cancer
+    with pytest.warns(SigmoidRangeWarning, match=r"margins reached .* outside \[-8, 8\]") as rec:
+        clf = plain(sigmoid_degree=3, learning_rate=4.0).fit(Xtr, ytr)
+    assert clf.report_.margin_max > 8
+    assert {w.filename for w in rec if w.category is SigmoidRangeWarning} == {__file__}
+    # Degree 5 pushes such margins back: no warning, though they leave the interval too.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SigmoidRangeWarning)
+        assert plain(sigmoid_degree=5, learning_rate=4.0).fit(Xtr, ytr).report_.margin_max > 8
 
 
 def test_divergence_is_reported_not_garbage(cancer):
