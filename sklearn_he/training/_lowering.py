@@ -236,10 +236,15 @@ class Lowering:
         out = {name: self.feature(expr) for name, expr in program.outputs.items()}
         for x in program.nodes():
             if isinstance(x, Sig):
-                t = _batch_of(x.x)
-                key = ("s", x.x.uid, self._pref(x.x), 1.0)
-                if key in self._memo:
-                    self.margin_depths[t] = self.depth(self._memo[key])
+                # The margin as lowered: in its preferred orientation, or only
+                # in the other one (an unfused gradient reads g(u) as a column).
+                depths = [
+                    self.depth(self._memo[key])
+                    for o in (self._pref(x.x), *({"R", "C"} - {self._pref(x.x)}))
+                    if (key := ("s", x.x.uid, o, 1.0)) in self._memo
+                ]
+                if depths:
+                    self.margin_depths[_batch_of(x.x)] = min(depths)
         return out
 
 

@@ -144,8 +144,16 @@ def test_program_rewrite_is_exact_and_removes_the_weight_chain():
     assert sum(isinstance(x, Gram) for x in q.nodes()) == 4 * 3 // 2
 
 
-@pytest.mark.parametrize(("circuit", "per_mb"), [("baseline", 5.0), ("pipelined", 2.5)])
-def test_depth_per_minibatch_degree3(circuit, per_mb):
+@pytest.mark.parametrize(
+    ("circuit", "fuse", "per_mb", "depth"),
+    [
+        ("baseline", False, 5.0, 30),  # the paper's 5 levels per minibatch
+        ("baseline", True, 4.0, 24),  # fused sigmoid-gradient products
+        ("pipelined", False, 2.8, 19),
+        ("pipelined", True, 2.4, 18),  # six minibatches fit N=32768 at 128-bit security
+    ],
+)
+def test_depth_per_minibatch_degree3(circuit, fuse, per_mb, depth):
     steps = NAGSchedule(1.0).steps(0, 6, 64)
     chunk = build_chunk(
         steps,
@@ -154,13 +162,13 @@ def test_depth_per_minibatch_degree3(circuit, per_mb):
         shape=TileShape(64, 256),
         batch_size=64,
         n_features=197,
+        fuse=fuse,
     )
-    if circuit == "baseline":
-        assert chunk.depth_per_minibatch == per_mb
-        assert chunk.depth == 30
-    else:
-        assert chunk.depth_per_minibatch <= per_mb
-        assert chunk.depth <= 19  # six minibatches fit N=32768 at 128-bit security
+    # Every margin's depth is known, fused gradient or not (an unfused one
+    # reads the last margin in the other orientation only).
+    assert sorted(chunk.margin_depths) == list(range(6))
+    assert chunk.depth_per_minibatch == pytest.approx(per_mb)
+    assert chunk.depth == depth
     assert analyze(chunk.compiled).depth == chunk.depth
 
 
