@@ -82,75 +82,165 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _is_name(text: str) -> bool:
+    """A cell that can only be text: not a number, not empty (an empty cell is unknown)."""
+    return bool(text.strip()) and not _is_number(text)
+
+
+def _has_header(rows: Sequence[Sequence[str]]) -> bool:
+    """Whether the first CSV line is a header: the rule read_table documents."""
+    first, below = rows[0], rows[1:]
+    if not any(_is_name(c) for c in first):
+        return False
+    if not below:  # a lone line: a header only when every cell is a name
+        return all(_is_name(c) for c in first)
+    columns = [[r[j].strip() for r in below if j < len(r)] for j in range(len(first))]
+    for cell, column in zip(first, columns, strict=True):
+        filled = [c for c in column if c]
+        if _is_name(cell) and filled and all(_is_number(c) for c in filled):
+            return True  # a name above numbers
+    # Every name of line 1 sits in a column of text (string labels, say).
+    if not all(_is_name(c) for c in first):
+        return False
+    return all(cell.strip() not in column for cell, column in zip(first, columns, strict=True))
+
+
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    """An array from a ``.npy`` file, never unpickled; errors say what ``path`` should be."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError:  # pickled data, object arrays, not an array file at all
+        raise ValueError(
+            f"{path} is not a NumPy .npy array of numbers or strings (it holds pickled "
+            f"objects or is another kind of file); expected {what}"
+        ) from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        with contextlib.suppress(AttributeError):
+            arr.close()
+        raise ValueError(f"{path} is an .npz archive, not a .npy array; expected {what}")
+    return arr
+
+
+def _read_cells(p: Path, header: bool | None) -> tuple[np.ndarray, list[str] | None]:
+    """The cells of a CSV or ``.npy`` file as a 2-D array, and the header if there is one."""
+    if not p.is_file():
+        raise FileNotFoundError(f"data file {p} does not exist")
+    if p.suffix == ".npy":
+        arr = _load_npy(p, "a 2-D array of rows (or one column)")
+        if arr.ndim == 1:  # a single column (labels, say)
+            arr = arr.reshape(-1, 1)
+        if arr.ndim != 2:
+            raise ValueError(f"{p} holds an array of shape {arr.shape}; expected 2-D rows")
+        return arr, None
+    with p.open(newline="") as fh:
+        rows = [r for r in csv.reader(fh) if r]
+    if not rows:
+        raise ValueError(f"{p} is empty")
+    names = None
+    if _has_header(rows) if header is None else header:
+        names, rows = [c.strip() for c in rows[0]], rows[1:]
+        if not rows:
+            raise ValueError(f"{p} has a header line but no rows")
+    widths = {len(r) for r in rows}
+    if len(widths) != 1 or (names is not None and len(names) not in widths):
+        raise ValueError(f"{p}: rows have different numbers of columns {sorted(widths)}")
+    return np.array(rows, dtype=object), names
+
+
+def _labels(y: np.ndarray, path: Path, where: str) -> np.ndarray:
+    """Labels of text cells or an array; a missing label (empty, nan) is named by its row."""
+    if y.dtype.kind in "OU":
+        text = [str(v).strip() for v in y]
+        missing = [i for i, t in enumerate(text) if not t or t.lower() == "nan"]
+        y = None if missing else _parse_labels(text)
+    else:
+        missing = list(np.flatnonzero(np.isnan(y))) if y.dtype.kind == "f" else []
+    if missing:
+        raise ValueError(
+            f"{path}: data row {missing[0] + 1} has no label{where}; fill in the labels "
+            "or drop the rows without one"
+            + (f" ({len(missing)} rows have none)" if len(missing) > 1 else "")
+        )
+    return y
+
+
 def read_table(
-    path: str, *, label_column: str | None, labels: str | None = None
+    path: str,
+    *,
+    label_column: str | None,
+    labels: str | None = None,
+    header: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Features and labels from a CSV file (header optional) or a ``.npy`` array.
 
     ``label_column`` names the label column (an index, negative from the
     end, or a header name) or is None when ``path`` holds features only;
-    ``labels`` is a separate label file (CSV column or ``.npy``) instead.
+    ``labels`` is a separate label file (one CSV column or a ``.npy`` array
+    of numbers or strings) instead. Features must be finite numbers: an
+    empty, ``nan`` or infinite cell is refused with its row and column.
+
+    ``header`` says whether CSV files (``path`` and ``labels``) start with a
+    header line; None detects it. The first line is a header when some cell
+    of it is text (not a number, not empty) above a column of numbers, as
+    in ``a,b,label`` over numeric rows, or when every cell of it is text
+    that occurs nowhere in its column below (``label`` over ``yes``/``no``).
+    Otherwise it is data: a line whose text cells sit in columns of text
+    (string labels, as in ``1.5,2,yes``) and a line of numbers only. A file
+    whose header is all numbers needs ``header=True`` (``--header``).
     """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"data file {p} does not exist")
-    header: list[str] | None = None
-    if p.suffix == ".npy":
-        arr = np.load(p, allow_pickle=False)
-        if arr.ndim == 1:  # a single column (labels, say)
-            arr = arr.reshape(-1, 1)
-        if arr.ndim != 2:
-            raise ValueError(f"{p} holds an array of shape {arr.shape}; expected 2-D rows")
-        cells = arr
-    else:
-        with p.open(newline="") as fh:
-            rows = [r for r in csv.reader(fh) if r]
-        if not rows:
-            raise ValueError(f"{p} is empty")
-        if not all(_is_number(c) for c in rows[0]):
-            header, rows = [c.strip() for c in rows[0]], rows[1:]
-            if not rows:
-                raise ValueError(f"{p} has a header line but no rows")
-        widths = {len(r) for r in rows}
-        if len(widths) != 1:
-            raise ValueError(f"{p}: rows have different numbers of columns {sorted(widths)}")
-        cells = np.array(rows, dtype=object)
+    cells, names = _read_cells(p, header)
     y = None
     columns = list(range(cells.shape[1]))  # file column of each remaining column
     if labels is not None:
-        yl, _ = read_table(labels, label_column=None)
+        lp = Path(labels)
+        yl, _ = _read_cells(lp, header)
         if yl.shape[1] != 1:
-            raise ValueError(f"label file {labels} must hold one column; it has {yl.shape[1]}")
-        y = yl[:, 0]
+            raise ValueError(f"label file {lp} must hold one column; it has {yl.shape[1]}")
+        if yl.shape[0] != cells.shape[0]:
+            raise ValueError(
+                f"label file {lp} holds {yl.shape[0]} labels for {cells.shape[0]} rows of {p}; "
+                "give one label per row (--header/--no-header if a first line was misread)"
+            )
+        y = _labels(yl[:, 0], lp, "")
     elif label_column is not None:
-        col = _column_index(label_column, header, cells.shape[1], p)
-        y = cells[:, col]
+        col = _column_index(label_column, names, cells.shape[1], p)
+        name = f" ({names[col]!r})" if names else ""
+        y = _labels(cells[:, col], p, f" (column index {col}{name})")
         cells = np.delete(cells, col, axis=1)
         del columns[col]
-    if y is not None:
-        y = _parse_labels([str(v) for v in y]) if y.dtype == object else y
     try:
         X = np.asarray(cells, dtype=np.float64)
     except ValueError:
-        raise ValueError(_not_a_number(cells, columns, header, p)) from None
+        raise ValueError(_not_a_number(cells, columns, names, p)) from None
+    if not np.isfinite(X).all():
+        raise ValueError(_not_a_number(cells, columns, names, p))
     return X, y
 
 
 def _not_a_number(
     cells: np.ndarray, columns: Sequence[int], header: list[str] | None, path: Path
 ) -> str:
-    """Where the first feature cell that is not a number is, and what to do."""
+    """Where the first feature cell that is not a finite number is, and what to do."""
     for i, row in enumerate(cells):
         for j, cell in enumerate(row):
-            if not _is_number(str(cell)):
-                col = columns[j]
-                name = f"column index {col}" + (f" ({header[col]!r})" if header else "")
-                return (
-                    f"{path}: features must be numbers; data row {i + 1}, {name} holds "
-                    f"{str(cell)!r}. Drop or encode that column (one-hot, say) before "
-                    "encrypting; if it is the label, name it with --label-column"
-                )
-    return f"{path}: features must be numbers"
+            text = str(cell).strip()
+            number = _is_number(text)
+            if number and np.isfinite(float(text)):
+                continue
+            col = columns[j]
+            name = f"column index {col}" + (f" ({header[col]!r})" if header else "")
+            where = f"{path}: features must be finite numbers; data row {i + 1}, {name}"
+            if not text:
+                return f"{where} is empty (a missing value). Fill in or drop missing values"
+            if number:
+                return f"{where} holds {text!r} (missing or infinite). Fill in or drop it"
+            return (
+                f"{path}: features must be numbers; data row {i + 1}, {name} holds "
+                f"{text!r}. Drop or encode that column (one-hot, say) before "
+                "encrypting; if it is the label, name it with --label-column"
+            )
+    return f"{path}: features must be finite numbers"
 
 
 def _column_index(spec: str, header: list[str] | None, width: int, path: Path) -> int:
@@ -238,7 +328,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     from .protocol import keygen
 
     if args.data is not None:
-        X, _ = read_table(args.data, label_column=args.label_column, labels=args.labels)
+        X, _ = read_table(
+            args.data, label_column=args.label_column, labels=args.labels, header=args.header
+        )
         n, d = X.shape
     elif args.shape is not None:
         n, d = args.shape
@@ -275,7 +367,9 @@ def _client(args: argparse.Namespace) -> Any:
 
 def cmd_encrypt(args: argparse.Namespace) -> int:
     client = _client(args)
-    X, y = read_table(args.data, label_column=args.label_column, labels=args.labels)
+    X, y = read_table(
+        args.data, label_column=args.label_column, labels=args.labels, header=args.header
+    )
     if y is None:
         raise ValueError("encrypt needs labels: --label-column or --labels")
     ds = client.encrypt(X, y, args.out, args.states)
@@ -400,7 +494,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
 def cmd_encrypt_rows(args: argparse.Namespace) -> int:
     client = _client(args)
-    X, _ = read_table(args.data, label_column=args.label_column)
+    X, _ = read_table(args.data, label_column=args.label_column, header=args.header)
     path = client.encrypt_rows(X, args.out, dataset_id=args.dataset_id)
     _out(args, f"encrypted {X.shape[0]} rows into {path}; send it to the server")
     return 0
@@ -596,15 +690,31 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _data_args(p: argparse.ArgumentParser, *, label_default: str | None) -> None:
-    p.add_argument("--data", help="CSV (header optional) or .npy file of rows")
+def _data_args(
+    p: argparse.ArgumentParser, *, label_default: str | None, labels: bool = True
+) -> None:
+    p.add_argument(
+        "--data",
+        help="CSV or .npy file of rows. A CSV's first line is taken as a header when a cell "
+        "of it is text above a column of numbers (or every cell is text that occurs nowhere "
+        "below); a line of numbers, or one whose text sits in columns of text (string "
+        "labels), is data. --header/--no-header decide instead",
+    )
     p.add_argument(
         "--label-column",
         default=label_default,
         help="label column: index (negative from the end) or header name"
         + (f" (default {label_default})" if label_default is not None else ""),
     )
-    p.add_argument("--labels", help="labels in a separate CSV/.npy file instead")
+    if labels:
+        p.add_argument("--labels", help="labels in a separate CSV/.npy file instead")
+    p.add_argument(
+        "--header",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the CSV files do (--header) or do not (--no-header) start with a header line "
+        "(default: detect, as --data says)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -703,7 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encrypt-rows", help="client: encrypt rows to be scored by the server")
     _common(p)
     p.add_argument("--keys", required=True, help="key directory")
-    _data_args(p, label_default=None)
+    _data_args(p, label_default=None, labels=False)
     p.add_argument("--out", required=True, help="encrypted rows file to create")
     p.add_argument("--dataset-id", help="which trained data set's preprocessing to use")
     p.set_defaults(func=cmd_encrypt_rows)

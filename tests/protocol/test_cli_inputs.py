@@ -1,0 +1,182 @@
+"""The command line's handling of its inputs: CSV headers, label files, missing values,
+output paths, plaintext weights, ``inspect`` of unknown paths, and argument mistakes.
+
+Every refused input gives one line that says what to do, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sklearn_he.cli import read_table
+
+from .conftest import INSECURE, run
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def _usage_error(capsys, *argv) -> str:
+    """A command-line mistake: argparse's usage message and exit status 2."""
+    with pytest.raises(SystemExit) as info:
+        run(*argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "usage:" in err
+    return err
+
+
+# ------------------------------------------------------------------ headers
+def test_header_less_csv_with_string_labels_keeps_its_first_row(tmp_path):
+    csv = tmp_path / "d.csv"
+    csv.write_text("1,2,yes\n3,4.5,no\n5,6,yes\n")
+    X, y = read_table(str(csv), label_column="-1")
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4.5], [5, 6]])
+    assert y.tolist() == ["yes", "no", "yes"]
+    # A data value is not a column name.
+    with pytest.raises(ValueError, match="no column named 'yes' .the file has no header"):
+        read_table(str(csv), label_column="yes")
+    # Labels first, and a label column of text in every row.
+    csv.write_text("b,0.5,1\na,2,3\nb,4,5\n")
+    X, y = read_table(str(csv), label_column="0")
+    assert X.shape == (3, 2) and y.tolist() == ["b", "a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("text", "header"),
+    [
+        ("a,b,label\n1,2,0\n3,4,1\n", ["a", "b", "label"]),
+        ("a,b,label\n1,2,yes\n3,4,no\n", ["a", "b", "label"]),
+        ("0,1,label\n1,2,0\n3,4,1\n", ["0", "1", "label"]),  # DataFrame(X) column names
+        (",a,label\n0,2,0\n1,4,1\n", ["", "a", "label"]),  # pandas index column
+        ("label\nyes\nno\n", ["label"]),  # a label file
+    ],
+)
+def test_header_lines_are_recognised(tmp_path, text, header):
+    csv = tmp_path / "d.csv"
+    csv.write_text(text)
+    X, y = read_table(str(csv), label_column=header[-1])
+    assert X.shape == (2, len(header) - 1) and len(y) == 2
+    # A missing value below does not hide the header; it is named.
+    csv.write_text("a,b,label\n1,,0\n3,4,1\n")
+    with pytest.raises(ValueError, match=r"data row 1, column index 1 \('b'\) is empty"):
+        read_table(str(csv), label_column="label")
+
+
+def test_header_flags_decide_an_ambiguous_first_line(tmp_path):
+    csv = tmp_path / "d.csv"
+    csv.write_text("7,8,9\n1,2,0\n3,4,1\n")  # numbers only: data unless told otherwise
+    assert read_table(str(csv), label_column="-1")[0].shape == (3, 2)
+    X, y = read_table(str(csv), label_column="9", header=True)
+    assert X.shape == (2, 2) and y.tolist() == [0, 1]
+    csv.write_text("a,b,label\n1,2,0\n")
+    with pytest.raises(ValueError, match=r"data row 1, column index 0 holds 'a'"):
+        read_table(str(csv), label_column="-1", header=False)
+
+
+def test_a_missing_value_in_the_first_row_is_not_a_header(tmp_path):
+    csv = tmp_path / "d.csv"
+    csv.write_text("1,,0\n3,4,1\n5,6,0\n")
+    with pytest.raises(ValueError, match=r"data row 1, column index 1 is empty"):
+        read_table(str(csv), label_column="-1")
+
+
+# ------------------------------------------------------------- label files
+@pytest.mark.parametrize("kind", ["csv", "csv-header", "npy"])
+def test_label_files_of_strings(tmp_path, kind):
+    np.save(tmp_path / "X.npy", np.arange(8.0).reshape(4, 2))
+    labels = ["yes", "no", "no", "yes"]
+    if kind == "npy":
+        path = tmp_path / "y.npy"
+        np.save(path, np.array(labels))
+    else:
+        path = tmp_path / "y.csv"
+        path.write_text(("label\n" if kind == "csv-header" else "") + "\n".join(labels) + "\n")
+    X, y = read_table(str(tmp_path / "X.npy"), label_column=None, labels=str(path))
+    assert X.shape == (4, 2) and y.tolist() == labels
+
+
+def test_label_files_of_numbers_and_their_length(tmp_path):
+    np.save(tmp_path / "X.npy", np.arange(8.0).reshape(4, 2))
+    path = tmp_path / "y.csv"
+    path.write_text("label\n0\n1\n1\n0\n")
+    assert read_table(str(tmp_path / "X.npy"), label_column=None, labels=str(path))[
+        1
+    ].tolist() == [
+        0,
+        1,
+        1,
+        0,
+    ]
+    path.write_text("0\n1\n1\n")
+    with pytest.raises(ValueError, match="3 labels for 4 rows"):
+        read_table(str(tmp_path / "X.npy"), label_column=None, labels=str(path))
+
+
+# ---------------------------------------------------------- missing values
+def test_a_missing_label_is_named_by_its_row(tmp_path):
+    csv = tmp_path / "d.csv"
+    csv.write_text("a,b,label\n1,2,0\n3,4,\n5,6,1\n")
+    with pytest.raises(ValueError, match=r"data row 2 has no label \(column index 2 \('label'\)"):
+        read_table(str(csv), label_column="label")
+    np.save(tmp_path / "X.npy", np.ones((2, 2)))
+    np.save(tmp_path / "y.npy", np.array([0.0, np.nan]))
+    with pytest.raises(ValueError, match=r"y.npy: data row 2 has no label"):
+        read_table(str(tmp_path / "X.npy"), label_column=None, labels=str(tmp_path / "y.npy"))
+
+
+@pytest.mark.parametrize(
+    ("cell", "what"), [("nan", "holds 'nan'"), ("", "is empty"), ("inf", "holds 'inf'")]
+)
+def test_a_missing_feature_is_named_by_row_and_column(tmp_path, cell, what):
+    csv = tmp_path / "d.csv"
+    csv.write_text(f"a,b,label\n1,2,0\n3,{cell},1\n")
+    with pytest.raises(ValueError, match=rf"data row 2, column index 1 \('b'\) {what}") as info:
+        read_table(str(csv), label_column="label")
+    assert "missing" in str(info.value) or "finite" in str(info.value)
+    assert "\n" not in str(info.value)
+    np.save(tmp_path / "X.npy", np.array([[1.0, 2.0], [np.nan, 1.0]]))
+    with pytest.raises(ValueError, match=r"data row 2, column index 0 holds 'nan'"):
+        read_table(str(tmp_path / "X.npy"), label_column=None)
+
+
+def test_csv_labels_through_the_command_line(fresh_copy, cancer_small, capsys):
+    """A header-less CSV with string labels encrypts all 64 rows; a label file of strings too."""
+    X, y = cancer_small
+    root = fresh_copy
+    names = np.where(y == 1, "benign", "malignant")
+    lines = [",".join(repr(float(v)) for v in x) + f",{t}" for x, t in zip(X, names, strict=True)]
+    (root / "x.csv").write_text("\n".join(lines) + "\n")
+    keys = root / "client" / "keys"
+    args = ["encrypt", "-q", INSECURE, "--keys", keys, "--data", root / "x.csv"]
+    assert run(*args, "--out", root / "ds1", "--states", root / "st1") == 0
+    assert run("inspect", root / "ds1") == 0
+    assert "samples x features: 64 x 30" in capsys.readouterr().out
+    np.save(root / "X.npy", X)
+    (root / "y.csv").write_text("\n".join(names) + "\n")
+    args = ["encrypt", "-q", INSECURE, "--keys", keys, "--data", root / "X.npy"]
+    assert (
+        run(*args, "--labels", root / "y.csv", "--out", root / "ds2", "--states", root / "st2")
+        == 0
+    )
+
+
+def test_pickle_is_not_needed_for_labels(tmp_path):
+    """An object array of labels is refused with a message, not NumPy's allow_pickle advice."""
+    np.save(tmp_path / "X.npy", np.ones((2, 2)))
+    with (tmp_path / "y.npy").open("wb") as fh:
+        np.save(fh, np.array(["a", None], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="y.npy is not a NumPy .npy array") as info:
+        read_table(str(tmp_path / "X.npy"), label_column=None, labels=str(tmp_path / "y.npy"))
+    assert "allow_pickle" not in str(info.value)
+
+
+def test_encrypt_rows_has_no_label_file(capsys):
+    err = _usage_error(capsys, "encrypt-rows", "--keys", "k", "--data", "x.csv", "--labels",
+                       "y.csv", "--out", "r.skhe")  # fmt: skip
+    assert "--labels" in err
