@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..backend import MAX_COEFF_MODULUS_BITS_128, CKKSParameters
 from ..circuit import MIN_PARALLEL_GAIN, CostModel, Op, plan_schedule, work_seconds
 from ..linalg import TileShape
@@ -329,6 +331,11 @@ def candidate_shapes(n_features: int, batch_size: int, slots: int) -> list[TileS
     return shapes or [choose_shape(n_features, slots)]
 
 
+def _n_batches(n_samples: int, batch_size: int) -> int:
+    """Minibatches per epoch (the last one zero-padded)."""
+    return max(1, -(-int(n_samples) // int(batch_size)))
+
+
 def plan_training(
     n_samples: int,
     n_features: int,
@@ -393,12 +400,17 @@ def plan_training(
     orientations for chunks without Gram blocks
     (:func:`~sklearn_he.training.can_transpose`), False keeps ``Z``.
     """
+    if isinstance(transposed, (bool, np.bool_)):
+        transposed = bool(transposed)  # np.True_ is not True
     if transposed not in (True, False, "auto"):
         raise ValueError(f"transposed must be True, False or 'auto'; got {transposed!r}")
     if transposed is True:
+        k = 1 if minibatches_per_circuit == "auto" else int(minibatches_per_circuit)
+        if batch_size != "auto":
+            k = min(k, _n_batches(n_samples, int(batch_size)))
         check_transposable(
             circuit,
-            1 if minibatches_per_circuit == "auto" else int(minibatches_per_circuit),
+            k,
             layout,
             hint=". Use transposed='auto' (or transpose_data='auto' on the estimator)",
         )
@@ -627,9 +639,10 @@ def _plan(
     for n_ring in rings:
         first: list[tuple[float, TileShape, int, bool]] = []
         fixed_k = minibatches_per_circuit != "auto"
-        k1 = int(minibatches_per_circuit) if fixed_k else 1
         ones = []
         for m in sizes:
+            # A fixed k beyond the minibatches there are is planned as run: all of them.
+            k1 = min(int(minibatches_per_circuit), _n_batches(n_samples, m)) if fixed_k else 1
             for tr in orientations(k1):
                 # Shapes for the matrix the tiles hold: Z (m x f) or Z^T (f x m).
                 rows, cols = batch_matrix(m, n_features, tr)
@@ -658,7 +671,7 @@ def _plan(
             if (shape, m, tr) not in explored and tr in orientations(2):
                 explored.append((shape, m, tr))
         for shape, m, tr in explored[:SHAPES_EXPLORED]:
-            n_batches = max(1, -(-n_samples // m))
+            n_batches = _n_batches(n_samples, m)
             for source, fuse in itertools.product(sources, fusions):
                 previous = float("inf")
                 for k in range(2, min(MAX_K, n_batches) + 1):

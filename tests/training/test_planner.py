@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from sklearn_he.backend import MAX_COEFF_MODULUS_BITS_128, CKKSParameters
@@ -74,6 +75,26 @@ def test_fixed_batch_size_and_k_are_kept():
         minibatches_per_circuit=1,
     )
     assert plan.batch_size == 40 and plan.k == 1 and plan.n_batches == 25
+
+
+def test_fixed_k_beyond_the_minibatches_is_planned_as_run():
+    """60 rows in one minibatch of 64: k=2 runs one step, and is planned (ring, depth) so."""
+    kw = {"circuit": "pipelined", "coeffs": sigmoid_poly(3), "batch_size": 64}
+    two = plan_training(60, 30, minibatches_per_circuit=2, **kw)
+    one = plan_training(60, 30, minibatches_per_circuit=1, **kw)
+    assert two.k == 1 and two.n_batches == 1
+    assert two.params == one.params and two.estimated_seconds_per_sample == pytest.approx(
+        one.estimated_seconds_per_sample
+    )
+    # Transposed tiles need one step per pipelined chunk: one there is.
+    assert plan_training(60, 30, minibatches_per_circuit=2, transposed=True, **kw).transposed
+
+
+def test_transposed_accepts_numpy_booleans():
+    kw = {"circuit": "pipelined", "coeffs": sigmoid_poly(3), "minibatches_per_circuit": 2}
+    with pytest.raises(ValueError, match="without Gram blocks"):
+        plan_training(1000, 30, transposed=np.True_, **kw)
+    assert not plan_training(1000, 30, transposed=np.False_, **kw).transposed
 
 
 def test_plan_estimate_needs_parameters():
