@@ -561,7 +561,7 @@ def _plan(
     else:
         sizes = [int(batch_size)]
     best: tuple[float, Plan] | None = None
-    reasons: list[str] = []
+    reasons: list[tuple[int, int, int, int]] = []
 
     # The pipelined circuit may fuse each gradient with the sigmoid polynomial
     # (one level less per step, more products): weigh both.
@@ -607,10 +607,7 @@ def _plan(
             else (MAX_COEFF_MODULUS_BITS_128[n_ring] - 120) // 40
         )
         if chunk.depth > budget:
-            reasons.append(
-                f"{k} minibatches per circuit need {chunk.depth} levels; "
-                f"N={n_ring} provides {budget}"
-            )
+            reasons.append((chunk.depth, k, n_ring, budget))
             return None
         chosen = params or CKKSParameters.for_depth(chunk.depth, min_poly_modulus_degree=n_ring)
         cost = _chunk_cost(chunk, chosen, source, costs, 1, epochs)
@@ -685,8 +682,30 @@ def _plan(
                         break  # past the k where refreshes stop paying
                     previous = cost
     if best is None:
-        raise ValueError(
-            f"no CKKS parameters fit the training circuit: {reasons[-1]}. Use fewer "
-            "minibatches per circuit, circuit='pipelined', or parameters with more levels"
-        )
+        raise ValueError(_no_fit_message(reasons, circuit, len(coeffs) - 1, params is not None))
     return best[1]
+
+
+def _no_fit_message(
+    reasons: Sequence[tuple[int, int, int, int]], circuit: str, degree: int, fixed: bool
+) -> str:
+    """Why no candidate fits, from the shallowest one, and only the fixes that apply."""
+    if not reasons:
+        return "no CKKS parameters fit the training circuit: no candidate plan was left"
+    depth, k, n_ring, budget = min(reasons, key=lambda r: (r[0], -r[3]))  # most levels
+    fixes = []
+    if k > 1:
+        fixes.append("fewer minibatches per circuit")
+    if circuit != "pipelined":
+        fixes.append("circuit='pipelined'")
+    if degree > 3:
+        fixes.append("sigmoid_degree=3 (one level less per step)")
+    if fixed or not fixes:
+        fixes.append(
+            f"parameters with at least {depth} levels (CKKSParameters.for_depth({depth}))"
+        )
+    return (
+        f"no CKKS parameters fit the training circuit: the shallowest candidate ({k} "
+        f"minibatch{'es' if k > 1 else ''} per circuit) needs {depth} levels; N={n_ring} "
+        f"provides {budget}. Use " + ", or ".join(fixes)
+    )

@@ -90,6 +90,27 @@ def test_fixed_k_beyond_the_minibatches_is_planned_as_run():
     assert plan_training(60, 30, minibatches_per_circuit=2, transposed=True, **kw).transposed
 
 
+@pytest.mark.parametrize(
+    ("kw", "needs", "fixes", "not_fixes"),
+    [
+        ({}, 5, ["sigmoid_degree=3", "for_depth(5)"], ["fewer minibatches", "pipelined"]),
+        ({"circuit": "baseline"}, 6, ["circuit='pipelined'", "for_depth(6)"], ["fewer"]),
+        ({"minibatches_per_circuit": 3}, 12, ["fewer minibatches", "for_depth(12)"], []),
+        ({"coeffs": sigmoid_poly(3)}, 4, ["for_depth(4)"], ["sigmoid_degree", "pipelined"]),
+    ],
+)
+def test_no_fit_names_the_shallowest_candidate_and_only_fixes_that_apply(
+    kw, needs, fixes, not_fixes
+):
+    kw = {"circuit": "pipelined", "coeffs": sigmoid_poly(5), **kw}
+    with pytest.raises(ValueError, match=rf"needs {needs} levels; N=8192 provides 2") as exc:
+        plan_training(455, 30, params=CKKSParameters.for_depth(2), **kw)
+    for fix in fixes:
+        assert fix in str(exc.value)
+    for fix in not_fixes:
+        assert fix not in str(exc.value)
+
+
 def test_transposed_accepts_numpy_booleans():
     kw = {"circuit": "pipelined", "coeffs": sigmoid_poly(3), "minibatches_per_circuit": 2}
     with pytest.raises(ValueError, match="without Gram blocks"):
