@@ -111,7 +111,7 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
         arr = np.load(path, allow_pickle=False)
     except ValueError:  # pickled data, object arrays, not an array file at all
         raise ValueError(
-            f"{path} is not a NumPy .npy array of numbers or strings (it holds pickled "
+            f"{path} is not a plain NumPy .npy array (it holds pickled "
             f"objects or is another kind of file); expected {what}"
         ) from None
     if not isinstance(arr, np.ndarray):  # an .npz archive
@@ -259,6 +259,23 @@ def _column_index(spec: str, header: list[str] | None, width: int, path: Path) -
 
 
 # ------------------------------------------------------------------- options
+class _UsageError(ValueError):
+    """A command-line mistake found after parsing: argparse's usage message, exit status 2."""
+
+
+def _n_jobs(text: str) -> int:
+    """``--n-jobs``: a worker count, or negative as joblib counts (-1: every CPU)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if n == 0:
+        raise argparse.ArgumentTypeError(
+            "0 workers: give N >= 1, or -1 for every CPU (-2 all but one, as joblib counts)"
+        )
+    return n
+
+
 _TRAINING_OPTIONS = {
     # flag: (estimator parameter, type, help)
     "epochs": ("max_iter", int, "passes over the data (default 5)"),
@@ -299,14 +316,14 @@ def _training_options(args: argparse.Namespace) -> dict[str, Any]:
 def _ckks_params(args: argparse.Namespace) -> CKKSParameters | None:
     if args.poly_modulus_degree is None:
         if args.coeff_modulus_bits is not None:
-            raise ValueError("--coeff-modulus-bits needs --poly-modulus-degree")
+            raise _UsageError("--coeff-modulus-bits needs --poly-modulus-degree")
         return None
     if args.coeff_modulus_bits is None:
-        raise ValueError("--poly-modulus-degree needs --coeff-modulus-bits (e.g. 60,40,40,60)")
+        raise _UsageError("--poly-modulus-degree needs --coeff-modulus-bits (e.g. 60,40,40,60)")
     try:
         bits = tuple(int(b) for b in args.coeff_modulus_bits.split(","))
     except ValueError:
-        raise ValueError(
+        raise _UsageError(
             "--coeff-modulus-bits must be comma-separated integers; got "
             f"{args.coeff_modulus_bits!r}"
         ) from None
@@ -327,6 +344,8 @@ def _out(args: argparse.Namespace, text: str) -> None:
 def cmd_keygen(args: argparse.Namespace) -> int:
     from .protocol import keygen
 
+    if args.data is not None and args.shape is not None:
+        raise _UsageError("give the data (--data FILE) or its shape (--shape), not both")
     if args.data is not None:
         X, _ = read_table(
             args.data, label_column=args.label_column, labels=args.labels, header=args.header
@@ -335,7 +354,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     elif args.shape is not None:
         n, d = args.shape
     else:
-        raise ValueError("give the data (--data FILE) or its shape (--shape N_SAMPLES N_FEATURES)")
+        raise _UsageError(
+            "give the data (--data FILE) or its shape (--shape N_SAMPLES N_FEATURES)"
+        )
     keys = keygen(
         args.out,
         n,
@@ -458,7 +479,15 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         "--json-out": args.json_out,
     }
     if not any(outputs.values()):
-        raise ValueError("say what to write: --out, --sklearn-out, --weights-out or --json-out")
+        raise _UsageError("say what to write: --out, --sklearn-out, --weights-out or --json-out")
+    named: dict[Path, str] = {}
+    for flag, path in outputs.items():
+        if path:
+            seen = named.setdefault(Path(path).resolve(), flag)
+            if seen != flag:
+                raise _UsageError(
+                    f"{seen} and {flag} both name {path}; give each output its own file"
+                )
     if args.weights_out and Path(args.weights_out).suffix.lower() != ".npy":
         raise ValueError(f"--weights-out {args.weights_out}: name a .npy file")
     # Refuse before writing anything, so that no output is left half done.
@@ -504,16 +533,30 @@ def cmd_score(args: argparse.Namespace) -> int:
     from .protocol import load_public_keys, score
 
     if (args.state is None) == (args.weights is None):
-        raise ValueError("give exactly one of --state (encrypted weights) and --weights (.npy)")
+        raise _UsageError("give exactly one of --state (encrypted weights) and --weights (.npy)")
+    weights = None if args.weights is None else _plain_weights(Path(args.weights))
     keys = load_public_keys(
         args.public_bundle, allow_insecure_for_testing=args.allow_insecure_for_testing
     )
-    weights = None
-    if args.weights is not None:
-        weights = np.load(args.weights, allow_pickle=False)
     path = score(keys, args.rows, args.out, state_path=args.state, weights=weights)
     _out(args, f"scored into {path}; send it to the client")
     return 0
+
+
+def _plain_weights(path: Path) -> np.ndarray:
+    """``score --weights``: the array ``decrypt --weights-out`` wrote, loaded without pickle."""
+    what = "the .npy file `sklearn-he decrypt --weights-out` writes"
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights {path} does not exist; give {what}")
+    try:
+        weights = _load_npy(path, what)
+    except ValueError as exc:
+        raise ValueError(f"--weights {exc}") from None
+    if weights.dtype.kind not in "fiu":
+        raise ValueError(
+            f"--weights {path} holds {weights.dtype} values, not numbers; give {what}"
+        )
+    return weights
 
 
 def cmd_decrypt_scores(args: argparse.Namespace) -> int:
@@ -764,7 +807,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-bundle", required=True, help="public bundle file (or its directory)")
     p.add_argument("--dataset", required=True, help="encrypted data-set directory")
     p.add_argument("--states", required=True, help="model-state directory")
-    p.add_argument("--n-jobs", type=int, default=None, help="worker processes per chunk")
+    p.add_argument(
+        "--n-jobs",
+        type=_n_jobs,
+        default=None,
+        metavar="N",
+        help="worker processes per chunk (-1: one per CPU, as joblib counts)",
+    )
     p.add_argument(
         "--resume", action="store_true", help="continue after an interrupted train (crash, kill)"
     )
@@ -838,6 +887,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_decrypt_scores)
+    for p in sub.choices.values():
+        p.set_defaults(parser=p)  # for usage errors found after parsing
     return parser
 
 
@@ -846,9 +897,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "data", "") is None and args.command in ("encrypt", "encrypt-rows"):
-        parser.error(f"{args.command}: --data is required")
+        args.parser.error("--data is required")
     try:
         return int(args.func(args))
+    except _UsageError as exc:
+        args.parser.error(str(exc))
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130

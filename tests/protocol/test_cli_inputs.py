@@ -180,3 +180,65 @@ def test_encrypt_rows_has_no_label_file(capsys):
     err = _usage_error(capsys, "encrypt-rows", "--keys", "k", "--data", "x.csv", "--labels",
                        "y.csv", "--out", "r.skhe")  # fmt: skip
     assert "--labels" in err
+
+
+# ---------------------------------------------------------- decrypt outputs
+def test_decrypt_refuses_two_outputs_naming_one_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    same = tmp_path / "sub" / ".." / "dup.pkl"
+    err = _usage_error(capsys, "decrypt", "--keys", "keys", "--states", "states",
+                       "--out", "dup.pkl", "--sklearn-out", same)  # fmt: skip
+    assert "--out and --sklearn-out both name" in err and "dup.pkl" in err
+    err = _usage_error(capsys, "decrypt", "--keys", "keys", "--states", "states",
+                       "--weights-out", "w.npy", "--json-out", "./w.npy")  # fmt: skip
+    assert "--weights-out and --json-out both name" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------- score --weights
+@pytest.mark.parametrize("kind", ["missing", "text", "pickled", "strings", "npz"])
+def test_score_weights_must_be_the_npy_decrypt_wrote(tmp_path, capsys, kind):
+    w = tmp_path / "w.npy"
+    if kind == "text":
+        w.write_text("0.1,0.2\n")
+    elif kind == "pickled":
+        np.save(w, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif kind == "strings":
+        np.save(w, np.array(["a", "b"]))
+    elif kind == "npz":
+        with w.open("wb") as fh:
+            np.savez(fh, w=np.ones(3))
+    assert run("score", "-q", INSECURE, "--public-bundle", tmp_path / "public.bundle",
+               "--rows", tmp_path / "rows.skhe", "--weights", w,
+               "--out", tmp_path / "scores.skhe") == 1  # fmt: skip
+    err = _error(capsys)
+    assert f"--weights {w}" in err and "sklearn-he decrypt --weights-out" in err, err
+    assert "allow_pickle" not in err and "Errno" not in err
+    assert not (tmp_path / "scores.skhe").exists()
+
+
+# ---------------------------------------------------------------- arguments
+def test_command_line_mistakes_exit_2(tmp_path, capsys):
+    err = _usage_error(capsys, "train", "--public-bundle", "b", "--dataset", "d", "--states",
+                       "s", "--n-jobs", "0")  # fmt: skip
+    assert "--n-jobs" in err and "-1" in err
+    err = _usage_error(capsys, "keygen", "--out", tmp_path / "keys")
+    assert "--data" in err and "--shape" in err
+    err = _usage_error(capsys, "keygen", "--out", tmp_path / "keys", "--shape", "4", "2",
+                       "--poly-modulus-degree", "4096")  # fmt: skip
+    assert "--coeff-modulus-bits" in err
+    assert not (tmp_path / "keys").exists()
+    err = _usage_error(capsys, "decrypt", "--keys", "k", "--states", "s")
+    assert "say what to write" in err
+    err = _usage_error(capsys, "score", "--public-bundle", "b", "--rows", "r", "--out", "o")
+    assert "exactly one of --state" in err
+
+
+def test_n_jobs_accepts_joblib_values():
+    from sklearn_he.cli import build_parser
+
+    parser = build_parser()
+    for value in ("1", "4", "-1", "-2"):
+        args = parser.parse_args(["train", "--public-bundle", "b", "--dataset", "d",
+                                  "--states", "s", "--n-jobs", value])  # fmt: skip
+        assert args.n_jobs == int(value)
