@@ -171,7 +171,7 @@ def test_pickle_is_not_needed_for_labels(tmp_path):
     np.save(tmp_path / "X.npy", np.ones((2, 2)))
     with (tmp_path / "y.npy").open("wb") as fh:
         np.save(fh, np.array(["a", None], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match="y.npy is not a NumPy .npy array") as info:
+    with pytest.raises(ValueError, match="y.npy is not a plain NumPy .npy array") as info:
         read_table(str(tmp_path / "X.npy"), label_column=None, labels=str(tmp_path / "y.npy"))
     assert "allow_pickle" not in str(info.value)
 
