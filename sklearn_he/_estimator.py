@@ -393,7 +393,9 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             poly_modulus_degree=p.poly_modulus_degree,
             coeff_modulus_bits=tuple(p.coeff_modulus_bits),
             scale_bits=p.scale_bits,
-            bytes_uploaded=sum(r.bytes_uploaded for r in results),
+            # One key set serves every one-vs-rest model: its bundle goes up once.
+            bytes_uploaded=sum(r.bytes_uploaded - r.bundle_bytes for r in results)
+            + max(r.bundle_bytes for r in results),
             refreshes=sum(r.refreshes for r in results),
             refreshes_per_epoch=sum(r.refreshes for r in results) / (self.max_iter * len(targets)),
             encrypt_seconds=sum(r.encrypt_seconds for r in results),

@@ -187,6 +187,21 @@ def test_multiclass_one_vs_rest():
     assert clf.predict_proba(X).shape == (240, 3)
 
 
+@pytest.mark.ckks
+def test_one_vs_rest_uploads_the_key_bundle_once(monkeypatch):
+    from sklearn_he.training import Trainer
+
+    bundle = 10**9  # stands out from the data's bytes
+    monkeypatch.setattr(Trainer, "_bundle_bytes", lambda self: bundle)
+    X, y = make_classification(
+        n_samples=96, n_features=6, n_informative=4, n_classes=3, n_clusters_per_class=1,
+        random_state=0,
+    )  # fmt: skip
+    three = ckks(max_iter=1, batch_size=32).fit(X, y).report_.bytes_uploaded
+    two = ckks(max_iter=1, batch_size=32).fit(X, y == 0).report_.bytes_uploaded
+    assert three - bundle == 3 * (two - bundle) > 0
+
+
 def test_pipeline_cross_val_grid_search_clone(cancer):
     Xtr, _, ytr, _ = cancer
     pipe = make_pipeline(StandardScaler(), plain())

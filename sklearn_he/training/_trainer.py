@@ -72,12 +72,15 @@ class TrainResult:
     v: np.ndarray
     steps: int
     refreshes: int
+    #: Encrypted data, refreshed states and (``bundle_bytes``) the public key bundle.
     bytes_uploaded: int
     chunk_depths: list[int] = field(default_factory=list)
     depth_per_minibatch: float = 0.0
     encrypt_seconds: float = 0.0
     train_seconds: float = 0.0
     margin_max: float = 0.0
+    #: The public key bundle's share of ``bytes_uploaded`` (sent once per key set).
+    bundle_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -705,15 +708,15 @@ class Trainer:
                 )
         finally:
             client.zeros = None
-        uploaded = (data.tiles + refreshed) * self._ct_bytes()
-        if self.backend == "ckks":
-            uploaded += self._bundle_bytes()
+        bundle = self._bundle_bytes() if self.backend == "ckks" else 0
+        uploaded = (data.tiles + refreshed) * self._ct_bytes() + bundle
         return TrainResult(
             w=w,
             v=v,
             steps=specs[-1].step + specs[-1].length - start_step if specs else 0,
             refreshes=refreshes,
             bytes_uploaded=uploaded,
+            bundle_bytes=bundle,
             chunk_depths=depths,
             depth_per_minibatch=max(per_mb) if per_mb else 0.0,
             encrypt_seconds=encrypt_s,
