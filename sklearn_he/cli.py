@@ -650,7 +650,13 @@ def _inspect_states(path: Path) -> dict[str, Any]:
     store = StateStore(path)
     rows = {}
     for s in store.states():
-        meta = unpack(s.path.read_bytes(), expected_kind=Kind.CIPHERTEXT_SET, source=str(s.path))
+        try:
+            meta = unpack(
+                s.path.read_bytes(), expected_kind=Kind.CIPHERTEXT_SET, source=str(s.path)
+            )
+        except (SklearnHEError, ValueError, OSError) as exc:  # list the others all the same
+            rows[s.name] = "damaged: " + " ".join(str(exc).split())
+            continue
         rows[s.name] = (
             f"{'fresh' if s.fresh else 'trained'}, {meta.meta.get('chunks_done')}/"
             f"{meta.meta.get('n_chunks')} chunks, step {meta.meta.get('step')}, "
@@ -663,11 +669,39 @@ def _inspect_states(path: Path) -> dict[str, Any]:
     return out
 
 
+def _inspect_npy(path: Path, size: int) -> dict[str, Any]:
+    """A ``.npy`` file's shape and dtype, from its header (nothing is loaded or unpickled)."""
+    try:
+        with path.open("rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read(fh)
+    except ValueError as exc:
+        raise ValueError(f"{path} is a damaged NumPy .npy file ({exc})") from None
+    out: dict[str, Any] = {"kind": "NumPy array", "shape": shape, "dtype": str(dtype)}
+    if dtype.names == ("decision", "probability", "label"):
+        out["holds"] = "decrypted scores (from sklearn-he decrypt-scores)"
+    elif len(shape) == 1 and dtype.kind == "f":
+        out["holds"] = "plaintext weights, if decrypt --weights-out wrote it (score --weights)"
+    out["size"] = _size(size)
+    return out
+
+
 def _inspect_file(path: Path) -> dict[str, Any]:
     data = path.read_bytes()
     if data[:1] == b"{":
-        doc = json.loads(data)
-        return {"kind": "JSON document", "format": doc.get("format"), "size": _size(len(data))}
+        try:
+            doc = json.loads(data)
+        except ValueError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc})") from None
+        fmt = doc.get("format") if isinstance(doc, dict) else None
+        return {"kind": "JSON document", "format": fmt, "size": _size(len(data))}
+    if data[:6] == b"\x93NUMPY":
+        return _inspect_npy(path, len(data))
     if data[:4] != MAGIC or len(data) < 8:
         raise ValueError(f"{path} is not a file sklearn-he wrote")
     kind = Kind(data[6]) if data[6] in Kind._value2member_map_ else None
@@ -695,6 +729,25 @@ def _inspect_file(path: Path) -> dict[str, Any]:
     return out
 
 
+def _holds_states(path: Path) -> bool:
+    from .protocol import StateStore
+
+    store = StateStore(path)
+    return bool(store.states()) or store.marker.exists()
+
+
+def _unknown_directory(path: Path) -> str:
+    if any(path.glob("*/*.ct")):
+        return (
+            f"{path} holds ciphertexts but no manifest.json: an encrypted data set that "
+            "arrived incomplete; copy the whole data set directory again"
+        )
+    return (
+        f"{path} is not a directory sklearn-he wrote (key directory, data set or states); "
+        "give one of those, or a file"
+    )
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.exists():
@@ -706,8 +759,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             info = {"kind": "key directory", **_inspect_file(path / "public.bundle")}
             info["kind"] = "key directory"
             info["secret key"] = "present" if (path / "secret.key").exists() else "absent"
-        else:
+        elif _holds_states(path):
             info = _inspect_states(path)
+        else:
+            raise ValueError(_unknown_directory(path))
     else:
         info = _inspect_file(path)
     if args.json:

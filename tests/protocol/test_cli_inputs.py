@@ -6,6 +6,8 @@ Every refused input gives one line that says what to do, and nothing is written.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -242,3 +244,42 @@ def test_n_jobs_accepts_joblib_values():
         args = parser.parse_args(["train", "--public-bundle", "b", "--dataset", "d",
                                   "--states", "s", "--n-jobs", value])  # fmt: skip
         assert args.n_jobs == int(value)
+
+
+# ------------------------------------------------------------------ inspect
+def test_inspect_refuses_directories_it_did_not_write(tmp_path, prepared, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path, tmp_path / "empty", prepared / "client" / "keys" / "datasets"):
+        assert run("inspect", path) == 1
+        assert "not a directory sklearn-he wrote" in _error(capsys)
+    shutil.copytree(prepared / "server" / "dataset", tmp_path / "dataset")
+    (tmp_path / "dataset" / "manifest.json").unlink()
+    assert run("inspect", tmp_path / "dataset") == 1
+    assert "no manifest.json" in _error(capsys)
+
+
+def test_inspect_names_invalid_json_and_lists_damaged_states(tmp_path, prepared, capsys):
+    bad = tmp_path / "doc.json"
+    bad.write_text('{"format": ')
+    assert run("inspect", bad) == 1
+    assert f"{bad} is not valid JSON" in _error(capsys)
+    states = tmp_path / "states"
+    shutil.copytree(prepared / "server" / "states", states)
+    good = states / "state-00000.fresh.skhe"
+    (states / "state-00001.trained.skhe").write_bytes(good.read_bytes()[:100])
+    assert run("inspect", states) == 0
+    out = capsys.readouterr().out
+    assert "state-00000.fresh.skhe: fresh, 0/2 chunks" in out
+    assert "state-00001.trained.skhe: damaged" in out
+
+
+def test_inspect_describes_numpy_arrays(tmp_path, capsys):
+    np.save(tmp_path / "w.npy", np.zeros(31))
+    assert run("inspect", tmp_path / "w.npy") == 0
+    out = capsys.readouterr().out
+    assert "kind: NumPy array" in out and "shape: (31,)" in out and "dtype: float64" in out
+    assert "plaintext weights" in out
+    np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    assert run("inspect", tmp_path / "o.npy") == 0  # the header only: nothing is unpickled
+    assert "dtype: object" in capsys.readouterr().out
