@@ -168,7 +168,8 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         Worker processes evaluating the training circuits (joblib; honours
         ``joblib.parallel_config``, so a Dask backend runs them on a
         cluster). Workers receive the public bundle, never the secret key.
-        ``None`` means 1 unless set by ``parallel_config``. The worker count
+        ``None`` means 1 unless set by ``parallel_config``; negative values
+        count from the number of cores, as in joblib (-1: all). The worker count
         never changes the minibatch size or the ring, so it changes the model
         only by rounding; with ``backend="ckks"`` and more than one worker,
         the tile shape, fusion and ``k`` are chosen with this machine's
@@ -238,7 +239,11 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         "ckks_params": [CKKSParameters, None],
         "keys": [HasMethods(["public_bundle"]), None],
         "allow_insecure_for_testing": ["boolean"],
-        "n_jobs": [Integral, None],
+        "n_jobs": [  # joblib's convention: -1 all cores, -2 all but one; 0 means nothing
+            Interval(Integral, None, -1, closed="right"),
+            Interval(Integral, 1, None, closed="left"),
+            None,
+        ],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],

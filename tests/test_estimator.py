@@ -263,6 +263,8 @@ def test_bad_parameters_are_refused(cancer):
         plain(sigmoid_degree=4).fit(Xtr, ytr)
     with pytest.raises(ValueError, match="circuit"):
         plain(circuit="fast").fit(Xtr, ytr)
+    with pytest.raises(ValueError, match="'n_jobs' parameter"):
+        plain(n_jobs=0).fit(Xtr, ytr)
     with pytest.raises(ValueError, match=r"at least 2 classes; the data contains only one: 0\.0$"):
         plain().fit(Xtr, np.zeros(len(Xtr)))
     with pytest.raises(ValueError, match=r"contains only one: 'spam'$"):
