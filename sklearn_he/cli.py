@@ -33,6 +33,7 @@ import io
 import json
 import pickle
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ import numpy as np
 from ._version import __version__
 from .backend import CKKSParameters
 from .backend._serialization import MAGIC, Kind, atomic_write, unpack
-from .exceptions import SklearnHEError
+from .exceptions import InsecureParametersError, InsecureParametersWarning, SklearnHEError
 
 __all__ = ["main"]
 
@@ -947,6 +948,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_LIBRARY_ADVICE = (
+    "use a larger poly_modulus_degree, fewer or smaller primes, or "
+    "CKKSParameters.for_depth() to pick a valid set"
+)
+
+
+def _insecure_message(exc: InsecureParametersError) -> str:
+    """The library's insecure-parameters error in the command line's terms (its flags)."""
+    text = str(exc).replace(
+        _LIBRARY_ADVICE,
+        "use a larger --poly-modulus-degree or fewer or smaller --coeff-modulus-bits, or "
+        "leave both out and keygen picks 128-bit parameters",
+    )
+    text = text.replace("allow_insecure_for_testing=True", "--allow-insecure-for-testing")
+    text = text.replace("poly_modulus_degree=", "N=")
+    if "--allow-insecure-for-testing" not in text:
+        text += "; for tests only, --allow-insecure-for-testing accepts them"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
@@ -954,9 +975,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "data", "") is None and args.command in ("encrypt", "encrypt-rows"):
         args.parser.error("--data is required")
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            if args.quiet:  # -q silences everything, the insecure-parameters warning too
+                warnings.simplefilter("ignore", InsecureParametersWarning)
+            return int(args.func(args))
     except _UsageError as exc:
         args.parser.error(str(exc))
+    except InsecureParametersError as exc:
+        print(f"{PROG} {args.command}: error: {_insecure_message(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130

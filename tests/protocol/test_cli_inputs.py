@@ -7,13 +7,15 @@ Every refused input gives one line that says what to do, and nothing is written.
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import numpy as np
 import pytest
 
 from sklearn_he.cli import read_table
+from sklearn_he.exceptions import InsecureParametersWarning
 
-from .conftest import INSECURE, run
+from .conftest import INSECURE, SMALL_FLAGS, run
 
 
 def _error(capsys) -> str:
@@ -283,3 +285,31 @@ def test_inspect_describes_numpy_arrays(tmp_path, capsys):
     np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     assert run("inspect", tmp_path / "o.npy") == 0  # the header only: nothing is unpickled
     assert "dtype: object" in capsys.readouterr().out
+
+
+# ------------------------------------------------------- insecure parameters
+@pytest.mark.ckks
+def test_quiet_silences_the_insecure_parameters_warning(tmp_path):
+    argv = ["keygen", "--shape", "64", "30", "--epochs", "1", *SMALL_FLAGS]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run(*argv, "-q", "--out", tmp_path / "quiet") == 0
+    assert not [w for w in caught if issubclass(w.category, InsecureParametersWarning)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run(*argv, "--out", tmp_path / "loud") == 0
+    assert [w for w in caught if issubclass(w.category, InsecureParametersWarning)]
+
+
+@pytest.mark.ckks
+def test_insecure_parameters_errors_name_the_flag(tmp_path, prepared, capsys):
+    flags = [f for f in SMALL_FLAGS if f != INSECURE]
+    assert run("keygen", "-q", "--shape", "64", "30", "--out", tmp_path / "k", *flags) == 1
+    err = _error(capsys)
+    assert "--poly-modulus-degree" in err and "--allow-insecure-for-testing" in err
+    assert "allow_insecure_for_testing" not in err and "CKKSParameters" not in err
+    assert not (tmp_path / "k").exists()
+    keys = prepared / "client" / "keys"
+    assert run("refresh", "-q", "--keys", keys, "--states", tmp_path / "states") == 1
+    err = _error(capsys)
+    assert "with --allow-insecure-for-testing" in err and "allow_insecure_for_testing" not in err
