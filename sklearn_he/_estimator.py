@@ -587,6 +587,8 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                     "keys holds no secret key: fit encrypts and decrypts, so it needs the "
                     "client's KeySet (the public bundle alone is for the server)"
                 )
+            # Keys made under insecure test parameters need the flag here too.
+            self.keys.params.validate(allow_insecure_for_testing=self.allow_insecure_for_testing)
             slots = self.keys.params.slots
             missing = sorted({s % slots for s in need} - set(self.keys.rotation_steps))
             if missing:

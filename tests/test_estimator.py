@@ -17,7 +17,12 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_he import CKKSParameters, EncryptedLogisticRegression, KeySet, SigmoidRangeWarning
 from sklearn_he.circuit import CostModel
-from sklearn_he.exceptions import SecretKeyPicklingError, SklearnHEError, TrainingDivergedError
+from sklearn_he.exceptions import (
+    InsecureParametersError,
+    SecretKeyPicklingError,
+    SklearnHEError,
+    TrainingDivergedError,
+)
 from sklearn_he.training import estimate_plan_seconds_per_sample
 from tests._costs import skewed_costs
 
@@ -383,6 +388,9 @@ def test_user_keys_and_pickling_policy(cancer):
     few = KeySet.generate(SMALL, rotation_steps=[1], allow_insecure_for_testing=True)
     with pytest.raises(SklearnHEError, match=r"lacks rotation keys.*clf\.plan\(n_samples"):
         ckks(max_iter=1, keys=few).fit(Xtr[:100], ytr[:100])
+    # Keys under insecure test parameters need the flag on the estimator too.
+    with pytest.raises(InsecureParametersError, match="allow_insecure_for_testing=True"):
+        EncryptedLogisticRegression(keys=keys, max_iter=1).fit(Xtr[:100], ytr[:100])
 
 
 def test_no_warning_on_a_normal_fit(cancer):
