@@ -86,15 +86,20 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
     Parameters
     ----------
     circuit : {"pipelined", "baseline"}, default="pipelined"
-        ``"pipelined"``: the unrolled and pipelined circuit (about 2.4 levels
-        per minibatch: more minibatches per circuit, fewer refreshes).
-        ``"baseline"``: the NAG recurrence evaluated as written (5 levels per
-        minibatch). Both compute the same model.
+        ``"pipelined"``: the unrolled and pipelined circuit (with several
+        minibatches per circuit about 2.4 levels per minibatch with the
+        degree-3 sigmoid, 3.4 with the default degree 5: more minibatches per
+        circuit, fewer refreshes). ``"baseline"``: the NAG recurrence
+        evaluated as written (5 levels per minibatch with degree 3, 6 with
+        degree 5). Both compute the same model.
     backend : {"ckks", "plaintext"}, default="ckks"
         ``"plaintext"`` runs the same compiled circuits on NumPy vectors: same
         arithmetic, no encryption (for development and model selection).
     batch_size : int or "auto", default="auto"
-        Minibatch size ``m``; "auto" fills the rows of one tile.
+        Minibatch size ``m``. "auto": the cost model picks 32, 64 or 128
+        (sizes up to a quarter of the samples, 32 at least; with fewer than
+        17 samples one minibatch of all of them), together with the tile
+        shape.
     max_iter : int, default=5
         Epochs (passes over the training data).
     learning_rate : float, default=10.0
@@ -130,7 +135,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         server work plus client refreshes).
     layout : {"alternating", "diagonal"}, default="alternating"
         Pipelined circuit only. "alternating": margins alternate between
-        column and row vectors (about 2.5 levels per minibatch with the
+        column and row vectors (about 2.4 levels per minibatch with the
         degree-3 sigmoid, few rotations). "diagonal": margins stay row
         vectors and the client uploads Gram blocks in diagonal-major form
         (2 levels per minibatch, but ``O(batch_size)`` rotations and products
@@ -145,7 +150,9 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         without Gram blocks
         (``circuit="baseline"``, or one minibatch per circuit). "auto": the
         planner weighs both orientations with the cost model, like the tile
-        shape; the result is the same model up to rounding either way. The
+        shape; the result is the same model up to rounding either way.
+        ``layout="diagonal"`` cannot be transposed, even with one minibatch
+        per circuit. The
         file protocol (``sklearn-he``) plans with False, so that a refreshed
         state also serves as the encrypted weights ``sklearn-he score`` reads.
     gram_source : {"auto", "client", "server"}, default="auto"
@@ -155,6 +162,8 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         the first steps, thousands of rotations per block, nothing extra to
         upload). "auto" weighs the upload (at 100 Mbit/s) against the server
         work with the cost model; ``report_.extra`` gives both.
+        ``layout="diagonal"`` needs "client" (or "auto"): only the client makes
+        diagonal-major blocks.
     ckks_params : CKKSParameters or None, default=None
         Fix the CKKS parameters (otherwise chosen from the circuit's depth).
     keys : KeySet or None, default=None
@@ -567,7 +576,11 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
     @staticmethod
     def _gram_report(trainer: Trainer) -> dict[str, Any]:
         plan = trainer.plan
-        grams = sum(len(trainer.chunk_circuit(0, length).grams) for _, length in plan.chunks())
+        chunks = [trainer.chunk_circuit(0, length) for _, length in plan.chunks()]
+        grams = sum(len(c.grams) for c in chunks)
+        diagonals = sum(len(c.diagonals) for c in chunks)
+        if diagonals:  # layout="diagonal": diagonal-major blocks, made by the client
+            return {"gram_source": "client", "diagonal_gram_blocks_per_epoch": diagonals}
         if not grams:
             return {"gram_source": None}
         g = gram_block_costs(plan.shape, plan.batch_size, plan.n_features, plan.params, None)

@@ -407,6 +407,10 @@ def test_diagonal_layout_same_model_two_levels(cancer):
     diag = plain(layout="diagonal", **kw).fit(Xtr, ytr)
     np.testing.assert_allclose(diag.coef_, alt.coef_, rtol=1e-9)
     assert diag.report_.depth_per_minibatch == 2.0 < alt.report_.depth_per_minibatch <= 2.5
+    extra = diag.report_.extra
+    assert extra["gram_source"] == "client" and extra["diagonal_gram_blocks_per_epoch"] > 0
+    with pytest.raises(ValueError, match="diagonal-major form, which only the client makes"):
+        plain(layout="diagonal", gram_source="server", **kw).fit(Xtr, ytr)
 
 
 @pytest.mark.parametrize(

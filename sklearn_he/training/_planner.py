@@ -416,6 +416,11 @@ def plan_training(
         )
     if gram_source not in ("client", "server", "auto"):
         raise ValueError(f"gram_source must be 'client', 'server' or 'auto'; got {gram_source!r}")
+    if gram_source == "server" and layout == "diagonal" and circuit == "pipelined":
+        raise ValueError(
+            "layout='diagonal' uploads its Gram blocks in diagonal-major form, which only the "
+            "client makes; use gram_source='auto' or 'client', or layout='alternating'"
+        )
     args = (
         n_samples,
         n_features,
