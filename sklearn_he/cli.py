@@ -143,8 +143,13 @@ def _read_cells(p: Path, header: bool | None) -> tuple[np.ndarray, list[str] | N
         if not rows:
             raise ValueError(f"{p} has a header line but no rows")
     widths = {len(r) for r in rows}
-    if len(widths) != 1 or (names is not None and len(names) not in widths):
+    if len(widths) != 1:
         raise ValueError(f"{p}: rows have different numbers of columns {sorted(widths)}")
+    if names is not None and len(names) not in widths:
+        raise ValueError(
+            f"{p}: the header line has {len(names)} columns, the rows {widths.pop()}; "
+            "fix the header (--no-header if the first line is data)"
+        )
     return np.array(rows, dtype=object), names
 
 
@@ -234,8 +239,10 @@ def _not_a_number(
             where = f"{path}: features must be finite numbers; data row {i + 1}, {name}"
             if not text:
                 return f"{where} is empty (a missing value). Fill in or drop missing values"
+            if number and np.isnan(float(text)):
+                return f"{where} holds {text!r} (a missing value). Fill in or drop missing values"
             if number:
-                return f"{where} holds {text!r} (missing or infinite). Fill in or drop it"
+                return f"{where} holds {text!r}; replace it by a finite number or drop the row"
             return (
                 f"{path}: features must be numbers; data row {i + 1}, {name} holds "
                 f"{text!r}. Drop or encode that column (one-hot, say) before "

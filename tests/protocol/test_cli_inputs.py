@@ -88,6 +88,9 @@ def test_a_missing_value_in_the_first_row_is_not_a_header(tmp_path):
     csv.write_text("1,,0\n3,4,1\n5,6,0\n")
     with pytest.raises(ValueError, match=r"data row 1, column index 1 is empty"):
         read_table(str(csv), label_column="-1")
+    csv.write_text("a,b\n1,2,0\n3,4,1\n")
+    with pytest.raises(ValueError, match="the header line has 2 columns, the rows 3"):
+        read_table(str(csv), label_column="-1")
 
 
 # ------------------------------------------------------------- label files
@@ -142,7 +145,7 @@ def test_a_missing_feature_is_named_by_row_and_column(tmp_path, cell, what):
     csv.write_text(f"a,b,label\n1,2,0\n3,{cell},1\n")
     with pytest.raises(ValueError, match=rf"data row 2, column index 1 \('b'\) {what}") as info:
         read_table(str(csv), label_column="label")
-    assert "missing" in str(info.value) or "finite" in str(info.value)
+    assert ("missing value" if cell != "inf" else "finite number") in str(info.value)
     assert "\n" not in str(info.value)
     np.save(tmp_path / "X.npy", np.array([[1.0, 2.0], [np.nan, 1.0]]))
     with pytest.raises(ValueError, match=r"data row 2, column index 0 holds 'nan'"):
