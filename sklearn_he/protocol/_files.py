@@ -40,14 +40,17 @@ __all__ = [
     "ProgressFactory",
     "StateFile",
     "StateStore",
+    "new_output",
     "no_progress",
     "pack_ciphertext_set",
+    "peek_state",
     "read_bytes",
     "read_json",
     "read_state",
     "sha256_hex",
     "unpack_ciphertext_set",
     "write_json",
+    "write_new",
     "write_state",
 ]
 
@@ -74,6 +77,27 @@ def read_bytes(path: str | os.PathLike[str], what: str) -> bytes:
         raise FileNotFoundError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
         raise IsADirectoryError(f"{what} {path} is a directory, not a file") from None
+
+
+def new_output(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, refused when it exists (check before the work, not after).
+
+    For files the user names (``--out``): the message says what to do at the
+    command line, where ``atomic_write``'s ``overwrite=True`` means nothing.
+    """
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        raise FileExistsError(f"{path} exists; choose another path or remove it")
+    return path
+
+
+def write_new(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> Path:
+    """Write a new file atomically; an existing one is refused as :func:`new_output` does."""
+    path = new_output(path)
+    try:
+        return atomic_write(path, data, mode=mode, overwrite=False)
+    except FileExistsError:  # appeared meanwhile
+        raise FileExistsError(f"{path} exists; choose another path or remove it") from None
 
 
 def write_json(
@@ -315,6 +339,40 @@ def write_state(
     return store.write(state, data)
 
 
+def _unpack_state(
+    state: StateFile, fingerprint: str | None, dataset_id: str | None
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    source = str(state.path)
+    meta, sections = unpack_ciphertext_set(
+        read_bytes(state.path, "model state"),
+        fingerprint=fingerprint,
+        source=source,
+        expected_format=STATE_FORMAT,
+    )
+    if meta.get("chunks_done") != state.chunks_done or meta.get("fresh") != state.fresh:
+        raise FormatError(
+            f"{source} was renamed: it holds the state after {meta.get('chunks_done')} chunks "
+            f"({'fresh' if meta.get('fresh') else 'trained'}); restore its original name"
+        )
+    if dataset_id is not None and meta.get("dataset") != dataset_id:
+        raise ProtocolError(
+            f"{source} belongs to data set {str(meta.get('dataset'))[:16]}..., not to "
+            f"{dataset_id[:16]}...; use the states directory of this data set"
+        )
+    return meta, sections
+
+
+def peek_state(
+    state: StateFile, *, fingerprint: str | None, dataset_id: str | None = None
+) -> dict[str, Any]:
+    """The metadata of a state file, checked, without loading its ciphertexts.
+
+    The same checks as :func:`read_state` (envelope, key fingerprint, file
+    name, data set), for deciding what to do before doing it.
+    """
+    return _unpack_state(state, fingerprint, dataset_id)[0]
+
+
 def read_state(
     state: StateFile, context: CKKSContext, *, dataset_id: str | None
 ) -> tuple[dict[str, Any], dict[str, Ciphertext]]:
@@ -330,22 +388,7 @@ def read_state(
         The state belongs to another data set than ``dataset_id``.
     """
     source = str(state.path)
-    meta, sections = unpack_ciphertext_set(
-        read_bytes(state.path, "model state"),
-        fingerprint=context.fingerprint,
-        source=source,
-        expected_format=STATE_FORMAT,
-    )
-    if meta.get("chunks_done") != state.chunks_done or meta.get("fresh") != state.fresh:
-        raise FormatError(
-            f"{source} was renamed: it holds the state after {meta.get('chunks_done')} chunks "
-            f"({'fresh' if meta.get('fresh') else 'trained'}); restore its original name"
-        )
-    if dataset_id is not None and meta.get("dataset") != dataset_id:
-        raise ProtocolError(
-            f"{source} belongs to data set {str(meta.get('dataset'))[:16]}..., not to "
-            f"{dataset_id[:16]}...; use the states directory of this data set"
-        )
+    meta, sections = _unpack_state(state, context.fingerprint, dataset_id)
     cts = {
         name: context.ciphertext_from_bytes(data, source=f"{source} [{name}]")
         for name, data in sections.items()
