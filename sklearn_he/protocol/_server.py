@@ -19,8 +19,13 @@ import numpy as np
 from .._version import __version__
 from ..backend import KeySet
 from ..backend._keys import PUBLIC_BUNDLE_FILE
-from ..backend._serialization import atomic_write
-from ..exceptions import DepthExhaustedError, FormatError, ProtocolError
+from ..exceptions import (
+    DepthExhaustedError,
+    FormatError,
+    KeyMismatchError,
+    MissingKeyError,
+    ProtocolError,
+)
 from ..linalg import EncMatrix, RowVector, TileShape
 from ..training import TrainingServer, state_names
 from ._dataset import DirectoryData, EncryptedDataset
@@ -28,11 +33,14 @@ from ._files import (
     ProgressFactory,
     StateFile,
     StateStore,
+    new_output,
     no_progress,
     pack_ciphertext_set,
+    peek_state,
     read_bytes,
     read_state,
     unpack_ciphertext_set,
+    write_new,
     write_state,
 )
 from ._inference import ROWS_FORMAT, SCORE_DEPTH, SCORES_FORMAT, score_rows
@@ -46,16 +54,26 @@ def load_public_keys(
     """Load a public bundle (a file, or a directory holding ``public.bundle``).
 
     Only the bundle is opened: a secret key lying next to it is never read.
-    A secret-key file given in its place is refused.
+    A secret-key file given in its place is refused, and so is the client's
+    ``client.bundle`` (the public key without the evaluation keys that
+    training and scoring need).
     """
     path = Path(path)
     if path.is_dir():
         path = path / PUBLIC_BUNDLE_FILE
-    return KeySet.from_public_bundle(
+    keys = KeySet.from_public_bundle(
         read_bytes(path, "public bundle"),
         allow_insecure_for_testing=allow_insecure_for_testing,
         source=str(path),
     )
+    if not keys.context.has_relin_key:
+        # client.bundle: the client's own copy of the public key, without the
+        # evaluation keys that every multiplication and rotation needs.
+        raise MissingKeyError(
+            f"{path} has no relinearisation or rotation keys: this is the client bundle; the "
+            f"server needs {PUBLIC_BUNDLE_FILE} from the client's key directory"
+        )
+    return keys
 
 
 @dataclass
@@ -121,18 +139,55 @@ def _wait_for_fresh(
     return StateFile(path, chunks_done, True)
 
 
-def _read_fresh(
-    state: StateFile, keys: KeySet, dataset_id: str, wait: float, poll: float = 0.5
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read a fresh state; while waiting, a file still being copied is read again."""
+def _check_run(state: StateFile, meta: dict[str, Any], ds: EncryptedDataset) -> None:
+    """Refuse a state of another run than ``ds``'s (the data-set id is checked on reading)."""
+    if meta.get("n_chunks") != ds.n_chunks:
+        raise ProtocolError(
+            f"{state.path} belongs to a run of {meta.get('n_chunks')} chunks, but the data set "
+            f"{ds.directory} trains in {ds.n_chunks}; use the states directory of this data set"
+        )
+
+
+def _retry(read: Callable[[], Any], wait: float, poll: float) -> Any:
+    """``read()``; while waiting, a file still being copied (FormatError) is read again."""
     deadline = time.monotonic() + wait
     while True:
         try:
-            return read_state(state, keys.context, dataset_id=dataset_id)
+            return read()
         except FormatError:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(poll)
+
+
+def _peek_latest(
+    state: StateFile, keys: KeySet, ds: EncryptedDataset, wait: float, poll: float = 0.5
+) -> dict[str, Any]:
+    """The latest state's metadata, checked against the keys and the data set.
+
+    Done before deciding anything: a states directory of another data set or
+    key set must not pass for a finished (or waiting) run of this one.
+    """
+    try:
+        meta = _retry(
+            lambda: peek_state(state, fingerprint=keys.fingerprint, dataset_id=ds.id), wait, poll
+        )
+    except KeyMismatchError:
+        raise KeyMismatchError(
+            f"{state.path} was made under another key set than the data set {ds.directory}; "
+            "use the states directory of this data set"
+        ) from None
+    _check_run(state, meta, ds)
+    return meta
+
+
+def _read_fresh(
+    state: StateFile, keys: KeySet, ds: EncryptedDataset, wait: float, poll: float = 0.5
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a fresh state; while waiting, a file still being copied is read again."""
+    meta, cts = _retry(lambda: read_state(state, keys.context, dataset_id=ds.id), wait, poll)
+    _check_run(state, meta, ds)
+    return meta, cts
 
 
 def _level_ok(cts: dict[str, Any], max_level: int) -> bool:
@@ -220,6 +275,7 @@ def train(
         log(f"resuming: removed {len(cleaned)} half-written file(s)")
     specs = ds.specs()
     latest = store.latest()
+    _peek_latest(latest, keys, ds, wait, poll)
     status = TrainStatus(0, latest.chunks_done, len(specs), latest, cleaned=cleaned)
     if status.finished:
         return status
@@ -228,7 +284,7 @@ def train(
         if fresh is None:
             return status
         latest = fresh
-    meta, state = _read_fresh(latest, keys, ds.id, wait, poll)
+    meta, state = _read_fresh(latest, keys, ds, wait, poll)
     server = TrainingServer(
         ds.plan, ds.schedule, ds.coeffs, backend="ckks", keys=keys, n_jobs=n_jobs
     )
@@ -244,7 +300,7 @@ def train(
             if fresh is None:
                 break
             latest = fresh
-            meta, state = _read_fresh(latest, keys, ds.id, wait, poll)
+            meta, state = _read_fresh(latest, keys, ds, wait, poll)
             server_seconds = float(meta.get("server_seconds", server_seconds))
             continue
         spec = specs[done]
@@ -308,6 +364,7 @@ def score(
     """
     if (state_path is None) == (weights is None):
         raise ValueError("give exactly one of state_path (encrypted weights) and weights")
+    out_path = new_output(out_path)  # refused before the work, not after
     ctx = keys.context
     meta, sections = unpack_ciphertext_set(
         read_bytes(rows_path, "encrypted rows"),
@@ -320,14 +377,13 @@ def score(
         n_rows, n_cols = int(meta["n_rows"]), int(meta["n_columns"])
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{rows_path} has malformed metadata ({exc!r})") from None
-    rows = EncMatrix.from_index(
-        shape,
-        n_rows,
-        n_cols,
-        lambda rb, cb: ctx.ciphertext_from_bytes(
-            sections[f"X[{rb},{cb}]"], source=f"{rows_path} [X[{rb},{cb}]]"
-        ),
-    )
+    smeta_out: dict[str, Any] = {
+        "format": SCORES_FORMAT,
+        "dataset": meta.get("dataset"),
+        "n_rows": n_rows,
+        "tile_shape": [shape.rows, shape.cols],
+        "weights": "plaintext" if weights is not None else "encrypted",
+    }
     if weights is not None:
         w = np.asarray(weights, dtype=float).ravel()
         if w.size != n_cols:
@@ -339,7 +395,14 @@ def score(
     else:
         path = Path(state_path)  # type: ignore[arg-type]
         state = _state_file(path)
-        _, cts = read_state(state, ctx, dataset_id=str(meta.get("dataset")))
+        smeta, cts = read_state(state, ctx, dataset_id=str(meta.get("dataset")))
+        done, n_chunks = state.chunks_done, smeta.get("n_chunks")
+        if not isinstance(n_chunks, int) or done < n_chunks:
+            raise ProtocolError(
+                f"{state.path}: training is not finished ({done} of {n_chunks} chunks done); "
+                "score with the final refreshed state (the client's `sklearn-he refresh` of "
+                "the last trained state)"
+            )
         if not state.fresh or not all(
             ct.level >= SCORE_DEPTH for name, ct in cts.items() if name.startswith("w[")
         ):
@@ -349,21 +412,21 @@ def score(
             )
         n_blk = len(state_names_for(shape, n_cols)) // 2
         vec = RowVector([cts[f"w[{cb}]"] for cb in range(n_blk)], shape, n_cols)
+        smeta_out.update(state=state.name, chunks_done=done)
+    rows = EncMatrix.from_index(
+        shape,
+        n_rows,
+        n_cols,
+        lambda rb, cb: ctx.ciphertext_from_bytes(
+            sections[f"X[{rb},{cb}]"], source=f"{rows_path} [X[{rb},{cb}]]"
+        ),
+    )
     try:
         blocks = score_rows(ctx, rows, vec)
     except DepthExhaustedError as exc:
         raise ProtocolError(f"cannot score: {exc}") from exc
     out = {f"S[{rb}]": ct.to_bytes() for rb, ct in enumerate(blocks)}
-    smeta_out = {
-        "format": SCORES_FORMAT,
-        "dataset": meta.get("dataset"),
-        "n_rows": n_rows,
-        "tile_shape": [shape.rows, shape.cols],
-        "weights": "plaintext" if weights is not None else "encrypted",
-    }
-    return atomic_write(
-        out_path, pack_ciphertext_set(keys.fingerprint, smeta_out, out), overwrite=False
-    )
+    return write_new(out_path, pack_ciphertext_set(keys.fingerprint, smeta_out, out))
 
 
 def state_names_for(shape: TileShape, n_columns: int) -> list[str]:
