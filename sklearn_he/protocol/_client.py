@@ -50,18 +50,20 @@ from ._dataset import (
     z_file,
 )
 from ._files import (
-    STATE_FORMAT,
     ProgressFactory,
     StateFile,
     StateStore,
+    new_output,
     no_progress,
     pack_ciphertext_set,
+    peek_state,
     read_bytes,
     read_json,
     read_state,
     sha256_hex,
     unpack_ciphertext_set,
     write_json,
+    write_new,
     write_state,
 )
 from ._inference import ROWS_FORMAT, SCORES_FORMAT, score_rotation_steps
@@ -297,24 +299,53 @@ class Client:
         return self.key_dir / RECORDS_DIR / f"{dataset_id}.json"
 
     def record(self, dataset_id: str | None = None) -> dict[str, Any]:
-        """The private record of an encrypted data set (the only one when ``None``)."""
+        """The private record of an encrypted data set (the only one when ``None``).
+
+        ``dataset_id`` may be a prefix of the id. Records made under other keys
+        (left in the directory by ``keygen --force``) are ignored: the current
+        secret key cannot decrypt their data sets.
+        """
+        directory = self.key_dir / RECORDS_DIR
+        prefix = dataset_id or ""
+        paths = sorted(directory.glob("*.json")) if directory.is_dir() else []
+        matches, stale = [], []
+        for path in paths:
+            if not path.stem.startswith(prefix):
+                continue
+            doc = read_json(path, kind=RECORD_FORMAT, what="data-set record")
+            if doc.get("key_fingerprint") == self.keys.fingerprint:
+                matches.append(doc)
+            else:
+                stale.append(path)
+        if len(matches) == 1:
+            return matches[0]
+        ignored = f" ({len(stale)} record(s) of replaced keys ignored)" if stale else ""
+        if matches:
+            ids = ", ".join(str(m.get("dataset")) for m in matches)
+            if dataset_id is None:
+                raise ProtocolError(
+                    f"{len(matches)} encrypted data sets are recorded in {directory} ({ids}); "
+                    "name one (--dataset-id)"
+                )
+            raise ProtocolError(
+                f"data-set id {dataset_id} matches {len(matches)} records in {directory} "
+                f"({ids}); give more of the id (--dataset-id)"
+            )
         if dataset_id is None:
-            found = sorted((self.key_dir / RECORDS_DIR).glob("*.json"))
-            if len(found) != 1:
-                raise ProtocolError(
-                    f"{len(found)} encrypted data sets are recorded in "
-                    f"{self.key_dir / RECORDS_DIR}; name one (--dataset-id)"
-                )
-            path = found[0]
-        else:
-            matches = sorted((self.key_dir / RECORDS_DIR).glob(f"{dataset_id}*.json"))
-            if len(matches) != 1:
-                raise ProtocolError(
-                    f"no unique record of data set {dataset_id} in {self.key_dir / RECORDS_DIR}: "
-                    "it was encrypted with another key directory"
-                )
-            path = matches[0]
-        return read_json(path, kind=RECORD_FORMAT, what="data-set record")
+            raise ProtocolError(
+                f"no data set encrypted under these keys is recorded in {directory}"
+                f"{ignored}; encrypt one first (`sklearn-he encrypt`)"
+            )
+        if stale:
+            raise ProtocolError(
+                f"data set {dataset_id} was encrypted under keys that have since been replaced "
+                f"in {self.key_dir} (keygen --force); its data can no longer be decrypted: "
+                "encrypt the data again under the current keys"
+            )
+        raise ProtocolError(
+            f"no record of data set {dataset_id} in {directory}: it was encrypted with "
+            "another key directory; use that one (--keys)"
+        )
 
     # ------------------------------------------------------------- encrypt
     def encrypt(
@@ -564,7 +595,14 @@ class Client:
         deadline = time.monotonic() + wait
         while True:
             latest = store.latest()
-            record = self.record(self._peek_dataset(latest))
+            try:
+                dataset_id = self._peek_dataset(latest)
+            except FormatError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(poll)  # still arriving
+                continue
+            record = self.record(dataset_id)
             n_chunks = int(record["n_chunks"])
             if latest.chunks_done >= n_chunks:
                 return written
@@ -586,13 +624,7 @@ class Client:
             time.sleep(poll)
 
     def _peek_dataset(self, state: StateFile) -> str:
-        meta, _ = unpack_ciphertext_set(
-            read_bytes(state.path, "model state"),
-            fingerprint=self.keys.fingerprint,
-            source=str(state.path),
-            expected_format=STATE_FORMAT,
-        )
-        return str(meta.get("dataset"))
+        return str(peek_state(state, fingerprint=self.keys.fingerprint).get("dataset"))
 
     # --------------------------------------------------------------- decrypt
     def decrypt(self, states_dir: str | os.PathLike[str]) -> EncryptedLogisticRegression:
@@ -680,6 +712,7 @@ class Client:
         client's record, never sent), given the bias column, and tiled in
         the training plan's tile shape.
         """
+        out = new_output(out)  # refused before the work, not after
         record = self.record(dataset_id)
         clf = self._model(record, np.zeros(record["plan"]["n_features"]), np.zeros(1), 0, 0.0)
         X = np.asarray(X, dtype=np.float64)
@@ -706,8 +739,7 @@ class Client:
             "n_columns": int(design.shape[1]),
             "tile_shape": [plan.shape.rows, plan.shape.cols],
         }
-        data = pack_ciphertext_set(self.keys.fingerprint, meta, cts)
-        return atomic_write(out, data, overwrite=False)
+        return write_new(out, pack_ciphertext_set(self.keys.fingerprint, meta, cts))
 
     def decrypt_scores(self, path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         """Decrypt scores computed by the server.
