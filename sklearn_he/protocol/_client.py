@@ -159,7 +159,10 @@ def keygen(
         Accept parameters below 128-bit security (tests only).
     overwrite : bool, default=False
         Replace existing keys (refused by default: data encrypted under the
-        old keys could no longer be decrypted).
+        old keys could no longer be decrypted). Records of data sets
+        encrypted under the old keys stay in ``datasets/`` and are ignored.
+        Without it, any existing output file is refused before anything is
+        generated or written.
 
     Returns
     -------
@@ -167,11 +170,27 @@ def keygen(
         The new client key set.
     """
     directory = Path(directory)
-    if not overwrite and (directory / SECRET_KEY_FILE).exists():
-        raise FileExistsError(
-            f"{directory / SECRET_KEY_FILE} exists; refusing to replace the keys (data "
-            "encrypted under them would become undecryptable). Choose another directory"
-        )
+    outputs = [directory / n for n in (PUBLIC_BUNDLE_FILE, CLIENT_BUNDLE_FILE, CONFIG_FILE)]
+    outputs.append(directory / SECRET_KEY_FILE)  # last: it marks a complete key directory
+    # Every output is checked before the (slow) key generation and before any
+    # write, so that a refusal leaves the directory as it was.
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"{directory} exists and is not a directory; choose another one")
+    for path in outputs:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory; remove it or choose another one")
+    if not overwrite:
+        if (directory / SECRET_KEY_FILE).exists():
+            raise FileExistsError(
+                f"{directory / SECRET_KEY_FILE} exists; refusing to replace the keys (data "
+                "encrypted under them would become undecryptable). Choose another directory"
+            )
+        existing = [p.name for p in outputs if p.exists()]
+        if existing:
+            raise FileExistsError(
+                f"{directory} already holds {', '.join(existing)} (but no secret key); remove "
+                "them, choose another directory, or replace them (--force)"
+            )
     clf = EncryptedLogisticRegression(**dict(options or {}))
     if clf.transpose_data is True:
         raise ValueError(
@@ -200,30 +219,52 @@ def keygen(
         allow_insecure_for_testing=allow_insecure_for_testing,
     )
     bundle = keys.public_bundle()  # exported once: rotation keys weigh up to GBs
-    keys.save_secret_key(directory / SECRET_KEY_FILE, overwrite=overwrite)
-    atomic_write(directory / PUBLIC_BUNDLE_FILE, bundle, mode=0o644, overwrite=overwrite)
     # The same public key without evaluation keys: what the client's own
     # encryptions and decryptions need, loaded in a fraction of the time.
     light = KeySet.from_bytes(
         bundle, allow_insecure_for_testing=allow_insecure_for_testing, evaluation_keys=False
     )
-    del bundle
-    light.save_public_bundle(directory / CLIENT_BUNDLE_FILE, overwrite=overwrite)
-    write_json(
-        directory / CONFIG_FILE,
-        {
-            "library_version": __version__,
-            "key_fingerprint": keys.fingerprint,
-            "params": chosen.to_dict(),
-            "n_samples": int(n_samples),
-            "n_features": int(n_features),
-            "options": stored,
-            "plan": plan_to_dict(trainer.plan),
-        },
-        kind=CONFIG_FORMAT,
-        mode=0o600,  # the options include the shuffle seed
-        overwrite=overwrite,
-    )
+    config = {
+        "library_version": __version__,
+        "key_fingerprint": keys.fingerprint,
+        "params": chosen.to_dict(),
+        "n_samples": int(n_samples),
+        "n_features": int(n_features),
+        "options": stored,
+        "plan": plan_to_dict(trainer.plan),
+    }
+    # Everything is written into a temporary directory beside the outputs,
+    # then renamed into place: a failed write leaves no half key directory.
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".keygen.", dir=directory))
+    try:
+        keys.save_secret_key(stage / SECRET_KEY_FILE)
+        atomic_write(stage / PUBLIC_BUNDLE_FILE, bundle, mode=0o644)
+        del bundle
+        light.save_public_bundle(stage / CLIENT_BUNDLE_FILE)
+        # mode 0600: the options include the shuffle seed
+        write_json(stage / CONFIG_FILE, config, kind=CONFIG_FORMAT, mode=0o600)
+        if not overwrite:
+            for path in outputs:
+                if path.exists():  # appeared meanwhile
+                    raise FileExistsError(f"{path} exists; refusing to replace it")
+        placed = []
+        try:
+            for path in outputs:
+                os.replace(stage / path.name, path)
+                placed.append(path)
+        except BaseException:
+            if not overwrite:  # nothing was replaced: take back what was placed
+                for path in placed:
+                    path.unlink(missing_ok=True)
+            raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    stage.rmdir()
     return keys
 
 
