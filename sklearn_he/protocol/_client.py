@@ -18,6 +18,7 @@ The client keeps, in its key directory:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -412,6 +413,9 @@ class Client:
         """
         t0 = time.perf_counter()
         dataset_dir, store = Path(dataset_dir), StateStore(states_dir)
+        # Every output is checked before any work, so that a refusal writes nothing.
+        for path in (dataset_dir, store.directory, self.key_dir / RECORDS_DIR):
+            _check_creatable(path)
         if dataset_dir.exists() and any(dataset_dir.iterdir()):
             raise FileExistsError(
                 f"{dataset_dir} exists and is not empty; refusing to overwrite it"
@@ -480,8 +484,14 @@ class Client:
                 )
             )
         files: dict[str, dict[str, Any]] = {}
+        created_states = not store.directory.exists()
         dataset_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dataset_dir.name}.", dir=dataset_dir.parent))
+        # The data set is built in `tmp`, then the first state and the record
+        # are written, and the data set is renamed into place last: a failure
+        # anywhere takes back what was written, so that a rerun is not refused.
+        written: list[Path] = []
+        emptied = False
         try:
             with self.progress(len(jobs), "encrypting") as bar:
                 for name, encrypt in jobs:
@@ -519,48 +529,66 @@ class Client:
                 },
                 kind=DATASET_FORMAT,
             )
+            ds = EncryptedDataset.open(tmp)
+            zeros = np.zeros(plan.n_features)
+            written.append(
+                write_state(
+                    store,
+                    StateFile(store.path(0, fresh=True), 0, True),
+                    client.encrypt_state(zeros, zeros),
+                    fingerprint=keys.fingerprint,
+                    meta={
+                        "dataset": ds.id,
+                        "n_chunks": len(specs),
+                        "step": 0,
+                        "server_seconds": 0.0,
+                    },
+                )
+            )
+            record_path = self._record_path(ds.id)
+            write_json(
+                record_path,
+                {
+                    "dataset": ds.id,
+                    "key_fingerprint": keys.fingerprint,
+                    "library_version": __version__,
+                    "options": _estimator_params(clf),
+                    "plan": plan_to_dict(plan),
+                    "epochs": int(clf.max_iter),
+                    "n_chunks": len(specs),
+                    "chunk_depths": depths,
+                    "depth_per_minibatch": _depth_per_minibatch(trainer, specs),
+                    "sigmoid_coeffs": [float(c) for c in trainer.coeffs],
+                    "classes": _jsonable(classes),
+                    "n_samples": int(X.shape[0]),
+                    "n_features_in": int(X.shape[1]),
+                    "mean": _jsonable(clf._mean),
+                    "std": _jsonable(clf._std),
+                    "row_scale": float(clf._row_scale),
+                    "encrypt_seconds": time.perf_counter() - t0,
+                    "dataset_bytes": ds.total_bytes + (tmp / MANIFEST).stat().st_size,
+                    "bundle_bytes": (self.key_dir / PUBLIC_BUNDLE_FILE).stat().st_size,
+                },
+                kind=RECORD_FORMAT,
+                mode=0o600,
+                overwrite=False,
+            )
+            written.append(record_path)
             if dataset_dir.exists():
                 dataset_dir.rmdir()  # empty (checked above)
+                emptied = True
             os.replace(tmp, dataset_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            for path in written:
+                path.unlink(missing_ok=True)
+            if emptied and not dataset_dir.exists():
+                dataset_dir.mkdir()
+            if created_states:
+                with contextlib.suppress(OSError):
+                    store.directory.rmdir()  # only when empty
             raise
-        ds = EncryptedDataset.open(dataset_dir)
-        zeros = np.zeros(plan.n_features)
-        write_state(
-            store,
-            StateFile(store.path(0, fresh=True), 0, True),
-            client.encrypt_state(zeros, zeros),
-            fingerprint=keys.fingerprint,
-            meta={"dataset": ds.id, "n_chunks": len(specs), "step": 0, "server_seconds": 0.0},
-        )
-        write_json(
-            self._record_path(ds.id),
-            {
-                "dataset": ds.id,
-                "key_fingerprint": keys.fingerprint,
-                "library_version": __version__,
-                "options": _estimator_params(clf),
-                "plan": plan_to_dict(plan),
-                "epochs": int(clf.max_iter),
-                "n_chunks": len(specs),
-                "chunk_depths": depths,
-                "depth_per_minibatch": _depth_per_minibatch(trainer, specs),
-                "sigmoid_coeffs": [float(c) for c in trainer.coeffs],
-                "classes": _jsonable(classes),
-                "n_samples": int(X.shape[0]),
-                "n_features_in": int(X.shape[1]),
-                "mean": _jsonable(clf._mean),
-                "std": _jsonable(clf._std),
-                "row_scale": float(clf._row_scale),
-                "encrypt_seconds": time.perf_counter() - t0,
-                "dataset_bytes": ds.total_bytes + (dataset_dir / MANIFEST).stat().st_size,
-                "bundle_bytes": (self.key_dir / PUBLIC_BUNDLE_FILE).stat().st_size,
-            },
-            kind=RECORD_FORMAT,
-            mode=0o600,
-        )
-        return ds
+        return EncryptedDataset.open(dataset_dir)
 
     # --------------------------------------------------------------- refresh
     def refresh(self, states_dir: str | os.PathLike[str]) -> StateFile:
@@ -812,6 +840,19 @@ class Client:
             "probability": 1.0 / (1.0 + np.exp(-decision)),
             "label": classes[(decision > 0).astype(int)],
         }
+
+
+def _check_creatable(path: Path) -> None:
+    """Refuse a path that cannot become a directory (it, or an ancestor, is a file)."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise FileExistsError(
+                    f"{p} exists and is not a directory; choose another path"
+                    if p == path
+                    else f"{p} is a file, not a directory; choose another path for {path}"
+                )
+            return
 
 
 def _ciphertext_bytes(keys: KeySet) -> int:
