@@ -71,7 +71,7 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 def fake_mnist(tmp_path) -> Path:
     """A small learnable MNIST look-alike in the real file format (digits 3, 8 and 1)."""
     rng = np.random.default_rng(0)
-    labels = np.array([3, 8, 1] * 80)
+    labels = np.array([3, 8, 1] * 140)  # 224 training rows of 3s and 8s
     images = rng.integers(0, 60, size=(len(labels), 28, 28))
     images[labels == 3, :, :14] += 150  # 3s bright on the left, 8s on the right
     images[labels == 8, :, 14:] += 150
