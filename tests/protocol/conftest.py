@@ -29,6 +29,50 @@ def run(*argv: str | Path) -> int:
     return main([str(a) for a in argv])
 
 
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` and its bytes (to show that nothing was written)."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def train_step(root: Path, states: Path | None = None) -> int:
+    """``sklearn-he train`` in ``root/server`` (or on another states directory)."""
+    server = root / "server"
+    states = states or server / "states"
+    return run("train", "-q", INSECURE, "--public-bundle", server / "public.bundle",
+               "--dataset", server / "dataset", "--states", states)  # fmt: skip
+
+
+def refresh_step(root: Path) -> int:
+    """``sklearn-he refresh`` in ``root/client``."""
+    return run("refresh", "-q", INSECURE, "--keys", root / "client" / "keys",
+               "--states", root / "client" / "states")  # fmt: skip
+
+
+def to_client(root: Path) -> None:
+    """Copy the server's new states to the client."""
+    for p in (root / "server" / "states").glob("state-*"):
+        if not (root / "client" / "states" / p.name).exists():
+            shutil.copy(p, root / "client" / "states" / p.name)
+
+
+def to_server(root: Path) -> None:
+    """Copy the client's new states to the server."""
+    for p in (root / "client" / "states").glob("state-*"):
+        if not (root / "server" / "states" / p.name).exists():
+            shutil.copy(p, root / "server" / "states" / p.name)
+
+
+def error_text(capsys) -> str:
+    """Standard error since the last read; an explained error has no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
 def write_csv(path: Path, X: np.ndarray, y: np.ndarray) -> Path:
     header = ",".join(f"f{j}" for j in range(X.shape[1])) + ",label"
     rows = [",".join(repr(float(v)) for v in x) + f",{int(t)}" for x, t in zip(X, y, strict=True)]

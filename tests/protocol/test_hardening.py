@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,46 +20,19 @@ import pytest
 from sklearn_he.backend._serialization import Kind, unpack
 from sklearn_he.protocol._files import unpack_ciphertext_set
 
-from .conftest import INSECURE, SMALL_FLAGS, run
+from .conftest import (
+    INSECURE,
+    SMALL_FLAGS,
+    error_text,
+    refresh_step,
+    run,
+    snapshot,
+    to_client,
+    to_server,
+    train_step,
+)
 
 pytestmark = pytest.mark.ckks
-
-
-def _snapshot(directory: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(directory)): p.read_bytes()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
-def _train(root: Path, *extra: str) -> int:
-    server = root / "server"
-    return run("train", "-q", INSECURE, "--public-bundle", server / "public.bundle",
-               "--dataset", server / "dataset", "--states", server / "states", *extra)  # fmt: skip
-
-
-def _refresh(root: Path, states: Path | None = None) -> int:
-    states = states or root / "client" / "states"
-    return run("refresh", "-q", INSECURE, "--keys", root / "client" / "keys", "--states", states)
-
-
-def _to_client(root: Path) -> None:
-    for p in (root / "server" / "states").glob("state-*"):
-        if not (root / "client" / "states" / p.name).exists():
-            shutil.copy(p, root / "client" / "states" / p.name)
-
-
-def _to_server(root: Path) -> None:
-    for p in (root / "client" / "states").glob("state-*"):
-        if not (root / "server" / "states" / p.name).exists():
-            shutil.copy(p, root / "server" / "states" / p.name)
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
 
 
 # ------------------------------------------------------- corrupted inputs
@@ -73,12 +45,12 @@ def test_damaged_ciphertext_file_is_refused_and_nothing_written(fresh_copy, caps
     else:
         data[len(data) // 2] ^= 0x01
         tile.write_bytes(bytes(data))
-    before = _snapshot(fresh_copy / "server")
-    assert _train(fresh_copy) == 1
-    err = _error(capsys)
+    before = snapshot(fresh_copy / "server")
+    assert train_step(fresh_copy) == 1
+    err = error_text(capsys)
     assert "b00000_r0_c0.ct" in err
     assert ("truncated" if damage == "truncate" else "corrupted") in err
-    assert _snapshot(fresh_copy / "server") == before  # no state, no marker, no temp file
+    assert snapshot(fresh_copy / "server") == before  # no state, no marker, no temp file
 
 
 @pytest.mark.parametrize("damage", ["truncate", "edit"])
@@ -91,34 +63,34 @@ def test_damaged_manifest_is_refused(fresh_copy, capsys, damage):
         doc = json.loads(text)
         doc["plan"]["k"] += 1
         manifest.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    before = _snapshot(fresh_copy / "server")
-    assert _train(fresh_copy) == 1
-    err = _error(capsys)
+    before = snapshot(fresh_copy / "server")
+    assert train_step(fresh_copy) == 1
+    err = error_text(capsys)
     assert "manifest.json" in err
     assert ("not valid JSON" if damage == "truncate" else "corrupted") in err
-    assert _snapshot(fresh_copy / "server") == before
+    assert snapshot(fresh_copy / "server") == before
 
 
 def test_damaged_state_is_refused_by_train_and_refresh(fresh_copy, capsys):
     state = fresh_copy / "server" / "states" / "state-00000.fresh.skhe"
     good = state.read_bytes()
     state.write_bytes(good[:-100])
-    before = _snapshot(fresh_copy / "server")
-    assert _train(fresh_copy) == 1
-    assert "truncated" in _error(capsys)
-    assert _snapshot(fresh_copy / "server") == before
+    before = snapshot(fresh_copy / "server")
+    assert train_step(fresh_copy) == 1
+    assert "truncated" in error_text(capsys)
+    assert snapshot(fresh_copy / "server") == before
     # The client side: a corrupted spent state is not refreshed.
     state.write_bytes(good)
-    assert _train(fresh_copy) == 0
-    _to_client(fresh_copy)
+    assert train_step(fresh_copy) == 0
+    to_client(fresh_copy)
     spent = fresh_copy / "client" / "states" / "state-00001.trained.skhe"
     data = bytearray(spent.read_bytes())
     data[-5000] ^= 0xFF
     spent.write_bytes(bytes(data))
-    before = _snapshot(fresh_copy / "client")
-    assert _refresh(fresh_copy) == 1
-    assert "corrupted" in _error(capsys)
-    assert _snapshot(fresh_copy / "client") == before
+    before = snapshot(fresh_copy / "client")
+    assert refresh_step(fresh_copy) == 1
+    assert "corrupted" in error_text(capsys)
+    assert snapshot(fresh_copy / "client") == before
 
 
 # ------------------------------------------------------------------- keys
@@ -127,32 +99,32 @@ def test_data_and_states_under_other_keys_are_refused(fresh_copy, cancer_small, 
     n, d = cancer_small[0].shape
     assert run("keygen", "-q", "--shape", n, d, "--out", other, "--epochs", "1", *SMALL_FLAGS) == 0
     server = fresh_copy / "server"
-    before = _snapshot(server)
+    before = snapshot(server)
     assert run("train", "-q", INSECURE, "--public-bundle", other / "public.bundle",
                "--dataset", server / "dataset", "--states", server / "states") == 1  # fmt: skip
-    err = _error(capsys)
+    err = error_text(capsys)
     assert "encrypted under the key set" in err and "public bundle" in err
-    assert _snapshot(server) == before
+    assert snapshot(server) == before
     # A client with other keys cannot refresh (or read) these states.
-    assert _train(fresh_copy) == 0
-    _to_client(fresh_copy)
+    assert train_step(fresh_copy) == 0
+    to_client(fresh_copy)
     shutil.copytree(fresh_copy / "client" / "states", fresh_copy / "states2")
     assert run("refresh", "-q", INSECURE, "--keys", other, "--states", fresh_copy / "states2") == 1
-    assert "different key set" in _error(capsys)
+    assert "different key set" in error_text(capsys)
 
 
 def test_secret_key_never_in_bundle_data_or_states(fresh_copy):
     keys = fresh_copy / "client" / "keys"
     secret = unpack((keys / "secret.key").read_bytes(), expected_kind=Kind.SECRET_KEY).payload
     # One training round so that the server holds a trained and a fresh state.
-    assert _train(fresh_copy) == 0
-    _to_client(fresh_copy)
-    assert _refresh(fresh_copy) == 0
-    _to_server(fresh_copy)
+    assert train_step(fresh_copy) == 0
+    to_client(fresh_copy)
+    assert refresh_step(fresh_copy) == 0
+    to_server(fresh_copy)
     probes = [secret] + [
         secret[i : i + 32] for i in range(len(secret) // 8, len(secret), len(secret) // 8)
     ]
-    shared = _snapshot(fresh_copy / "server")
+    shared = snapshot(fresh_copy / "server")
     assert any(name.startswith("states/") and "fresh" in name for name in shared)
     assert "public.bundle" in shared and any(name.startswith("dataset/Z/") for name in shared)
     for name, data in shared.items():
@@ -186,7 +158,7 @@ def test_server_never_opens_a_secret_key(fresh_copy, capsys):
     key = fresh_copy / "client" / "keys" / "secret.key"
     assert run("train", "-q", INSECURE, "--public-bundle", key, "--dataset",
                server / "dataset", "--states", server / "states") == 1  # fmt: skip
-    assert "holds a secret key, but a public bundle was expected" in _error(capsys)
+    assert "holds a secret key, but a public bundle was expected" in error_text(capsys)
 
 
 # ---------------------------------------------------------- order of steps
@@ -194,10 +166,10 @@ def test_steps_out_of_order_say_what_to_do(fresh_copy, capsys):
     client = fresh_copy / "client"
     assert run("decrypt", "-q", INSECURE, "--keys", client / "keys",
                "--states", client / "states", "--out", fresh_copy / "m.pkl") == 1  # fmt: skip
-    assert "not finished: 0 of 2 chunks" in _error(capsys)
-    assert _refresh(fresh_copy) == 1
-    assert "nothing to refresh" in _error(capsys)
-    assert _train(fresh_copy) == 0
+    assert "not finished: 0 of 2 chunks" in error_text(capsys)
+    assert refresh_step(fresh_copy) == 1
+    assert "nothing to refresh" in error_text(capsys)
+    assert train_step(fresh_copy) == 0
     capsys.readouterr()
     assert run("train", INSECURE, "--public-bundle", fresh_copy / "server" / "public.bundle",
                "--dataset", fresh_copy / "server" / "dataset",
@@ -205,15 +177,15 @@ def test_steps_out_of_order_say_what_to_do(fresh_copy, capsys):
     assert "nothing to train" in capsys.readouterr().out
     assert not (fresh_copy / "m.pkl").exists()
     # The last chunk, refreshed for encrypted scoring: a second refresh says training is over.
-    _to_client(fresh_copy)
-    assert _refresh(fresh_copy) == 0
-    _to_server(fresh_copy)
-    assert _train(fresh_copy) == 0
-    _to_client(fresh_copy)
-    assert _refresh(fresh_copy) == 0
+    to_client(fresh_copy)
+    assert refresh_step(fresh_copy) == 0
+    to_server(fresh_copy)
+    assert train_step(fresh_copy) == 0
+    to_client(fresh_copy)
+    assert refresh_step(fresh_copy) == 0
     capsys.readouterr()
-    assert _refresh(fresh_copy) == 1
-    err = _error(capsys)
+    assert refresh_step(fresh_copy) == 1
+    err = error_text(capsys)
     assert "training is complete (2 of 2 chunks done)" in err and "sklearn-he decrypt" in err
 
 
@@ -239,10 +211,10 @@ sys.exit(main(sys.argv[1:]))
 def test_killed_train_resumes_to_the_same_model(fresh_copy, capsys):
     root, server = fresh_copy, fresh_copy / "server"
     # Chunk 1 and its refresh, then a snapshot before the last chunk.
-    assert _train(root) == 0
-    _to_client(root)
-    assert _refresh(root) == 0
-    _to_server(root)
+    assert train_step(root) == 0
+    to_client(root)
+    assert refresh_step(root) == 0
+    to_server(root)
     shutil.copytree(server / "states", root / "uninterrupted")
 
     args = ["train", "-q", INSECURE, "--public-bundle", str(server / "public.bundle"),
@@ -256,7 +228,7 @@ def test_killed_train_resumes_to_the_same_model(fresh_copy, capsys):
     (server / "states" / ".state-00002.trained.skhe.x1y2.tmp").write_bytes(b"\0" * 1000)
 
     assert run(*args) == 1  # refuses to guess
-    assert "--resume" in _error(capsys)
+    assert "--resume" in error_text(capsys)
     assert run(*args, "--resume") == 0
     assert not list((server / "states").glob(".*.tmp"))
     assert not (server / "states" / "train.in-progress.json").exists()
@@ -309,7 +281,7 @@ def test_inspect_describes_every_artefact(fresh_copy, capsys):
     bad = server / "dataset" / "Z" / "b00001_r0_c0.ct"
     bad.write_bytes(bad.read_bytes()[:-1])
     assert run("inspect", "--verify", server / "dataset") == 1
-    assert "truncated" in _error(capsys)
+    assert "truncated" in error_text(capsys)
 
 
 def test_encrypt_refuses_multiclass_and_existing_outputs(fresh_copy, cancer_small, capsys):
@@ -321,14 +293,14 @@ def test_encrypt_refuses_multiclass_and_existing_outputs(fresh_copy, cancer_smal
     args = ["encrypt", "-q", INSECURE, "--keys", client / "keys", "--data", fresh_copy / "X.npy"]
     assert run(*args, "--labels", fresh_copy / "y3.npy", "--out", fresh_copy / "ds3",
                "--states", fresh_copy / "st3") == 1  # fmt: skip
-    assert "3 classes" in _error(capsys)
+    assert "3 classes" in error_text(capsys)
     assert not (fresh_copy / "ds3").exists() and not (fresh_copy / "st3").exists()
     np.save(fresh_copy / "y.npy", y)
-    before = _snapshot(client)
+    before = snapshot(client)
     assert run(*args, "--labels", fresh_copy / "y.npy", "--out", client / "dataset",
                "--states", fresh_copy / "st4") == 1  # fmt: skip
-    assert "refusing to overwrite" in _error(capsys)
-    assert _snapshot(client) == before
+    assert "refusing to overwrite" in error_text(capsys)
+    assert snapshot(client) == before
 
 
 def test_encrypt_of_another_data_shape_names_both_shapes(fresh_copy, cancer_small, capsys):
@@ -339,7 +311,7 @@ def test_encrypt_of_another_data_shape_names_both_shapes(fresh_copy, cancer_smal
     assert run("encrypt", "-q", INSECURE, "--keys", fresh_copy / "client" / "keys",
                "--data", fresh_copy / "X.npy", "--labels", fresh_copy / "y.npy",
                "--out", fresh_copy / "ds", "--states", fresh_copy / "st") == 1  # fmt: skip
-    err = _error(capsys)
+    err = error_text(capsys)
     assert "16 x 5 data needs (the keys were made for 64 x 30)" in err
     assert "sklearn-he keygen" in err
     assert not (fresh_copy / "ds").exists() and not (fresh_copy / "st").exists()

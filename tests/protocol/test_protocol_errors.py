@@ -8,7 +8,6 @@ directory holding only the public bundle, the data set and the states).
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 import types
@@ -20,47 +19,19 @@ import pytest
 from sklearn_he.protocol import Client
 from sklearn_he.protocol._files import pack_ciphertext_set, unpack_ciphertext_set
 
-from .conftest import INSECURE, SMALL_FLAGS, run
+from .conftest import (
+    INSECURE,
+    SMALL_FLAGS,
+    error_text,
+    refresh_step,
+    run,
+    snapshot,
+    to_client,
+    to_server,
+    train_step,
+)
 
 pytestmark = pytest.mark.ckks
-
-
-def _snapshot(directory: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(directory)): p.read_bytes()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
-def _train(root: Path, states: Path | None = None, *extra: str) -> int:
-    server = root / "server"
-    return run("train", "-q", INSECURE, "--public-bundle", server / "public.bundle",
-               "--dataset", server / "dataset", "--states", states or server / "states",
-               *extra)  # fmt: skip
-
-
-def _refresh(root: Path) -> int:
-    return run("refresh", "-q", INSECURE, "--keys", root / "client" / "keys",
-               "--states", root / "client" / "states")  # fmt: skip
-
-
-def _to_client(root: Path) -> None:
-    for p in (root / "server" / "states").glob("state-*"):
-        if not (root / "client" / "states" / p.name).exists():
-            shutil.copy(p, root / "client" / "states" / p.name)
-
-
-def _to_server(root: Path) -> None:
-    for p in (root / "client" / "states").glob("state-*"):
-        if not (root / "server" / "states" / p.name).exists():
-            shutil.copy(p, root / "server" / "states" / p.name)
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
 
 
 def _client(root: Path) -> Client:
@@ -81,7 +52,7 @@ def _score(root: Path, rows: Path, out: Path, *extra: str | Path) -> int:
 # ------------------------------------------------------------ 1. follow
 def test_follow_reads_a_trained_state_again_while_it_is_copied(fresh_copy):
     """``refresh --wait``: a spent state still arriving is read again, not refused at once."""
-    assert _train(fresh_copy) == 0
+    assert train_step(fresh_copy) == 0
     data = (fresh_copy / "server" / "states" / "state-00001.trained.skhe").read_bytes()
     target = fresh_copy / "client" / "states" / "state-00001.trained.skhe"
     target.write_bytes(data[: len(data) // 3])  # the copy has begun
@@ -111,23 +82,23 @@ def test_score_refuses_a_state_of_unfinished_training(fresh_copy, cancer_small, 
     states = fresh_copy / "server" / "states"
     # The untrained initial state: fresh, at the top level, but no model.
     assert _score(fresh_copy, rows, out, "--state", states / "state-00000.fresh.skhe") == 1
-    err = _error(capsys)
+    err = error_text(capsys)
     assert "training is not finished (0 of 2 chunks done)" in err
     assert "final refreshed state" in err
     assert not out.exists()
     # Half way: the refresh after the first of two chunks.
-    assert _train(fresh_copy) == 0
-    _to_client(fresh_copy)
-    assert _refresh(fresh_copy) == 0
-    _to_server(fresh_copy)
+    assert train_step(fresh_copy) == 0
+    to_client(fresh_copy)
+    assert refresh_step(fresh_copy) == 0
+    to_server(fresh_copy)
     assert _score(fresh_copy, rows, out, "--state", states) == 1
-    assert "training is not finished (1 of 2 chunks done)" in _error(capsys)
+    assert "training is not finished (1 of 2 chunks done)" in error_text(capsys)
     assert not out.exists()
     # The refreshed final state scores, and the scores say which state made them.
-    assert _train(fresh_copy) == 0
-    _to_client(fresh_copy)
-    assert _refresh(fresh_copy) == 0
-    _to_server(fresh_copy)
+    assert train_step(fresh_copy) == 0
+    to_client(fresh_copy)
+    assert refresh_step(fresh_copy) == 0
+    to_server(fresh_copy)
     assert _score(fresh_copy, rows, out, "--state", states / "state-00002.fresh.skhe") == 0
     meta, _ = unpack_ciphertext_set(
         out.read_bytes(), fingerprint=None, source="scores",
@@ -170,13 +141,13 @@ def test_train_checks_the_latest_state_before_deciding(fresh_copy, capsys, chang
     forged = _forged_state(
         fresh_copy, "state-00004.trained.skhe", chunks_done=4, fresh=False, **changes
     )
-    before = _snapshot(fresh_copy)
+    before = snapshot(fresh_copy)
     capsys.readouterr()
-    assert _train(fresh_copy, forged.parent) == 1
+    assert train_step(fresh_copy, forged.parent) == 1
     captured = capsys.readouterr()
     assert "training complete" not in captured.out and "Traceback" not in captured.err
     assert message in captured.err and "states directory of this data set" in captured.err
-    assert _snapshot(fresh_copy) == before
+    assert snapshot(fresh_copy) == before
 
 
 def test_train_checks_a_spent_state_of_another_data_set(fresh_copy, capsys):
@@ -184,8 +155,8 @@ def test_train_checks_a_spent_state_of_another_data_set(fresh_copy, capsys):
     forged = _forged_state(
         fresh_copy, "state-00001.trained.skhe", chunks_done=1, fresh=False, dataset="e" * 32
     )
-    assert _train(fresh_copy, forged.parent) == 1
-    err = _error(capsys)
+    assert train_step(fresh_copy, forged.parent) == 1
+    err = error_text(capsys)
     assert "belongs to data set eeeeeeeeeeeeeeee" in err and "refresh" not in err
 
 
@@ -203,10 +174,10 @@ def test_records_of_replaced_keys_are_ignored(fresh_copy, cancer_small, capsys):
     X, _ = cancer_small
     rows = fresh_copy / "rows.skhe"
     assert _encrypt_rows(fresh_copy, X[:5], rows) == 1
-    err = _error(capsys)
+    err = error_text(capsys)
     assert "no data set encrypted under these keys" in err and "replaced keys ignored" in err
     assert _encrypt_rows(fresh_copy, X[:5], rows, "--dataset-id", old[:8]) == 1
-    err = _error(capsys)
+    err = error_text(capsys)
     assert "keys that have since been replaced" in err and "another key directory" not in err
     assert not rows.exists()
     # A data set encrypted under the new keys is the one used.
@@ -227,7 +198,7 @@ def test_several_matching_records_are_listed(fresh_copy, cancer_small, capsys):
     assert len(ids) == 2
     X, _ = cancer_small
     assert _encrypt_rows(fresh_copy, X[:5], fresh_copy / "rows.skhe") == 1
-    err = _error(capsys)
+    err = error_text(capsys)
     assert "2 encrypted data sets" in err and ids[0] in err and ids[1] in err
     assert "--dataset-id" in err
     client = _client(fresh_copy)
@@ -246,12 +217,12 @@ def test_keygen_checks_every_output_before_writing(fresh_copy, capsys):
     keys = fresh_copy / "k2"
     keys.mkdir()
     (keys / "training.json").write_text("{}\n")  # left by an earlier, interrupted run
-    before = _snapshot(keys)
+    before = snapshot(keys)
     args = ["keygen", "-q", "--shape", "64", "30", "--out", keys, "--epochs", "1", *SMALL_FLAGS]
     assert run(*args) == 1
-    err = _error(capsys)
+    err = error_text(capsys)
     assert "training.json" in err and "--force" in err
-    assert _snapshot(keys) == before  # no secret key, no bundle: a rerun is not refused
+    assert snapshot(keys) == before  # no secret key, no bundle: a rerun is not refused
     assert run(*args, "--force") == 0
     assert {p.name for p in keys.iterdir()} == {
         "secret.key", "public.bundle", "client.bundle", "training.json",
@@ -260,7 +231,7 @@ def test_keygen_checks_every_output_before_writing(fresh_copy, capsys):
     assert Client(keys, allow_insecure_for_testing=True).config["n_samples"] == 64
     # A secret key is never replaced without --force.
     assert run(*args) == 1
-    assert "secret.key exists" in _error(capsys)
+    assert "secret.key exists" in error_text(capsys)
 
 
 # --------------------------------------------------- 6. encrypt outputs
@@ -268,17 +239,17 @@ def test_encrypt_refuses_a_file_as_states_or_dataset_before_any_work(fresh_copy,
     client = fresh_copy / "client"
     afile = fresh_copy / "afile"
     afile.write_text("not a directory\n")
-    before = _snapshot(client)
+    before = snapshot(client)
     assert _encrypt(fresh_copy, fresh_copy / "ds2", afile) == 1
-    err = _error(capsys)
+    err = error_text(capsys)
     assert "afile exists and is not a directory" in err
     assert not (fresh_copy / "ds2").exists() and afile.read_text() == "not a directory\n"
-    assert _snapshot(client) == before  # no record either
+    assert snapshot(client) == before  # no record either
     assert _encrypt(fresh_copy, afile, fresh_copy / "st2") == 1
-    assert "afile exists and is not a directory" in _error(capsys)
-    assert not (fresh_copy / "st2").exists() and _snapshot(client) == before
+    assert "afile exists and is not a directory" in error_text(capsys)
+    assert not (fresh_copy / "st2").exists() and snapshot(client) == before
     assert _encrypt(fresh_copy, fresh_copy / "ds2", afile / "states") == 1
-    assert "afile is a file, not a directory" in _error(capsys)
+    assert "afile is a file, not a directory" in error_text(capsys)
     # The rerun with usable paths is not refused, and writes all three outputs.
     assert _encrypt(fresh_copy, fresh_copy / "ds2", fresh_copy / "st2") == 0
     assert (fresh_copy / "st2" / "state-00000.fresh.skhe").exists()
@@ -292,7 +263,7 @@ def test_encrypt_takes_back_the_state_and_record_when_it_fails_late(
     from sklearn_he.protocol import _client as client_module
 
     client_dir = fresh_copy / "client"
-    before = _snapshot(client_dir)
+    before = snapshot(client_dir)
 
     def fail(*args, **kwargs):
         raise OSError("disk full")
@@ -305,20 +276,20 @@ def test_encrypt_takes_back_the_state_and_record_when_it_fails_late(
     with pytest.raises(OSError, match="disk full"):
         client.encrypt(X, y, fresh_copy / "ds2", fresh_copy / "st2")
     assert not (fresh_copy / "ds2").exists() and not (fresh_copy / "st2").exists()
-    assert _snapshot(client_dir) == before
+    assert snapshot(client_dir) == before
     assert not [p for p in fresh_copy.iterdir() if p.name.startswith(".ds2.")]
 
 
 # --------------------------------------------- 7. the client bundle on the server
 def test_server_refuses_the_client_bundle(fresh_copy, capsys):
     light = fresh_copy / "client" / "keys" / "client.bundle"
-    before = _snapshot(fresh_copy / "server")
+    before = snapshot(fresh_copy / "server")
     server = fresh_copy / "server"
     assert run("train", "-q", INSECURE, "--public-bundle", light, "--dataset",
                server / "dataset", "--states", server / "states") == 1  # fmt: skip
-    err = _error(capsys)
+    err = error_text(capsys)
     assert "this is the client bundle; the server needs public.bundle" in err
-    assert _snapshot(fresh_copy / "server") == before
+    assert snapshot(fresh_copy / "server") == before
 
 
 # ------------------------------------------------ 8. existing outputs
@@ -327,7 +298,7 @@ def test_existing_outputs_are_refused_before_the_work(fresh_copy, cancer_small, 
     rows, out = fresh_copy / "rows.skhe", fresh_copy / "scores.skhe"
     rows.write_bytes(b"mine")
     assert _encrypt_rows(fresh_copy, X[:5], rows) == 1
-    err = _error(capsys)
+    err = error_text(capsys)
     assert f"{rows} exists; choose another path or remove it" in err
     assert "overwrite=True" not in err and rows.read_bytes() == b"mine"
     rows.unlink()
@@ -335,6 +306,6 @@ def test_existing_outputs_are_refused_before_the_work(fresh_copy, cancer_small, 
     out.write_bytes(b"mine")
     state = fresh_copy / "server" / "states" / "state-00000.fresh.skhe"
     assert _score(fresh_copy, rows, out, "--state", state) == 1
-    err = _error(capsys)
+    err = error_text(capsys)
     assert f"{out} exists; choose another path or remove it" in err
     assert "overwrite=True" not in err and out.read_bytes() == b"mine"
