@@ -32,6 +32,7 @@ import csv
 import io
 import json
 import pickle
+import re
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -43,7 +44,12 @@ import numpy as np
 from ._version import __version__
 from .backend import CKKSParameters
 from .backend._serialization import MAGIC, Kind, atomic_write, unpack
-from .exceptions import InsecureParametersError, InsecureParametersWarning, SklearnHEError
+from .exceptions import (
+    InsecureParametersError,
+    InsecureParametersWarning,
+    ParameterError,
+    SklearnHEError,
+)
 
 __all__ = ["main"]
 
@@ -335,12 +341,23 @@ def _ckks_params(args: argparse.Namespace) -> CKKSParameters | None:
             "--coeff-modulus-bits must be comma-separated integers; got "
             f"{args.coeff_modulus_bits!r}"
         ) from None
-    return CKKSParameters(
+    params = CKKSParameters(
         args.poly_modulus_degree,
         bits,
         args.scale_bits,
         security_level=0 if args.allow_insecure_for_testing else 128,
     )
+    # A malformed set is a command-line mistake, found before any planning
+    # (security is checked, and warned about, where the parameters are used).
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InsecureParametersWarning)
+            params.validate(allow_insecure_for_testing=True)
+    except InsecureParametersError:
+        raise  # main words it with the flags
+    except ParameterError as exc:
+        raise _UsageError(f"--poly-modulus-degree/--coeff-modulus-bits: {exc}") from None
+    return params
 
 
 # ------------------------------------------------------------------ commands
@@ -961,6 +978,31 @@ _LIBRARY_ADVICE = (
 )
 
 
+def _cli_terms(text: str) -> str:
+    """A library message's advice in the command line's terms (flags, not arguments)."""
+
+    def chain(m: re.Match[str]) -> str:
+        d = int(m.group(1))
+        bits = ",".join(["60", *(["40"] * d), "60"])
+        return (
+            f"--coeff-modulus-bits {bits} ({d} levels, with a --poly-modulus-degree large "
+            "enough for it), or no CKKS flags at all, so that keygen picks them"
+        )
+
+    text = re.sub(
+        r"parameters with at least (\d+) levels \(CKKSParameters\.for_depth\(\d+\)\)",
+        chain,
+        text,
+    )
+    for api, flag in (
+        ("sigmoid_degree=3", "--sigmoid-degree 3"),
+        ("circuit='pipelined'", "--circuit pipelined"),
+        ("fewer minibatches per circuit", "a smaller --minibatches-per-circuit"),
+    ):
+        text = text.replace(api, flag)
+    return text
+
+
 def _insecure_message(exc: InsecureParametersError) -> str:
     """The library's insecure-parameters error in the command line's terms (its flags)."""
     text = str(exc).replace(
@@ -995,7 +1037,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
     except (SklearnHEError, OSError, ValueError, TypeError) as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {_cli_terms(str(exc))}", file=sys.stderr)
         return 1
 
 

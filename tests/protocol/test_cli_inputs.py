@@ -235,6 +235,11 @@ def test_command_line_mistakes_exit_2(tmp_path, capsys):
                        "--poly-modulus-degree", "4096")  # fmt: skip
     assert "--coeff-modulus-bits" in err
     assert not (tmp_path / "keys").exists()
+    err = _usage_error(capsys, "keygen", "--out", tmp_path / "keys", "--shape", "64", "30",
+                       "--poly-modulus-degree", "4000", "--coeff-modulus-bits", "60,40,60",
+                       INSECURE)  # fmt: skip
+    assert "--poly-modulus-degree/--coeff-modulus-bits: poly_modulus_degree must be one" in err
+    assert not (tmp_path / "keys").exists()
     err = _usage_error(capsys, "decrypt", "--keys", "k", "--states", "s")
     assert "say what to write" in err
     err = _usage_error(capsys, "score", "--public-bundle", "b", "--rows", "r", "--out", "o")
@@ -316,3 +321,14 @@ def test_insecure_parameters_errors_name_the_flag(tmp_path, prepared, capsys):
     assert run("refresh", "-q", "--keys", keys, "--states", tmp_path / "states") == 1
     err = _error(capsys)
     assert "with --allow-insecure-for-testing" in err and "allow_insecure_for_testing" not in err
+
+
+def test_too_few_levels_are_explained_with_flags(tmp_path, capsys):
+    flags = ["--poly-modulus-degree", "8192", "--coeff-modulus-bits", "60,40,60"]
+    assert run("keygen", "-q", INSECURE, "--shape", "64", "30", "--out", tmp_path / "k",
+               *flags) == 1  # fmt: skip
+    err = _error(capsys)
+    assert "needs 5 levels; N=8192 provides 1" in err
+    assert "--sigmoid-degree 3" in err and "--coeff-modulus-bits 60,40,40,40,40,40,60" in err
+    assert "sigmoid_degree=" not in err and "CKKSParameters" not in err
+    assert not (tmp_path / "k").exists()
