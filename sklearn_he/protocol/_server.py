@@ -407,7 +407,7 @@ def score(
             ct.level >= SCORE_DEPTH for name, ct in cts.items() if name.startswith("w[")
         ):
             raise ProtocolError(
-                f"{path} is a spent state; scoring with encrypted weights needs a fresh one "
+                f"{state.path} is a spent state; scoring with encrypted weights needs a fresh one "
                 "(the client's `sklearn-he refresh` of the final state)"
             )
         n_blk = len(state_names_for(shape, n_cols)) // 2

@@ -94,8 +94,13 @@ def test_score_refuses_a_state_of_unfinished_training(fresh_copy, cancer_small, 
     assert _score(fresh_copy, rows, out, "--state", states) == 1
     assert "training is not finished (1 of 2 chunks done)" in error_text(capsys)
     assert not out.exists()
-    # The refreshed final state scores, and the scores say which state made them.
+    # The final state as trained has no levels left: the message names that file.
     assert train_step(fresh_copy) == 0
+    assert _score(fresh_copy, rows, out, "--state", states) == 1
+    err = error_text(capsys)
+    assert "state-00002.trained.skhe is a spent state" in err and "refresh" in err
+    assert not out.exists()
+    # The refreshed final state scores, and the scores say which state made them.
     to_client(fresh_copy)
     assert refresh_step(fresh_copy) == 0
     to_server(fresh_copy)
