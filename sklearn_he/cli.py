@@ -31,6 +31,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import pickle
 import re
 import sys
@@ -1036,6 +1037,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `sklearn-he inspect ... | head`: the reader has gone
+        # Python's recipe: point stdout at devnull so the exit flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
     except (SklearnHEError, OSError, ValueError, TypeError) as exc:
         print(f"{PROG} {args.command}: error: {_cli_terms(str(exc))}", file=sys.stderr)
         return 1

@@ -332,3 +332,21 @@ def test_too_few_levels_are_explained_with_flags(tmp_path, capsys):
     assert "--sigmoid-degree 3" in err and "--coeff-modulus-bits 60,40,40,40,40,40,60" in err
     assert "sigmoid_degree=" not in err and "CKKSParameters" not in err
     assert not (tmp_path / "k").exists()
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """``sklearn-he inspect ... | head``: status 141, no 'Broken pipe' error."""
+    import os
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "w.npy", np.zeros(31))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sklearn_he.cli", "inspect", str(tmp_path / "w.npy")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert "Broken pipe" not in err and "Traceback" not in err
