@@ -210,7 +210,15 @@ class KeySet:
                 source="secret key",
             )
             keys["secret"] = senv.payload
-        steps = [int(s) for s in env.meta.get("rotation_steps", [])]
+        try:
+            steps = [int(s) for s in env.meta.get("rotation_steps", [])]
+        except (TypeError, ValueError):
+            raise FormatError(f"{source}: malformed rotation_steps in the metadata") from None
+        if steps and evaluation_keys and "rotation" not in keys:
+            raise FormatError(
+                f"{source} lists rotation keys for {len(steps)} steps but holds none; the bundle "
+                "was altered or cut short: export it again (KeySet.public_bundle)"
+            )
         if not evaluation_keys:
             keys = {k: v for k, v in keys.items() if k not in ("relin", "rotation")}
             steps = []

@@ -316,7 +316,7 @@ class CKKSParameters:
                 scale_bits=d["scale_bits"],
                 security_level=d.get("security_level", 128),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ParameterError(f"malformed CKKS parameter record {d!r}: {exc}") from exc
 
     def describe(self) -> str:

@@ -879,7 +879,16 @@ class CKKSContext:
                 f"steps {sorted(self.rotation_steps) or 'none'}. Generate the KeySet with "
                 "rotation_steps including it (a compiled circuit lists the steps it needs)"
             )
-        return self._wrap(self._he.rotate(a._ct, k, in_new_ctxt=True), a.level)
+        try:
+            out = self._he.rotate(a._ct, k, in_new_ctxt=True)
+        except ValueError as exc:  # SEAL: the bundle listed a step it has no key for
+            if "galois key not present" not in str(exc).lower():
+                raise
+            raise MissingKeyError(
+                f"the rotation key for step {k} is listed but missing from the loaded keys; "
+                "the bundle was altered: export it again from the client's KeySet"
+            ) from None
+        return self._wrap(out, a.level)
 
     # ------------------------------------------------------- serialisation
     def ciphertext_to_bytes(self, ct: Ciphertext) -> bytes:
@@ -1001,6 +1010,16 @@ class CKKSContext:
         if ct.size() != 2:
             raise FormatError(
                 f"{source} is a ciphertext of size {ct.size()}, not a relinearised one (size 2)"
+            )
+        # SEAL 4.1 loads any scale below its bound, NaN and negative ones too;
+        # every ciphertext this library makes has a scale in [1, the modulus
+        # left at its level].
+        scale = float(ct.scale)
+        room = sum(self.params.coeff_modulus_bits[: level + 1])
+        if not (math.isfinite(scale) and scale >= 1.0 and math.log2(scale) < room):
+            raise FormatError(
+                f"{source} has scale {scale!r}, impossible for a ciphertext at level {level} "
+                f"({room}-bit modulus): the data were altered"
             )
         return self._wrap(ct, level)
 

@@ -178,8 +178,10 @@ def unpack(
         raise FormatError(f"{source} is corrupted: its checksum does not match its content")
     try:
         meta = json.loads(meta_b)
-    except ValueError as exc:  # pragma: no cover - digest already matched
-        raise FormatError(f"{source} has unreadable metadata: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # the digest matched: a forged file
+        raise FormatError(f"{source} has unreadable metadata: {exc}") from None
+    if not isinstance(meta, dict):
+        raise FormatError(f"{source} has malformed metadata: a JSON object was expected")
     fingerprint = "" if fp == _NO_FINGERPRINT else fp.hex()
     if expected_fingerprint is not None and fingerprint != expected_fingerprint:
         raise KeyMismatchError(

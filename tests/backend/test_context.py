@@ -321,6 +321,23 @@ def test_truncated_or_corrupted_ciphertext_bytes(ctx):
         ctx.ciphertext_from_bytes(bytes(bad))
 
 
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -1.0, 2.0**-30])
+def test_a_forged_scale_is_refused(ctx, scale):
+    """SEAL loads NaN, negative or tiny scales; a ciphertext of this library never has one."""
+    import struct
+
+    from sklearn_he.backend._serialization import Kind, pack, unpack
+
+    ct = ctx.encrypt([1.0, 2.0])
+    env = unpack(ct.to_bytes(), expected_kind=Kind.CIPHERTEXT)
+    at = env.payload.find(struct.pack("<d", ct.scale))
+    assert at > 0
+    payload = env.payload[:at] + struct.pack("<d", scale) + env.payload[at + 8 :]
+    forged = pack(Kind.CIPHERTEXT, env.fingerprint, env.meta, payload)
+    with pytest.raises(FormatError, match=r"has scale .* impossible for a ciphertext at level"):
+        ctx.ciphertext_from_bytes(forged)
+
+
 def test_wire_ciphertexts_round_trip_and_are_checked(ctx, other_keys, xy):
     x, y = xy
     ct = ctx.multiply(ctx.encrypt(x), ctx.encrypt(y))

@@ -159,6 +159,42 @@ def test_altered_bundles_are_refused(small_keys):
         KeySet.from_public_bundle(small_keys.secret_key_bytes(), allow_insecure_for_testing=True)
 
 
+def _repacked(bundle: bytes, drop: str | None = None, **meta: object) -> bytes:
+    """``bundle`` with a section dropped or metadata changed, its checksum made right again."""
+    from sklearn_he.backend._serialization import Kind, join_sections, pack, split_sections, unpack
+
+    env = unpack(bundle, expected_kind=Kind.PUBLIC_BUNDLE)
+    sections = split_sections(env.meta["sections"], env.payload)
+    index, blob = join_sections({k: v for k, v in sections.items() if k != drop})
+    return pack(Kind.PUBLIC_BUNDLE, env.fingerprint, {**env.meta, "sections": index, **meta}, blob)
+
+
+def test_forged_bundle_metadata_is_refused_not_trusted(small_keys, monkeypatch):
+    """A bundle that lists rotation keys it lacks would rotate into garbage: refused."""
+    bundle = small_keys.public_bundle()
+    load = lambda data: KeySet.from_public_bundle(data, allow_insecure_for_testing=True)  # noqa: E731
+    with pytest.raises(FormatError, match="lists rotation keys for .* steps but holds none"):
+        load(_repacked(bundle, drop="rotation"))
+    with pytest.raises(FormatError, match="malformed rotation_steps"):
+        load(_repacked(bundle, rotation_steps=["a"]))
+    # A step listed without its key: a MissingKeyError, not SEAL's bare ValueError.
+    listed = sorted(small_keys.rotation_steps)
+    extra = 64  # a power of two not generated: SEAL cannot compose it from the others
+    assert extra not in listed
+    forged = load(_repacked(bundle, rotation_steps=[*listed, extra]))
+    ct = forged.context.encrypt(np.arange(4.0))
+    with pytest.raises(MissingKeyError, match=f"rotation key for step {extra} is listed but"):
+        forged.context.rotate(ct, extra)
+    from sklearn_he.backend import _serialization
+
+    # Metadata that is JSON but not an object (pack itself only writes objects).
+    monkeypatch.setattr(_serialization, "dict", lambda meta: meta, raising=False)
+    listed_meta = _serialization.pack(_serialization.Kind.PUBLIC_BUNDLE, None, [1], b"")
+    monkeypatch.undo()
+    with pytest.raises(FormatError, match="a JSON object was expected"):
+        load(listed_meta)
+
+
 def test_pickling_refuses_the_secret_key_without_opt_in(small_keys):
     with pytest.raises(SecretKeyPicklingError, match=r"keys.public\(\)"):
         pickle.dumps(small_keys)
