@@ -14,9 +14,11 @@ Measurements are cached as JSON in ``$SKLEARN_HE_CACHE_DIR`` (default
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -109,10 +111,39 @@ def _read_store(path: Path) -> dict[str, Any]:
 
 
 def _write_store(path: Path, store: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(store, indent=1))
-    tmp.replace(path)
+    """Write the cache atomically: a unique temporary file per writer, renamed.
+
+    Processes or threads writing at once each rename a whole file (the last
+    one wins; the losers' measurements are taken again when next needed). A
+    cache that cannot be written only costs a measurement next time.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".costs.", suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(store, fh, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _cached_model(entry: Any, n: int) -> CostModel | None:
+    """The cached entry as a model, or None when it is not one (then measure again)."""
+    try:
+        model = CostModel(entry)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    fits = model.fits.get(n)
+    needed = {k.value for k in _KINDS} | {_ENCRYPT, _DECRYPT, _TOP}
+    if fits is None or not needed <= set(fits):
+        return None
+    if not all(len(f) == 3 and all(np.isfinite(f)) for f in fits.values()):
+        return None
+    return model
 
 
 class CostModel:
@@ -355,7 +386,9 @@ class CostModel:
         key = f"{json.dumps(params.to_dict(), sort_keys=True)}|{_machine()}|{_MEASURE_VERSION}"
         store = _read_store(path)
         if key in store and not refresh:
-            return cls(store[key])
+            cached = _cached_model(store[key], params.poly_modulus_degree)
+            if cached is not None:
+                return cached
         model = cls.measure(params, allow_insecure_for_testing=allow_insecure_for_testing)
         store[key] = {str(n): f for n, f in model.fits.items()}
         _write_store(path, store)

@@ -188,6 +188,65 @@ def test_cost_model_measures_caches_and_estimates(tmp_path, monkeypatch, small_k
     assert CostModel.nominal().decrypt_cost(16384, 2) == CostModel.decrypt_seconds(16384)
 
 
+@pytest.mark.parametrize(
+    "damage", ["not json", "[]", "entry-list", "entry-short-fit", "entry-missing-kind"]
+)
+def test_a_damaged_cost_cache_is_measured_again(tmp_path, monkeypatch, small_keys, damage):
+    import json
+
+    monkeypatch.setenv("SKLEARN_HE_CACHE_DIR", str(tmp_path))
+    params = small_keys.params
+    model = CostModel.for_params(params, allow_insecure_for_testing=True)
+    path = tmp_path / "costs.json"
+    store = json.loads(path.read_text())
+    (key,) = store
+    n = str(params.poly_modulus_degree)
+    if damage == "not json":
+        path.write_text("{half")
+    elif damage == "[]":
+        path.write_text("[]")
+    else:
+        entry = {
+            "entry-list": [1, 2],
+            "entry-short-fit": {n: {**store[key][n], "mul": [1.0, 2.0]}},
+            "entry-missing-kind": {n: {k: v for k, v in store[key][n].items() if k != "rotate"}},
+        }[damage]
+        path.write_text(json.dumps({key: entry}))
+    measured = []
+    monkeypatch.setattr(CostModel, "measure", classmethod(lambda cls, p, **kw: measured.append(p)
+                                                          or model))  # fmt: skip
+    assert CostModel.for_params(params).fits == model.fits
+    assert measured == [params]  # measured again, and the cache repaired
+    assert json.loads(path.read_text())[key] == model.to_dict()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cost_cache_writers_never_share_a_temporary_file(tmp_path):
+    """Threads writing at once: each renames a whole file of its own (no FileNotFoundError)."""
+    import json
+    import threading
+
+    from sklearn_he.circuit._cost import _write_store
+
+    path, errors = tmp_path / "costs.json", []
+
+    def write(i: int) -> None:
+        try:
+            for _ in range(20):
+                _write_store(path, {"writer": i, "pad": "x" * 10_000})
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert json.loads(path.read_text())["writer"] in range(4)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_select_parameters():
     p = select_parameters(4)
     assert (p.poly_modulus_degree, p.max_level, p.scale_bits) == (16384, 4, 40)
