@@ -447,6 +447,21 @@ def _run_task(
         # Started (peers wait for what it owes them), even if loading the
         # bundle takes seconds in a new worker process.
         _mark(spec, "started")
+        try:
+            return _run_started_task(ref, spec, inputs, bundle, result)
+        except BaseException:
+            _mark(spec, "failed")  # peers stop waiting for what it owes them
+            raise
+    return _run_started_task(ref, spec, inputs, bundle, result)
+
+
+def _run_started_task(
+    ref: BundleRef,
+    spec: TaskSpec,
+    inputs: Mapping[int, TaskInput],
+    bundle: np.ndarray | None,
+    result: TaskResult,
+) -> TaskResult:
     t0 = time.perf_counter()
     ctx = context_for(ref, bundle)
     if ctx is None:
@@ -488,10 +503,6 @@ def _run_task(
             receive=peers.receive if peers is not None else None,
             publish=peers.publish if peers is not None and spec.sends else None,
         )
-    except BaseException:
-        if peers is not None:
-            _mark(spec, "failed")
-        raise
     finally:
         ctx.auto_align = saved
     t3 = time.perf_counter()

@@ -985,3 +985,18 @@ def test_encryption_is_shared_between_this_process_and_the_workers(keys, monkeyp
     assert here and len(here) < len(vectors)  # the workers encrypted the rest
     assert here == sorted(here, reverse=True)  # this process took them from the back
     assert here[-1] > 0  # ...and never reached the front
+
+
+def test_a_dataflow_task_that_fails_before_computing_marks_itself_failed(tmp_path):
+    """Peers wait for a started task's values: a task that fails loading its keys says so."""
+    from sklearn_he.circuit._worker import TaskSpec, _run_task
+
+    spec = TaskSpec(
+        index=3, label="t", slots=8, nodes=(), levels={}, constants={}, returns=(),
+        exchange=str(tmp_path),
+    )  # fmt: skip
+    ref = BundleRef(fingerprint="00" * 16, path=None, allow_insecure_for_testing=True)
+    garbage = np.frombuffer(b"not a bundle", dtype=np.uint8)
+    with pytest.raises(FormatError):
+        _run_task(ref, spec, {}, garbage)
+    assert (tmp_path / "started-3").exists() and (tmp_path / "failed-3").exists()
