@@ -489,6 +489,19 @@ def _finished(state: Any) -> bool:
     return int(meta.get("chunks_done", 0)) >= int(meta.get("n_chunks", 1))
 
 
+def _check_outputs(outputs: dict[str, str | None], force: bool) -> None:
+    """Refuse, before any work, outputs naming one file twice or existing without --force."""
+    named: dict[Path, str] = {}
+    for flag, path in outputs.items():
+        if not path:
+            continue
+        seen = named.setdefault(Path(path).resolve(), flag)
+        if seen != flag:
+            raise _UsageError(f"{seen} and {flag} both name {path}; give each output its own file")
+        if Path(path).exists() and not force:
+            raise FileExistsError(f"{flag} {path} exists; pass --force to replace it")
+
+
 def _write_out(path: str, data: bytes, force: bool, mode: int = 0o644) -> None:
     if not force and Path(path).exists():
         raise FileExistsError(f"{path} exists; pass --force to replace it")
@@ -506,20 +519,9 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     }
     if not any(outputs.values()):
         raise _UsageError("say what to write: --out, --sklearn-out, --weights-out or --json-out")
-    named: dict[Path, str] = {}
-    for flag, path in outputs.items():
-        if path:
-            seen = named.setdefault(Path(path).resolve(), flag)
-            if seen != flag:
-                raise _UsageError(
-                    f"{seen} and {flag} both name {path}; give each output its own file"
-                )
     if args.weights_out and Path(args.weights_out).suffix.lower() != ".npy":
         raise ValueError(f"--weights-out {args.weights_out}: name a .npy file")
-    # Refuse before writing anything, so that no output is left half done.
-    for flag, path in outputs.items():
-        if path and Path(path).exists() and not args.force:
-            raise FileExistsError(f"{flag} {path} exists; pass --force to replace it")
+    _check_outputs(outputs, args.force)  # before writing anything: no output half done
     client = _client(args)
     clf = client.decrypt(args.states)
     if args.out:
@@ -589,8 +591,7 @@ def cmd_decrypt_scores(args: argparse.Namespace) -> int:
     suffix = Path(args.out).suffix.lower() if args.out else ".csv"
     if suffix not in (".csv", ".npy"):
         raise ValueError(f"--out {args.out}: write scores to a .csv or a .npy file")
-    if args.out and Path(args.out).exists() and not args.force:
-        raise FileExistsError(f"--out {args.out} exists; pass --force to replace it")
+    _check_outputs({"--out": args.out}, args.force)
     client = _client(args)
     res = client.decrypt_scores(args.scores)
     n = len(res["decision"])
@@ -979,8 +980,18 @@ _LIBRARY_ADVICE = (
 )
 
 
-def _cli_terms(text: str) -> str:
-    """A library message's advice in the command line's terms (flags, not arguments)."""
+def _cli_terms(exc: BaseException) -> str:
+    """A library error's advice in the command line's terms (flags, not arguments)."""
+    text = str(exc).replace(
+        _LIBRARY_ADVICE,
+        "use a larger --poly-modulus-degree or fewer or smaller --coeff-modulus-bits, or "
+        "leave both out and keygen picks 128-bit parameters",
+    )
+    text = text.replace("allow_insecure_for_testing=True", "--allow-insecure-for-testing")
+    if isinstance(exc, InsecureParametersError):
+        text = text.replace("poly_modulus_degree=", "N=")
+        if "--allow-insecure-for-testing" not in text:
+            text += "; for tests only, --allow-insecure-for-testing accepts them"
 
     def chain(m: re.Match[str]) -> str:
         d = int(m.group(1))
@@ -1004,20 +1015,6 @@ def _cli_terms(text: str) -> str:
     return text
 
 
-def _insecure_message(exc: InsecureParametersError) -> str:
-    """The library's insecure-parameters error in the command line's terms (its flags)."""
-    text = str(exc).replace(
-        _LIBRARY_ADVICE,
-        "use a larger --poly-modulus-degree or fewer or smaller --coeff-modulus-bits, or "
-        "leave both out and keygen picks 128-bit parameters",
-    )
-    text = text.replace("allow_insecure_for_testing=True", "--allow-insecure-for-testing")
-    text = text.replace("poly_modulus_degree=", "N=")
-    if "--allow-insecure-for-testing" not in text:
-        text += "; for tests only, --allow-insecure-for-testing accepts them"
-    return text
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
@@ -1031,9 +1028,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args))
     except _UsageError as exc:
         args.parser.error(str(exc))
-    except InsecureParametersError as exc:
-        print(f"{PROG} {args.command}: error: {_insecure_message(exc)}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -1042,7 +1036,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell reports it
     except (SklearnHEError, OSError, ValueError, TypeError) as exc:
-        print(f"{PROG} {args.command}: error: {_cli_terms(str(exc))}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {_cli_terms(exc)}", file=sys.stderr)
         return 1
 
 

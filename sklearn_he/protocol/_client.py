@@ -175,8 +175,7 @@ def keygen(
     outputs.append(directory / SECRET_KEY_FILE)  # last: it marks a complete key directory
     # Every output is checked before the (slow) key generation and before any
     # write, so that a refusal leaves the directory as it was.
-    if directory.exists() and not directory.is_dir():
-        raise NotADirectoryError(f"{directory} exists and is not a directory; choose another one")
+    _check_creatable(directory)
     for path in outputs:
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a directory; remove it or choose another one")

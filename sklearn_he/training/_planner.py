@@ -616,7 +616,7 @@ def _plan(
             return None
         chosen = params or CKKSParameters.for_depth(chunk.depth, min_poly_modulus_degree=n_ring)
         cost = _chunk_cost(chunk, chosen, source, costs, 1, epochs)
-        n_batches = max(1, -(-n_samples // m))
+        n_batches = _n_batches(n_samples, m)
         plan = Plan(
             circuit, shape, m, n_features, n_batches, k, chosen, source, cost, layout, fuse, tr
         )
