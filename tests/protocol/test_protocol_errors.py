@@ -237,6 +237,13 @@ def test_keygen_checks_every_output_before_writing(fresh_copy, capsys):
     # A secret key is never replaced without --force.
     assert run(*args) == 1
     assert "secret.key exists" in error_text(capsys)
+    # A file where the key directory (or one of its parents) should be.
+    (fresh_copy / "afile").write_text("x")
+    for out in (fresh_copy / "afile", fresh_copy / "afile" / "keys"):
+        at = args.index("--out") + 1
+        assert run(*args[:at], out, *args[at + 1 :]) == 1
+        assert "afile" in (err := error_text(capsys)) and "choose another path" in err
+    assert (fresh_copy / "afile").read_text() == "x"
 
 
 # --------------------------------------------------- 6. encrypt outputs
