@@ -21,9 +21,11 @@ __all__ = [
     "ParameterError",
     "ProtocolError",
     "ScaleMismatchError",
+    "SecretKeyExposedError",
     "SecretKeyPicklingError",
     "SklearnHEError",
     "TrainingDivergedError",
+    "UntrustedStateError",
 ]
 
 
@@ -72,6 +74,24 @@ class ProtocolError(SklearnHEError, RuntimeError):
 
     For example: training a state that awaits the client's refresh, decrypting
     an unfinished run, or a model state that belongs to another data set.
+    """
+
+
+class SecretKeyExposedError(ProtocolError):
+    """A secret key turned up where only public keys belong (on the server).
+
+    Nothing was loaded, but the key set must be considered compromised: the
+    message says how to replace it.
+    """
+
+
+class UntrustedStateError(ProtocolError):
+    """The client's ledger refuses a model state from the server.
+
+    The state does not follow the last one the client refreshed (wrong chunk,
+    step or predecessor), repeats ciphertexts the client already refreshed
+    (a replay, however relabelled), or was trained with other training
+    constants than the client encrypted the data set for.
     """
 
 

@@ -223,10 +223,18 @@ def atomic_write(
 
     The file is created with permission bits ``mode`` from the start (no
     window in which a secret is world-readable), and a reader never sees a
-    half-written file. With ``overwrite=False`` an existing file is an error.
+    half-written file. With ``overwrite=False`` an existing file is an error,
+    decided atomically: the complete temporary file is hard-linked to
+    ``path``, which fails when ``path`` exists, so of two writers racing for
+    one name exactly one succeeds (a check followed by a rename would let
+    both pass the check). On a file system without hard links it falls back
+    to the check and the rename.
+
+    The temporary file is ``.<name>.<random>.tmp`` beside ``path``; a killed
+    writer leaves it behind (callers that own a directory clean those up).
     """
     path = Path(path)
-    if not overwrite and path.exists():
+    if not overwrite and (path.exists() or path.is_symlink()):
         raise FileExistsError(f"{path} exists; refusing to overwrite it (pass overwrite=True)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -236,9 +244,28 @@ def atomic_write(
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_exclusive(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     return path
+
+
+def _link_exclusive(tmp: str, path: Path) -> None:
+    """Give the complete file ``tmp`` the name ``path`` unless ``path`` exists (atomically)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(
+            f"{path} exists (written by another process meanwhile); refusing to overwrite it"
+        ) from None
+    except OSError:  # no hard links here (some network or FUSE file systems)
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(f"{path} exists; refusing to overwrite it") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)

@@ -14,6 +14,12 @@ The client keeps, in its key directory:
 * ``datasets/<id>.json`` (mode 0600), one per encrypted data set: the
   standardisation statistics, classes and plan needed to turn decrypted
   weights into a model. They describe the data, so they stay here.
+* ``ledger/<id>.json`` (mode 0600), one per encrypted data set: every model
+  state the client wrote and every trained state it refreshed (chunk, step,
+  file and content digests). A state from the server must follow the last
+  entry, computed from the last fresh state, with the client's training
+  constants, and must not repeat ciphertexts seen before (a replay): see
+  :meth:`Client.refresh`.
 """
 
 from __future__ import annotations
@@ -36,7 +42,13 @@ from .._version import __version__
 from ..backend import CKKSParameters, KeySet, ZeroPool
 from ..backend._keys import PUBLIC_BUNDLE_FILE, SECRET_KEY_FILE
 from ..backend._serialization import Kind, atomic_write, unpack
-from ..exceptions import FormatError, KeyMismatchError, MissingKeyError, ProtocolError
+from ..exceptions import (
+    FormatError,
+    KeyMismatchError,
+    MissingKeyError,
+    ProtocolError,
+    UntrustedStateError,
+)
 from ..linalg import ColVector, EncMatrix
 from ..training import TrainingClient, chunk_specs, state_names
 from ._dataset import (
@@ -54,18 +66,19 @@ from ._files import (
     ProgressFactory,
     StateFile,
     StateStore,
+    content_digest,
     new_output,
     no_progress,
     pack_ciphertext_set,
+    pack_state,
     peek_state,
     read_bytes,
     read_json,
-    read_state,
+    read_state_digests,
     sha256_hex,
     unpack_ciphertext_set,
     write_json,
     write_new,
-    write_state,
 )
 from ._inference import ROWS_FORMAT, SCORES_FORMAT, score_rotation_steps
 
@@ -77,6 +90,8 @@ CLIENT_BUNDLE_FILE = "client.bundle"
 CONFIG_FORMAT = "sklearn-he/training-config"
 RECORD_FORMAT = "sklearn-he/client-record"
 RECORDS_DIR = "datasets"
+LEDGER_FORMAT = "sklearn-he/client-ledger"
+LEDGER_DIR = "ledger"
 
 #: Estimator parameters that are not stored (keys travel separately; the
 #: CKKS parameters are those of the key set).
@@ -413,7 +428,12 @@ class Client:
         t0 = time.perf_counter()
         dataset_dir, store = Path(dataset_dir), StateStore(states_dir)
         # Every output is checked before any work, so that a refusal writes nothing.
-        for path in (dataset_dir, store.directory, self.key_dir / RECORDS_DIR):
+        for path in (
+            dataset_dir,
+            store.directory,
+            self.key_dir / RECORDS_DIR,
+            self.key_dir / LEDGER_DIR,
+        ):
             _check_creatable(path)
         if dataset_dir.exists() and any(dataset_dir.iterdir()):
             raise FileExistsError(
@@ -483,6 +503,15 @@ class Client:
                 )
             )
         files: dict[str, dict[str, Any]] = {}
+        # The training constants, in the manifest for the server and in the
+        # record for the client, which checks every trained state against them.
+        training = {
+            "epochs": int(clf.max_iter),
+            "start_step": 0,
+            "schedule": schedule_to_dict(trainer.schedule),
+            "sigmoid_degree": int(clf.sigmoid_degree),
+            "sigmoid_coeffs": [float(c) for c in trainer.coeffs],
+        }
         created_states = not store.directory.exists()
         dataset_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dataset_dir.name}.", dir=dataset_dir.parent))
@@ -511,13 +540,7 @@ class Client:
                     "n_samples": int(X.shape[0]),
                     "n_features_in": int(X.shape[1]),
                     "plan": plan_to_dict(plan),
-                    "training": {
-                        "epochs": int(clf.max_iter),
-                        "start_step": 0,
-                        "schedule": schedule_to_dict(trainer.schedule),
-                        "sigmoid_degree": int(clf.sigmoid_degree),
-                        "sigmoid_coeffs": [float(c) for c in trainer.coeffs],
-                    },
+                    "training": training,
                     "chunks": [
                         {**spec.__dict__, "depth": d}
                         for spec, d in zip(specs, depths, strict=True)
@@ -530,19 +553,16 @@ class Client:
             )
             ds = EncryptedDataset.open(tmp)
             zeros = np.zeros(plan.n_features)
+            first = StateFile(store.path(0, fresh=True), 0, True)
+            data = pack_state(
+                first,
+                client.encrypt_state(zeros, zeros),
+                fingerprint=keys.fingerprint,
+                meta={"dataset": ds.id, "n_chunks": len(specs), "step": 0, "server_seconds": 0.0},
+            )
+            written.append(store.write(first, data))
             written.append(
-                write_state(
-                    store,
-                    StateFile(store.path(0, fresh=True), 0, True),
-                    client.encrypt_state(zeros, zeros),
-                    fingerprint=keys.fingerprint,
-                    meta={
-                        "dataset": ds.id,
-                        "n_chunks": len(specs),
-                        "step": 0,
-                        "server_seconds": 0.0,
-                    },
-                )
+                self._write_ledger(ds.id, [_ledger_entry(first, 0, None, data)], overwrite=False)
             )
             record_path = self._record_path(ds.id)
             write_json(
@@ -558,6 +578,7 @@ class Client:
                     "chunk_depths": depths,
                     "depth_per_minibatch": _depth_per_minibatch(trainer, specs),
                     "sigmoid_coeffs": [float(c) for c in trainer.coeffs],
+                    "training": training,
                     "classes": _jsonable(classes),
                     "n_samples": int(X.shape[0]),
                     "n_features_in": int(X.shape[1]),
@@ -589,24 +610,222 @@ class Client:
             raise
         return EncryptedDataset.open(dataset_dir)
 
+    # ---------------------------------------------------------------- ledger
+    def _ledger_path(self, dataset_id: str) -> Path:
+        return self.key_dir / LEDGER_DIR / f"{dataset_id}.json"
+
+    def ledger(self, dataset_id: str) -> list[dict[str, Any]]:
+        """The ledger of a data set's model states: one entry per state the client wrote.
+
+        Each entry has ``chunks_done``, ``step``, ``fresh`` (the state the
+        client wrote: name, file SHA-256, :func:`content_digest`) and
+        ``trained`` (the server's state it refreshed, None for the first).
+
+        Raises
+        ------
+        UntrustedStateError
+            No ledger (a data set encrypted by an older sklearn-he), or one of
+            another data set or key set.
+        """
+        path = self._ledger_path(dataset_id)
+        if not path.exists():
+            raise UntrustedStateError(
+                f"no ledger of model states for data set {dataset_id[:16]}... in "
+                f"{self.key_dir / LEDGER_DIR}: it was encrypted by an older sklearn-he, which "
+                "kept none, so the server's states cannot be checked; encrypt the data again "
+                "(`sklearn-he encrypt`) and train from the new data set"
+            )
+        doc = read_json(path, kind=LEDGER_FORMAT, what="state ledger")
+        entries = doc.get("entries")
+        if (
+            doc.get("dataset") != dataset_id
+            or doc.get("key_fingerprint") != self.keys.fingerprint
+            or not isinstance(entries, list)
+            or not entries
+        ):
+            raise UntrustedStateError(
+                f"the state ledger {path} belongs to another data set or key set, or is empty; "
+                "restore it from a backup of this key directory, or encrypt the data again"
+            )
+        return entries
+
+    def _write_ledger(
+        self, dataset_id: str, entries: list[dict[str, Any]], *, overwrite: bool = True
+    ) -> Path:
+        path = self._ledger_path(dataset_id)
+        write_json(
+            path,
+            {"dataset": dataset_id, "key_fingerprint": self.keys.fingerprint, "entries": entries},
+            kind=LEDGER_FORMAT,
+            mode=0o600,
+            overwrite=overwrite,
+        )
+        return path
+
+    def _record_of(self, state: StateFile) -> dict[str, Any]:
+        """The record of the data set a state names, with the error a forged manifest deserves.
+
+        A data set's id is its manifest's checksum: a manifest changed on
+        the server (other training constants, re-checksummed) gives its
+        states an id that no record has. When the state says which
+        constants it was trained with, the message names the difference.
+        """
+        meta = peek_state(state, fingerprint=self.keys.fingerprint)
+        dataset_id = str(meta.get("dataset"))
+        try:
+            return self.record(dataset_id)
+        except ProtocolError:
+            claimed = meta.get("training")
+            if isinstance(claimed, dict):
+                for record in self._records():
+                    diff = _training_diff(record, claimed)
+                    if diff:
+                        raise UntrustedStateError(
+                            f"{state.path} was trained on data set {dataset_id[:16]}..., which "
+                            f"these keys never encrypted, with training constants that differ "
+                            f"from those of data set {str(record['dataset'])[:16]}... in "
+                            f"{', '.join(diff)}: the server's copy of the data-set manifest "
+                            "was changed after encryption. Refused; send the server the data "
+                            "set as it was encrypted and train it from state-00000 again"
+                        ) from None
+            raise
+
+    def _records(self) -> list[dict[str, Any]]:
+        """Every readable record made under the current keys."""
+        directory = self.key_dir / RECORDS_DIR
+        out = []
+        for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+            with contextlib.suppress(FormatError, OSError):
+                doc = read_json(path, kind=RECORD_FORMAT, what="data-set record")
+                if doc.get("key_fingerprint") == self.keys.fingerprint:
+                    out.append(doc)
+        return out
+
+    def _check_trained(
+        self,
+        store: StateStore,
+        state: StateFile,
+        meta: Mapping[str, Any],
+        content: str,
+        record: Mapping[str, Any],
+        entries: list[dict[str, Any]],
+    ) -> bool:
+        """Check a trained state from the server against the ledger.
+
+        Returns True when it is the state whose refresh was interrupted (the
+        ledger has its entry, the fresh file was never written): redo it.
+
+        Raises
+        ------
+        UntrustedStateError
+            A replay (ciphertexts the ledger has seen, however the state is
+            labelled), a state that does not follow the last fresh one
+            (chunk, step, predecessor), or other training constants.
+        """
+        last = entries[-1]
+        name = state.path
+        if (
+            last.get("trained")
+            and last["trained"]["content"] == content
+            and last["chunks_done"] == state.chunks_done
+            and not store.path(state.chunks_done, fresh=True).exists()
+        ):
+            return True
+        for e in entries:
+            for role, verb in (("trained", "refreshed"), ("fresh", "wrote")):
+                seen = e.get(role)
+                if seen and seen["content"] == content:
+                    raise UntrustedStateError(
+                        f"{name} holds the same ciphertexts as {seen['name']} (after "
+                        f"{e['chunks_done']} chunks), which this client {verb} before: the "
+                        "server sent an old state again, relabelled as the state after "
+                        f"{state.chunks_done} chunks. Refused; ask the server to train "
+                        f"state-{last['chunks_done']:05d}.fresh.skhe"
+                    )
+        expected = int(last["chunks_done"]) + 1
+        fresh_name = last["fresh"]["name"]
+        if state.chunks_done != expected:
+            raise UntrustedStateError(
+                f"{name} claims {state.chunks_done} chunks done, but the last state this client "
+                f"wrote is {fresh_name} (after {last['chunks_done']} chunks), so the next "
+                f"trained state is state-{expected:05d}.trained.skhe. Refused: a state that "
+                "skips chunks, or an old one presented as later, is not the training this "
+                f"client asked for; have the server train {fresh_name}"
+            )
+        specs = chunk_specs(plan_from_dict(record["plan"]), int(record["epochs"]))
+        spec = specs[expected - 1] if expected <= len(specs) else None
+        step = spec.step + spec.length if spec is not None else None
+        if spec is None or meta.get("step") != step:
+            raise UntrustedStateError(
+                f"{name} says it is at step {meta.get('step')}, but chunk {expected} of this "
+                f"run ends at step {step}: the state was relabelled or belongs to another "
+                f"plan. Refused; have the server train {fresh_name}"
+            )
+        source = meta.get("from")
+        if not isinstance(source, dict) or source.get("sha256") != last["fresh"]["sha256"]:
+            got = source.get("name") if isinstance(source, dict) else None
+            raise UntrustedStateError(
+                f"{name} was not computed from {fresh_name}, the last state this client wrote "
+                f"(it names {got or 'no predecessor'}"
+                + (", with other content)" if got == fresh_name else ")")
+                + f". Refused; have the server train {fresh_name}"
+            )
+        diff = _training_diff(record, meta.get("training"))
+        if diff:
+            raise UntrustedStateError(
+                f"{name} was trained with other training constants than this client encrypted "
+                f"the data set for ({', '.join(diff)} differ): the server's data-set manifest "
+                "was changed. Refused; send the server the data set as it was encrypted"
+            )
+        return False
+
     # --------------------------------------------------------------- refresh
-    def refresh(self, states_dir: str | os.PathLike[str]) -> StateFile:
+    def refresh(
+        self, states_dir: str | os.PathLike[str], *, log: Callable[[str], None] | None = None
+    ) -> StateFile:
         """Decrypt the server's latest state, check it, re-encrypt it at the top level.
 
         Writes ``state-NNNNN.fresh.skhe`` next to ``state-NNNNN.trained.skhe``.
         After the last chunk the refreshed state serves encrypted scoring with
-        encrypted weights.
+        encrypted weights. The trained state is first checked against the
+        client's ledger (:meth:`ledger`): it must be the state after the next
+        chunk, at that chunk's step, computed from the last state the client
+        wrote, with the client's training constants, and its ciphertexts must
+        not be ones the client has seen before. Holds the directory's refresh
+        lock, and removes what an interrupted refresh left behind (reported
+        through ``log``).
 
         Raises
         ------
         ProtocolError
-            The latest state is already fresh (the server's turn).
+            The latest state is already fresh (the server's turn), or another
+            refresh runs on this directory.
+        UntrustedStateError
+            The ledger refuses the state (replayed, relabelled, out of order,
+            other training constants).
         TrainingDivergedError
             The decrypted weights blew up (lower the learning rate).
         """
         store = StateStore(states_dir)
+        store.latest()  # no state: say so before taking the lock (which creates a file)
+        with store.lock("refresh"):
+            self._clean_up(store, log or (lambda _msg: None))
+            return self._refresh_locked(store)
+
+    @staticmethod
+    def _clean_up(store: StateStore, log: Callable[[str], None]) -> None:
+        for path in store.temporary_files(fresh=True):
+            with contextlib.suppress(OSError):
+                size = path.stat().st_size
+                path.unlink()
+                log(
+                    f"removed {path.name} ({size / 1e6:.1f} MB), left behind by an interrupted "
+                    "refresh"
+                )
+
+    def _refresh_locked(self, store: StateStore) -> StateFile:
         latest = store.latest()
-        record = self.record(self._peek_dataset(latest))
+        record = self._record_of(latest)
         if latest.fresh:
             n_chunks = int(record["n_chunks"])
             if latest.chunks_done >= n_chunks:
@@ -619,19 +838,28 @@ class Client:
                 f"nothing to refresh: the latest state {latest.name} is fresh; the server "
                 "trains next (`sklearn-he train`), then copy its state here"
             )
-        meta, cts = read_state(latest, self.keys.context, dataset_id=record["dataset"])
+        meta, cts, sha, content = read_state_digests(
+            latest, self.keys.context, dataset_id=record["dataset"]
+        )
+        entries = self.ledger(record["dataset"])
+        redo = self._check_trained(store, latest, meta, content, record, entries)
         plan = plan_from_dict(record["plan"])
         client = TrainingClient(plan, keys=self.keys)
         client.zeros = self.zeros
         _, _, fresh = client.refresh(cts, int(meta["step"]), record["sigmoid_coeffs"])
         out = StateFile(store.path(latest.chunks_done, fresh=True), latest.chunks_done, True)
-        write_state(
-            store,
+        data = pack_state(
             out,
             fresh,
             fingerprint=self.keys.fingerprint,
             meta={k: meta[k] for k in ("dataset", "n_chunks", "step", "server_seconds")},
         )
+        entry = _ledger_entry(out, int(meta["step"]), (latest, sha, content), data)
+        # The ledger first: a crash before the state is written leaves an entry
+        # whose fresh file is missing, which the next refresh redoes.
+        kept = entries[:-1] if redo else entries
+        self._write_ledger(record["dataset"], [*kept, entry])
+        store.write(out, data)
         return out
 
     def follow(
@@ -650,7 +878,9 @@ class Client:
         for ``wait`` seconds. A state still being copied is read again. While
         it waits it makes the encryptions of zero that the next refresh
         encrypts onto (:attr:`zeros`), so that a refresh then costs an
-        encoding per state ciphertext instead of an encryption.
+        encoding per state ciphertext instead of an encryption. Holds the
+        refresh lock throughout; every state is checked as :meth:`refresh`
+        checks it.
 
         Returns
         -------
@@ -659,25 +889,32 @@ class Client:
         """
         log = log or (lambda _msg: None)
         store = StateStore(states_dir)
+        store.latest()
+        with store.lock("refresh"):
+            self._clean_up(store, log)
+            return self._follow_locked(store, wait, poll, log)
+
+    def _follow_locked(
+        self, store: StateStore, wait: float, poll: float, log: Callable[[str], None]
+    ) -> list[StateFile]:
         written: list[StateFile] = []
         deadline = time.monotonic() + wait
         while True:
             latest = store.latest()
             try:
-                dataset_id = self._peek_dataset(latest)
+                record = self._record_of(latest)
             except FormatError:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(poll)  # still arriving
                 continue
-            record = self.record(dataset_id)
             n_chunks = int(record["n_chunks"])
             if latest.chunks_done >= n_chunks:
                 return written
             self.zeros.size = len(state_names(plan_from_dict(record["plan"])))
             if not latest.fresh:
                 try:
-                    written.append(self.refresh(states_dir))
+                    written.append(self._refresh_locked(store))
                 except FormatError:
                     if time.monotonic() >= deadline:
                         raise
@@ -691,21 +928,25 @@ class Client:
             self.zeros.fill()  # the server's turn: prepare the next refresh
             time.sleep(poll)
 
-    def _peek_dataset(self, state: StateFile) -> str:
-        return str(peek_state(state, fingerprint=self.keys.fingerprint).get("dataset"))
-
     # --------------------------------------------------------------- decrypt
     def decrypt(self, states_dir: str | os.PathLike[str]) -> EncryptedLogisticRegression:
         """A fitted :class:`~sklearn_he.EncryptedLogisticRegression` from the final state.
+
+        The final state is checked against the ledger as :meth:`refresh`
+        checks a state: a trained one must follow the last state the client
+        wrote (so an earlier state presented as the final one is refused), a
+        fresh one must be the final state the client itself refreshed.
 
         Raises
         ------
         ProtocolError
             Training is not finished.
+        UntrustedStateError
+            The ledger refuses the final state.
         """
         store = StateStore(states_dir)
         latest = store.latest()
-        record = self.record(self._peek_dataset(latest))
+        record = self._record_of(latest)
         n_chunks = int(record["n_chunks"])
         if latest.chunks_done < n_chunks:
             raise ProtocolError(
@@ -717,7 +958,20 @@ class Client:
                     else "run `sklearn-he refresh`, then `sklearn-he train` on the server"
                 )
             )
-        meta, cts = read_state(latest, self.keys.context, dataset_id=record["dataset"])
+        meta, cts, sha, content = read_state_digests(
+            latest, self.keys.context, dataset_id=record["dataset"]
+        )
+        entries = self.ledger(record["dataset"])
+        if latest.fresh:
+            last = entries[-1]
+            if last["fresh"]["sha256"] != sha or last["chunks_done"] != latest.chunks_done:
+                raise UntrustedStateError(
+                    f"{latest.path} is not the final state this client refreshed (its ledger "
+                    f"ends with {last['fresh']['name']}, after {last['chunks_done']} chunks). "
+                    "Refused; decrypt the server's final trained state instead"
+                )
+        else:
+            self._check_trained(store, latest, meta, content, record, entries)
         plan = plan_from_dict(record["plan"])
         w, v = TrainingClient(plan, keys=self.keys).decrypt_state(cts)
         TrainingClient.check_state(w, v, int(meta["step"]), record["sigmoid_coeffs"])
@@ -839,6 +1093,59 @@ class Client:
             "probability": 1.0 / (1.0 + np.exp(-decision)),
             "label": classes[(decision > 0).astype(int)],
         }
+
+
+def _ledger_entry(
+    fresh: StateFile,
+    step: int,
+    trained: tuple[StateFile, str, str] | None,
+    data: bytes,
+) -> dict[str, Any]:
+    """A ledger entry: the fresh state written (``data``) and the trained state it refreshes."""
+    _, sections = unpack_ciphertext_set(
+        data, fingerprint=None, source=str(fresh.path), expected_format="sklearn-he/model-state"
+    )
+    entry: dict[str, Any] = {
+        "chunks_done": fresh.chunks_done,
+        "step": int(step),
+        "fresh": {
+            "name": fresh.name,
+            "sha256": sha256_hex(data),
+            "content": content_digest(sections),
+        },
+        "trained": None,
+        "written": time.time(),
+    }
+    if trained is not None:
+        state, sha, content = trained
+        entry["trained"] = {"name": state.name, "sha256": sha, "content": content}
+    return entry
+
+
+def _training_diff(record: Mapping[str, Any], claimed: Any) -> list[str]:
+    """The training constants (by name) in which a state's claim differs from the record."""
+    expected = {
+        "manifest": record.get("dataset"),
+        **dict(record.get("training") or {}),
+        "plan": record.get("plan"),
+    }
+    if not isinstance(claimed, dict):
+        return ["all (the state names none)"]
+    names = {
+        "manifest": "data-set id",
+        "schedule": "learning-rate and momentum schedule",
+        "sigmoid_coeffs": "sigmoid polynomial",
+        "sigmoid_degree": "sigmoid degree",
+        "epochs": "epochs",
+        "start_step": "start step",
+        "plan": "minibatch plan",
+    }
+    return [
+        names.get(k, k)
+        for k in sorted(set(expected) | set(claimed))
+        if k != "manifest" or "manifest" in claimed
+        if expected.get(k) != claimed.get(k)
+    ]
 
 
 def _check_creatable(path: Path) -> None:

@@ -18,11 +18,13 @@ import hashlib
 import json
 import os
 import re
+import socket
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from ..backend import Ciphertext, CKKSContext
 from ..backend._serialization import (
@@ -40,13 +42,17 @@ __all__ = [
     "ProgressFactory",
     "StateFile",
     "StateStore",
+    "content_digest",
     "new_output",
     "no_progress",
     "pack_ciphertext_set",
+    "pack_state",
     "peek_state",
+    "process_alive",
     "read_bytes",
     "read_json",
     "read_state",
+    "read_state_digests",
     "sha256_hex",
     "unpack_ciphertext_set",
     "write_json",
@@ -233,14 +239,69 @@ class StateFile:
         return self.path.name
 
 
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or None when it is not running."""
+    import psutil  # psutil: the portable answer (Linux, macOS, BSD, Windows)
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ValueError):
+        return None
+
+
+def _me() -> dict[str, Any]:
+    """This process, as a lock or marker records it: host, pid and start time."""
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "process_started": _process_start(os.getpid()),
+    }
+
+
+def process_alive(info: Mapping[str, Any]) -> bool | None:
+    """Whether the process a lock or marker names still runs.
+
+    True or False when it ran on this host (pid *and* start time compared, so
+    that a reused pid does not pass for the writer); None when it ran on
+    another host, where this one cannot tell.
+    """
+    if info.get("host") != socket.gethostname():
+        return None
+    pid, started = info.get("pid"), info.get("process_started")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    now = _process_start(pid)
+    if now is None:
+        return False
+    return not isinstance(started, (int, float)) or abs(now - float(started)) < 1.0
+
+
+def _describe(info: Mapping[str, Any]) -> str:
+    when = info.get("since")
+    since = (
+        time.strftime(" since %Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
+        if isinstance(when, (int, float))
+        else ""
+    )
+    return f"pid {info.get('pid', '?')} on {info.get('host', '?')}{since}"
+
+
 class StateStore:
     """The directory of model states shared by client and server.
+
+    Writes never replace a state (:meth:`write` is exclusive), ``train`` and
+    ``refresh`` each hold a lock on the directory while they work
+    (:meth:`lock`), and a chunk under way is marked (:meth:`begin`) so that a
+    crash is told apart from a run in progress.
 
     Parameters
     ----------
     directory : path
         Created when missing.
     """
+
+    #: Lock files, one per role: one ``train`` and one ``refresh`` at a time.
+    LOCKS: ClassVar[dict[str, str]] = {"train": "train.lock", "refresh": "refresh.lock"}
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
@@ -277,9 +338,105 @@ class StateStore:
         return states[-1]
 
     def write(self, state: StateFile, data: bytes) -> Path:
-        """Write a state atomically (temporary file, then rename); never replaces one."""
+        """Write a state atomically and exclusively; never replaces one.
+
+        Raises
+        ------
+        ProtocolError
+            The state exists already (another process wrote it, even at the
+            same moment: the final rename is exclusive, see ``atomic_write``).
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
-        return atomic_write(state.path, data, mode=0o644, overwrite=False)
+        try:
+            return atomic_write(state.path, data, mode=0o644, overwrite=False)
+        except FileExistsError:
+            raise ProtocolError(
+                f"{state.path} exists already: another process wrote this state; is another "
+                f"`sklearn-he train` or `refresh` working on {self.directory}? Nothing was "
+                "replaced"
+            ) from None
+
+    # --------------------------------------------------------------- locking
+    @contextlib.contextmanager
+    def lock(self, role: str) -> Iterator[None]:
+        """Hold the ``role`` lock (``"train"`` or ``"refresh"``) on this directory.
+
+        An advisory ``flock`` on ``train.lock`` / ``refresh.lock``, released
+        by the operating system when the process ends, however it ends: a
+        killed run may leave the file behind, never a held lock. The file
+        records who holds it (host, pid, start time) for the message a second
+        process gets, and is removed on release. ``flock`` works across
+        machines on NFS (Linux emulates it with byte-range locks); on file
+        systems where it does nothing, ``train`` still compares the crash
+        marker's pid and process start time (:func:`process_alive`).
+
+        Raises
+        ------
+        ProtocolError
+            Another live process holds the lock.
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: markers and pids only
+            yield
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / self.LOCKS[role]
+        for _ in range(20):  # bounded: each retry means another process just let go
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = self._holder(path)
+                raise ProtocolError(
+                    f"another `sklearn-he {role}` is running on {self.directory} "
+                    f"({_describe(holder)}); wait for it to finish or stop it first. Only "
+                    f"one {role} may work on a states directory at a time"
+                ) from None
+            try:  # the holder before us may have removed the file we opened
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        else:  # pragma: no cover - twenty holders came and went meanwhile
+            raise ProtocolError(f"could not take the {role} lock on {self.directory}; retry")
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({**_me(), "since": time.time()}).encode())
+            yield
+        finally:
+            # Removed while still held, so that no one locks a file that is gone
+            # (a process that opened it meanwhile sees another inode and retries).
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            os.close(fd)  # releases the lock
+
+    @staticmethod
+    def _holder(path: Path) -> dict[str, Any]:
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def running(self, role: str) -> dict[str, Any] | None:
+        """Who holds the ``role`` lock now (host, pid, since), or None when nobody does."""
+        path = self.directory / self.LOCKS[role]
+        try:
+            import fcntl
+
+            fd = os.open(path, os.O_RDONLY)
+        except (ImportError, OSError):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return self._holder(path)
+        finally:
+            os.close(fd)
+        return None
 
     # ------------------------------------------------------- crash recovery
     @property
@@ -287,9 +444,9 @@ class StateStore:
         return self.directory / IN_PROGRESS
 
     def begin(self, info: Mapping[str, Any]) -> None:
-        """Record that a chunk is being computed (removed by :meth:`end`)."""
+        """Record that a chunk is being computed, and by whom (removed by :meth:`end`)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(dict(info), indent=1, sort_keys=True) + "\n"
+        text = json.dumps({**_me(), **dict(info)}, indent=1, sort_keys=True) + "\n"
         atomic_write(self.marker, text.encode(), mode=0o644)
 
     def end(self) -> None:
@@ -297,7 +454,11 @@ class StateStore:
             self.marker.unlink()
 
     def interrupted(self) -> dict[str, Any] | None:
-        """What an interrupted ``train`` was doing, or None after a clean stop."""
+        """What an unfinished ``train`` was doing (its marker), or None after a clean stop.
+
+        The marker also exists while a ``train`` runs: :func:`process_alive`
+        on it tells the two apart.
+        """
         try:
             info = json.loads(self.marker.read_text())
         except FileNotFoundError:
@@ -306,16 +467,75 @@ class StateStore:
             return {"chunk": "?"}
         return info if isinstance(info, dict) else {"chunk": "?"}
 
-    def clean_up(self) -> list[Path]:
-        """Remove the marker and half-written temporary files of an interrupted run."""
+    def temporary_files(self, *, fresh: bool | None = None) -> list[Path]:
+        """Half-written state files (``.state-NNNNN.<kind>.skhe.*.tmp``) in the directory.
+
+        ``fresh=True`` lists those of refreshes (the client's), ``False`` those
+        of ``train``, None both. Only a killed writer leaves them behind.
+        """
+        if not self.directory.is_dir():
+            return []
+        kinds = {True: ("fresh",), False: ("trained",), None: ("fresh", "trained")}[fresh]
+        return sorted(
+            p
+            for p in self.directory.iterdir()
+            if p.name.startswith(".state-")
+            and p.name.endswith(".tmp")
+            and any(f".{k}.skhe." in p.name for k in kinds)
+        )
+
+    def clean_up(self, *, fresh: bool = False) -> list[Path]:
+        """Remove half-written files of an interrupted run (call it holding the lock).
+
+        ``fresh=False`` (``train --resume``): the marker and the temporary
+        files of trained states. ``fresh=True`` (``refresh``): the temporary
+        files of fresh states. Each role removes only its own: the other may
+        be writing at this moment.
+        """
         removed = []
-        if self.directory.is_dir():
-            for p in self.directory.iterdir():
-                if p.name.startswith(".state-") and p.name.endswith(".tmp"):
-                    p.unlink()
-                    removed.append(p)
-        self.end()
+        for p in self.temporary_files(fresh=fresh):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+        if not fresh:
+            self.end()
         return removed
+
+
+def content_digest(sections: Mapping[str, bytes], *, source: str = "model state") -> str:
+    """SHA-256 naming the ciphertexts of a state, whatever labels they carry.
+
+    Hashes each ciphertext's SEAL bytes (not its envelope metadata, not its
+    name) and the sorted list of those hashes: relabelling a state's metadata,
+    renaming or reordering its ciphertexts, or re-framing them, leaves the
+    digest unchanged. The client's ledger uses it to recognise a replayed state.
+    """
+    inner = sorted(
+        hashlib.sha256(
+            unpack(data, expected_kind=Kind.CIPHERTEXT, source=source).payload
+        ).hexdigest()
+        for data in sections.values()
+    )
+    return sha256_hex(",".join(inner).encode())
+
+
+def pack_state(
+    state: StateFile,
+    ciphertexts: Mapping[str, Ciphertext],
+    *,
+    fingerprint: str,
+    meta: Mapping[str, Any],
+) -> bytes:
+    """The bytes of a model-state file (a ciphertext set with the state's metadata)."""
+    doc = {
+        **dict(meta),
+        "format": STATE_FORMAT,
+        "chunks_done": state.chunks_done,
+        "fresh": state.fresh,
+    }
+    return pack_ciphertext_set(
+        fingerprint, doc, {name: ct.to_bytes() for name, ct in ciphertexts.items()}
+    )
 
 
 def write_state(
@@ -327,24 +547,15 @@ def write_state(
     meta: Mapping[str, Any],
 ) -> Path:
     """Write a model state (a ciphertext set) atomically; never over an existing one."""
-    doc = {
-        **dict(meta),
-        "format": STATE_FORMAT,
-        "chunks_done": state.chunks_done,
-        "fresh": state.fresh,
-    }
-    data = pack_ciphertext_set(
-        fingerprint, doc, {name: ct.to_bytes() for name, ct in ciphertexts.items()}
-    )
-    return store.write(state, data)
+    return store.write(state, pack_state(state, ciphertexts, fingerprint=fingerprint, meta=meta))
 
 
 def _unpack_state(
-    state: StateFile, fingerprint: str | None, dataset_id: str | None
+    state: StateFile, fingerprint: str | None, dataset_id: str | None, data: bytes | None = None
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     source = str(state.path)
     meta, sections = unpack_ciphertext_set(
-        read_bytes(state.path, "model state"),
+        read_bytes(state.path, "model state") if data is None else data,
         fingerprint=fingerprint,
         source=source,
         expected_format=STATE_FORMAT,
@@ -394,3 +605,20 @@ def read_state(
         for name, data in sections.items()
     }
     return meta, cts
+
+
+def read_state_digests(
+    state: StateFile, context: CKKSContext, *, dataset_id: str | None
+) -> tuple[dict[str, Any], dict[str, Ciphertext], str, str]:
+    """:func:`read_state`, plus the file's SHA-256 and its :func:`content_digest`.
+
+    One read of the file: what the client's ledger records and checks.
+    """
+    data = read_bytes(state.path, "model state")
+    meta, sections = _unpack_state(state, context.fingerprint, dataset_id, data)
+    source = str(state.path)
+    cts = {
+        name: context.ciphertext_from_bytes(blob, source=f"{source} [{name}]")
+        for name, blob in sections.items()
+    }
+    return meta, cts, sha256_hex(data), content_digest(sections, source=source)

@@ -19,12 +19,14 @@ import numpy as np
 from .._version import __version__
 from ..backend import KeySet
 from ..backend._keys import PUBLIC_BUNDLE_FILE
+from ..backend._serialization import MAGIC, Kind
 from ..exceptions import (
     DepthExhaustedError,
     FormatError,
     KeyMismatchError,
     MissingKeyError,
     ProtocolError,
+    SecretKeyExposedError,
 )
 from ..linalg import EncMatrix, RowVector, TileShape
 from ..training import TrainingServer, state_names
@@ -37,8 +39,10 @@ from ._files import (
     no_progress,
     pack_ciphertext_set,
     peek_state,
+    process_alive,
     read_bytes,
     read_state,
+    sha256_hex,
     unpack_ciphertext_set,
     write_new,
     write_state,
@@ -61,8 +65,18 @@ def load_public_keys(
     path = Path(path)
     if path.is_dir():
         path = path / PUBLIC_BUNDLE_FILE
+    data = read_bytes(path, "public bundle")
+    if data[:4] == MAGIC and len(data) > 6 and data[6] == Kind.SECRET_KEY:
+        raise SecretKeyExposedError(
+            f"{path} is the client's SECRET key, not the public bundle; it was not loaded. "
+            "The secret key must never leave the client: whoever holds this copy can "
+            "decrypt everything encrypted under these keys (the data set, every model "
+            "state). Treat the keys as compromised: delete this copy on the server, create "
+            "new keys on the client (`sklearn-he keygen`), encrypt the data again and send "
+            f"only {PUBLIC_BUNDLE_FILE} here"
+        )
     keys = KeySet.from_public_bundle(
-        read_bytes(path, "public bundle"),
+        data,
         allow_insecure_for_testing=allow_insecure_for_testing,
         source=str(path),
     )
@@ -262,17 +276,60 @@ def train(
     ds = EncryptedDataset.open(dataset_dir)
     ds.check_keys(keys)
     store = StateStore(states_dir)
-    cleaned: list[Path] = []
+    store.latest()  # no state: say so before taking the lock (which creates a file)
+    with store.lock("train"):
+        return _train_locked(
+            keys, ds, store, n_jobs, resume, max_chunks, wait, poll, progress, log
+        )
+
+
+def _check_interrupted(store: StateStore, resume: bool, log: Callable[[str], None]) -> list[Path]:
+    """Deal with the marker of an unfinished chunk (the caller holds the train lock).
+
+    Holding the lock, no other ``train`` can be running on this machine or
+    through a file system that honours locks; the marker's host, pid and
+    process start time are compared all the same, for file systems that do
+    not (a live writer is never taken for a crashed one).
+    """
     stopped = store.interrupted()
-    if stopped is not None:
-        if not resume:
-            raise ProtocolError(
-                f"a previous `train` stopped during chunk {stopped.get('chunk', '?')} (see "
-                f"{store.marker}); rerun with --resume to redo that chunk from the last "
-                "state on disk"
-            )
-        cleaned = store.clean_up()
-        log(f"resuming: removed {len(cleaned)} half-written file(s)")
+    if stopped is None:
+        return []
+    chunk = stopped.get("chunk", "?")
+    alive = process_alive(stopped)
+    if alive:
+        raise ProtocolError(
+            f"a `train` is computing chunk {chunk} on {store.directory} right now (pid "
+            f"{stopped.get('pid')}, still running; see {store.marker}); wait for it to "
+            "finish, or stop it and then rerun with --resume"
+        )
+    if not resume:
+        who = (
+            f" (pid {stopped.get('pid')} on {stopped.get('host')} has ended)"
+            if alive is False
+            else ""
+        )
+        raise ProtocolError(
+            f"a previous `train` stopped during chunk {chunk}{who} (see {store.marker}); "
+            "rerun with --resume to redo that chunk from the last state on disk"
+        )
+    cleaned = store.clean_up()
+    log(f"resuming: removed {len(cleaned)} half-written file(s)")
+    return cleaned
+
+
+def _train_locked(
+    keys: KeySet,
+    ds: EncryptedDataset,
+    store: StateStore,
+    n_jobs: int | None,
+    resume: bool,
+    max_chunks: int | None,
+    wait: float,
+    poll: float,
+    progress: ProgressFactory,
+    log: Callable[[str], None],
+) -> TrainStatus:
+    cleaned = _check_interrupted(store, resume, log)
     specs = ds.specs()
     latest = store.latest()
     _peek_latest(latest, keys, ds, wait, poll)
@@ -292,6 +349,7 @@ def train(
     if done < len(specs):  # the workers start and load the keys meanwhile
         server.preload_keys(specs[done])
     data = DirectoryData(ds, keys.context)
+    training = {"manifest": ds.id, **ds.manifest["training"], "plan": ds.manifest["plan"]}
     while done < len(specs):
         if max_chunks is not None and status.chunks_run >= max_chunks:
             break
@@ -304,9 +362,8 @@ def train(
             server_seconds = float(meta.get("server_seconds", server_seconds))
             continue
         spec = specs[done]
-        store.begin(
-            {"chunk": done + 1, "from": latest.name, "pid": os.getpid(), "started": time.time()}
-        )
+        source = {"name": latest.name, "sha256": sha256_hex(read_bytes(latest.path, "state"))}
+        store.begin({"chunk": done + 1, "from": latest.name, "started": time.time()})
         try:
             chunk = server.chunk_circuit(spec.step, spec.length)
             t0 = time.perf_counter()
@@ -326,6 +383,10 @@ def train(
                     "server_seconds": server_seconds + seconds,
                     "chunk_seconds": seconds,
                     "library_version": __version__,
+                    # What this chunk was computed from and with, for the
+                    # client's ledger (Client.refresh checks both).
+                    "from": source,
+                    "training": training,
                 },
             )
         finally:

@@ -158,7 +158,9 @@ def test_server_never_opens_a_secret_key(fresh_copy, capsys):
     key = fresh_copy / "client" / "keys" / "secret.key"
     assert run("train", "-q", INSECURE, "--public-bundle", key, "--dataset",
                server / "dataset", "--states", server / "states") == 1  # fmt: skip
-    assert "holds a secret key, but a public bundle was expected" in error_text(capsys)
+    err = error_text(capsys)  # D6 (issue 26): the user learns the key has leaked and what to do
+    assert "SECRET key" in err and "compromised" in err and "sklearn-he keygen" in err
+    assert "it was not loaded" in err
 
 
 # ---------------------------------------------------------- order of steps
