@@ -466,7 +466,9 @@ def cmd_refresh(args: argparse.Namespace) -> int:
         )
         _out(args, f"refreshed {len(written)} state(s); " + _after_follow(args.states))
         return 0
-    state = client.refresh(args.states)
+    state = client.refresh(
+        args.states, log=(lambda msg: print(msg, file=sys.stderr)) if not args.quiet else None
+    )
     _out(
         args,
         f"refreshed {state.name}; send it to the server"
@@ -690,9 +692,22 @@ def _inspect_states(path: Path) -> dict[str, Any]:
             f"{_size(s.path.stat().st_size)}"
         )
     out: dict[str, Any] = {"kind": "model states", "states": rows or "none"}
+    for role in ("train", "refresh"):
+        holder = store.running(role)
+        if holder is not None:
+            out[f"{role} running"] = f"pid {holder.get('pid')} on {holder.get('host')}"
     stopped = store.interrupted()
-    if stopped is not None:
+    if stopped is not None and "train running" not in out:
         out["interrupted"] = f"chunk {stopped.get('chunk')} (rerun train with --resume)"
+    leftovers = []
+    for p in store.temporary_files():
+        with contextlib.suppress(OSError):  # renamed into place meanwhile
+            leftovers.append(f"{p.name} ({_size(p.stat().st_size)})")
+    if leftovers:
+        out["half-written files"] = (
+            ", ".join(leftovers) + " (being written, or left by a killed process: the next "
+            "refresh, or train --resume, removes them)"
+        )
     return out
 
 

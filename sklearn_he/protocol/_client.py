@@ -761,6 +761,13 @@ class Client:
                 f"run ends at step {step}: the state was relabelled or belongs to another "
                 f"plan. Refused; have the server train {fresh_name}"
             )
+        diff = _training_diff(record, meta.get("training"))
+        if diff:
+            raise UntrustedStateError(
+                f"{name} was trained with other training constants than this client encrypted "
+                f"the data set for ({', '.join(diff)} differ): the server's data-set manifest "
+                "was changed. Refused; send the server the data set as it was encrypted"
+            )
         source = meta.get("from")
         if not isinstance(source, dict) or source.get("sha256") != last["fresh"]["sha256"]:
             got = source.get("name") if isinstance(source, dict) else None
@@ -769,13 +776,6 @@ class Client:
                 f"(it names {got or 'no predecessor'}"
                 + (", with other content)" if got == fresh_name else ")")
                 + f". Refused; have the server train {fresh_name}"
-            )
-        diff = _training_diff(record, meta.get("training"))
-        if diff:
-            raise UntrustedStateError(
-                f"{name} was trained with other training constants than this client encrypted "
-                f"the data set for ({', '.join(diff)} differ): the server's data-set manifest "
-                "was changed. Refused; send the server the data set as it was encrypted"
             )
         return False
 

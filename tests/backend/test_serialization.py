@@ -106,3 +106,22 @@ def test_atomic_write_mode_and_overwrite(tmp_path):
     atomic_write(target, b"new", mode=0o644)
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o644
     assert [p.name for p in target.parent.iterdir()] == ["secret.key"]  # no temp files left
+
+
+def test_atomic_write_without_overwrite_is_exclusive(tmp_path, monkeypatch):
+    """A file that appears between the check and the rename is not replaced (issue 26, D2)."""
+    import sklearn_he.backend._serialization as ser
+
+    target = tmp_path / "state.skhe"
+    real = ser.tempfile.mkstemp
+
+    def racing_mkstemp(*args, **kwargs):  # another writer lands after our check
+        out = real(*args, **kwargs)
+        target.write_bytes(b"the other writer's")
+        return out
+
+    monkeypatch.setattr(ser.tempfile, "mkstemp", racing_mkstemp)
+    with pytest.raises(FileExistsError, match="another process"):
+        atomic_write(target, b"mine", overwrite=False)
+    assert target.read_bytes() == b"the other writer's"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.skhe"]  # no temporary file left
