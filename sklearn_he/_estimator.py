@@ -446,16 +446,24 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             )
 
     def _check_fit_data(
-        self, X: Any, y: Any, *, reset: bool = True
+        self, X: Any, y: Any, *, reset: bool = True, binary: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Validated ``X, y`` and the classes (at least two).
 
         ``reset=False`` (a warm fit) checks ``X`` against ``n_features_in_``
-        and ``feature_names_in_`` instead of setting them.
+        and ``feature_names_in_`` instead of setting them. ``binary=True``
+        (the file protocol, which trains one binary model) words the refusal
+        of a single class for data files; the caller refuses more than two.
         """
         X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2, reset=reset)
         check_classification_targets(y)
         classes = np.unique(y)
+        if classes.size < 2 and binary:
+            raise ValueError(
+                f"the labels hold one class only ({np.asarray(classes[0]).item()!r}); training "
+                "needs samples of two classes: add samples of the other class, or check which "
+                "column holds the labels"
+            )
         if classes.size < 2:
             raise ValueError(
                 f"EncryptedLogisticRegression needs samples of at least 2 classes; the data "
@@ -471,20 +479,27 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         well inside the polynomial's range while the gradient steps stay
         large. ``fit=True`` learns the statistics from ``X``. ``design @ w``
         equals ``X @ coef_ + intercept_`` for the coefficients of :meth:`_set_coef`.
+
+        The statistics are computed on each column divided by its largest
+        magnitude, so that finite values whose squares overflow (above about
+        1e154) are standardised correctly. A column whose standardised values
+        are still not finite (values near the float64 limit, 1.8e308, of both
+        signs) or whose scale is too small to invert is refused with a
+        ValueError that names it.
         """
         if fit:
-            mean, var = X.mean(axis=0), X.var(axis=0)
-            self._mean = mean if self.fit_intercept else np.zeros(X.shape[1])
-            # A constant column's computed variance is rounding error (1e-32 for a
-            # column of 0.1s), not 0: dividing by its root would blow the column
-            # up into a second, huge bias. scikit-learn's StandardScaler bound.
-            n, eps = X.shape[0], np.finfo(np.float64).eps
-            constant = var <= n * eps * var + (n * mean * eps) ** 2
-            self._std = np.where(constant, 1.0, np.sqrt(var))
-            Xs = (X - self._mean) / self._std
+            mean, std = _column_statistics(X, center=self.fit_intercept)
+        else:
+            mean, std = self._mean, self._std
+        with np.errstate(over="ignore", invalid="ignore"):
+            Xs = (X - mean) / std
+        _check_finite_columns(Xs, X, std, getattr(self, "feature_names_in_", None))
+        if fit:
             norms = np.sqrt((Xs**2).sum(axis=1) + (1.0 if self.fit_intercept else 0.0))
+            # Set only now: a refused fit leaves a fitted model's statistics as they were.
+            self._mean, self._std = mean, std
             self._row_scale = float(max(np.median(norms), 1.0))
-        Xs = (X - self._mean) / self._std / self._row_scale
+        Xs = Xs / self._row_scale
         if self.fit_intercept:
             return np.hstack([np.ones((len(Xs), 1)) / self._row_scale, Xs])
         return Xs
@@ -641,3 +656,50 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Logarithm of :meth:`predict_proba`."""
         return np.log(self.predict_proba(X))
+
+
+def _column_statistics(X: np.ndarray, *, center: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Means (zeros unless ``center``) and scales of the columns of ``X`` for standardising.
+
+    Each column is divided by its largest magnitude before it is summed or
+    squared, so that the statistics of finite values are finite (a value of
+    1e300 squared overflows). A constant column's computed variance is
+    rounding error (1e-32 for a column of 0.1s), not 0: dividing by its root
+    would blow the column up into a second, huge bias. Such columns, by
+    scikit-learn's ``StandardScaler`` bound, get the scale
+    ``max(1, largest magnitude)``: ``StandardScaler``'s 1 for ordinary
+    values, and for huge ones a scale that keeps their rounding differences
+    (and, uncentred, the column itself) of order 1.
+    """
+    peak = np.abs(X).max(axis=0) if len(X) else np.zeros(X.shape[1])
+    unit = np.where(peak > 0, peak, 1.0)
+    Xn = X / unit  # every value in [-1, 1]
+    mean_n, var_n = Xn.mean(axis=0), Xn.var(axis=0)
+    n, eps = X.shape[0], np.finfo(np.float64).eps
+    constant = var_n <= n * eps * var_n + (n * mean_n * eps) ** 2
+    std = np.where(constant, np.maximum(peak, 1.0), np.sqrt(var_n) * unit)
+    mean = mean_n * unit if center else np.zeros(X.shape[1])
+    return mean, std
+
+
+def _check_finite_columns(
+    Xs: np.ndarray, X: np.ndarray, std: np.ndarray, names: np.ndarray | None
+) -> None:
+    """Raise a ValueError naming the first column that cannot be standardised in float64."""
+    with np.errstate(divide="ignore", over="ignore"):
+        tiny = ~np.isfinite(1.0 / std)  # a scale whose inverse (in coef_) overflows
+    bad = tiny | ~np.isfinite(Xs).all(axis=0)
+    if not bad.any():
+        return
+    j = int(np.flatnonzero(bad)[0])
+    name = f"feature column index {j}" + (f" ({names[j]!r})" if names is not None else "")
+    peak = float(np.abs(X[:, j]).max()) if len(X) else 0.0
+    problem = (
+        f"its values (largest magnitude {peak:.3g}) are too small to standardise"
+        if tiny[j]
+        else f"its standardised values overflow float64 (largest magnitude {peak:.3g})"
+    )
+    raise ValueError(
+        f"{name}: {problem}; rescale the feature (multiply or divide it by a power of ten, "
+        "in the training and the scoring data alike)"
+    )

@@ -49,6 +49,7 @@ from .exceptions import (
     InsecureParametersError,
     InsecureParametersWarning,
     ParameterError,
+    ProtocolError,
     SklearnHEError,
 )
 
@@ -129,19 +130,69 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
     return arr
 
 
+def _check_dtype(arr: np.ndarray, path: Path) -> None:
+    """Refuse ``.npy`` arrays that are not numbers or text, in one line (no value dump)."""
+    kind = arr.dtype.kind
+    if kind == "c":
+        raise ValueError(
+            f"{path} holds complex numbers ({arr.dtype}); sklearn-he needs real numbers: save "
+            "the real part (X.real) if the imaginary parts are zero, or the real and imaginary "
+            "parts as two columns"
+        )
+    if kind == "V":
+        fields = ", ".join(arr.dtype.names or ()) or "raw bytes"
+        raise ValueError(
+            f"{path} holds a structured array ({fields}), not a plain array of numbers; save "
+            "the columns you mean as one 2-D array of numbers"
+        )
+    if kind in "mM":
+        raise ValueError(
+            f"{path} holds dates or times ({arr.dtype}); convert them to numbers first"
+        )
+
+
+def _text(p: Path) -> str:
+    """The text of a CSV file (UTF-8, a byte-order mark allowed); binary files are named."""
+    data = p.read_bytes()
+    if data.startswith(b"\x93NUMPY"):
+        raise ValueError(
+            f"{p} is a NumPy .npy array, but its name does not end in .npy; rename it "
+            f"({p.with_suffix('.npy').name}) so that it is read as one"
+        )
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        where, why = exc.start, "is not UTF-8"
+    else:
+        where, why = data.find(b"\0"), "is a NUL byte, which no text file holds"
+        if where < 0:
+            return text
+    raise ValueError(
+        f"{p} is not a text CSV file (byte 0x{data[where]:02x} at offset {where} {why}); "
+        "if it is a NumPy array, save it with numpy.save as a .npy file; otherwise export "
+        "it as a UTF-8 CSV file"
+    )
+
+
 def _read_cells(p: Path, header: bool | None) -> tuple[np.ndarray, list[str] | None]:
     """The cells of a CSV or ``.npy`` file as a 2-D array, and the header if there is one."""
     if not p.is_file():
         raise FileNotFoundError(f"data file {p} does not exist")
     if p.suffix == ".npy":
         arr = _load_npy(p, "a 2-D array of rows (or one column)")
+        _check_dtype(arr, p)
         if arr.ndim == 1:  # a single column (labels, say)
             arr = arr.reshape(-1, 1)
         if arr.ndim != 2:
             raise ValueError(f"{p} holds an array of shape {arr.shape}; expected 2-D rows")
         return arr, None
-    with p.open(newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r]
+    try:
+        rows = [r for r in csv.reader(io.StringIO(_text(p), newline="")) if r]
+    except csv.Error as exc:  # a field over the csv module's size limit, say
+        raise ValueError(
+            f"{p} is not a CSV file that can be read ({exc}); export it as a UTF-8 CSV file, "
+            "or save a NumPy array with numpy.save as a .npy file"
+        ) from None
     if not rows:
         raise ValueError(f"{p} is empty")
     names = None
@@ -191,6 +242,11 @@ def read_table(
     ``labels`` is a separate label file (one CSV column or a ``.npy`` array
     of numbers or strings) instead. Features must be finite numbers: an
     empty, ``nan`` or infinite cell is refused with its row and column.
+
+    A CSV file must be UTF-8 text (a byte-order mark is skipped): a binary
+    file is refused with the offending byte's offset, a ``.npy`` array under
+    another name by what it is. A ``.npy`` array must hold real numbers (or
+    text): complex, structured and date arrays are refused in one line.
 
     ``header`` says whether CSV files (``path`` and ``labels``) start with a
     header line; None detects it. The first line is a header when some cell
@@ -361,22 +417,87 @@ def _ckks_params(args: argparse.Namespace) -> CKKSParameters | None:
     return params
 
 
+def _check_data_options(args: argparse.Namespace) -> None:
+    """Refuse data options that contradict each other; set --label-column's default.
+
+    Found after parsing, before any file is read: a usage error (exit status 2)
+    that names the two options.
+    """
+    labels = getattr(args, "labels", None)
+    flag = {True: "--header", False: "--no-header", None: None}[args.header]
+    shape = getattr(args, "shape", None)
+    if shape is not None:
+        for given, name in ((args.data, "--data"), (labels, "--labels"),
+                            (args.label_column, "--label-column"), (flag, flag)):  # fmt: skip
+            if given is not None:
+                raise _UsageError(
+                    f"--shape and {name} conflict: {name} is about a data file, and --shape "
+                    "stands in for one; give the data (--data FILE) or its shape (--shape), "
+                    "not both"
+                )
+    if labels is not None and args.label_column is not None:
+        raise _UsageError(
+            f"--label-column and --labels conflict: --labels {labels} holds the labels, so "
+            f"no column of --data {args.data} is one; give one of the two"
+        )
+    if flag is not None and args.data is not None:
+        files = [f for f in (args.data, labels) if f is not None]
+        if all(Path(f).suffix == ".npy" for f in files):
+            raise _UsageError(
+                f"{flag} and --data conflict: {flag} says whether a CSV file starts with a "
+                f"header line, and --data {args.data}"
+                + (f" (like --labels {labels})" if labels else "")
+                + f" is a .npy array, which has none; leave {flag} out"
+            )
+    if labels is None and args.label_column is None:
+        args.label_column = args.label_default
+
+
 # ------------------------------------------------------------------ commands
 def _out(args: argparse.Namespace, text: str) -> None:
     if not args.quiet:
         print(text)
 
 
+def _training_data(
+    args: argparse.Namespace, *, fit_intercept: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of ``--data``, checked as ``encrypt`` checks training data.
+
+    Labels (two classes exactly), features (a 2-D array of finite real
+    numbers) and standardisation (every column finite) are refused with the
+    file named, before keys are made or anything is encrypted.
+    """
+    from .protocol import check_training_data
+
+    X, y = read_table(
+        args.data, label_column=args.label_column, labels=args.labels, header=args.header
+    )
+    if y is None:  # pragma: no cover (the label column has a default)
+        raise ValueError(f"{args.command} needs labels: --label-column or --labels")
+    if X.shape[1] == 0:
+        raise ValueError(
+            f"{args.data} has no feature columns: its only column is the label column "
+            f"(--label-column {args.label_column}; a 1-D .npy array is one column). Save the "
+            "features as a 2-D array of shape (n_samples, n_features), with the labels as "
+            "its last column or in a --labels file"
+        )
+    try:
+        check_training_data(X, y, fit_intercept=fit_intercept)
+    except (ValueError, ProtocolError) as exc:
+        source = args.data + (f" (labels {args.labels})" if args.labels else "")
+        kind = ProtocolError if isinstance(exc, ProtocolError) else ValueError
+        raise kind(f"{source}: {exc}") from None
+    return X, y
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     from .protocol import keygen
 
-    if args.data is not None and args.shape is not None:
-        raise _UsageError("give the data (--data FILE) or its shape (--shape), not both")
+    options = _training_options(args)
     if args.data is not None:
-        X, _ = read_table(
-            args.data, label_column=args.label_column, labels=args.labels, header=args.header
-        )
-        n, d = X.shape
+        fit_intercept = options.get("fit_intercept", True)
+        n, d = _training_data(args, fit_intercept=bool(fit_intercept))[0].shape
     elif args.shape is not None:
         n, d = args.shape
     else:
@@ -387,7 +508,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         args.out,
         n,
         d,
-        options=_training_options(args),
+        options=options,
         params=_ckks_params(args),
         allow_insecure_for_testing=args.allow_insecure_for_testing,
         overwrite=args.force,
@@ -414,11 +535,8 @@ def _client(args: argparse.Namespace) -> Any:
 
 def cmd_encrypt(args: argparse.Namespace) -> int:
     client = _client(args)
-    X, y = read_table(
-        args.data, label_column=args.label_column, labels=args.labels, header=args.header
-    )
-    if y is None:
-        raise ValueError("encrypt needs labels: --label-column or --labels")
+    fit_intercept = client.config["options"].get("fit_intercept", True)
+    X, y = _training_data(args, fit_intercept=bool(fit_intercept))  # refusals name the file
     ds = client.encrypt(X, y, args.out, args.states)
     plan = ds.plan
     _out(
@@ -840,20 +958,24 @@ def _data_args(
         "below); a line of numbers, or one whose text sits in columns of text (string "
         "labels), is data. --header/--no-header decide instead",
     )
+    # No argparse default: an explicit --label-column beside --labels is a contradiction
+    # (_check_data_options), and the default applies only without --labels.
     p.add_argument(
         "--label-column",
-        default=label_default,
         help="label column: index (negative from the end) or header name"
         + (f" (default {label_default})" if label_default is not None else ""),
     )
+    p.set_defaults(label_default=label_default)
     if labels:
-        p.add_argument("--labels", help="labels in a separate CSV/.npy file instead")
+        p.add_argument(
+            "--labels", help="labels in a separate CSV/.npy file instead (not with --label-column)"
+        )
     p.add_argument(
         "--header",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="the CSV files do (--header) or do not (--no-header) start with a header line "
-        "(default: detect, as --data says)",
+        "(default: detect, as --data says); not for .npy files",
     )
 
 
@@ -1030,6 +1152,26 @@ def _cli_terms(exc: BaseException) -> str:
     return text
 
 
+def _warning_printer(command: str) -> Any:
+    """A ``warnings.showwarning`` for the command line: one line per distinct warning.
+
+    ``sklearn-he COMMAND: warning: MESSAGE`` on standard error, without the
+    file, line number and source line of Python's format, and once per run
+    even when several places warn alike (keygen's key generation and its
+    loading of the bundle both warn about insecure parameters).
+    """
+    shown: set[tuple[type[Warning], str]] = set()
+
+    def show(message: Any, category: type[Warning], *_: Any, **__: Any) -> None:
+        text = " ".join(str(message).split())
+        if (category, text) in shown:
+            return
+        shown.add((category, text))
+        print(f"{PROG} {command}: warning: {text}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
@@ -1037,7 +1179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "data", "") is None and args.command in ("encrypt", "encrypt-rows"):
         args.parser.error("--data is required")
     try:
+        if hasattr(args, "header"):
+            _check_data_options(args)
         with warnings.catch_warnings():
+            warnings.showwarning = _warning_printer(args.command)
             if args.quiet:  # -q silences everything, the insecure-parameters warning too
                 warnings.simplefilter("ignore", InsecureParametersWarning)
             return int(args.func(args))

@@ -95,6 +95,75 @@ def test_constant_feature_is_inert(cancer, value):
     )
 
 
+def test_huge_finite_features_train_as_if_rescaled(cancer):
+    """Values whose squares overflow (above about 1e154) are standardised, not zeroed.
+
+    Standardisation does not depend on a column's units, so a column scaled by
+    1e200 gives the same model, in its own units. (Before: its variance
+    overflowed, the column counted as constant, the row scale became inf and
+    every weight 0, with only NumPy overflow warnings.)
+    """
+    Xtr, Xte, ytr, yte = cancer
+    ref = plain().fit(Xtr, ytr)
+    Xh = Xtr.copy()
+    Xh[:, 2] *= 1e200
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no overflow on the way
+        clf = plain().fit(Xh, ytr)
+    np.testing.assert_allclose(np.delete(clf.coef_, 2, axis=1), np.delete(ref.coef_, 2, axis=1),
+                               rtol=1e-9)  # fmt: skip
+    np.testing.assert_allclose(clf.coef_[0, 2] * 1e200, ref.coef_[0, 2], rtol=1e-9)
+    np.testing.assert_allclose(clf.intercept_, ref.intercept_, rtol=1e-9)
+    # One huge cell (the probe's 1e300): a finite, useful model.
+    Xo = Xtr.copy()
+    Xo[5, 2] = 1e300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        clf = plain().fit(Xo, ytr)
+    assert np.isfinite(clf.coef_).all() and np.isfinite(clf.intercept_).all()
+    assert np.abs(clf.coef_).max() > 0.1
+    assert clf.score(Xte, yte) > ref.score(Xte, yte) - 0.05
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_huge_constant_column_is_inert(cancer, fit_intercept):
+    """A near-constant huge column (values an ulp apart) is constant, not a 1e284 bias."""
+    Xtr, Xte, ytr, yte = cancer
+    ref = plain(fit_intercept=fit_intercept).fit(Xtr, ytr)
+    column = np.where(np.arange(len(Xtr)) % 2, 1e300, np.nextafter(1e300, 2e300))
+    clf = plain(fit_intercept=fit_intercept).fit(np.insert(Xtr, 3, column, axis=1), ytr)
+    assert np.isfinite(clf.coef_).all() and np.isfinite(clf.intercept_).all()
+    if fit_intercept:  # the column is centred away: the model without it
+        assert abs(clf.coef_[0, 3]) * 1e300 < 1e-6
+        np.testing.assert_allclose(np.delete(clf.coef_, 3, axis=1), ref.coef_, rtol=1e-9)
+        np.testing.assert_allclose(clf.intercept_, ref.intercept_, rtol=1e-9)
+    else:  # uncentred, it is a bias column of about 1 (not 1e300)
+        assert abs(clf.coef_[0, 3]) * 1e300 > 1e-3
+        assert clf.score(np.insert(Xte, 3, 1e300, axis=1), yte) > ref.score(Xte, yte) - 0.05
+
+
+@pytest.mark.parametrize(
+    ("scale", "problem"),
+    [(1.7e308, "standardised values overflow float64"), (1e-310, "too small to standardise")],
+)
+def test_a_column_that_cannot_be_standardised_is_named(cancer, scale, problem):
+    Xtr, _, ytr, _ = cancer
+    X = Xtr.copy()
+    if scale > 1:  # mostly -1.7e308: the mean is far from 0, x - mean overflows
+        X[:, 4] = np.where(np.arange(len(X)) % 8, -scale, scale)
+    else:  # subnormal values: the scale's inverse overflows
+        X[:, 4] = X[:, 4] / X[:, 4].max() * scale
+    ref = plain().fit(Xtr, ytr)
+    coef = ref.coef_.copy()
+    with pytest.raises(ValueError, match=rf"feature column index 4: its .*{problem}") as info:
+        ref.fit(X, ytr)
+    assert "rescale the feature" in str(info.value)
+    np.testing.assert_array_equal(ref.coef_, coef)  # the fitted model is as it was
+    pd = pytest.importorskip("pandas")
+    with pytest.raises(ValueError, match=r"feature column index 4 \('f4'\)"):
+        plain().fit(pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])]), ytr)
+
+
 def test_accuracy_close_to_scikit_learn(cancer):
     Xtr, Xte, ytr, yte = cancer
     ref = make_pipeline(StandardScaler(), LogisticRegression()).fit(Xtr, ytr).score(Xte, yte)

@@ -6,6 +6,7 @@ The steps, in order (each is also a ``sklearn-he`` command):
 
 1. client: :func:`keygen` plans the run for the data shape and writes the
    key directory (``public.bundle``, ``secret.key`` 0600, ``training.json``);
+   :func:`check_training_data` first refuses data ``encrypt`` would refuse;
 2. client: :meth:`Client.encrypt` writes the encrypted data set (a directory
    with ``manifest.json``) and the first model state;
 3. server: :func:`train` runs the next chunk circuit and writes the spent
@@ -20,7 +21,14 @@ plaintext or encrypted weights), :meth:`Client.decrypt_scores`.
 File formats: ``docs/file-formats.md``.
 """
 
-from ._client import CONFIG_FILE, Client, export_sklearn, keygen, shareable_weights
+from ._client import (
+    CONFIG_FILE,
+    Client,
+    check_training_data,
+    export_sklearn,
+    keygen,
+    shareable_weights,
+)
 from ._dataset import MANIFEST, DirectoryData, EncryptedDataset
 from ._files import Progress, ProgressFactory, StateFile, StateStore, no_progress
 from ._inference import score_rotation_steps, score_rows
@@ -37,6 +45,7 @@ __all__ = [
     "StateFile",
     "StateStore",
     "TrainStatus",
+    "check_training_data",
     "export_sklearn",
     "keygen",
     "load_public_keys",

@@ -82,7 +82,14 @@ from ._files import (
 )
 from ._inference import ROWS_FORMAT, SCORES_FORMAT, score_rotation_steps
 
-__all__ = ["CONFIG_FILE", "Client", "export_sklearn", "keygen", "shareable_weights"]
+__all__ = [
+    "CONFIG_FILE",
+    "Client",
+    "check_training_data",
+    "export_sklearn",
+    "keygen",
+    "shareable_weights",
+]
 
 CONFIG_FILE = "training.json"
 #: Public key and context without evaluation keys (the client's fast load).
@@ -140,6 +147,59 @@ def _make_estimator(
     )
     clf._validate_params()
     return clf
+
+
+# ------------------------------------------------------------------ the data
+def _binary_data(
+    clf: EncryptedLogisticRegression, X: Any, y: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``clf``'s validation of ``X, y``, and the protocol's: exactly two classes."""
+    X, y, classes = clf._check_fit_data(X, y, binary=True)
+    if classes.size != 2:
+        raise ProtocolError(
+            f"the data have {classes.size} classes; the protocol trains one binary model. "
+            "Encrypt one data set per class (one-vs-rest labels) or merge classes"
+        )
+    return X, y, classes
+
+
+def check_training_data(
+    X: Any, y: Any, *, fit_intercept: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate a training set as :meth:`Client.encrypt` will, without keys.
+
+    For checking the data before :func:`keygen` (which sees only its
+    shape), so that data ``encrypt`` would refuse is refused before keys
+    are made for it.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        Features: finite real numbers.
+    y : array-like of shape (n_samples,)
+        Labels of exactly two classes.
+    fit_intercept : bool, default=True
+        The training option (it decides whether the columns are centred).
+
+    Returns
+    -------
+    X, y : ndarray
+        The validated data.
+    classes : ndarray of shape (2,)
+
+    Raises
+    ------
+    ValueError
+        Features that are not a 2-D array of finite real numbers, labels of
+        one class, or a column that cannot be standardised in float64
+        (message names it: rescale the feature).
+    ProtocolError
+        More than two classes.
+    """
+    clf = EncryptedLogisticRegression(fit_intercept=fit_intercept)
+    X, y, classes = _binary_data(clf, X, y)
+    clf._design(X, fit=True)  # the standardisation encrypt computes, refused as there
+    return X, y, classes
 
 
 # ---------------------------------------------------------------------- keygen
@@ -419,6 +479,9 @@ class Client:
 
         Raises
         ------
+        ValueError
+            Data :func:`check_training_data` refuses: features not finite
+            real numbers, one class, a column that cannot be standardised.
         ProtocolError
             More than two classes (the protocol trains one binary model), or
             a states directory that already holds states.
@@ -446,12 +509,7 @@ class Client:
         config = self.config
         keys = self.keys
         clf = _make_estimator(config["options"], keys.params, self.allow_insecure)
-        X, y, classes = clf._check_fit_data(X, y)
-        if classes.size != 2:
-            raise ProtocolError(
-                f"the data have {classes.size} classes; the protocol trains one binary model. "
-                "Encrypt one data set per class (one-vs-rest labels) or merge classes"
-            )
+        X, y, classes = _binary_data(clf, X, y)
         design = clf._design(X, fit=True)
         trainer = clf._trainer(X.shape[0], design.shape[1])
         plan = trainer.plan

@@ -6,16 +6,31 @@ Every refused input gives one line that says what to do, and nothing is written.
 
 from __future__ import annotations
 
+import os
+import pickle
 import shutil
+import subprocess
+import sys
 import warnings
 
 import numpy as np
 import pytest
 
+from sklearn_he import EncryptedLogisticRegression
 from sklearn_he.cli import read_table
 from sklearn_he.exceptions import InsecureParametersWarning
 
-from .conftest import INSECURE, SMALL_FLAGS, run
+from .conftest import (
+    INSECURE,
+    SMALL,
+    SMALL_FLAGS,
+    refresh_step,
+    run,
+    snapshot,
+    to_client,
+    to_server,
+    train_step,
+)
 
 
 def _error(capsys) -> str:
@@ -125,6 +140,41 @@ def test_label_files_of_numbers_and_their_length(tmp_path):
         read_table(str(tmp_path / "X.npy"), label_column=None, labels=str(path))
 
 
+# ------------------------------------------------------------ binary files
+def test_a_binary_file_given_as_csv_is_named(tmp_path, capsys):
+    """Not "'utf-8' codec can't decode byte 0xf8 in position 8": the file and what to do."""
+    raw = tmp_path / "X.csv"
+    raw.write_bytes(np.array([0.0, 1.5]).tobytes())  # float64 bytes: 0xf8 at offset 14
+    np.save(tmp_path / "y.npy", np.array([0, 1]))
+    with pytest.raises(ValueError, match="not a text CSV file") as info:
+        read_table(str(raw), label_column=None, labels=str(tmp_path / "y.npy"))
+    text = str(info.value)
+    assert text.startswith(f"{raw} is not a text CSV file (byte 0xf8 at offset 14 is not UTF-8)")
+    assert ".npy" in text and "codec" not in text
+    # An .npy array under another name says so; a NUL byte (valid UTF-8) is binary too.
+    npy = tmp_path / "data.csv"
+    with npy.open("wb") as fh:
+        np.save(fh, np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"data.csv is a NumPy .npy array, but its name does not"):
+        read_table(str(npy), label_column="-1")
+    nul = tmp_path / "nul.csv"
+    nul.write_bytes(b"1,2,0\n3,\x004,1\n")
+    with pytest.raises(ValueError, match=r"nul.csv is not a text CSV file \(byte 0x00 at offset"):
+        read_table(str(nul), label_column="-1")
+    # Through the command line: exit status 1, one line, nothing written.
+    assert run("keygen", "-q", "--data", raw, "--labels", tmp_path / "y.npy",
+               "--out", tmp_path / "keys", *SMALL_FLAGS) == 1  # fmt: skip
+    assert "is not a text CSV file" in _error(capsys)
+    assert not (tmp_path / "keys").exists()
+
+
+def test_a_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    csv = tmp_path / "excel.csv"
+    csv.write_bytes("a,b,label\n1,2,0\n3,4,1\n".encode("utf-8-sig"))
+    X, y = read_table(str(csv), label_column="a")
+    assert X.tolist() == [[2.0, 0.0], [4.0, 1.0]] and y.tolist() == [1, 3]
+
+
 # ---------------------------------------------------------- missing values
 def test_a_missing_label_is_named_by_its_row(tmp_path):
     csv = tmp_path / "d.csv"
@@ -187,6 +237,159 @@ def test_encrypt_rows_has_no_label_file(capsys):
     err = _usage_error(capsys, "encrypt-rows", "--keys", "k", "--data", "x.csv", "--labels",
                        "y.csv", "--out", "r.skhe")  # fmt: skip
     assert "--labels" in err
+
+
+# ------------------------------------- keygen refuses what encrypt would refuse
+def _two_class_data(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    return X, (X[:, 0] > 0).astype(int)
+
+
+@pytest.mark.parametrize(
+    ("case", "named", "says"),
+    [
+        ("one class", "y.npy", "the labels hold one class only (0)"),
+        ("three classes", "y.npy", "the data have 3 classes; the protocol trains one binary"),
+        ("1-D data", "X.npy", "X.npy has no feature columns"),
+        ("complex features", "X.npy", "X.npy holds complex numbers (complex128)"),
+        ("complex labels", "y.npy", "y.npy holds complex numbers (complex128)"),
+    ],
+)
+def test_keygen_refuses_data_that_encrypt_would_refuse(tmp_path, capsys, case, named, says):
+    """Checked before any key is made, with encrypt's reader and checks; nothing is written."""
+    X, y = _two_class_data(tmp_path)
+    if case == "one class":
+        y = np.zeros_like(y)
+    elif case == "three classes":
+        y = np.arange(len(y)) % 3
+    elif case == "1-D data":  # read as one column: the label column, so 40 x 0 features
+        X = X[:, 0]
+    elif case == "complex features":
+        X = X + 0j
+    else:
+        y = y + 0j
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    data = ["--data", tmp_path / "X.npy"] + (
+        ["--labels", tmp_path / "y.npy"] if X.ndim == 2 else []
+    )
+    assert run("keygen", "-q", *data, "--out", tmp_path / "keys", *SMALL_FLAGS) == 1
+    err = _error(capsys)
+    assert str(tmp_path / named) in err and says in err, err
+    assert "Warning" not in err and len(err) < 400  # no ComplexWarning, no values dumped
+    assert not (tmp_path / "keys").exists()
+
+
+@pytest.mark.ckks
+def test_encrypt_refuses_complex_data_in_one_line(fresh_copy, cancer_small, capsys):
+    X, y = cancer_small
+    root, client = fresh_copy, fresh_copy / "client"
+    np.save(root / "Xc.npy", X + 1j)
+    np.save(root / "y.npy", y)
+    before = snapshot(client)
+    assert run("encrypt", "-q", INSECURE, "--keys", client / "keys", "--data", root / "Xc.npy",
+               "--labels", root / "y.npy", "--out", root / "ds",
+               "--states", root / "st") == 1  # fmt: skip
+    err = _error(capsys)
+    assert f"{root / 'Xc.npy'} holds complex numbers" in err
+    assert "Warning" not in err and len(err) < 400
+    assert snapshot(client) == before and not (root / "ds").exists()
+
+
+# ------------------------------------------------------ huge finite values
+@pytest.mark.ckks
+def test_huge_finite_values_train_correctly_through_the_command_line(
+    fresh_copy, cancer_small, capsys
+):
+    """A cell of 1e300 and a column of about 1e200: not an all-zero model (exit status 0).
+
+    Before, the overflowing statistics made the row scale inf: encrypt and
+    decrypt succeeded and the model was all zeros.
+    """
+    X, y = cancer_small
+    X = X.copy()
+    X[5, 2] = 1e300
+    X[:, 7] *= 1e200
+    root = fresh_copy
+    for d in ("client/dataset", "client/states", "server/dataset", "server/states"):
+        shutil.rmtree(root / d)
+    np.save(root / "X.npy", X)
+    np.save(root / "y.npy", y)
+    keys = root / "client" / "keys"
+    assert run("encrypt", "-q", INSECURE, "--keys", keys, "--data", root / "X.npy", "--labels",
+               root / "y.npy", "--out", root / "client" / "dataset",
+               "--states", root / "client" / "states") == 0  # fmt: skip
+    shutil.copytree(root / "client" / "dataset", root / "server" / "dataset")
+    shutil.copytree(root / "client" / "states", root / "server" / "states")
+    assert train_step(root) == 0
+    to_client(root)
+    assert refresh_step(root) == 0
+    to_server(root)
+    assert train_step(root) == 0
+    to_client(root)
+    assert run("decrypt", "-q", INSECURE, "--keys", keys, "--states", root / "client" / "states",
+               "--out", root / "model.pkl") == 0  # fmt: skip
+    assert "warning" not in capsys.readouterr().err  # no overflow on the way
+    model = pickle.loads((root / "model.pkl").read_bytes())
+    assert np.isfinite(model.coef_).all() and np.isfinite(model.intercept_).all()
+    w = model._state[0][0]
+    assert np.abs(w).max() > 0.1  # not the all-zero model
+    # The weights of the same fit without encryption (the prepared run's options).
+    plain = EncryptedLogisticRegression(
+        backend="plaintext", ckks_params=SMALL, max_iter=1, minibatches_per_circuit=1,
+        random_state=0,
+    ).fit(X, y)  # fmt: skip
+    assert np.abs(w - plain._state[0][0]).max() < 1e-4 * np.linalg.norm(w)
+    assert abs(model.score(X, y) - plain.score(X, y)) <= 1 / 64  # one epoch: about 0.8
+
+
+# ------------------------------------------------- contradictory data options
+@pytest.mark.parametrize(
+    ("command", "extra", "conflict"),
+    [
+        ("encrypt", ["--labels", "y.csv", "--label-column", "3"], "--label-column and --labels"),
+        ("keygen", ["--labels", "y.npy", "--label-column", "-1"], "--label-column and --labels"),
+        ("encrypt", ["--labels", "y.npy", "--header"], "--header and --data"),
+        ("keygen", ["--labels", "y.npy", "--no-header"], "--no-header and --data"),
+        ("encrypt-rows", ["--no-header"], "--no-header and --data"),
+        ("keygen", ["--shape", "40", "3"], "--shape and --data"),
+    ],
+)
+def test_contradictory_data_options_are_usage_errors(
+    tmp_path, monkeypatch, capsys, command, extra, conflict
+):
+    """Exit status 2, the two options named, nothing read or written."""
+    monkeypatch.chdir(tmp_path)
+    X, y = _two_class_data(tmp_path)
+    np.save("X.npy", X)
+    np.save("y.npy", y)
+    (tmp_path / "y.csv").write_text("\n".join(map(str, y)) + "\n")
+    before = snapshot(tmp_path)
+    where = {"keygen": ["--out", "keys", *SMALL_FLAGS],
+             "encrypt": ["--keys", "keys", "--out", "ds", "--states", "st"],
+             "encrypt-rows": ["--keys", "keys", "--out", "rows.skhe"]}[command]  # fmt: skip
+    err = _usage_error(capsys, command, "--data", "X.npy", *extra, *where)
+    assert f"error: {conflict} conflict" in err, err
+    assert snapshot(tmp_path) == before
+
+
+def test_shape_conflicts_with_every_data_option(tmp_path, capsys):
+    for extra in (["--labels", "y.npy"], ["--label-column", "0"], ["--header"]):
+        err = _usage_error(capsys, "keygen", "--shape", "40", "3", *extra,
+                           "--out", tmp_path / "keys", *SMALL_FLAGS)  # fmt: skip
+        assert f"--shape and {extra[0]} conflict" in err
+    assert not (tmp_path / "keys").exists()
+
+
+def test_header_flags_still_apply_to_a_csv_label_file(tmp_path):
+    """--no-header with .npy features and a CSV label file is no contradiction."""
+    X, y = _two_class_data(tmp_path)
+    np.save(tmp_path / "X.npy", X)
+    (tmp_path / "y.csv").write_text("\n".join(map(str, y)) + "\n")
+    Xr, yr = read_table(str(tmp_path / "X.npy"), label_column=None,
+                        labels=str(tmp_path / "y.csv"), header=False)  # fmt: skip
+    assert Xr.shape == (40, 3) and yr.tolist() == y.tolist()
 
 
 # ---------------------------------------------------------- decrypt outputs
@@ -297,16 +500,38 @@ def test_inspect_describes_numpy_arrays(tmp_path, capsys):
 
 # ------------------------------------------------------- insecure parameters
 @pytest.mark.ckks
-def test_quiet_silences_the_insecure_parameters_warning(tmp_path):
+def test_quiet_silences_the_insecure_parameters_warning(tmp_path, capsys):
     argv = ["keygen", "--shape", "64", "30", "--epochs", "1", *SMALL_FLAGS]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert run(*argv, "-q", "--out", tmp_path / "quiet") == 0
     assert not [w for w in caught if issubclass(w.category, InsecureParametersWarning)]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    assert capsys.readouterr().err == ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # not the test configuration's "ignore"
         assert run(*argv, "--out", tmp_path / "loud") == 0
-    assert [w for w in caught if issubclass(w.category, InsecureParametersWarning)]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("sklearn-he keygen: warning: INSECURE CKKS"), err
+
+
+@pytest.mark.ckks
+def test_warnings_print_once_as_one_line(tmp_path):
+    """keygen warns twice internally (key generation, bundle loading): one line, no paths.
+
+    A separate process, as a user sees it: Python's default format would
+    print each warning's file path, line number and source line.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sklearn_he.cli", "keygen", "--shape", "64", "30",
+         "--epochs", "1", *SMALL_FLAGS, "--out", str(tmp_path / "keys")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("sklearn-he keygen: warning: INSECURE CKKS parameters in use")
+    assert ".py" not in proc.stderr and "KeySet" not in proc.stderr
 
 
 @pytest.mark.ckks
