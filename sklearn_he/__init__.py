@@ -19,6 +19,7 @@ from .exceptions import InsecureParametersWarning, SklearnHEError
 
 if TYPE_CHECKING:
     from ._estimator import EncryptedLogisticRegression, FitReport, SigmoidRangeWarning
+    from .training._link import Link
 
 __all__ = [
     "CKKSParameters",
@@ -26,6 +27,7 @@ __all__ = [
     "FitReport",
     "InsecureParametersWarning",
     "KeySet",
+    "Link",
     "SigmoidRangeWarning",
     "SklearnHEError",
     "__version__",
@@ -36,6 +38,7 @@ _LAZY = {
     "EncryptedLogisticRegression": "._estimator",
     "FitReport": "._estimator",
     "SigmoidRangeWarning": "._estimator",
+    "Link": ".training._link",
 }
 
 

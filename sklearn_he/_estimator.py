@@ -22,6 +22,7 @@ from .backend import CKKSParameters, KeySet
 from .circuit import CostModel, WorkerStart, start_workers
 from .exceptions import SklearnHEError
 from .training import (
+    Link,
     NAGSchedule,
     Trainer,
     estimate_plan_seconds_per_sample,
@@ -68,6 +69,23 @@ class FitReport:
     margin_max: float
     seconds_per_sample_epoch: float
     estimated_seconds_per_sample_epoch: float
+    #: Trained states the server sent back (bytes, counted like ``bytes_uploaded``).
+    bytes_downloaded: int = 0
+    #: Chunk circuits run: one exchange each (a state up, a trained state down).
+    round_trips: int = 0
+    #: The one-time upload: public key bundle and encrypted data set (bytes).
+    setup_bytes: int = 0
+    #: The link planned for (:meth:`Link.describe <sklearn_he.Link.describe>`).
+    link: str = "local"
+    #: ``setup_bytes`` over the link, plus one round-trip time (an estimate).
+    estimated_setup_seconds: float = 0.0
+    #: ``seconds_per_sample_epoch`` plus the refresh traffic that was counted
+    #: (states both ways and one round-trip time per chunk) over the link.
+    estimated_end_to_end_seconds_per_sample_epoch: float = 0.0
+    #: True when byte counts are the sizes of the ciphertexts sent (CKKS: SEAL's
+    #: exact save sizes inside the envelope); False when they are estimates of
+    #: ciphertexts the plaintext backend never made.
+    bytes_counted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -189,6 +207,19 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         Shuffling of the training rows into minibatches.
     verbose : int, default=0
         Print progress (one line per circuit) when positive.
+    link : str or Link, default="local"
+        The network between the client and the server the plan is made for:
+        a profile of :data:`~sklearn_he.training.LINK_PROFILES` (``"local"``:
+        the same machine, transfers cost nothing; ``"lan"``; ``"wan"``: 100
+        Mbit/s each way, 50 ms; ``"slow"``: 10 Mbit/s, 200 ms;
+        ``"offline"``: 3600 s per round trip), ``"UP,DOWN,RTT"`` (Mbit/s up,
+        Mbit/s down, milliseconds) or a :class:`~sklearn_he.Link`. Every
+        chunk circuit ends in a round trip to the client (SEAL cannot
+        bootstrap), so the planner adds the link's latency and the state's
+        bytes each way to the server and client time it minimises: slower
+        links favour more minibatches per circuit. ``fit`` runs both roles in
+        one process whatever the link; ``report_`` gives the counted bytes and
+        the estimated end-to-end time over it.
     warm_start : bool, default=False
         Continue from the previous solution (same classes, features and
         ``fit_intercept``): the next fit starts from its weights and momentum
@@ -256,6 +287,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
+        "link": [Link, str],
     }
 
     def __init__(
@@ -282,6 +314,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         random_state: Any = None,
         verbose: int = 0,
         warm_start: bool = False,
+        link: Link | str = "local",
     ) -> None:
         self.circuit = circuit
         self.backend = backend
@@ -304,6 +337,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+        self.link = link
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -386,6 +420,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         # machine's); a CKKS fit's estimate uses this machine's costs for the
         # chosen parameters (measured once, cached) and its worker count.
         estimate = plan.estimated_seconds_per_sample
+        link = self._link()
         if self.backend == "ckks":
             estimate = estimate_plan_seconds_per_sample(
                 plan,
@@ -394,6 +429,10 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 n_jobs=effective_n_jobs(self.n_jobs),
                 epochs=self.max_iter,
             )
+        bundle = max(r.bundle_bytes for r in results)
+        setup = bundle + sum(r.data_bytes for r in results)
+        uploaded = sum(r.bytes_uploaded - r.bundle_bytes for r in results) + bundle
+        downloaded = sum(r.bytes_downloaded for r in results)
         self.report_ = FitReport(
             circuit=self.circuit,
             backend=self.backend,
@@ -408,8 +447,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             coeff_modulus_bits=tuple(p.coeff_modulus_bits),
             scale_bits=p.scale_bits,
             # One key set serves every one-vs-rest model: its bundle goes up once.
-            bytes_uploaded=sum(r.bytes_uploaded - r.bundle_bytes for r in results)
-            + max(r.bundle_bytes for r in results),
+            bytes_uploaded=uploaded,
             refreshes=sum(r.refreshes for r in results),
             refreshes_per_epoch=sum(r.refreshes for r in results) / (self.max_iter * len(targets)),
             encrypt_seconds=sum(r.encrypt_seconds for r in results),
@@ -420,6 +458,21 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             seconds_per_sample_epoch=sum(r.train_seconds for r in results)
             / (self.max_iter * X.shape[0]),
             estimated_seconds_per_sample_epoch=estimate * len(targets),
+            bytes_downloaded=downloaded,
+            round_trips=sum(r.round_trips for r in results),
+            setup_bytes=setup,
+            link=link.describe(),
+            estimated_setup_seconds=link.seconds(up_bytes=setup, round_trips=1),
+            estimated_end_to_end_seconds_per_sample_epoch=(
+                sum(r.train_seconds for r in results)
+                + link.seconds(
+                    up_bytes=uploaded - setup,
+                    down_bytes=downloaded,
+                    round_trips=sum(r.round_trips for r in results),
+                )
+            )
+            / (self.max_iter * X.shape[0]),
+            bytes_counted=all(r.bytes_counted for r in results),
             extra={
                 **self._gram_report(trainer),
                 "estimate_costs": "measured" if self.backend == "ckks" else "nominal",
@@ -561,6 +614,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             # this machine (batch size, ring and chain stay the one-worker choice).
             machine_costs=self._machine_costs if self.backend == "ckks" else None,
             transposed=self.transpose_data,
+            link=None if self._link().free else self._link(),
         )
         return Trainer(
             plan,
@@ -570,6 +624,13 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             log=print if self.verbose else None,
             n_jobs=self.n_jobs,
         )
+
+    def _link(self) -> Link:
+        """The ``link`` parameter as a :class:`Link` (a clear ValueError when misspelt)."""
+        try:
+            return Link.parse(self.link)
+        except ValueError as exc:
+            raise ValueError(f"the link parameter of {type(self).__name__}: {exc}") from None
 
     def _machine_costs(self, params: CKKSParameters) -> CostModel:
         """This machine's op costs for ``params`` (measured once, then cached)."""

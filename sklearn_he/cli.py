@@ -358,7 +358,23 @@ _TRAINING_OPTIONS = {
     "minibatches-per-circuit": ("minibatches_per_circuit", int, "default: auto"),
     "sigmoid-degree": ("sigmoid_degree", int, "3, 5 (default) or 7"),
     "random-state": ("random_state", int, "seed of the minibatch shuffle (default 0)"),
+    "link": (
+        "link",
+        "link",
+        "the client-server link to plan for: local, lan, wan (default), slow, offline, or "
+        "UP,DOWN,RTT in Mbit/s, Mbit/s, ms",
+    ),
 }
+
+
+def _link_arg(text: str) -> str:
+    """``--link``: a profile name or ``UP,DOWN,RTT``, checked now (a usage error otherwise)."""
+    from .training import Link
+
+    try:
+        return Link.parse(text).spec()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parse_param(text: str) -> tuple[str, Any]:
@@ -372,7 +388,8 @@ def _parse_param(text: str) -> tuple[str, Any]:
 
 
 def _training_options(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"random_state": 0}
+    # Outsourced training crosses a network: plan for a WAN unless told otherwise.
+    out: dict[str, Any] = {"random_state": 0, "link": "wan"}
     for flag, (param, _, _) in _TRAINING_OPTIONS.items():
         value = getattr(args, flag.replace("-", "_"))
         if value is not None:
@@ -493,6 +510,7 @@ def _training_data(
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     from .protocol import keygen
+    from .training import Link
 
     options = _training_options(args)
     if args.data is not None:
@@ -516,7 +534,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     _out(
         args,
         f"keys for {n} x {d} data: {keys.params.describe()}, {len(keys.rotation_steps)} "
-        f"rotation keys, fingerprint {keys.fingerprint}\n"
+        f"rotation keys, fingerprint {keys.fingerprint}; planned for the link "
+        f"{Link.parse(options['link']).describe()}\n"
         f"  {Path(args.out) / 'public.bundle'}  send to the server\n"
         f"  {Path(args.out) / 'secret.key'}     keep here (mode 0600)",
     )
@@ -998,7 +1017,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--shape", nargs=2, type=int, metavar=("N_SAMPLES", "N_FEATURES"), help="instead of --data"
     )
     for flag, (_, typ, text) in _TRAINING_OPTIONS.items():
-        p.add_argument(f"--{flag}", type=typ, help=text)
+        p.add_argument(f"--{flag}", type=_link_arg if typ == "link" else typ, help=text)
     p.add_argument("--no-intercept", action="store_true", help="learn no bias term")
     p.add_argument(
         "--param",
@@ -1125,6 +1144,7 @@ def _cli_terms(exc: BaseException) -> str:
         "leave both out and keygen picks 128-bit parameters",
     )
     text = text.replace("allow_insecure_for_testing=True", "--allow-insecure-for-testing")
+    text = text.replace(" (pass overwrite=True)", "; remove it or choose another path")
     if isinstance(exc, InsecureParametersError):
         text = text.replace("poly_modulus_degree=", "N=")
         if "--allow-insecure-for-testing" not in text:

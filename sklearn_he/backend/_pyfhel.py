@@ -52,7 +52,7 @@ from ..exceptions import (
     ScaleMismatchError,
 )
 from ._params import CKKSParameters, scalar_level_cost
-from ._serialization import Kind, pack, unpack
+from ._serialization import Kind, envelope_size, pack, unpack
 
 __all__ = ["SCALE_SNAP_RTOL", "CKKSContext", "Ciphertext", "WireCiphertext"]
 
@@ -152,6 +152,11 @@ class Ciphertext:
     def to_bytes(self) -> bytes:
         """Serialise to the sklearn-he envelope (key fingerprint, level, scale, checksum)."""
         return self._context.ciphertext_to_bytes(self)
+
+    @property
+    def nbytes(self) -> int:
+        """``len(self.to_bytes())``, computed without serialising (SEAL's exact save size)."""
+        return self._context.ciphertext_nbytes(self)
 
     def __reduce__(self) -> Any:
         raise TypeError(
@@ -895,6 +900,25 @@ class CKKSContext:
         ct = self._check(ct)
         meta = {"level": ct.level, "scale": ct.scale, "n": self.params.poly_modulus_degree}
         return pack(Kind.CIPHERTEXT, self.fingerprint, meta, ct._ct.to_bytes(_COMPR))
+
+    def ciphertext_nbytes(self, ct: Ciphertext) -> int:
+        """Size of :meth:`ciphertext_to_bytes`'s result, from SEAL's exact save size."""
+        ct = self._check(ct)
+        meta = {"level": ct.level, "scale": ct.scale, "n": self.params.poly_modulus_degree}
+        return envelope_size(meta, ct._ct.sizeof_ciphertext(_COMPR))
+
+    def _key_section_sizes(self) -> dict[str, int]:
+        """Bytes of each public key section :meth:`_export_keys` would produce (exact)."""
+        he = self._he
+        out = {
+            "context": len(he.to_bytes_context(_COMPR)),  # small: measured
+            "public": he.sizeof_public_key(_COMPR),
+        }
+        if self.has_relin_key:
+            out["relin"] = he.sizeof_relin_key(_COMPR)
+        if self.rotation_steps:
+            out["rotation"] = he.sizeof_rotate_key(_COMPR)
+        return out
 
     def ciphertext_from_bytes(self, data: bytes, *, source: str = "ciphertext") -> Ciphertext:
         """Load a ciphertext serialised by :meth:`Ciphertext.to_bytes` under these keys."""

@@ -42,6 +42,7 @@ __all__ = [
     "Envelope",
     "Kind",
     "atomic_write",
+    "envelope_size",
     "join_sections",
     "pack",
     "split_sections",
@@ -106,6 +107,16 @@ def pack(kind: Kind, fingerprint: str | None, meta: Mapping[str, Any], payload: 
         _digest(meta_b, payload),
     )
     return b"".join((header, meta_b, payload))
+
+
+def envelope_size(meta: Mapping[str, Any], payload_size: int) -> int:
+    """Bytes :func:`pack` would produce for ``meta`` and a payload of ``payload_size`` bytes.
+
+    Exact, without building the payload: how sizes are counted where
+    serialising would cost more than the count is worth (rotation keys).
+    """
+    meta_b = json.dumps(dict(meta), sort_keys=True, separators=(",", ":")).encode()
+    return _HEADER.size + len(meta_b) + int(payload_size)
 
 
 def unpack(

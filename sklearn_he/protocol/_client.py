@@ -50,7 +50,7 @@ from ..exceptions import (
     UntrustedStateError,
 )
 from ..linalg import ColVector, EncMatrix
-from ..training import TrainingClient, chunk_specs, state_names
+from ..training import Link, TrainingClient, chunk_specs, state_names
 from ._dataset import (
     DATASET_FORMAT,
     MANIFEST,
@@ -118,6 +118,8 @@ def _estimator_params(clf: EncryptedLogisticRegression) -> dict[str, Any]:
     for k, v in clf.get_params().items():
         if k in _NOT_STORED:
             continue
+        if isinstance(v, Link):
+            v = v.spec()  # read back by Link.parse
         if not (v is None or isinstance(v, (bool, int, float, str, np.generic))):
             raise ValueError(
                 f"the protocol stores estimator options as JSON; {k}={v!r} is not a number, "
@@ -1078,6 +1080,8 @@ class Client:
             margin_max=float("nan"),
             seconds_per_sample_epoch=train_s / (epochs * n),
             estimated_seconds_per_sample_epoch=plan.estimated_seconds_per_sample,
+            round_trips=n_chunks,
+            link=clf._link().describe(),
             extra={"protocol": True, "dataset": record["dataset"]},
         )
         return clf

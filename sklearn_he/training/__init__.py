@@ -10,6 +10,7 @@ from ._circuits import (
     state_io,
     state_vector,
 )
+from ._link import LINK_PROFILES, Link
 from ._planner import Plan, choose_shape, estimate_plan_seconds_per_sample, plan_training
 from ._program import Program, evaluate, momentum_step, nag_program, pipeline, weights_step
 from ._schedule import NAGSchedule, nag_reference
@@ -27,9 +28,11 @@ from ._trainer import (
 
 __all__ = [
     "CIRCUITS",
+    "LINK_PROFILES",
     "SIGMOID_DEGREES",
     "ChunkCircuit",
     "ChunkSpec",
+    "Link",
     "NAGSchedule",
     "Plan",
     "Program",

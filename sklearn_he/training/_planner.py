@@ -31,6 +31,7 @@ from ._circuits import (
     state_blocks,
     state_io,
 )
+from ._link import Link
 
 __all__ = [
     "Plan",
@@ -178,10 +179,15 @@ def estimate_seconds_per_minibatch(
     params: CKKSParameters,
     costs: CostModel | None = None,
     n_jobs: int = 1,
+    link: Link | None = None,
 ) -> float:
-    """Estimated server time of one chunk plus its client refresh, per minibatch.
+    """Estimated server time of one chunk, its client refresh and its round trip, per minibatch.
 
     With ``n_jobs > 1`` the server time is scaled by :func:`parallel_factor`.
+    With a ``link``, the round trip that every chunk ends with costs its
+    latency plus the fresh state up (at the top level) and the trained state
+    down (at the level the chunk leaves it) at the link's bandwidths
+    (:func:`refresh_traffic`); without one it costs nothing (``"local"``).
     """
     factor = parallel_factor(chunk, params, n_jobs, costs)
     costs = costs or CostModel.nominal()
@@ -206,7 +212,28 @@ def estimate_seconds_per_minibatch(
         refresh += encrypted * costs.op_seconds(Op.ADD_PLAIN, n, params.max_level)
     else:
         refresh += encrypted * costs.encrypt_cost(n)
-    return (work + refresh) / chunk.n_steps
+    network = 0.0
+    if link is not None and not link.free:
+        up, down = refresh_traffic(chunk, params)
+        network = link.seconds(up_bytes=up, down_bytes=down, round_trips=1)
+    return (work + refresh + network) / chunk.n_steps
+
+
+def refresh_traffic(chunk: ChunkCircuit, params: CKKSParameters) -> tuple[int, int]:
+    """Estimated bytes of one round trip: ``(fresh state up, trained state down)``.
+
+    The fresh state's ciphertexts at the top level, the trained state's at
+    the level the chunk leaves them (SEAL drops a prime at each rescale, so
+    a spent state is smaller). From :func:`ciphertext_bytes`: an estimate,
+    for planning; ``report_`` counts the bytes serialised.
+    """
+    blocks = state_blocks(chunk.shape, chunk.n_features, chunk.transposed)
+    reads, returns = state_io(chunk.transposed, chunk.n_steps)
+    out_level = max(0, params.max_level - chunk.depth)
+    return (
+        blocks * len(reads) * ciphertext_bytes(params),
+        blocks * len(returns) * ciphertext_bytes(params, out_level),
+    )
 
 
 def estimate_seconds_per_sample(
@@ -214,9 +241,10 @@ def estimate_seconds_per_sample(
     params: CKKSParameters,
     costs: CostModel | None = None,
     n_jobs: int = 1,
+    link: Link | None = None,
 ) -> float:
     """:func:`estimate_seconds_per_minibatch` divided by the batch size."""
-    return estimate_seconds_per_minibatch(chunk, params, costs, n_jobs) / chunk.batch_size
+    return estimate_seconds_per_minibatch(chunk, params, costs, n_jobs, link) / chunk.batch_size
 
 
 def _chunk_cost(
@@ -226,11 +254,12 @@ def _chunk_cost(
     costs: CostModel | None,
     n_jobs: int,
     epochs: int,
+    link: Link | None = None,
 ) -> float:
-    """Seconds per sample-epoch of a plan running ``chunk``: circuit, refresh, Gram blocks."""
-    cost = estimate_seconds_per_sample(chunk, params, costs, n_jobs)
+    """Seconds per sample-epoch of a plan running ``chunk``: circuit, refresh, link, Grams."""
+    cost = estimate_seconds_per_sample(chunk, params, costs, n_jobs, link)
     if chunk.grams:
-        g = gram_block_costs(chunk.shape, chunk.batch_size, chunk.n_features, params, costs)
+        g = gram_block_costs(chunk.shape, chunk.batch_size, chunk.n_features, params, costs, link)
         per_chunk = len(chunk.grams) * g[f"{gram_source}_seconds"]
         cost += per_chunk / (chunk.n_steps * chunk.batch_size * max(1, epochs))
     return cost
@@ -243,13 +272,16 @@ def estimate_plan_seconds_per_sample(
     *,
     n_jobs: int = 1,
     epochs: int = 1,
+    link: Link | None = None,
 ) -> float:
     """Estimated seconds per sample-epoch of ``plan`` under ``costs``.
 
     What :func:`plan_training` minimised, but for any cost model: with
     :meth:`CostModel.for_params(plan.params) <sklearn_he.circuit.CostModel.for_params>`
     it is the estimate for *this* machine (ops, refresh and the parallel
-    schedule's prediction for ``n_jobs`` workers all measured here).
+    schedule's prediction for ``n_jobs`` workers all measured here). With a
+    ``link``, each round trip's latency and bytes are added (end-to-end
+    time); without one the network costs nothing.
     """
     if plan.params is None:
         raise ValueError("the plan has no CKKS parameters to estimate with")
@@ -265,7 +297,7 @@ def estimate_plan_seconds_per_sample(
         fuse=plan.fuse,
         transposed=plan.transposed,
     )
-    return _chunk_cost(chunk, plan.params, plan.gram_source, costs, max(1, n_jobs), epochs)
+    return _chunk_cost(chunk, plan.params, plan.gram_source, costs, max(1, n_jobs), epochs, link)
 
 
 #: Client upload bandwidth assumed when weighing client-computed Gram blocks
@@ -280,22 +312,32 @@ def ciphertext_bytes(params: CKKSParameters, level: int | None = None) -> int:
 
 
 def gram_block_costs(
-    plan_shape: TileShape, m: int, f: int, params: CKKSParameters, costs: CostModel | None
+    plan_shape: TileShape,
+    m: int,
+    f: int,
+    params: CKKSParameters,
+    costs: CostModel | None,
+    link: Link | None = None,
 ) -> dict[str, float]:
     """Cost of one Gram block ``Z_a Z_b^T`` either way.
 
     ``client_bytes``: its encrypted tiles (what the client uploads);
-    ``client_seconds``: that upload at :data:`UPLOAD_BYTES_PER_SECOND`;
-    ``server_seconds``: the homomorphic precomputation (3 levels deeper).
+    ``client_seconds``: that upload over ``link`` (without one, at
+    :data:`UPLOAD_BYTES_PER_SECOND`), plus, with a link, the client's
+    encryption of the tiles; ``server_seconds``: the homomorphic
+    precomputation (3 levels deeper).
     """
     tiles = -(-m // plan_shape.rows) * -(-m // plan_shape.cols)
     nbytes = tiles * ciphertext_bytes(params)
-    work = work_seconds(build_gram_circuit(plan_shape, m, f), params, costs or CostModel.nominal())
-    return {
-        "client_bytes": float(nbytes),
-        "client_seconds": nbytes / UPLOAD_BYTES_PER_SECOND,
-        "server_seconds": work,
-    }
+    model = costs or CostModel.nominal()
+    work = work_seconds(build_gram_circuit(plan_shape, m, f), params, model)
+    if link is None:
+        upload = nbytes / UPLOAD_BYTES_PER_SECOND
+    else:
+        upload = link.seconds(up_bytes=nbytes) + tiles * model.encrypt_cost(
+            params.poly_modulus_degree
+        )
+    return {"client_bytes": float(nbytes), "client_seconds": upload, "server_seconds": work}
 
 
 #: Batch sizes "auto" chooses from (capped at a quarter of the samples, so
@@ -352,6 +394,7 @@ def plan_training(
     n_jobs: int = 1,
     machine_costs: Callable[[CKKSParameters], CostModel] | None = None,
     transposed: bool | str = "auto",
+    link: Link | None = None,
 ) -> Plan:
     """Choose ring, tile shape, batch size, ``k``, Gram source (and CKKS parameters).
 
@@ -395,6 +438,13 @@ def plan_training(
     40% slower in process, where a fit falls back when workers disappoint).
     None of these choices changes the model beyond rounding.
 
+    ``link``: the network between client and server (:class:`Link`). Each
+    chunk ends in a round trip (a state down, a fresh state up, the link's
+    latency), so a slow link favours plans with more minibatches per
+    circuit; Gram blocks made by the client are uploaded over it. Without
+    one, as for ``"local"``, the network costs nothing and Gram uploads are
+    priced at :data:`UPLOAD_BYTES_PER_SECOND`.
+
     ``transposed``: whether minibatch tiles hold ``Z^T`` (see
     :func:`~sklearn_he.training.build_chunk`); ``"auto"`` weighs both
     orientations for chunks without Gram blocks
@@ -434,6 +484,7 @@ def plan_training(
         layout,
         max(1, int(n_jobs)),
         transposed,
+        link,
     )
     # The same question with some answers fixed (and other costs or workers).
     again = functools.partial(
@@ -447,6 +498,7 @@ def plan_training(
         epochs=epochs,
         layout=layout,
         transposed=transposed,
+        link=link,
     )
     if n_jobs > 1 and machine_costs is not None:
         # Ring, chain and batch size as for one worker, the split for n_jobs
@@ -458,7 +510,7 @@ def plan_training(
         mine = machine_costs(params)
         split = again(batch_size=batch_size, params=params, costs=mine, n_jobs=n_jobs)
         kept = again(batch_size=batch_size, params=params, costs=mine)
-        return _prefer_unsplit(split, kept, coeffs, mine, n_jobs, epochs)
+        return _prefer_unsplit(split, kept, coeffs, mine, n_jobs, epochs, link)
     if n_jobs > 1:
         if batch_size == "auto":
             # The minibatch size changes the model; the worker count must not. Fix
@@ -467,7 +519,7 @@ def plan_training(
             args = (*args[:4], batch_size, *args[5:])
         split = _plan_nominal(*args) if costs is None else _plan_costed(args, costs)
         kept = again(batch_size=batch_size, params=params, costs=costs)
-        return _prefer_unsplit(split, kept, coeffs, costs, n_jobs, epochs)
+        return _prefer_unsplit(split, kept, coeffs, costs, n_jobs, epochs, link)
     # The same question under the same costs always has the same answer (cached).
     return _plan_nominal(*args) if costs is None else _plan_costed(args, costs)
 
@@ -490,11 +542,14 @@ def _prefer_unsplit(
     costs: CostModel | None,
     n_jobs: int,
     epochs: int,
+    link: Link | None = None,
 ) -> Plan:
     """``split`` unless the one-worker plan ``kept`` is within :data:`MIN_SPLIT_GAIN` of it."""
     if _same_circuit(split, kept):
         return split
-    t_kept = estimate_plan_seconds_per_sample(kept, coeffs, costs, n_jobs=n_jobs, epochs=epochs)
+    t_kept = estimate_plan_seconds_per_sample(
+        kept, coeffs, costs, n_jobs=n_jobs, epochs=epochs, link=link
+    )
     if split.estimated_seconds_per_sample * MIN_SPLIT_GAIN <= t_kept:
         return split
     # One object per answer, like the cached plans (a refit asks again).
@@ -551,6 +606,7 @@ def _plan(
     layout: str,
     n_jobs: int,
     transposed: bool | str,
+    link: Link | None,
     costs: CostModel | None,
 ) -> Plan:
     rings = [params.poly_modulus_degree] if params is not None else [16384, 32768]
@@ -615,7 +671,7 @@ def _plan(
             reasons.append((chunk.depth, k, n_ring, budget))
             return None
         chosen = params or CKKSParameters.for_depth(chunk.depth, min_poly_modulus_degree=n_ring)
-        cost = _chunk_cost(chunk, chosen, source, costs, 1, epochs)
+        cost = _chunk_cost(chunk, chosen, source, costs, 1, epochs, link)
         n_batches = _n_batches(n_samples, m)
         plan = Plan(
             circuit, shape, m, n_features, n_batches, k, chosen, source, cost, layout, fuse, tr
@@ -632,7 +688,7 @@ def _plan(
         # that could still win.
         if best is None or cost / n_jobs < best[0]:
             cost = estimate_plan_seconds_per_sample(
-                plan, coeffs, costs, n_jobs=n_jobs, epochs=epochs
+                plan, coeffs, costs, n_jobs=n_jobs, epochs=epochs, link=link
             )
         else:
             cost /= n_jobs  # a lower bound: never chosen, only ranked

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 from joblib import effective_n_jobs
 
-from ..backend import CKKSParameters, KeySet, ZeroPool
+from ..backend import Ciphertext, CKKSParameters, KeySet, ZeroPool
 from ..circuit import CKKSEvaluator, CostModel, ParallelCKKSEvaluator, PlaintextEvaluator
 from ..exceptions import TrainingDivergedError
 from ..linalg import EncMatrix, encode_diagonals
@@ -81,6 +81,15 @@ class TrainResult:
     margin_max: float = 0.0
     #: The public key bundle's share of ``bytes_uploaded`` (sent once per key set).
     bundle_bytes: int = 0
+    #: Trained states the server returned (server to client).
+    bytes_downloaded: int = 0
+    #: The encrypted data set's share of ``bytes_uploaded`` (tiles, Gram blocks).
+    data_bytes: int = 0
+    #: Chunks run: each is one exchange, a state up and a trained state down.
+    round_trips: int = 0
+    #: Whether the byte counts are the sizes of the ciphertexts themselves
+    #: (CKKS) or estimates of ciphertexts the plaintext backend never made.
+    bytes_counted: bool = False
 
 
 @dataclass(frozen=True)
@@ -530,11 +539,15 @@ class _InProcessData:
         client: TrainingClient,
         batches: Sequence[np.ndarray],
         encrypt_many: Callable[[list[np.ndarray]], list[Any]] | None = None,
+        nbytes: Callable[[Any], int] | None = None,
     ) -> None:
         self.client = client
         self.plain = batches
         self.batches = client.encrypt_batches(batches, encrypt_many)
-        self.tiles = sum(len(b.tiles) * len(b.tiles[0]) for b in self.batches)
+        self._nbytes = nbytes or (lambda _tile: 0)
+        self.tiles = self.nbytes = 0
+        for b in self.batches:
+            self._count(b)
         self._grams: dict[tuple[int, int], EncMatrix[Any]] = {}
         self._diagonals: dict[tuple[int, int], EncMatrix[Any]] = {}
 
@@ -542,7 +555,11 @@ class _InProcessData:
         return self.batches[i]
 
     def _count(self, M: EncMatrix[Any]) -> EncMatrix[Any]:
-        self.tiles += len(M.tiles) * len(M.tiles[0])
+        """Count the tiles of ``M`` and their bytes (what the client uploads)."""
+        for row in M.tiles:
+            for tile in row:
+                self.tiles += 1
+                self.nbytes += self._nbytes(tile)
         return M
 
     def gram(self, a: int, b: int) -> EncMatrix[Any]:
@@ -628,7 +645,16 @@ class Trainer:
     def _ct_bytes(self) -> int:
         return ciphertext_bytes(self.plan.params or CKKSParameters.for_depth(1))
 
+    def _nbytes(self, value: Any) -> int:
+        """Serialised bytes of a ciphertext; the plaintext backend's vectors are estimated."""
+        if isinstance(value, Ciphertext):
+            return value.nbytes  # exact: SEAL's save size inside the envelope
+        p = self.plan.params or CKKSParameters.for_depth(1)
+        return ciphertext_bytes(p)
+
     def _bundle_bytes(self) -> int:
+        if self.keys is not None:  # exact, without exporting the keys
+            return self.keys.public_bundle_nbytes()
         p = self.plan.params or CKKSParameters.for_depth(1)
         n, primes = p.poly_modulus_degree, len(p.coeff_modulus_bits)
         ksk = (primes - 1) * 2 * primes * n * 8  # one key-switching key
@@ -658,13 +684,18 @@ class Trainer:
             server.preload_keys(specs[0])
         # Client-side encryption shared with local worker processes when n_jobs asks for them.
         data = _InProcessData(
-            client, batches, server.parallel_evaluator().encrypt if parallel else None
+            client,
+            batches,
+            server.parallel_evaluator().encrypt if parallel else None,
+            nbytes=self._nbytes,
         )
         encrypt_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         w, v = np.asarray(w0, dtype=float), np.asarray(v0, dtype=float)
         state = client.encrypt_state(w, v, chunk_state(p, specs[0])[0]) if specs else {}
-        refreshes, refreshed, depths, per_mb = 0, 0, [], []
+        refreshes, depths, per_mb = 0, [], []
+        states_up = sum(self._nbytes(ct) for ct in state.values())
+        states_down = 0
         n_state = max((len(state_names(p, chunk_state(p, s)[0])) for s in specs), default=0)
         # While worker processes evaluate a chunk this process would only wait:
         # it compiles the next chunk and makes the encryptions of zero that the
@@ -683,6 +714,11 @@ class Trainer:
                             zeros.fill()
 
                 out = server.run_chunk(spec, data, state, meanwhile=prepare)
+                returned = chunk_state(p, spec)[1]
+                n_blk = p.state_blocks
+                states_down += sum(
+                    self._nbytes(out[f"{name}[{cb}]"]) for name in returned for cb in range(n_blk)
+                )
                 end = spec.step + spec.length
                 got = client.decrypt_vectors(out, chunk_state(p, spec)[1])
                 if "dw" in got:  # the chunk left the update and the momentum to the client
@@ -698,7 +734,7 @@ class Trainer:
                 if later is not None:
                     refreshes += 1
                     state = client.encrypt_state(w, v, chunk_state(p, later)[0])
-                    refreshed += len(state)
+                    states_up += sum(self._nbytes(ct) for ct in state.values())
                 if on_state is not None:
                     on_state(end, w)
                 self.log(
@@ -709,14 +745,17 @@ class Trainer:
         finally:
             client.zeros = None
         bundle = self._bundle_bytes() if self.backend == "ckks" else 0
-        uploaded = (data.tiles + refreshed) * self._ct_bytes() + bundle
         return TrainResult(
             w=w,
             v=v,
             steps=specs[-1].step + specs[-1].length - start_step if specs else 0,
             refreshes=refreshes,
-            bytes_uploaded=uploaded,
+            bytes_uploaded=data.nbytes + states_up + bundle,
             bundle_bytes=bundle,
+            bytes_downloaded=states_down,
+            data_bytes=data.nbytes,
+            round_trips=len(specs),
+            bytes_counted=self.backend == "ckks",
             chunk_depths=depths,
             depth_per_minibatch=max(per_mb) if per_mb else 0.0,
             encrypt_seconds=encrypt_s,

@@ -1,0 +1,218 @@
+"""The client-server link (issue 23): parsing, costs, the planner's choice per profile."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from sklearn_he import CKKSParameters, EncryptedLogisticRegression, KeySet
+from sklearn_he.training import (
+    LINK_PROFILES,
+    Link,
+    NAGSchedule,
+    Trainer,
+    TrainingClient,
+    TrainingServer,
+    plan_training,
+    sigmoid_poly,
+)
+from sklearn_he.training._trainer import chunk_state
+
+SMALL = CKKSParameters(4096, (60, *([40] * 6), 60), 40, security_level=0)
+
+
+# ------------------------------------------------------------------ parsing
+@pytest.mark.parametrize(
+    ("spec", "want"),
+    [
+        ("local", (math.inf, math.inf, 0.0)),
+        ("lan", (1000.0, 1000.0, 1.0)),
+        ("WAN", (100.0, 100.0, 50.0)),
+        (" slow ", (10.0, 10.0, 200.0)),
+        ("offline", (100.0, 100.0, 3.6e6)),
+        ("100,20,50", (100.0, 20.0, 50.0)),
+        ("inf/inf/0", (math.inf, math.inf, 0.0)),
+    ],
+)
+def test_parse_profiles_and_custom_links(spec, want):
+    link = Link.parse(spec)
+    assert (link.up_mbps, link.down_mbps, link.rtt_ms) == want
+    assert Link.parse(link.spec()) == link  # the spelling reads back
+
+
+@pytest.mark.parametrize("spec", ["fast", "100,20", "a,b,c", "", 100, None, "1,2,3,4"])
+def test_bad_link_spellings_say_what_is_accepted(spec):
+    with pytest.raises(ValueError, match=r"neither a profile \(local, lan, wan, slow, offline\)"):
+        Link.parse(spec)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((0, 10, 5), "bandwidths must be positive"),
+        ((10, -1, 5), "bandwidths must be positive"),
+        ((10, 10, -1), "at least 0 ms"),
+        ((10, 10, math.inf), "must be finite"),
+        ((math.nan, 10, 5), "must be a number"),
+        ((True, 10, 5), "must be a number"),
+        (("10", 10, 5), "must be a number"),
+    ],
+)
+def test_invalid_link_values_are_refused(args, match):
+    with pytest.raises(ValueError, match=match):
+        Link(*args)
+
+
+def test_link_costs_and_descriptions():
+    wan = LINK_PROFILES["wan"]
+    # 12.5 MB is 1 s at 100 Mbit/s; 2 MB down is 0.16 s; 3 round trips 0.15 s.
+    assert wan.seconds(up_bytes=12.5e6, down_bytes=2e6, round_trips=3) == pytest.approx(1.31)
+    assert LINK_PROFILES["local"].free and not wan.free
+    assert LINK_PROFILES["local"].seconds(up_bytes=1e12, round_trips=9) == 0.0
+    assert "100 Mbit/s up" in wan.describe() and wan.describe().startswith("wan")
+    assert Link(100, 100, 50) == wan  # the name is a label, not part of the link
+    assert len({Link(100, 100, 50), wan}) == 1
+    assert wan.to_dict()["up_mbps"] == 100.0
+    assert LINK_PROFILES["local"].to_dict()["up_mbps"] is None  # JSON has no inf
+
+
+# ------------------------------------------------------- planner per profile
+MNIST = {"n_samples": 1587, "n_features": 197, "epochs": 5}
+
+
+@pytest.fixture(scope="module")
+def mnist_plans():
+    return {
+        name: plan_training(
+            **MNIST, circuit="pipelined", coeffs=sigmoid_poly(3), link=None if link.free else link
+        )
+        for name, link in LINK_PROFILES.items()
+    }
+
+
+def test_planner_prices_the_link(mnist_plans):
+    """Nominal costs, MNIST's shape: slower links cost more, and offline wants long circuits."""
+    est = {name: p.estimated_seconds_per_sample for name, p in mnist_plans.items()}
+    assert est["local"] < est["lan"] < est["wan"] < est["slow"] < est["offline"]
+    for name in ("local", "lan", "wan", "slow"):
+        assert mnist_plans[name].k == 1, name  # refreshes are cheap enough
+    offline = mnist_plans["offline"]
+    assert offline.circuit == "pipelined" and offline.k > 1
+    # With an hour per round trip the plan is what minimises round trips per sample.
+    one = plan_training(
+        **MNIST,
+        circuit="pipelined",
+        coeffs=sigmoid_poly(3),
+        minibatches_per_circuit=1,
+        link=LINK_PROFILES["offline"],
+    )
+    assert offline.estimated_seconds_per_sample < one.estimated_seconds_per_sample / 2
+
+
+def test_local_link_plans_as_without_a_link():
+    kw = {"circuit": "pipelined", "coeffs": sigmoid_poly(5), "epochs": 3}
+    none = plan_training(455, 31, **kw)
+    clf = EncryptedLogisticRegression(backend="plaintext", max_iter=3, sigmoid_degree=5)
+    assert clf._trainer(455, 31).plan == none
+
+
+# --------------------------------------------------------------- byte counts
+def test_counts_equal_serialised_sizes():
+    keys = KeySet.generate(SMALL, rotation_steps=[1, 2, -5], allow_insecure_for_testing=True)
+    ctx = keys.context
+    ct = ctx.encrypt(np.arange(5.0))
+    for c in (ct, ctx.multiply(ct, ct), ctx.multiply(ctx.multiply(ct, ct), ct)):
+        assert c.nbytes == len(c.to_bytes())
+    assert keys.public_bundle_nbytes() == len(keys.public_bundle())
+    public = KeySet.from_public_bundle(keys.public_bundle(), allow_insecure_for_testing=True)
+    assert public.public_bundle_nbytes() == len(public.public_bundle())
+
+
+def test_fit_report_counts_what_crosses_the_link(monkeypatch):
+    """Every state sent up and returned, every tile, the bundle: serialised and summed."""
+    X, y = load_breast_cancer(return_X_y=True)
+    sent, returned = [], []
+    encrypt_state = TrainingClient.encrypt_state
+    run_chunk = TrainingServer.run_chunk
+
+    def spy_encrypt(self, *args, **kwargs):
+        out = encrypt_state(self, *args, **kwargs)
+        sent.append(sum(len(ct.to_bytes()) for ct in out.values()))
+        return out
+
+    def spy_run(self, spec, data, state, **kwargs):
+        out = run_chunk(self, spec, data, state, **kwargs)
+        vectors = chunk_state(self.plan, spec)[1]  # what the chunk hands back to the client
+        names = [n for n in out if n.split("[")[0] in vectors]
+        returned.append(sum(len(out[n].to_bytes()) for n in names))
+        return out
+
+    monkeypatch.setattr(TrainingClient, "encrypt_state", spy_encrypt)
+    monkeypatch.setattr(TrainingServer, "run_chunk", spy_run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = EncryptedLogisticRegression(
+            max_iter=1,
+            random_state=0,
+            ckks_params=SMALL,
+            allow_insecure_for_testing=True,
+            link="wan",
+        ).fit(X[:128], y[:128])
+    r = clf.report_
+    assert r.bytes_counted
+    assert r.round_trips == len(returned) == r.refreshes + 1
+    assert r.bytes_downloaded == sum(returned)
+    assert r.bytes_uploaded - r.setup_bytes == sum(sent)
+    wan = LINK_PROFILES["wan"]
+    assert r.estimated_setup_seconds == pytest.approx(
+        wan.seconds(up_bytes=r.setup_bytes, round_trips=1)
+    )
+    traffic = wan.seconds(up_bytes=sum(sent), down_bytes=sum(returned), round_trips=r.round_trips)
+    assert r.estimated_end_to_end_seconds_per_sample_epoch == pytest.approx(
+        r.seconds_per_sample_epoch + traffic / 128
+    )
+    assert r.link.startswith("wan")
+
+
+def test_trainer_bundle_bytes_are_the_bundle_length():
+    keys = KeySet.generate(SMALL, rotation_steps=[1, 4], allow_insecure_for_testing=True)
+    plan = plan_training(64, 8, circuit="baseline", coeffs=sigmoid_poly(3), params=SMALL)
+    trainer = Trainer(plan, NAGSchedule(1.0), sigmoid_poly(3), backend="ckks", keys=keys)
+    assert trainer._bundle_bytes() == len(keys.public_bundle())
+
+
+def test_estimator_refuses_a_misspelt_link():
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    y = (X[:, 0] > 0).astype(int)
+    clf = EncryptedLogisticRegression(backend="plaintext", link="fastest")
+    with pytest.raises(ValueError, match="link parameter .* neither a profile"):
+        clf.fit(X, y)
+    clf.set_params(link=Link(50, 10, 30))
+    r = clf.fit(X, y).report_
+    assert not r.bytes_counted  # plaintext: estimates of ciphertexts never made
+    assert r.link == "50 Mbit/s up, 10 Mbit/s down, 30 ms round trip"
+
+
+# ------------------------------------------------------------ command line
+def test_keygen_plans_for_a_wan_unless_told(tmp_path, capsys):
+    from sklearn_he.cli import main
+    from sklearn_he.protocol._client import CONFIG_FORMAT
+    from sklearn_he.protocol._files import read_json
+
+    small = ["--poly-modulus-degree", "4096", "--coeff-modulus-bits", "60,40,40,40,40,40,40,60",
+             "--allow-insecure-for-testing", "-q"]  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        main(["keygen", "--shape", "64", "8", "--out", str(tmp_path / "k0"), "--link", "fast",
+              *small])  # fmt: skip
+    assert exc.value.code == 2
+    assert "neither a profile" in capsys.readouterr().err
+    assert not (tmp_path / "k0").exists()
+    for out, extra, want in (("k1", [], "wan"), ("k2", ["--link", "100,20,5"], "100,20,5")):
+        assert main(["keygen", "--shape", "64", "8", "--out", str(tmp_path / out), *extra,
+                     *small]) == 0  # fmt: skip
+        config = read_json(tmp_path / out / "training.json", kind=CONFIG_FORMAT, what="config")
+        assert config["options"]["link"] == want
