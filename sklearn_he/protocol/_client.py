@@ -1035,7 +1035,10 @@ class Client:
         plan = plan_from_dict(record["plan"])
         w, v = TrainingClient(plan, keys=self.keys).decrypt_state(cts)
         TrainingClient.check_state(w, v, int(meta["step"]), record["sigmoid_coeffs"])
-        return self._model(record, w, v, int(meta["step"]), float(meta["server_seconds"]))
+        clf = self._model(record, w, v, int(meta["step"]), float(meta["server_seconds"]))
+        sample_epochs = int(record["n_samples"]) * int(record["epochs"])
+        _count_traffic(clf.report_, store, latest, clf._link(), sample_epochs)
+        return clf
 
     def _model(
         self, record: Mapping[str, Any], w: np.ndarray, v: np.ndarray, steps: int, train_s: float
@@ -1071,6 +1074,7 @@ class Client:
             bytes_uploaded=int(record["dataset_bytes"])
             + int(record["bundle_bytes"])
             + n_chunks * state_bytes,
+            setup_bytes=int(record["dataset_bytes"]) + int(record["bundle_bytes"]),
             refreshes=n_chunks - 1,
             refreshes_per_epoch=(n_chunks - 1) / epochs,
             encrypt_seconds=float(record["encrypt_seconds"]),
@@ -1221,6 +1225,35 @@ def _check_creatable(path: Path) -> None:
                     else f"{p} is a file, not a directory; choose another path for {path}"
                 )
             return
+
+
+def _count_traffic(
+    report: FitReport, store: StateStore, final: StateFile, link: Link, sample_epochs: int
+) -> None:
+    """Fill ``report``'s traffic from the files: fresh states went up, trained ones down.
+
+    Counted up to ``final`` (a fresh final state, refreshed for scoring, is
+    not part of training). The setup (data set and key bundle) is the
+    record's sizes of the files ``encrypt`` and ``keygen`` wrote.
+    """
+    up = down = 0
+    for state in store.states():
+        if (state.chunks_done, state.fresh) >= (final.chunks_done, True):
+            continue
+        size = state.path.stat().st_size
+        if state.fresh:
+            up += size
+        else:
+            down += size
+    setup = report.setup_bytes
+    report.bytes_uploaded = setup + up
+    report.bytes_downloaded = down
+    report.bytes_counted = True
+    report.estimated_setup_seconds = link.seconds(up_bytes=setup, round_trips=1)
+    traffic = link.seconds(up_bytes=up, down_bytes=down, round_trips=report.round_trips)
+    report.estimated_end_to_end_seconds_per_sample_epoch = (report.train_seconds + traffic) / max(
+        1, sample_epochs
+    )
 
 
 def _ciphertext_bytes(keys: KeySet) -> int:

@@ -399,3 +399,27 @@ def test_state_writes_are_exclusive(fresh_copy):
         store.write(state, b"other")
     assert state.path.read_bytes() == data
     assert not store.temporary_files()
+
+
+def test_decrypted_report_counts_the_state_files(fresh_copy):
+    """Issue 23: the protocol's report counts the files that crossed, both ways."""
+    root = fresh_copy
+    _one_round(root)
+    assert train_step(root) == 0
+    to_client(root)
+    states = _states(root, "client")
+    assert refresh_step(root) == 0  # the final state, refreshed for scoring: not training
+    client = Client(root / "client" / "keys", allow_insecure_for_testing=True)
+    r = client.decrypt(states).report_
+    size = {p.name: p.stat().st_size for p in states.glob("state-*")}
+    assert r.round_trips == 2 and r.bytes_counted
+    assert (
+        r.bytes_downloaded == size["state-00001.trained.skhe"] + size["state-00002.trained.skhe"]
+    )
+    assert r.bytes_uploaded - r.setup_bytes == (
+        size["state-00000.fresh.skhe"] + size["state-00001.fresh.skhe"]
+    )
+    record = client.record()
+    assert r.setup_bytes == record["dataset_bytes"] + record["bundle_bytes"]
+    assert r.link.startswith("wan")  # the command line plans for a WAN
+    assert r.estimated_end_to_end_seconds_per_sample_epoch > r.seconds_per_sample_epoch
