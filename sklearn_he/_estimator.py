@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -12,11 +13,14 @@ import numpy as np
 from joblib import effective_n_jobs
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model._base import LinearClassifierMixin
+from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, Options, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+from tqdm import tqdm
 
 from .backend import CKKSParameters, KeySet
 from .circuit import CostModel, WorkerStart, start_workers
@@ -25,6 +29,7 @@ from .training import (
     Link,
     NAGSchedule,
     Trainer,
+    chunk_specs,
     estimate_plan_seconds_per_sample,
     plan_training,
     sigmoid_poly,
@@ -86,6 +91,9 @@ class FitReport:
     #: exact save sizes inside the envelope); False when they are estimates of
     #: ciphertexts the plaintext backend never made.
     bytes_counted: bool = False
+    #: Why training ended: after ``max_iter`` epochs, or converged / early
+    #: stopping after some epochs (per class for one-vs-rest).
+    stop_reason: str = "max_iter"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -206,7 +214,25 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
     random_state : int, RandomState instance or None, default=None
         Shuffling of the training rows into minibatches.
     verbose : int, default=0
-        Print progress (one line per circuit) when positive.
+        1: a progress bar on standard error (chunks done, estimated time left,
+        the last epoch's convergence figure); 2 or more: also one line per
+        chunk circuit.
+    tol : float or None, default=None
+        Stopping criterion, checked by the client on the decrypted model at
+        the end of every epoch (no work for the server): training stops
+        when the penalised training loss has not improved by at least
+        ``tol`` (with ``early_stopping``, the validation accuracy has not
+        risen by at least ``tol``) for ``n_iter_no_change`` consecutive
+        epochs, as in scikit-learn's ``SGDClassifier``. Stopping also ends
+        the round trips. None: always ``max_iter`` epochs.
+    n_iter_no_change : int, default=5
+        Epochs without improvement before stopping (with ``tol``).
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training rows (stratified,
+        on the client: never encrypted, never sent) and judge convergence by
+        the accuracy on them instead of the training loss.
+    validation_fraction : float, default=0.1
+        Share of the rows held out with ``early_stopping``.
     link : str or Link, default="local"
         The network between the client and the server the plan is made for:
         a profile of :data:`~sklearn_he.training.LINK_PROFILES` (``"local"``:
@@ -288,6 +314,10 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
         "link": [Link, str],
+        "tol": [Interval(Real, 0, None, closed="left"), None],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
     }
 
     def __init__(
@@ -315,6 +345,10 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         verbose: int = 0,
         warm_start: bool = False,
         link: Link | str = "local",
+        tol: float | None = None,
+        n_iter_no_change: int = 5,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
     ) -> None:
         self.circuit = circuit
         self.backend = backend
@@ -338,6 +372,10 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         self.verbose = verbose
         self.warm_start = warm_start
         self.link = link
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -367,8 +405,14 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         if warm:
             self._check_warm_start(classes, X.shape[1])
         self.classes_ = classes
+        X_val = y_val = design_val = None
+        if self.early_stopping:
+            # Held out on the client: never encrypted, never sent.
+            X, X_val, y, y_val = self._validation_split(X, y)
 
         design = self._design(X, fit=not warm)
+        if X_val is not None:
+            design_val = self._design(X_val, fit=False)
 
         targets = [classes[1]] if classes.size == 2 else list(classes)
         # Worker processes take about a second to start: let them while the
@@ -386,24 +430,70 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         order = rng.permutation(X.shape[0])
         m = plan.batch_size
         previous = getattr(self, "_state", None) if warm else None
-        states, results = [], []
-        for i, target in enumerate(targets):
-            sign = np.where(y == target, 1.0, -1.0)
-            Z = sign[:, None] * design
-            batches = self._minibatches(Z, order, plan)
-            w0, v0, step0 = (
-                previous[i]
-                if previous is not None
-                else (np.zeros(design.shape[1]), np.zeros(design.shape[1]), 0)
-            )
-            res = trainer.fit(batches, epochs=self.max_iter, w0=w0, v0=v0, start_step=step0)
-            states.append((res.w, res.v, step0 + res.steps))
-            results.append(res)
-            margins = np.abs(Z @ res.w)
-            res.margin_max = float(margins.max())
+        states, results, monitors = [], [], []
+        specs_total = len(chunk_specs(plan, self.max_iter)) * len(targets)
+        with self._progress(specs_total) as bar:
+            for i, target in enumerate(targets):
+                sign = np.where(y == target, 1.0, -1.0)
+                Z = sign[:, None] * design
+                batches = self._minibatches(Z, order, plan)
+                w0, v0, step0 = (
+                    previous[i]
+                    if previous is not None
+                    else (np.zeros(design.shape[1]), np.zeros(design.shape[1]), 0)
+                )
+                monitor = _Convergence(
+                    tol=self.tol,
+                    n_iter_no_change=self.n_iter_no_change,
+                    Z=Z,
+                    l2=trainer.schedule.l2,
+                    Z_val=None
+                    if design_val is None
+                    else np.where(y_val == target, 1.0, -1.0)[:, None] * design_val,
+                )
+
+                def on_state(
+                    step: int, w: np.ndarray, monitor: _Convergence = monitor, step0: int = step0
+                ) -> bool:
+                    bar.update(1)
+                    if (step - step0) % plan.n_batches:
+                        return False  # not the end of an epoch
+                    stop = monitor.epoch_end(w)
+                    bar.set_postfix_str(monitor.describe_last(), refresh=False)
+                    return stop
+
+                res = trainer.fit(
+                    batches,
+                    epochs=self.max_iter,
+                    w0=w0,
+                    v0=v0,
+                    start_step=step0,
+                    on_state=on_state,
+                )
+                if monitor.stopped:  # the bar counted the chunks that were not run
+                    bar.total -= len(chunk_specs(plan, self.max_iter)) - res.round_trips
+                    bar.refresh()
+                states.append((res.w, res.v, step0 + res.steps))
+                results.append(res)
+                monitors.append(monitor)
+                margins = np.abs(Z @ res.w)
+                res.margin_max = float(margins.max())
         self._state = states
         self._set_coef(np.array([s[0] for s in states]))
-        self.n_iter_ = np.full(len(targets), self.max_iter, dtype=np.int32)
+        epochs_run = [-(-r.steps // plan.n_batches) for r in results]
+        self.n_iter_ = np.array(epochs_run, dtype=np.int32)
+        unconverged = [c for c, mon in zip(targets, monitors, strict=True) if not mon.stopped]
+        if self.tol is not None and unconverged:
+            names = np.asarray(unconverged).tolist()
+            which = "" if len(targets) == 1 else f" for class(es) {names}"
+            warnings.warn(
+                f"training ran max_iter={self.max_iter} epochs without converging{which} "
+                f"(tol={self.tol:g}, n_iter_no_change={self.n_iter_no_change}); increase "
+                "max_iter, or raise tol",
+                ConvergenceWarning,
+                stacklevel=3,  # the caller of fit (fit is wrapped by _fit_context)
+            )
+        sample_epochs = sum(epochs_run) / len(targets) * X.shape[0]
         radius = 8.0
         worst = max(r.margin_max for r in results)
         if worst > radius and coeffs[-1] > 0:
@@ -449,14 +539,13 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             # One key set serves every one-vs-rest model: its bundle goes up once.
             bytes_uploaded=uploaded,
             refreshes=sum(r.refreshes for r in results),
-            refreshes_per_epoch=sum(r.refreshes for r in results) / (self.max_iter * len(targets)),
+            refreshes_per_epoch=sum(r.refreshes for r in results) / sum(epochs_run),
             encrypt_seconds=sum(r.encrypt_seconds for r in results),
             train_seconds=sum(r.train_seconds for r in results),
             fit_seconds=time.perf_counter() - t_start,
             key_fingerprint=keys.fingerprint if keys is not None else None,
             margin_max=worst,
-            seconds_per_sample_epoch=sum(r.train_seconds for r in results)
-            / (self.max_iter * X.shape[0]),
+            seconds_per_sample_epoch=sum(r.train_seconds for r in results) / sample_epochs,
             estimated_seconds_per_sample_epoch=estimate * len(targets),
             bytes_downloaded=downloaded,
             round_trips=sum(r.round_trips for r in results),
@@ -471,10 +560,17 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                     round_trips=sum(r.round_trips for r in results),
                 )
             )
-            / (self.max_iter * X.shape[0]),
+            / sample_epochs,
             bytes_counted=all(r.bytes_counted for r in results),
+            stop_reason="; ".join(
+                mon.reason(self.max_iter)
+                if len(targets) == 1
+                else f"{c}: {mon.reason(self.max_iter)}"
+                for c, mon in zip(targets, monitors, strict=True)
+            ),
             extra={
                 **self._gram_report(trainer),
+                "convergence": [mon.history for mon in monitors],
                 "estimate_costs": "measured" if self.backend == "ckks" else "nominal",
             },
         )
@@ -621,8 +717,38 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             schedule,
             coeffs,
             backend=self.backend,
-            log=print if self.verbose else None,
+            log=print if self.verbose >= 2 else None,
             n_jobs=self.n_jobs,
+        )
+
+    def _validation_split(
+        self, X: np.ndarray, y: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Training and held-out rows for ``early_stopping`` (stratified, client side)."""
+        try:
+            return train_test_split(
+                X,
+                y,
+                test_size=self.validation_fraction,
+                stratify=y,
+                random_state=self.random_state,
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"early_stopping cannot hold out validation_fraction={self.validation_fraction} "
+                f"of {X.shape[0]} rows with every class on both sides ({exc}); raise "
+                "validation_fraction, or set early_stopping=False"
+            ) from None
+
+    def _progress(self, total: int) -> tqdm:
+        """A progress bar over chunk circuits (shown when ``verbose``)."""
+        return tqdm(
+            total=total,
+            desc="training",
+            unit="chunk",
+            disable=not self.verbose,
+            file=sys.stderr,
+            dynamic_ncols=True,
         )
 
     def _link(self) -> Link:
@@ -764,3 +890,64 @@ def _check_finite_columns(
         f"{name}: {problem}; rescale the feature (multiply or divide it by a power of ten, "
         "in the training and the scoring data alike)"
     )
+
+
+class _Convergence:
+    """The client's stopping rule, on the decrypted model at each epoch's end.
+
+    scikit-learn's ``SGDClassifier`` rule: with a validation set, stop when
+    the accuracy has not risen by ``tol`` over the best so far for
+    ``n_iter_no_change`` epochs; without, when the penalised training loss
+    (mean logistic loss of the signed rows ``Z`` plus ``l2 / 2 * ||w||^2``,
+    what the circuit ascends) has not fallen by ``tol``. ``tol=None`` never
+    stops.
+    """
+
+    def __init__(
+        self,
+        *,
+        tol: float | None,
+        n_iter_no_change: int,
+        Z: np.ndarray,
+        l2: float,
+        Z_val: np.ndarray | None,
+    ) -> None:
+        self.tol, self.patience = tol, int(n_iter_no_change)
+        self.Z, self.l2, self.Z_val = Z, float(l2), Z_val
+        self.best = -np.inf if Z_val is not None else np.inf
+        self.count = 0
+        self.history: list[float] = []
+        self.stopped = False
+
+    @property
+    def measure(self) -> str:
+        return "validation accuracy" if self.Z_val is not None else "training loss"
+
+    def epoch_end(self, w: np.ndarray) -> bool:
+        """Record this epoch; True when training should stop."""
+        if self.Z_val is not None:
+            value = float(np.mean(self.Z_val @ w > 0))
+            worse = self.tol is not None and value < self.best + self.tol
+            self.best = max(self.best, value)
+        else:
+            value = float(np.mean(np.logaddexp(0.0, -(self.Z @ w))) + 0.5 * self.l2 * (w @ w))
+            worse = self.tol is not None and value > self.best - self.tol
+            self.best = min(self.best, value)
+        self.history.append(value)
+        self.count = self.count + 1 if worse else 0
+        self.stopped = self.tol is not None and self.count >= self.patience
+        return self.stopped
+
+    def describe_last(self) -> str:
+        return f"{self.measure} {self.history[-1]:.4g}" if self.history else ""
+
+    def reason(self, max_iter: int) -> str:
+        """Why training ended, for ``report_.stop_reason``."""
+        if not self.stopped:
+            return f"max_iter: {max_iter} epochs"
+        change = "rose" if self.Z_val is not None else "fell"
+        return (
+            f"{'early stopping' if self.Z_val is not None else 'converged'} after "
+            f"{len(self.history)} epochs: the {self.measure} {change} by less than "
+            f"tol={self.tol:g} for {self.patience} epochs"
+        )

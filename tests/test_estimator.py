@@ -9,13 +9,20 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.datasets import load_breast_cancer, make_classification
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_he import CKKSParameters, EncryptedLogisticRegression, KeySet, SigmoidRangeWarning
+from sklearn_he import (
+    CKKSParameters,
+    EncryptedLogisticRegression,
+    InsecureParametersWarning,
+    KeySet,
+    SigmoidRangeWarning,
+)
 from sklearn_he.circuit import CostModel
 from sklearn_he.exceptions import (
     InsecureParametersError,
@@ -513,3 +520,72 @@ def test_ckks_fit_with_workers_splits_by_this_machines_costs(monkeypatch, backen
     )
     assert bool(calls) is asked
     assert plan == expected
+
+
+# ------------------------------------------------- convergence (issue 25, item 3)
+def test_tol_stops_training_when_the_loss_stalls():
+    X, y = load_breast_cancer(return_X_y=True)
+    full = plain(max_iter=50).fit(X, y)
+    clf = plain(max_iter=50, tol=1e-3).fit(X, y)
+    epochs = int(clf.n_iter_[0])
+    assert 5 <= epochs < 50 and full.n_iter_[0] == 50
+    assert clf.report_.stop_reason.startswith(f"converged after {epochs} epochs")
+    per_epoch = full.report_.round_trips / 50
+    assert clf.report_.round_trips == epochs * per_epoch < full.report_.round_trips
+    history = clf.report_.extra["convergence"][0]
+    assert len(history) == epochs
+    # The rule: the last n_iter_no_change epochs each failed to beat the best by tol.
+    assert all(h > min(history[: i + 1]) - 1e-3 for i, h in enumerate(history) if i >= epochs - 5)
+    # Stopping is a client decision at an epoch's end: the model is the one of
+    # a run of exactly that many epochs.
+    np.testing.assert_allclose(clf.coef_, plain(max_iter=epochs).fit(X, y).coef_)
+
+
+def test_early_stopping_holds_out_rows_on_the_client():
+    X, y = load_breast_cancer(return_X_y=True)
+    clf = plain(max_iter=40, tol=1e-3, early_stopping=True, validation_fraction=0.2).fit(X, y)
+    epochs = int(clf.n_iter_[0])
+    assert epochs < 40 and clf.report_.stop_reason.startswith("early stopping")
+    # The same split, trained on the kept rows alone for as many epochs, is the same model.
+    X_tr, _, y_tr, _ = train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
+    np.testing.assert_allclose(clf.coef_, plain(max_iter=epochs).fit(X_tr, y_tr).coef_)
+    assert clf.report_.n_batches == plain().fit(X_tr, y_tr).report_.n_batches
+
+
+def test_max_iter_before_convergence_warns_and_no_tol_never_does():
+    X, y = load_breast_cancer(return_X_y=True)
+    with pytest.warns(ConvergenceWarning, match="max_iter=1 epochs without converging"):
+        plain(max_iter=1, tol=1e-3).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        clf = plain(max_iter=2).fit(X, y)
+    assert clf.n_iter_.tolist() == [2] and clf.report_.stop_reason == "max_iter: 2 epochs"
+
+
+def test_early_stopping_refuses_a_split_that_loses_a_class():
+    X, y = make_classification(n_samples=30, weights=[0.9], random_state=0)
+    with pytest.raises(ValueError, match="raise validation_fraction, or set early_stopping"):
+        plain(early_stopping=True, validation_fraction=0.01, tol=1e-3).fit(X, y)
+
+
+def test_ckks_fit_stops_early_and_saves_round_trips():
+    X, y = load_breast_cancer(return_X_y=True)
+    X, y = X[:128], y[:128]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureParametersWarning)
+        clf = ckks(max_iter=6, tol=0.5, n_iter_no_change=1).fit(X, y)
+    assert clf.n_iter_.tolist() == [2]  # epoch 2 cannot beat epoch 1's loss by 0.5
+    assert clf.report_.stop_reason.startswith("converged after 2 epochs")
+    per_epoch = -(-128 // clf.report_.batch_size) // clf.report_.minibatches_per_circuit
+    assert clf.report_.round_trips == 2 * per_epoch
+    assert clf.report_.refreshes == clf.report_.round_trips - 1
+
+
+def test_verbose_shows_a_progress_bar(capsys):
+    X, y = load_breast_cancer(return_X_y=True)
+    with pytest.warns(ConvergenceWarning):
+        plain(max_iter=2, verbose=1, tol=1e-4).fit(X, y)
+    err = capsys.readouterr().err
+    assert "training" in err and "chunk" in err and "training loss" in err
+    plain(max_iter=2).fit(X, y)
+    assert capsys.readouterr().err == ""

@@ -670,9 +670,15 @@ class Trainer:
         w0: np.ndarray,
         v0: np.ndarray,
         start_step: int = 0,
-        on_state: Callable[[int, np.ndarray], None] | None = None,
+        on_state: Callable[[int, np.ndarray], bool | None] | None = None,
     ) -> TrainResult:
-        """Train for ``epochs`` passes over ``batches`` (each ``m x f``, zero padded)."""
+        """Train for ``epochs`` passes over ``batches`` (each ``m x f``, zero padded).
+
+        ``on_state(step, w)`` sees the decrypted weights after every chunk
+        (``step``: global minibatch steps done); a true return value stops
+        training there, before the refresh (the client's decision: the
+        server only sees that no fresh state follows).
+        """
         p = self.plan
         if self.backend == "ckks" and self.keys is None:
             raise ValueError("backend='ckks' needs a KeySet (trainer.keys)")
@@ -694,6 +700,7 @@ class Trainer:
         w, v = np.asarray(w0, dtype=float), np.asarray(v0, dtype=float)
         state = client.encrypt_state(w, v, chunk_state(p, specs[0])[0]) if specs else {}
         refreshes, depths, per_mb = 0, [], []
+        done: ChunkSpec | None = None
         states_up = sum(self._nbytes(ct) for ct in state.values())
         states_down = 0
         n_state = max((len(state_names(p, chunk_state(p, s)[0])) for s in specs), default=0)
@@ -731,30 +738,33 @@ class Trainer:
                 depths.append(chunk.depth)
                 if spec.length == p.k or p.n_batches < p.k:  # a short last chunk says little
                     per_mb.append(chunk.depth_per_minibatch)
-                if later is not None:
-                    refreshes += 1
-                    state = client.encrypt_state(w, v, chunk_state(p, later)[0])
-                    states_up += sum(self._nbytes(ct) for ct in state.values())
-                if on_state is not None:
-                    on_state(end, w)
+                done = spec
                 self.log(
                     f"epoch {spec.epoch + 1}, batches {spec.first + 1}-"
                     f"{spec.first + spec.length} of {p.n_batches}: depth {chunk.depth}, "
                     f"|w| = {np.linalg.norm(w):.3f}"
                 )
+                # The client decides, on the decrypted model, before it refreshes:
+                # stopping here also saves the round trips that would follow.
+                if on_state is not None and on_state(end, w) and later is not None:
+                    break
+                if later is not None:
+                    refreshes += 1
+                    state = client.encrypt_state(w, v, chunk_state(p, later)[0])
+                    states_up += sum(self._nbytes(ct) for ct in state.values())
         finally:
             client.zeros = None
         bundle = self._bundle_bytes() if self.backend == "ckks" else 0
         return TrainResult(
             w=w,
             v=v,
-            steps=specs[-1].step + specs[-1].length - start_step if specs else 0,
+            steps=done.step + done.length - start_step if done is not None else 0,
             refreshes=refreshes,
             bytes_uploaded=data.nbytes + states_up + bundle,
             bundle_bytes=bundle,
             bytes_downloaded=states_down,
             data_bytes=data.nbytes,
-            round_trips=len(specs),
+            round_trips=done.index + 1 if done is not None else 0,
             bytes_counted=self.backend == "ckks",
             chunk_depths=depths,
             depth_per_minibatch=max(per_mb) if per_mb else 0.0,
