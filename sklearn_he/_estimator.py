@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 import warnings
@@ -28,13 +29,14 @@ from .exceptions import SklearnHEError
 from .training import (
     Link,
     NAGSchedule,
+    Plan,
     Trainer,
     chunk_specs,
     estimate_plan_seconds_per_sample,
     plan_training,
     sigmoid_poly,
 )
-from .training._planner import gram_block_costs
+from .training._planner import _n_batches, gram_block_costs
 
 __all__ = ["EncryptedLogisticRegression", "FitReport", "SigmoidRangeWarning"]
 
@@ -423,15 +425,144 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             keys = self._keys_for(trainer) if self.backend == "ckks" else None
         finally:
             workers.wait()  # before any other joblib call, and when planning or keygen failed
-        plan, coeffs = trainer.plan, trainer.coeffs
         trainer.keys = keys
+        # A fit starts afresh: the plan and keys of earlier partial_fit calls go.
+        self._incremental_plan = self._incremental_keys = None
+        self._incremental_lost = False
+        order = check_random_state(self.random_state).permutation(X.shape[0])
+        return self._train(
+            trainer,
+            design,
+            y,
+            targets,
+            order,
+            epochs=self.max_iter,
+            previous=getattr(self, "_state", None) if warm else None,
+            validation=(design_val, y_val) if design_val is not None else None,
+            tol=self.tol,
+            t_start=t_start,
+        )
 
-        rng = check_random_state(self.random_state)
-        order = rng.permutation(X.shape[0])
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> EncryptedLogisticRegression:
+        """One more epoch, over these rows, continuing the model under the same keys.
+
+        For data that arrives in parts: each call encrypts ``X, y``, runs one
+        pass over them (in the order given, cut into the plan's minibatches:
+        shuffle beforehand if the order is not random) from the current
+        model state, and decrypts the model. The first call (on an unfitted
+        estimator) learns the standardisation from its rows, fixes the plan
+        (ring, tile shape, batch size) and makes the key set, or uses
+        ``keys``; later calls reuse all three, so the server keeps the same
+        evaluation keys. The key set is kept in memory between calls and is
+        never pickled: after unpickling, ``partial_fit`` needs ``keys=`` (the
+        client's KeySet). After :meth:`fit`, ``partial_fit`` continues the
+        fitted model with its standardisation. ``max_iter``, ``tol`` and
+        ``early_stopping`` apply to :meth:`fit` only.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        classes : array-like of shape (n_classes,), default=None
+            Every class the data will have; required on the first call (a
+            part may lack some), as for ``SGDClassifier.partial_fit``.
+
+        Returns
+        -------
+        self : EncryptedLogisticRegression
+        """
+        t_start = time.perf_counter()
+        first = not hasattr(self, "classes_")
+        if first and classes is None:
+            raise ValueError(
+                "classes must be given on the first call to partial_fit: every class the "
+                "data will have (a part may lack some), e.g. partial_fit(X, y, classes=[0, 1])"
+            )
+        X, y = validate_data(self, X, y, dtype=np.float64, reset=first)
+        check_classification_targets(y)
+        if classes is not None:
+            classes = np.unique(classes)
+            if not first and not np.array_equal(classes, self.classes_):
+                raise ValueError(
+                    f"classes {classes.tolist()} differ from those of the first call, "
+                    f"{self.classes_.tolist()}; pass the same classes, or none after the first"
+                )
+            if classes.size < 2:
+                raise ValueError(f"classes must hold at least 2 classes; got {classes.tolist()}")
+        else:
+            classes = self.classes_
+        unknown = np.setdiff1d(np.unique(y), classes)
+        if unknown.size:
+            raise ValueError(
+                f"y holds labels {unknown.tolist()} that are not in classes {classes.tolist()}; "
+                "partial_fit trains only the classes given on its first call"
+            )
+        plan = getattr(self, "_incremental_plan", None)
+        keys = getattr(self, "_incremental_keys", None)
+        if (
+            keys is None
+            and getattr(self, "_incremental_lost", False)
+            and (self.keys is None and self.backend == "ckks")
+        ):
+            raise ValueError(
+                "this estimator was unpickled: the key set of its earlier partial_fit calls "
+                "holds the secret key, so it was not pickled with it. Pass keys= (the client's "
+                "KeySet the server holds the evaluation keys of) to continue, or call fit to "
+                "start afresh"
+            )
+        design = self._design(X, fit=first)
+        self.classes_ = classes
+        targets = [classes[1]] if classes.size == 2 else list(classes)
+        if plan is None:  # the first part fixes the plan (ring, tiles, batch size)
+            plan = self._incremental_plan = self._trainer(X.shape[0], design.shape[1]).plan
+        plan = dataclasses.replace(plan, n_batches=_n_batches(X.shape[0], plan.batch_size))
+        trainer = self._trainer(X.shape[0], design.shape[1], plan=plan)
+        if keys is None and self.backend == "ckks":
+            keys = self._incremental_keys = self._keys_for(trainer)
+        trainer.keys = keys
+        return self._train(
+            trainer,
+            design,
+            y,
+            targets,
+            np.arange(X.shape[0]),
+            epochs=1,
+            previous=getattr(self, "_state", None),
+            validation=None,
+            tol=None,
+            t_start=t_start,
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        if state.get("_incremental_keys") is not None:
+            # The key set holds the secret key: it stays in this process.
+            state["_incremental_keys"] = None
+            state["_incremental_lost"] = True
+        return state
+
+    def _train(
+        self,
+        trainer: Trainer,
+        design: np.ndarray,
+        y: np.ndarray,
+        targets: list[Any],
+        order: np.ndarray,
+        *,
+        epochs: int,
+        previous: list[tuple[np.ndarray, np.ndarray, int]] | None,
+        validation: tuple[np.ndarray, np.ndarray] | None,
+        tol: float | None,
+        t_start: float,
+    ) -> EncryptedLogisticRegression:
+        """Train one model per target from ``previous`` (or zeros); set the model and report_."""
+        plan, coeffs, keys = trainer.plan, trainer.coeffs, trainer.keys
+        design_val, y_val = validation if validation is not None else (None, None)
+        X_rows = design.shape[0]
         m = plan.batch_size
-        previous = getattr(self, "_state", None) if warm else None
         states, results, monitors = [], [], []
-        specs_total = len(chunk_specs(plan, self.max_iter)) * len(targets)
+        specs_total = len(chunk_specs(plan, epochs)) * len(targets)
         with self._progress(specs_total) as bar:
             for i, target in enumerate(targets):
                 sign = np.where(y == target, 1.0, -1.0)
@@ -443,7 +574,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                     else (np.zeros(design.shape[1]), np.zeros(design.shape[1]), 0)
                 )
                 monitor = _Convergence(
-                    tol=self.tol,
+                    tol=tol,
                     n_iter_no_change=self.n_iter_no_change,
                     Z=Z,
                     l2=trainer.schedule.l2,
@@ -464,14 +595,14 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
 
                 res = trainer.fit(
                     batches,
-                    epochs=self.max_iter,
+                    epochs=epochs,
                     w0=w0,
                     v0=v0,
                     start_step=step0,
                     on_state=on_state,
                 )
                 if monitor.stopped:  # the bar counted the chunks that were not run
-                    bar.total -= len(chunk_specs(plan, self.max_iter)) - res.round_trips
+                    bar.total -= len(chunk_specs(plan, epochs)) - res.round_trips
                     bar.refresh()
                 states.append((res.w, res.v, step0 + res.steps))
                 results.append(res)
@@ -483,17 +614,17 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         epochs_run = [-(-r.steps // plan.n_batches) for r in results]
         self.n_iter_ = np.array(epochs_run, dtype=np.int32)
         unconverged = [c for c, mon in zip(targets, monitors, strict=True) if not mon.stopped]
-        if self.tol is not None and unconverged:
+        if tol is not None and unconverged:
             names = np.asarray(unconverged).tolist()
             which = "" if len(targets) == 1 else f" for class(es) {names}"
             warnings.warn(
-                f"training ran max_iter={self.max_iter} epochs without converging{which} "
-                f"(tol={self.tol:g}, n_iter_no_change={self.n_iter_no_change}); increase "
+                f"training ran max_iter={epochs} epochs without converging{which} "
+                f"(tol={tol:g}, n_iter_no_change={self.n_iter_no_change}); increase "
                 "max_iter, or raise tol",
                 ConvergenceWarning,
-                stacklevel=3,  # the caller of fit (fit is wrapped by _fit_context)
+                stacklevel=4,  # the caller of fit (fit is wrapped by _fit_context)
             )
-        sample_epochs = sum(epochs_run) / len(targets) * X.shape[0]
+        sample_epochs = sum(epochs_run) / len(targets) * X_rows
         radius = 8.0
         worst = max(r.margin_max for r in results)
         if worst > radius and coeffs[-1] > 0:
@@ -502,7 +633,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 "the sigmoid polynomial is accurate; the model may be poor. Lower "
                 "learning_rate, use fewer epochs (max_iter), or sigmoid_degree=5",
                 SigmoidRangeWarning,
-                stacklevel=3,  # the caller of fit (fit is wrapped by _fit_context)
+                stacklevel=4,  # the caller of fit (fit is wrapped by _fit_context)
             )
         p = plan.params
         # The ring and batch size were chosen with the nominal op costs (the
@@ -517,7 +648,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 trainer.coeffs,
                 self._machine_costs(p),
                 n_jobs=effective_n_jobs(self.n_jobs),
-                epochs=self.max_iter,
+                epochs=epochs,
             )
         bundle = max(r.bundle_bytes for r in results)
         setup = bundle + sum(r.data_bytes for r in results)
@@ -563,9 +694,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             / sample_epochs,
             bytes_counted=all(r.bytes_counted for r in results),
             stop_reason="; ".join(
-                mon.reason(self.max_iter)
-                if len(targets) == 1
-                else f"{c}: {mon.reason(self.max_iter)}"
+                mon.reason(epochs) if len(targets) == 1 else f"{c}: {mon.reason(epochs)}"
                 for c, mon in zip(targets, monitors, strict=True)
             ),
             extra={
@@ -676,7 +805,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         self.coef_ = coef
         self.intercept_ = intercept
 
-    def _trainer(self, n_samples: int, n_columns: int) -> Trainer:
+    def _trainer(self, n_samples: int, n_columns: int, plan: Plan | None = None) -> Trainer:
         coeffs = sigmoid_poly(int(self.sigmoid_degree))
         # The circuit's weights w are the standardised coefficients times the
         # row scale r (features are divided by r), so the penalty on them is
@@ -693,6 +822,15 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             if params is not None and params != self.keys.params:
                 raise ValueError("ckks_params and keys.params differ; pass only one of them")
             params = self.keys.params
+        if plan is not None:  # fixed by an earlier partial_fit
+            return Trainer(
+                plan,
+                schedule,
+                coeffs,
+                backend=self.backend,
+                log=print if self.verbose >= 2 else None,
+                n_jobs=self.n_jobs,
+            )
         plan = plan_training(
             n_samples,
             n_columns,

@@ -589,3 +589,88 @@ def test_verbose_shows_a_progress_bar(capsys):
     assert "training" in err and "chunk" in err and "training loss" in err
     plain(max_iter=2).fit(X, y)
     assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------- partial_fit (issue 25, item 4)
+def _three_parts(n_part=64, seed=0):
+    """Parts B and C are A's rows reordered: every part has the statistics of the whole."""
+    X, y = load_breast_cancer(return_X_y=True)
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(X), n_part, replace=False)
+    A, yA = X[idx], y[idx]
+    parts = [(A, yA)]
+    for _ in range(2):
+        p = rng.permutation(n_part)
+        parts.append((A[p], yA[p]))
+    return parts
+
+
+def _as_fit_sees_it(parts, random_state=0):
+    """The concatenation, placed so that fit's shuffle visits it part after part."""
+    X = np.vstack([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    order = np.random.RandomState(random_state).permutation(len(X))
+    Xf, yf = np.empty_like(X), np.empty_like(y)
+    Xf[order], yf[order] = X, y
+    return Xf, yf
+
+
+def test_partial_fit_over_parts_is_one_fit_over_their_concatenation():
+    parts = _three_parts()
+    kw = {"batch_size": 32, "minibatches_per_circuit": 1}
+    inc = plain(**kw)
+    for i, (X, y) in enumerate(parts):
+        inc.partial_fit(X, y, classes=[0, 1] if i == 0 else None)
+    one = plain(max_iter=1, **kw).fit(*_as_fit_sees_it(parts))
+    np.testing.assert_allclose(inc.coef_, one.coef_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(inc.intercept_, one.intercept_, rtol=1e-10, atol=1e-12)
+    assert inc.n_iter_.tolist() == [1] and inc._state[0][2] == one._state[0][2] == 6
+
+
+def test_partial_fit_under_ckks_keeps_its_keys_and_matches_plaintext():
+    parts = _three_parts()
+    kw = {"batch_size": 32, "minibatches_per_circuit": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureParametersWarning)
+        enc = ckks(**kw)
+        fingerprints = []
+        for i, (X, y) in enumerate(parts):
+            enc.partial_fit(X, y, classes=[0, 1] if i == 0 else None)
+            fingerprints.append(enc.report_.key_fingerprint)
+    assert len(set(fingerprints)) == 1  # one key set: the server keeps its evaluation keys
+    ref = plain(**kw)
+    for i, (X, y) in enumerate(parts):
+        ref.partial_fit(X, y, classes=[0, 1] if i == 0 else None)
+    assert np.abs(enc.coef_ - ref.coef_).max() < 1e-3 * np.abs(ref.coef_).max()
+
+
+def test_partial_fit_after_unpickling_needs_the_keys():
+    parts = _three_parts()
+    kw = {"batch_size": 32, "minibatches_per_circuit": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureParametersWarning)
+        enc = ckks(**kw).partial_fit(*parts[0], classes=[0, 1])
+        back = pickle.loads(pickle.dumps(enc))  # the key set is not in the pickle
+        assert back._incremental_keys is None and back._incremental_lost
+        with pytest.raises(ValueError, match="unpickled: the key set .* Pass keys="):
+            back.partial_fit(*parts[1])
+        params, steps = back.plan(64, 30)
+        keys = KeySet.generate(params, rotation_steps=steps, allow_insecure_for_testing=True)
+        back.set_params(keys=keys)
+        back.partial_fit(*parts[1])
+    assert back.report_.key_fingerprint == keys.fingerprint
+    assert back._state[0][2] == 4  # two parts of two minibatches each
+
+
+def test_partial_fit_checks_its_classes():
+    X, y = load_breast_cancer(return_X_y=True)
+    clf = plain()
+    with pytest.raises(ValueError, match="classes must be given on the first call"):
+        clf.partial_fit(X, y)
+    clf.partial_fit(X[y == 0][:40], y[y == 0][:40], classes=[0, 1])  # one class in a part
+    with pytest.raises(ValueError, match=r"labels \[7\] that are not in classes \[0, 1\]"):
+        clf.partial_fit(X[:10], np.full(10, 7))
+    with pytest.raises(ValueError, match="differ from those of the first call"):
+        clf.partial_fit(X[:10], y[:10], classes=[0, 1, 2])
+    clf.partial_fit(X[:64], y[:64])
+    assert clf.classes_.tolist() == [0, 1]
