@@ -96,6 +96,9 @@ class FitReport:
     #: Why training ended: after ``max_iter`` epochs, or converged / early
     #: stopping after some epochs (per class for one-vs-rest).
     stop_reason: str = "max_iter"
+    #: The client's share of ``train_seconds``: the refreshes (decrypting each
+    #: chunk's output and encrypting the next state).
+    client_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -693,6 +696,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             )
             / sample_epochs,
             bytes_counted=all(r.bytes_counted for r in results),
+            client_seconds=sum(r.client_seconds for r in results),
             stop_reason="; ".join(
                 mon.reason(epochs) if len(targets) == 1 else f"{c}: {mon.reason(epochs)}"
                 for c, mon in zip(targets, monitors, strict=True)

@@ -273,3 +273,67 @@ def test_notes_tell_timing_probes_from_circuits_kept_in_process(training, circui
     (note,) = [n for n in found if "ran in the calling process" in n]
     n = circuits["serial"] + circuits["parallel"]
     assert said in note and f"{circuits['serial']} of {n} circuits" in note
+
+
+# ------------------------------------------------------------ outsourced.py
+OUTSOURCED = Path(__file__).resolve().parents[1] / "benchmarks" / "outsourced.py"
+
+
+@pytest.fixture(scope="module")
+def outsourced():
+    spec = importlib.util.spec_from_file_location("benchmarks_outsourced", OUTSOURCED)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_crossing_rtt_is_where_the_two_runs_take_as_long(outsourced):
+    from sklearn_he.training import Link
+
+    k1 = {"train_seconds": 10.0, "up_bytes_per_epoch": 5e6, "down_bytes_per_epoch": 1e6,
+          "round_trips": 100}  # fmt: skip
+    k3 = {"train_seconds": 40.0, "up_bytes_per_epoch": 4e6, "down_bytes_per_epoch": 1e6,
+          "round_trips": 10}  # fmt: skip
+    rtt = outsourced.crossing_rtt_ms(k3, k1, 100.0, n=1000, epochs=1)
+    link = Link(100, 100, rtt)
+    cost = {
+        name: run["train_seconds"]
+        + link.seconds(
+            up_bytes=run["up_bytes_per_epoch"],
+            down_bytes=run["down_bytes_per_epoch"],
+            round_trips=run["round_trips"],
+        )
+        for name, run in (("k1", k1), ("k3", k3))
+    }
+    assert cost["k1"] == pytest.approx(cost["k3"])
+    assert outsourced.crossing_rtt_ms(k1, k1, 100.0, n=1000, epochs=1) == float("inf")
+
+
+@pytest.mark.slow
+def test_outsourced_benchmark_runs(tmp_path):
+    out, doc = tmp_path / "o.json", tmp_path / "o.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(OUTSOURCED),
+            "--datasets",
+            "breast_cancer",
+            "--runs",
+            "baseline-1",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+            "--doc",
+            str(doc),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    (run,) = results["datasets"]["breast_cancer"]["runs"]
+    assert run["round_trips_per_epoch"] == 8 and run["up_bytes_per_epoch"] > 0
+    assert set(run["e2e_seconds_per_sample_epoch"]) == {"local", "lan", "wan", "slow", "offline"}
+    assert "| wan |" in doc.read_text() and "baseline k=1" in done.stdout

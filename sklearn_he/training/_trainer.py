@@ -87,6 +87,9 @@ class TrainResult:
     data_bytes: int = 0
     #: Chunks run: each is one exchange, a state up and a trained state down.
     round_trips: int = 0
+    #: The client's share of ``train_seconds``: decrypting each chunk's output,
+    #: checking it and encrypting the next fresh state (the refreshes).
+    client_seconds: float = 0.0
     #: Whether the byte counts are the sizes of the ciphertexts themselves
     #: (CKKS) or estimates of ciphertexts the plaintext backend never made.
     bytes_counted: bool = False
@@ -701,6 +704,7 @@ class Trainer:
         state = client.encrypt_state(w, v, chunk_state(p, specs[0])[0]) if specs else {}
         refreshes, depths, per_mb = 0, [], []
         done: ChunkSpec | None = None
+        client_s = 0.0
         states_up = sum(self._nbytes(ct) for ct in state.values())
         states_down = 0
         n_state = max((len(state_names(p, chunk_state(p, s)[0])) for s in specs), default=0)
@@ -727,6 +731,7 @@ class Trainer:
                     self._nbytes(out[f"{name}[{cb}]"]) for name in returned for cb in range(n_blk)
                 )
                 end = spec.step + spec.length
+                t_client = time.perf_counter()
                 got = client.decrypt_vectors(out, chunk_state(p, spec)[1])
                 if "dw" in got:  # the chunk left the update and the momentum to the client
                     last = self.schedule.steps(end - 1, 1, p.batch_size)[0]
@@ -735,6 +740,7 @@ class Trainer:
                 else:
                     w, v = got["w"], got["v"]
                 client.check_state(w, v, end, self.coeffs)
+                client_s += time.perf_counter() - t_client
                 depths.append(chunk.depth)
                 if spec.length == p.k or p.n_batches < p.k:  # a short last chunk says little
                     per_mb.append(chunk.depth_per_minibatch)
@@ -750,7 +756,9 @@ class Trainer:
                     break
                 if later is not None:
                     refreshes += 1
+                    t_client = time.perf_counter()
                     state = client.encrypt_state(w, v, chunk_state(p, later)[0])
+                    client_s += time.perf_counter() - t_client
                     states_up += sum(self._nbytes(ct) for ct in state.values())
         finally:
             client.zeros = None
@@ -765,6 +773,7 @@ class Trainer:
             bytes_downloaded=states_down,
             data_bytes=data.nbytes,
             round_trips=done.index + 1 if done is not None else 0,
+            client_seconds=client_s,
             bytes_counted=self.backend == "ckks",
             chunk_depths=depths,
             depth_per_minibatch=max(per_mb) if per_mb else 0.0,
