@@ -312,21 +312,9 @@ def test_crossing_rtt_is_where_the_two_runs_take_as_long(outsourced):
 @pytest.mark.slow
 def test_outsourced_benchmark_runs(tmp_path):
     out, doc = tmp_path / "o.json", tmp_path / "o.md"
+    argv = ["--datasets", "breast_cancer", "--runs", "baseline-1", "--workers", "1"]
     done = subprocess.run(
-        [
-            sys.executable,
-            str(OUTSOURCED),
-            "--datasets",
-            "breast_cancer",
-            "--runs",
-            "baseline-1",
-            "--workers",
-            "1",
-            "--out",
-            str(out),
-            "--doc",
-            str(doc),
-        ],  # fmt: skip
+        [sys.executable, str(OUTSOURCED), *argv, "--out", str(out), "--doc", str(doc)],
         capture_output=True,
         text=True,
         timeout=600,
