@@ -810,11 +810,13 @@ def _inspect_dataset(path: Path, verify: bool) -> dict[str, Any]:
     return out
 
 
-def _inspect_states(path: Path) -> dict[str, Any]:
+def _inspect_states(path: Path, link: str | None = None) -> dict[str, Any]:
     from .protocol import StateStore
+    from .training import Link
 
     store = StateStore(path)
     rows = {}
+    up = down = trips = 0
     for s in store.states():
         try:
             meta = unpack(
@@ -823,12 +825,24 @@ def _inspect_states(path: Path) -> dict[str, Any]:
         except (SklearnHEError, ValueError, OSError) as exc:  # list the others all the same
             rows[s.name] = "damaged: " + " ".join(str(exc).split())
             continue
+        size = s.path.stat().st_size
         rows[s.name] = (
             f"{'fresh' if s.fresh else 'trained'}, {meta.meta.get('chunks_done')}/"
-            f"{meta.meta.get('n_chunks')} chunks, step {meta.meta.get('step')}, "
-            f"{_size(s.path.stat().st_size)}"
+            f"{meta.meta.get('n_chunks')} chunks, step {meta.meta.get('step')}, {_size(size)}"
         )
+        if s.fresh:
+            up += size
+        else:
+            down, trips = down + size, trips + 1
     out: dict[str, Any] = {"kind": "model states", "states": rows or "none"}
+    if rows:
+        # Each trained state ends a round trip: a fresh state went up, it came down.
+        traffic = f"{trips} round trip(s); {_size(up)} up (fresh states), {_size(down)} down"
+        if link is not None:
+            spec = Link.parse(link)
+            seconds = spec.seconds(up_bytes=up, down_bytes=down, round_trips=trips)
+            traffic += f"; over {spec.describe()}: {seconds:.3g} s (estimated)"
+        out["traffic"] = traffic
     for role in ("train", "refresh"):
         holder = store.running(role)
         if holder is not None:
@@ -939,7 +953,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             info["kind"] = "key directory"
             info["secret key"] = "present" if (path / "secret.key").exists() else "absent"
         elif _holds_states(path):
-            info = _inspect_states(path)
+            info = _inspect_states(path, args.link)
         else:
             raise ValueError(_unknown_directory(path))
     else:
@@ -1095,6 +1109,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="file or directory written by sklearn-he")
     p.add_argument("--verify", action="store_true", help="check every file's checksum")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--link",
+        type=_link_arg,
+        help="for a states directory: estimate the traffic's time over this link "
+        "(a profile, or UP,DOWN,RTT)",
+    )
     p.set_defaults(func=cmd_inspect, quiet=False)
 
     p = sub.add_parser("encrypt-rows", help="client: encrypt rows to be scored by the server")

@@ -423,3 +423,18 @@ def test_decrypted_report_counts_the_state_files(fresh_copy):
     assert r.setup_bytes == record["dataset_bytes"] + record["bundle_bytes"]
     assert r.link.startswith("wan")  # the command line plans for a WAN
     assert r.estimated_end_to_end_seconds_per_sample_epoch > r.seconds_per_sample_epoch
+
+
+def test_inspect_counts_the_traffic_of_a_states_directory(fresh_copy, capsys):
+    root = fresh_copy
+    _one_round(root)
+    states = _states(root, "client")
+    size = {p.name: p.stat().st_size for p in states.glob("state-*")}
+    assert run("inspect", states, "--link", "wan", "--json") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["traffic"].startswith("1 round trip(s)")
+    assert "over wan (100 Mbit/s up" in info["traffic"] and "(estimated)" in info["traffic"]
+    up = size["state-00000.fresh.skhe"] + size["state-00001.fresh.skhe"]
+    from sklearn_he.cli import _size
+
+    assert f"{_size(up)} up" in info["traffic"]
