@@ -826,16 +826,21 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             if params is not None and params != self.keys.params:
                 raise ValueError("ckks_params and keys.params differ; pass only one of them")
             params = self.keys.params
-        if plan is not None:  # fixed by an earlier partial_fit
-            return Trainer(
-                plan,
-                schedule,
-                coeffs,
-                backend=self.backend,
-                log=print if self.verbose >= 2 else None,
-                n_jobs=self.n_jobs,
-            )
-        plan = plan_training(
+        if plan is None:  # else fixed by an earlier partial_fit
+            plan = self._plan(n_samples, n_columns, coeffs, params)
+        return Trainer(
+            plan,
+            schedule,
+            coeffs,
+            backend=self.backend,
+            log=print if self.verbose >= 2 else None,
+            n_jobs=self.n_jobs,
+        )
+
+    def _plan(
+        self, n_samples: int, n_columns: int, coeffs: Any, params: CKKSParameters | None
+    ) -> Plan:
+        return plan_training(
             n_samples,
             n_columns,
             circuit=self.circuit,
@@ -853,14 +858,6 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             machine_costs=self._machine_costs if self.backend == "ckks" else None,
             transposed=self.transpose_data,
             link=None if self._link().free else self._link(),
-        )
-        return Trainer(
-            plan,
-            schedule,
-            coeffs,
-            backend=self.backend,
-            log=print if self.verbose >= 2 else None,
-            n_jobs=self.n_jobs,
         )
 
     def _validation_split(

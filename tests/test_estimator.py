@@ -568,6 +568,7 @@ def test_early_stopping_refuses_a_split_that_loses_a_class():
         plain(early_stopping=True, validation_fraction=0.01, tol=1e-3).fit(X, y)
 
 
+@pytest.mark.ckks
 def test_ckks_fit_stops_early_and_saves_round_trips():
     X, y = load_breast_cancer(return_X_y=True)
     X, y = X[:128], y[:128]
@@ -627,6 +628,7 @@ def test_partial_fit_over_parts_is_one_fit_over_their_concatenation():
     assert inc.n_iter_.tolist() == [1] and inc._state[0][2] == one._state[0][2] == 6
 
 
+@pytest.mark.ckks
 def test_partial_fit_under_ckks_keeps_its_keys_and_matches_plaintext():
     parts = _three_parts()
     kw = {"batch_size": 32, "minibatches_per_circuit": 1}
@@ -644,6 +646,7 @@ def test_partial_fit_under_ckks_keeps_its_keys_and_matches_plaintext():
     assert np.abs(enc.coef_ - ref.coef_).max() < 1e-3 * np.abs(ref.coef_).max()
 
 
+@pytest.mark.ckks
 def test_partial_fit_after_unpickling_needs_the_keys():
     parts = _three_parts()
     kw = {"batch_size": 32, "minibatches_per_circuit": 1}

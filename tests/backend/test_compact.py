@@ -12,6 +12,8 @@ from sklearn_he.backend._compact import limb_bytes, pack_limbs, packed_size, unp
 from sklearn_he.backend._serialization import Kind, pack, unpack
 from sklearn_he.exceptions import FormatError
 
+pytestmark = pytest.mark.ckks
+
 SMALL = CKKSParameters(4096, (60, 40, 40, 40, 60), 40, security_level=0)
 
 

@@ -37,6 +37,8 @@ from .conftest import (
     train_step,
 )
 
+pytestmark = pytest.mark.ckks
+
 
 def _states(root: Path, side: str) -> Path:
     return root / side / "states"

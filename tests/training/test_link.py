@@ -121,6 +121,7 @@ def test_local_link_plans_as_without_a_link():
 
 
 # --------------------------------------------------------------- byte counts
+@pytest.mark.ckks
 def test_counts_equal_serialised_sizes():
     keys = KeySet.generate(SMALL, rotation_steps=[1, 2, -5], allow_insecure_for_testing=True)
     ctx = keys.context
@@ -132,6 +133,7 @@ def test_counts_equal_serialised_sizes():
     assert public.public_bundle_nbytes() == len(public.public_bundle())
 
 
+@pytest.mark.ckks
 def test_fit_report_counts_what_crosses_the_link(monkeypatch):
     """Every state sent up and returned, every tile, the bundle: serialised and summed."""
     X, y = load_breast_cancer(return_X_y=True)
@@ -178,6 +180,7 @@ def test_fit_report_counts_what_crosses_the_link(monkeypatch):
     assert r.link.startswith("wan")
 
 
+@pytest.mark.ckks
 def test_trainer_bundle_bytes_are_the_bundle_length():
     keys = KeySet.generate(SMALL, rotation_steps=[1, 4], allow_insecure_for_testing=True)
     plan = plan_training(64, 8, circuit="baseline", coeffs=sigmoid_poly(3), params=SMALL)
@@ -198,6 +201,7 @@ def test_estimator_refuses_a_misspelt_link():
 
 
 # ------------------------------------------------------------ command line
+@pytest.mark.ckks
 def test_keygen_plans_for_a_wan_unless_told(tmp_path, capsys):
     from sklearn_he.cli import main
     from sklearn_he.protocol._client import CONFIG_FORMAT
