@@ -305,10 +305,55 @@ def estimate_plan_seconds_per_sample(
 UPLOAD_BYTES_PER_SECOND = 12.5e6
 
 
+#: Largest and smallest scale (and intermediate prime) sizes the planner uses.
+#: 40 bits where the depth fits; down to 30 to fit a deeper circuit in a ring:
+#: breast cancer, pipelined k=2 and 3 at N=16384 with 30-bit primes (depth 9
+#: and 10), gave decision values within 7e-4 and 3e-3 (relative) of the
+#: plaintext backend's and the same test predictions (25 bits: 0.13).
+MAX_SCALE_BITS, MIN_SCALE_BITS = 40, 30
+#: Smaller primes only up to this depth (what was measured above): CKKS
+#: rounding errors add up level after level, so deeper circuits keep 40 bits.
+REDUCED_SCALE_MAX_DEPTH = 10
+#: First and special prime sizes of every chain the planner makes.
+_OUTER_BITS = 60 + 60
+
+
+def ring_depth(n_ring: int) -> int:
+    """Most levels the planner puts in a 128-bit-secure chain of ring ``n_ring``.
+
+    At 40-bit primes, or with primes down to :data:`MIN_SCALE_BITS` up to
+    :data:`REDUCED_SCALE_MAX_DEPTH` levels: 10 on ``N=16384`` (7 at 40 bits),
+    19 on ``N=32768``.
+    """
+    room = MAX_COEFF_MODULUS_BITS_128[n_ring] - _OUTER_BITS
+    return max(room // MAX_SCALE_BITS, min(REDUCED_SCALE_MAX_DEPTH, room // MIN_SCALE_BITS))
+
+
+def params_for_depth(depth: int, n_ring: int) -> CKKSParameters:
+    """The chain for ``depth`` levels on ring ``n_ring``: the largest scale that fits.
+
+    Precision first: :data:`MAX_SCALE_BITS` when the depth fits at it (every
+    circuit up to 7 levels on ``N=16384``), otherwise the largest size down
+    to :data:`MIN_SCALE_BITS` that fits the 128-bit bound (up to
+    :data:`REDUCED_SCALE_MAX_DEPTH` levels).
+    """
+    room = MAX_COEFF_MODULUS_BITS_128[n_ring] - _OUTER_BITS
+    scale = MAX_SCALE_BITS if depth == 0 else min(MAX_SCALE_BITS, room // depth)
+    if depth > ring_depth(n_ring) or scale < MIN_SCALE_BITS:
+        raise ValueError(f"{depth} levels do not fit the planner's chains on N={n_ring}")
+    return CKKSParameters.for_depth(depth, scale_bits=scale, min_poly_modulus_degree=n_ring)
+
+
 def ciphertext_bytes(params: CKKSParameters, level: int | None = None) -> int:
-    """Serialised size of one ciphertext (two polynomials, 8 bytes per coefficient)."""
+    """Serialised size of one ciphertext: two polynomials in the compact wire form.
+
+    Every limb keeps the bytes its prime needs (``backend/_compact.py``):
+    5 per coefficient for a 40-bit prime, 4 for 30 bits, 8 for 60, plus the
+    envelope. An estimate for planning; ``report_`` counts the real sizes.
+    """
     level = params.max_level if level is None else level
-    return 2 * params.poly_modulus_degree * (level + 1) * 8 + 128
+    kept = sum(-(-b // 8) for b in params.coeff_modulus_bits[: level + 1])
+    return 2 * params.poly_modulus_degree * kept + 256
 
 
 def gram_block_costs(
@@ -662,15 +707,11 @@ def _plan(
             fuse=fuse,
             transposed=tr,
         )
-        budget = (
-            params.max_level
-            if params is not None
-            else (MAX_COEFF_MODULUS_BITS_128[n_ring] - 120) // 40
-        )
+        budget = params.max_level if params is not None else ring_depth(n_ring)
         if chunk.depth > budget:
             reasons.append((chunk.depth, k, n_ring, budget))
             return None
-        chosen = params or CKKSParameters.for_depth(chunk.depth, min_poly_modulus_degree=n_ring)
+        chosen = params or params_for_depth(chunk.depth, n_ring)
         cost = _chunk_cost(chunk, chosen, source, costs, 1, epochs, link)
         n_batches = _n_batches(n_samples, m)
         plan = Plan(

@@ -220,3 +220,46 @@ def test_keygen_plans_for_a_wan_unless_told(tmp_path, capsys):
                      *small]) == 0  # fmt: skip
         config = read_json(tmp_path / out / "training.json", kind=CONFIG_FORMAT, what="config")
         assert config["options"]["link"] == want
+
+
+# ------------------------------------------- smaller primes for deeper circuits
+def test_chains_keep_40_bit_primes_where_they_fit_and_go_down_to_30():
+    from sklearn_he.training._planner import params_for_depth, ring_depth
+
+    assert ring_depth(16384) == 10 and ring_depth(32768) == 19
+    assert params_for_depth(7, 16384).scale_bits == 40
+    assert params_for_depth(8, 16384).scale_bits == 39
+    assert params_for_depth(10, 16384).scale_bits == 31
+    for depth in (8, 9, 10):
+        p = params_for_depth(depth, 16384)
+        assert p.poly_modulus_degree == 16384 and p.max_level == depth
+        assert sum(p.coeff_modulus_bits) <= 438  # 128-bit security
+    assert params_for_depth(19, 32768).scale_bits == 40
+    for depth, ring in ((11, 16384), (20, 32768)):
+        with pytest.raises(ValueError, match="do not fit"):
+            params_for_depth(depth, ring)
+
+
+def test_a_long_round_trip_makes_pipelined_k_above_1_fit_the_smaller_ring():
+    """Nominal costs, MNIST's shape, 20 s per round trip: k = 3 on N=16384 at 35-bit primes."""
+    plan = plan_training(
+        **MNIST, circuit="pipelined", coeffs=sigmoid_poly(3), link=Link(100, 100, 20_000)
+    )
+    assert plan.k > 1 and plan.params.poly_modulus_degree == 16384
+    assert plan.params.scale_bits < 40 and plan.params.max_level > 7
+
+
+@pytest.mark.ckks
+def test_30_bit_chain_trains_the_plaintext_model():
+    """Real CKKS with 30-bit primes (small insecure ring): the predictions do not move."""
+    X, y = load_breast_cancer(return_X_y=True)
+    params = CKKSParameters(8192, (60, *([30] * 8), 60), 30, security_level=0)
+    kw = {"circuit": "pipelined", "sigmoid_degree": 3, "minibatches_per_circuit": 2,
+          "max_iter": 1, "random_state": 0, "ckks_params": params}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enc = EncryptedLogisticRegression(allow_insecure_for_testing=True, **kw).fit(X, y)
+        ref = EncryptedLogisticRegression(backend="plaintext", **kw).fit(X, y)
+    d_enc, d_ref = enc.decision_function(X), ref.decision_function(X)
+    assert np.abs(d_enc - d_ref).max() < 1e-2 * np.abs(d_ref).max()
+    assert (enc.predict(X) == ref.predict(X)).mean() > 0.995
