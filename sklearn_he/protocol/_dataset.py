@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from ..backend import Ciphertext, CKKSContext, CKKSParameters, KeySet
 from ..exceptions import FormatError, KeyMismatchError
 from ..linalg import EncMatrix, TileShape, diagonal_offsets
-from ..training import ChunkSpec, NAGSchedule, Plan, chunk_specs
+from ..training import ChunkSpec, NAGSchedule, Plan, chunk_specs, memory_budget_bytes
 from ._files import read_bytes, read_json, sha256_hex
 
 __all__ = [
@@ -261,29 +262,53 @@ class EncryptedDataset:
         return len(self.manifest["files"])
 
 
+def _memory_bytes(ct: Ciphertext) -> int:
+    """Memory of a loaded ciphertext: ``size`` polynomials of ``level + 1`` limbs."""
+    return ct.size * ct.context.params.poly_modulus_degree * (ct.level + 1) * 8
+
+
 class DirectoryData:
     """:class:`~sklearn_he.training.TrainingData` read from an :class:`EncryptedDataset`.
 
-    Tiles are loaded (and checked) when a chunk first asks for them.
+    Tiles are loaded (and checked) when a chunk asks for them, and kept for
+    later epochs while the loaded tiles fit ``memory_bytes`` (by default the
+    training layer's memory budget, ``SKLEARN_HE_MEMORY_BUDGET_MB``): beyond
+    it, the least recently used are dropped and read again when needed, so
+    the server's memory does not grow with the number of rows.
     """
 
-    def __init__(self, dataset: EncryptedDataset, context: CKKSContext) -> None:
+    def __init__(
+        self, dataset: EncryptedDataset, context: CKKSContext, memory_bytes: int | None = None
+    ) -> None:
         self.dataset = dataset
         self.context = context
         self.plan = dataset.plan
-        self._cache: dict[tuple[str, int, int], EncMatrix[Ciphertext]] = {}
+        self.memory_bytes = memory_budget_bytes() if memory_bytes is None else memory_bytes
+        self._cache: OrderedDict[tuple[str, int, int], tuple[EncMatrix[Ciphertext], int]] = (
+            OrderedDict()
+        )
+        self._cached_bytes = 0
         self._grams = {tuple(g) for g in dataset.manifest["grams"]}
         self._diagonals = {tuple(g) for g in dataset.manifest["diagonals"]}
 
     def _load(self, key: tuple[str, int, int], n_rows: int, n_cols: int, name: Any) -> Any:
-        if key not in self._cache:
-            self._cache[key] = EncMatrix.from_index(
-                self.plan.shape,
-                n_rows,
-                n_cols,
-                lambda rb, cb: self.dataset.ciphertext(name(rb, cb), self.context),
-            )
-        return self._cache[key]
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key][0]
+        M = EncMatrix.from_index(
+            self.plan.shape,
+            n_rows,
+            n_cols,
+            lambda rb, cb: self.dataset.ciphertext(name(rb, cb), self.context),
+        )
+        # In memory a ciphertext takes SEAL's 8 bytes per coefficient.
+        size = sum(_memory_bytes(ct) for row in M.tiles for ct in row)
+        self._cache[key] = (M, size)
+        self._cached_bytes += size
+        while self._cached_bytes > self.memory_bytes and self._cache:
+            _, (_, dropped) = self._cache.popitem(last=False)
+            self._cached_bytes -= dropped
+        return M
 
     def batch(self, i: int) -> EncMatrix[Ciphertext]:
         n_rows, n_cols = self.plan.batch_matrix

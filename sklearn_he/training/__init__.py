@@ -23,6 +23,7 @@ from ._trainer import (
     TrainingServer,
     TrainResult,
     chunk_specs,
+    memory_budget_bytes,
     state_names,
 )
 
@@ -49,6 +50,7 @@ __all__ = [
     "client_momentum",
     "estimate_plan_seconds_per_sample",
     "evaluate",
+    "memory_budget_bytes",
     "momentum_step",
     "nag_program",
     "nag_reference",

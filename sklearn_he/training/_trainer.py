@@ -25,6 +25,9 @@ vectors instead of ciphertexts.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -534,8 +537,47 @@ class TrainingServer:
 
 
 # ------------------------------------------------------------------ in process
+#: Encrypted data sets estimated larger than this many bytes are kept on disk
+#: (a private temporary directory, removed after the fit) and read back per
+#: chunk, so that a fit's memory does not grow with the number of rows.
+#: ``SKLEARN_HE_MEMORY_BUDGET_MB`` in the environment overrides it.
+MEMORY_BUDGET_BYTES = 1_500_000_000
+#: Minibatches encrypted together before they go to disk (with workers, one
+#: parallel encryption per group).
+SPILL_GROUP = 8
+
+
+def memory_budget_bytes() -> int:
+    """:data:`MEMORY_BUDGET_BYTES`, or ``SKLEARN_HE_MEMORY_BUDGET_MB`` megabytes."""
+    env = os.environ.get("SKLEARN_HE_MEMORY_BUDGET_MB")
+    if env is None:
+        return MEMORY_BUDGET_BYTES
+    try:
+        return max(0, int(float(env) * 1e6))
+    except ValueError:
+        raise ValueError(
+            f"SKLEARN_HE_MEMORY_BUDGET_MB={env!r} is not a number of megabytes"
+        ) from None
+
+
+@dataclass(frozen=True)
+class _Spilled:
+    """Where an encrypted matrix's tiles lie on disk: enough to load it again."""
+
+    key: str
+    shape: Any
+    n_rows: int
+    n_cols: int
+
+
 class _InProcessData:
-    """The client's encrypted data set, held in memory and extended on demand."""
+    """The client's encrypted data set, held in memory or on disk, extended on demand.
+
+    With ``spill_dir`` every encrypted tile is written there (the compact
+    ciphertext form) as soon as it is made, and :meth:`batch` loads a
+    minibatch's tiles when a chunk asks for it: memory then holds the
+    chunk's tiles, not the data set's.
+    """
 
     def __init__(
         self,
@@ -543,19 +585,28 @@ class _InProcessData:
         batches: Sequence[np.ndarray],
         encrypt_many: Callable[[list[np.ndarray]], list[Any]] | None = None,
         nbytes: Callable[[Any], int] | None = None,
+        spill_dir: str | None = None,
     ) -> None:
         self.client = client
         self.plain = batches
-        self.batches = client.encrypt_batches(batches, encrypt_many)
         self._nbytes = nbytes or (lambda _tile: 0)
         self.tiles = self.nbytes = 0
-        for b in self.batches:
-            self._count(b)
-        self._grams: dict[tuple[int, int], EncMatrix[Any]] = {}
-        self._diagonals: dict[tuple[int, int], EncMatrix[Any]] = {}
+        self.spill_dir = spill_dir
+        self._grams: dict[tuple[int, int], Any] = {}
+        self._diagonals: dict[tuple[int, int], Any] = {}
+        self.batches: list[Any] = []
+        if spill_dir is None:
+            self.batches = client.encrypt_batches(batches, encrypt_many)
+            for b in self.batches:
+                self._count(b)
+            return
+        for start in range(0, len(batches), SPILL_GROUP):
+            group = client.encrypt_batches(batches[start : start + SPILL_GROUP], encrypt_many)
+            for i, M in enumerate(group, start):
+                self.batches.append(self._keep(f"Z{i}", M))
 
     def batch(self, i: int) -> EncMatrix[Any]:
-        return self.batches[i]
+        return self._get(self.batches[i])
 
     def _count(self, M: EncMatrix[Any]) -> EncMatrix[Any]:
         """Count the tiles of ``M`` and their bytes (what the client uploads)."""
@@ -565,17 +616,41 @@ class _InProcessData:
                 self.nbytes += self._nbytes(tile)
         return M
 
+    def _keep(self, key: str, M: EncMatrix[Any]) -> Any:
+        """``M`` counted, and on disk when spilling (then a handle to load it)."""
+        self._count(M)
+        if self.spill_dir is None:
+            return M
+        for rb, row in enumerate(M.tiles):
+            for cb, tile in enumerate(row):
+                path = os.path.join(self.spill_dir, f"{key}_{rb}_{cb}.ct")
+                with open(path, "wb") as fh:
+                    fh.write(tile.to_bytes())
+        return _Spilled(key, M.shape, M.n_rows, M.n_cols)
+
+    def _get(self, kept: Any) -> EncMatrix[Any]:
+        if not isinstance(kept, _Spilled):
+            return kept
+        ctx = self.client.keys.context  # type: ignore[union-attr]
+
+        def load(rb: int, cb: int) -> Any:
+            path = os.path.join(self.spill_dir or "", f"{kept.key}_{rb}_{cb}.ct")
+            with open(path, "rb") as fh:
+                return ctx.ciphertext_from_bytes(fh.read(), source=path)
+
+        return EncMatrix.from_index(kept.shape, kept.n_rows, kept.n_cols, load)
+
     def gram(self, a: int, b: int) -> EncMatrix[Any]:
         if (a, b) not in self._grams:
             Za, Zb = self.plain[a], self.plain[b]
-            self._grams[(a, b)] = self._count(self.client.encrypt_gram(Za, Zb))
-        return self._grams[(a, b)]
+            self._grams[(a, b)] = self._keep(f"G{a}_{b}", self.client.encrypt_gram(Za, Zb))
+        return self._get(self._grams[(a, b)])
 
     def diagonal(self, a: int, b: int) -> EncMatrix[Any]:
         if (a, b) not in self._diagonals:
             Za, Zb = self.plain[a], self.plain[b]
-            self._diagonals[(a, b)] = self._count(self.client.encrypt_diagonal(Za, Zb))
-        return self._diagonals[(a, b)]
+            self._diagonals[(a, b)] = self._keep(f"D{a}_{b}", self.client.encrypt_diagonal(Za, Zb))
+        return self._get(self._diagonals[(a, b)])
 
 
 class Trainer:
@@ -681,7 +756,41 @@ class Trainer:
         (``step``: global minibatch steps done); a true return value stops
         training there, before the refresh (the client's decision: the
         server only sees that no fresh state follows).
+
+        An encrypted data set estimated above :func:`memory_budget_bytes` is
+        written to a private temporary directory as it is encrypted and read
+        back chunk by chunk (removed when the fit ends, however it ends).
         """
+        spill_dir = None
+        if self.backend == "ckks" and self.data_memory_bytes(len(batches)) > (
+            memory_budget_bytes()
+        ):
+            spill_dir = tempfile.mkdtemp(prefix="sklearn-he-data-")
+        try:
+            return self._fit(batches, epochs, w0, v0, start_step, on_state, spill_dir)
+        finally:
+            if spill_dir is not None:
+                shutil.rmtree(spill_dir, ignore_errors=True)
+
+    def data_memory_bytes(self, n_batches: int) -> int:
+        """Estimated memory of the encrypted minibatches (SEAL's 8 bytes per coefficient)."""
+        p = self.plan
+        params = p.params or CKKSParameters.for_depth(1)
+        rows, cols = p.batch_matrix
+        tiles = -(-rows // p.shape.rows) * -(-cols // p.shape.cols)
+        per_tile = 2 * params.poly_modulus_degree * (params.max_level + 1) * 8
+        return n_batches * tiles * per_tile
+
+    def _fit(
+        self,
+        batches: Sequence[np.ndarray],
+        epochs: int,
+        w0: np.ndarray,
+        v0: np.ndarray,
+        start_step: int,
+        on_state: Callable[[int, np.ndarray], bool | None] | None,
+        spill_dir: str | None,
+    ) -> TrainResult:
         p = self.plan
         if self.backend == "ckks" and self.keys is None:
             raise ValueError("backend='ckks' needs a KeySet (trainer.keys)")
@@ -697,6 +806,7 @@ class Trainer:
             batches,
             server.parallel_evaluator().encrypt if parallel else None,
             nbytes=self._nbytes,
+            spill_dir=spill_dir,
         )
         encrypt_s = time.perf_counter() - t0
         t1 = time.perf_counter()

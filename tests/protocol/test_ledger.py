@@ -440,3 +440,26 @@ def test_inspect_counts_the_traffic_of_a_states_directory(fresh_copy, capsys):
     from sklearn_he.cli import _size
 
     assert f"{_size(up)} up" in info["traffic"]
+
+
+def test_server_data_cache_stays_within_its_memory_budget(fresh_copy):
+    """Issue 24: the server's loaded tiles are bounded; evicted ones are read again."""
+    from sklearn_he.protocol import load_public_keys
+    from sklearn_he.protocol._dataset import DirectoryData, EncryptedDataset
+
+    server = fresh_copy / "server"
+    keys = load_public_keys(server / "public.bundle", allow_insecure_for_testing=True)
+    ds = EncryptedDataset.open(server / "dataset")
+    unbounded = DirectoryData(ds, keys.context)
+    first = unbounded.batch(0)
+    assert unbounded.batch(0) is first  # kept
+    one = unbounded._cached_bytes
+    bounded = DirectoryData(ds, keys.context, memory_bytes=one)
+    a = bounded.batch(0)
+    bounded.batch(1)  # over budget: batch 0 goes
+    assert bounded._cached_bytes <= one and len(bounded._cache) == 1
+    again = bounded.batch(0)
+    assert again is not a  # read again from disk, the same ciphertexts
+    assert [[t.to_bytes() for t in row] for row in again.tiles] == [
+        [t.to_bytes() for t in row] for row in a.tiles
+    ]

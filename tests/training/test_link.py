@@ -263,3 +263,56 @@ def test_30_bit_chain_trains_the_plaintext_model():
     d_enc, d_ref = enc.decision_function(X), ref.decision_function(X)
     assert np.abs(d_enc - d_ref).max() < 1e-2 * np.abs(d_ref).max()
     assert (enc.predict(X) == ref.predict(X)).mean() > 0.995
+
+
+# ---------------------------------------------------------- out of core (issue 24)
+@pytest.mark.ckks
+def test_a_data_set_over_the_memory_budget_is_kept_on_disk(monkeypatch, tmp_path):
+    """Spilled tiles are written as made, read back per chunk, and removed after the fit."""
+    import tempfile as tf
+
+    from sklearn_he.training import _trainer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X, y = X[:160], y[:160]
+    made, loads = [], []
+    real_mkdtemp = tf.mkdtemp
+
+    def mkdtemp(**kw):
+        made.append(real_mkdtemp(dir=tmp_path, **kw))
+        return made[-1]
+
+    real_get = _trainer._InProcessData._get
+
+    def get(self, kept):
+        loads.append(isinstance(kept, _trainer._Spilled))
+        return real_get(self, kept)
+
+    monkeypatch.setattr(_trainer.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(_trainer._InProcessData, "_get", get)
+    kw = {"max_iter": 2, "random_state": 0, "ckks_params": SMALL, "batch_size": 32}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        monkeypatch.setenv("SKLEARN_HE_MEMORY_BUDGET_MB", "0")
+        spilled = EncryptedLogisticRegression(allow_insecure_for_testing=True, **kw).fit(X, y)
+        assert made and not list(tmp_path.iterdir())  # the directory is gone
+        assert loads and all(loads)  # every minibatch came from disk
+        monkeypatch.delenv("SKLEARN_HE_MEMORY_BUDGET_MB")
+        loads.clear()
+        kept = EncryptedLogisticRegression(allow_insecure_for_testing=True, **kw).fit(X, y)
+        assert loads and not any(loads) and len(made) == 1  # small: in memory
+    ref = EncryptedLogisticRegression(backend="plaintext", **kw).fit(X, y)
+    for clf in (spilled, kept):
+        assert np.abs(clf.coef_ - ref.coef_).max() < 1e-3 * np.abs(ref.coef_).max()
+    assert spilled.report_.bytes_uploaded == kept.report_.bytes_uploaded
+
+
+def test_memory_budget_from_the_environment(monkeypatch):
+    from sklearn_he.training._trainer import MEMORY_BUDGET_BYTES, memory_budget_bytes
+
+    assert memory_budget_bytes() == MEMORY_BUDGET_BYTES
+    monkeypatch.setenv("SKLEARN_HE_MEMORY_BUDGET_MB", "250")
+    assert memory_budget_bytes() == 250_000_000
+    monkeypatch.setenv("SKLEARN_HE_MEMORY_BUDGET_MB", "lots")
+    with pytest.raises(ValueError, match="not a number of megabytes"):
+        memory_budget_bytes()
