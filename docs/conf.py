@@ -39,7 +39,9 @@ autodoc_default_options = {
     "members": True,
     "inherited-members": False,
     # scikit-learn's metadata-routing setters, added to every estimator class
-    "exclude-members": "set_fit_request, set_score_request, set_predict_request",
+    "exclude-members": (
+        "set_fit_request, set_score_request, set_predict_request, set_partial_fit_request"
+    ),
 }
 autodoc_typehints = "none"  # numpydoc's Parameters sections carry the types
 numpydoc_show_class_members = False
