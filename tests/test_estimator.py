@@ -395,13 +395,17 @@ def test_ckks_fit_with_workers_matches_serial_fit(cancer, monkeypatch):
 def test_refreshes_after_parallel_chunks_encrypt_onto_zeros_made_meanwhile(cancer, monkeypatch):
     """While workers evaluate a chunk, the client prepares the next refresh's randomness."""
     import sklearn_he.circuit._parallel as par
+    import sklearn_he.circuit._schedule as sched
     import sklearn_he.training._trainer as trainer_module
     from sklearn_he.backend import ZeroPool
 
     # Every chunk in the workers (the test circuits are far too small to pay).
-    free = par.TransferCosts(serialize=0.0, deserialize=0.0, pipe=0.0, superstep=0.0, task=0.0)
+    # The default transfer costs are looked up by the evaluator and by
+    # plan_schedule (the training planner's predictions): free for both.
+    free = sched.TransferCosts(serialize=0.0, deserialize=0.0, pipe=0.0, superstep=0.0, task=0.0)
     monkeypatch.setattr(par, "TransferCosts", lambda: free)
-    monkeypatch.setattr(par, "MIN_PARALLEL_GAIN", 0.0)
+    monkeypatch.setattr(sched, "TransferCosts", lambda: free)
+    monkeypatch.setattr(par, "MIN_PARALLEL_GAIN", 0.0)  # read by the evaluator
     pools: list[ZeroPool] = []
 
     class Recorded(ZeroPool):

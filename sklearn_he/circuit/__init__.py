@@ -27,17 +27,9 @@ from ._evaluators import (
     PrecisionError,
 )
 from ._ir import Circuit, Node, Op
-from ._parallel import (
-    MIN_PARALLEL_GAIN,
-    ParallelCKKSEvaluator,
-    Schedule,
-    TransferCosts,
-    WorkerStart,
-    plan_schedule,
-    start_workers,
-    temp_folder,
-)
+from ._parallel import ParallelCKKSEvaluator, WorkerStart, start_workers, temp_folder
 from ._params import select_parameters
+from ._schedule import MIN_PARALLEL_GAIN, Schedule, TransferCosts, plan_schedule
 from ._tracer import Sym, Tracer
 from ._worker import StoredCiphertext
 

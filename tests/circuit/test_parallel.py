@@ -37,7 +37,7 @@ from sklearn_he.circuit import (
     start_workers,
     temp_folder,
 )
-from sklearn_he.circuit._parallel import _Planner
+from sklearn_he.circuit._schedule import _Planner
 from sklearn_he.circuit._worker import BundleRef, StoredCiphertext
 from sklearn_he.exceptions import FormatError, KeyMismatchError, ParallelEvaluationError
 from sklearn_he.linalg import EncMatrix, LinAlg, RowVector, TileShape
@@ -870,12 +870,16 @@ def test_estimator_fit_on_a_dask_cluster_matches_the_sequential_fit(monkeypatch)
     from sklearn.datasets import load_breast_cancer
 
     import sklearn_he.circuit._parallel as par
+    import sklearn_he.circuit._schedule as sched
     from sklearn_he import EncryptedLogisticRegression
 
     # The small test circuits would not pay for processes: free transfers and no
     # serial fallback, so that every chunk circuit really runs on the cluster.
+    # The default transfer costs are looked up by the evaluator and by
+    # plan_schedule (the training planner's predictions): free for both.
     monkeypatch.setattr(par, "TransferCosts", lambda: FREE)
-    monkeypatch.setattr(par, "MIN_PARALLEL_GAIN", 0.0)
+    monkeypatch.setattr(sched, "TransferCosts", lambda: FREE)
+    monkeypatch.setattr(par, "MIN_PARALLEL_GAIN", 0.0)  # read by the evaluator
     X, y = load_breast_cancer(return_X_y=True)
     X, y = X[:160], y[:160]
     small = CKKSParameters(4096, (60, *([40] * 6), 60), 40, security_level=0)

@@ -54,12 +54,15 @@ def test_data_only_blocks_through_the_protocol(case, cancer_small, tmp_path, mon
     assert not public.has_secret_key
     if case == "client-gram":  # parallel evaluation gives the very same state
         import sklearn_he.circuit._parallel as par
+        import sklearn_he.circuit._schedule as sched
 
         shutil.copytree(tmp_path / "states", tmp_path / "states-parallel")
         with monkeypatch.context() as m:  # the chunk in worker processes, keys preloaded
-            free = par.TransferCosts(serialize=0, deserialize=0, pipe=0, superstep=0, task=0)
+            # Free default transfers for the evaluator and for plan_schedule.
+            free = sched.TransferCosts(serialize=0, deserialize=0, pipe=0, superstep=0, task=0)
             m.setattr(par, "TransferCosts", lambda: free)
-            m.setattr(par, "MIN_PARALLEL_GAIN", 0.0)
+            m.setattr(sched, "TransferCosts", lambda: free)
+            m.setattr(par, "MIN_PARALLEL_GAIN", 0.0)  # read by the evaluator
             preloads = []
             real_preload = par.ParallelCKKSEvaluator.preload_keys
             m.setattr(
