@@ -57,20 +57,34 @@ has arrived at the client; ``decrypt --out model.pkl`` gives ``report_``.
   start-up (from the arrival of state 0 to the start of chunk 1, read from
   ``train.in-progress.json``); estimated: the server's compute
   (``report_.train_seconds``, the sum of the chunks' evaluation times) plus
-  the client's measured refresh time (see below) plus the state transfers'
-  estimate.
+  the client's refresh compute (one refresh timed in this process, times
+  ``round_trips - 1``) plus the state transfers' estimate.
 * ``per round trip``: the training wall and its estimate divided by
   ``report_.round_trips``.
+* ``estimate + expected polling``: the training wall's estimate plus, for
+  each of the ``round_trips - 1`` waits of each side, half the polling
+  interval of ``train --wait`` and of ``refresh --wait`` (0.5 s each, read
+  from the library; the command line has no option for it): a state arrives
+  at a uniformly random moment of the sleep. A check of what the breakdown
+  shows, not a measurement.
 * ``library estimate``: ``report_.estimated_end_to_end_seconds_per_sample_epoch``
   times the sample-epochs: server compute and link, no client time.
-* Breakdown (measured only): ``server compute`` (the chunks' evaluation,
-  from the states' metadata), ``server turnaround`` (a fresh state's arrival
-  to its trained successor's appearance: ``train``'s 0.5 s polling, reading
-  and writing states, the chunk), ``client turnaround`` (a trained state's
-  arrival to its refreshed successor's appearance: ``refresh``'s 0.5 s
-  polling, decrypt, encode, write; this is the "client refresh time" of the
-  estimate), the mirror's pick-up delay (a file's appearance to its first
-  byte sent: the mirror polls every 10 ms) and the server start-up.
+* Breakdown (measured only; the parts of the training wall): ``server
+  compute`` (the chunks' evaluation, from the states' metadata); ``server
+  wait + read`` (a fresh state's arrival to the start of its chunk, from the
+  ``train.in-progress.json`` marker, which the harness polls every 5 ms:
+  ``train --wait``'s 0.5 s polling, then reading, checking and hashing the
+  state), ``of which reading`` (one such read timed in this process, with
+  the client's context, times the chunks); ``server write`` (the chunk's
+  end to the trained state's appearance); ``client refresh compute`` (one
+  refresh in this process, after its encryptions of zero were made, as
+  ``refresh --wait`` makes them while it waits; times ``round_trips - 1``);
+  ``client turnaround`` (a trained state's arrival to its refreshed
+  successor's appearance: ``refresh --wait``'s 0.5 s polling plus the
+  refresh); ``state transfers`` and ``server start-up`` (from state 0's
+  arrival to chunk 1's start: Python, the public bundle, state 0). The
+  mirror's own pick-up delay (a file's appearance to its first byte sent;
+  it polls every 10 ms) is recorded as ``pickup_seconds_max``.
 
 The error is ``(measured - estimated) / estimated``; beyond 20% it is
 flagged. The 1-minute load average before and after each run is recorded:
@@ -92,11 +106,11 @@ Usage::
 ``--insecure-small`` uses N=4096 test parameters (``--poly-modulus-degree
 4096 --coeff-modulus-bits 60,40,40,40,40,40,40,60
 --allow-insecure-for-testing``) for development; by default ``keygen``
-picks 128-bit parameters. Breast cancer is scikit-learn's data set, its
-80/20 stratified training split (``random_state=0``, 455 rows); MNIST is
-the 3-vs-8 task of ``sklearn_he.datasets.load_mnist_3_vs_8`` (1,984 rows,
-196 features) from ``--mnist`` (default ``../shared/data/mnist`` relative to
-the repository).
+picks 128-bit parameters. The data are the 80/20 stratified training
+split (``random_state=0``, as split 0 of ``benchmarks/training.py``) of
+scikit-learn's breast cancer (455 x 30) or of the MNIST 3-vs-8 task of
+``sklearn_he.datasets.load_mnist_3_vs_8`` (1,587 x 196) from ``--mnist``
+(default ``../shared/data/mnist`` relative to the repository).
 """
 
 from __future__ import annotations
@@ -104,6 +118,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import inspect
 import json
 import math
 import os
@@ -578,6 +593,7 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 def prepare_data(args: argparse.Namespace, work: Path) -> tuple[Path, Path, tuple[int, int]]:
     import numpy as np
+    from sklearn.model_selection import train_test_split
 
     if args.data == "mnist":
         from sklearn_he.datasets import load_mnist_3_vs_8
@@ -585,10 +601,9 @@ def prepare_data(args: argparse.Namespace, work: Path) -> tuple[Path, Path, tupl
         X, y = load_mnist_3_vs_8(args.mnist)
     else:
         from sklearn.datasets import load_breast_cancer
-        from sklearn.model_selection import train_test_split
 
         X, y = load_breast_cancer(return_X_y=True)
-        X, _, y, _ = train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
+    X, _, y, _ = train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
     xp, yp = work / "X.npy", work / "y.npy"
     np.save(xp, X)
     np.save(yp, y)
@@ -609,15 +624,30 @@ def chunk_seconds(states: Path) -> dict[int, float]:
     return out
 
 
-def time_one_refresh(keys: Path, states: Path, insecure: bool) -> float:
-    """Seconds of one refresh in this process, its encryptions of zero made beforehand.
+def library_polls() -> dict[str, float]:
+    """Polling intervals of ``train --wait`` and ``refresh --wait`` (not options of the CLI)."""
+    from sklearn_he.protocol import Client, train
 
-    What ``refresh --wait`` spends per state once a trained state is there
-    (decrypt, check, encode onto the prepared zeros, write), without its
-    polling: the final trained state is refreshed (as for encrypted scoring),
-    after ``decrypt`` has read it.
+    return {
+        "train": inspect.signature(train).parameters["poll"].default,
+        "refresh": inspect.signature(Client.follow).parameters["poll"].default,
+    }
+
+
+def time_client_and_read(keys: Path, states: Path, server_states: Path, insecure: bool) -> dict:
+    """Seconds of one refresh and of one server-side state read, in this process.
+
+    ``refresh``: what ``refresh --wait`` spends per state once a trained
+    state is there (decrypt, check, encode onto the encryptions of zero it
+    prepared while waiting, write), without its polling: the final trained
+    state is refreshed (as for encrypted scoring), after ``decrypt`` has read
+    it. ``read``: what ``train`` does with a fresh state before the chunk
+    starts, without its polling (read and check the file, load its
+    ciphertexts, hash it for the ledger), on the last fresh state the server
+    received, with the client's context (same parameters and key).
     """
-    from sklearn_he.protocol import Client
+    from sklearn_he.protocol import Client, StateFile
+    from sklearn_he.protocol._files import read_state, sha256_hex
 
     with warnings.catch_warnings():  # --insecure-small: the CLI has said so already
         warnings.simplefilter("ignore")
@@ -626,7 +656,14 @@ def time_one_refresh(keys: Path, states: Path, insecure: bool) -> float:
     client.zeros.fill()
     t0 = time.perf_counter()
     client.refresh(states)
-    return time.perf_counter() - t0
+    refresh = time.perf_counter() - t0
+    last = sorted(server_states.glob("state-*.fresh.skhe"))[-1]
+    m = STATE_RE.match(last.name)
+    assert m is not None
+    t0 = time.perf_counter()
+    read_state(StateFile(last, int(m[1]), True), client.keys.context, dataset_id=None)
+    sha256_hex(last.read_bytes())
+    return {"refresh_compute_seconds": refresh, "state_read_seconds": time.perf_counter() - t0}
 
 
 def bulk_rate(h: Harness, src_ns: str, dst_ns: str, host: str, nbytes: int, tag: str) -> float:
@@ -868,7 +905,8 @@ def run_profile(
     with open(model, "rb") as fh:
         report = pickle.load(fh).report_
     computed = chunk_seconds(server / "states")
-    run["refresh_compute_seconds"] = time_one_refresh(keys, cstates, args.insecure_small)
+    run["poll_seconds"] = library_polls()
+    run.update(time_client_and_read(keys, cstates, server / "states", args.insecure_small))
     run.update(
         analyse(
             read_events(mirror_log),
@@ -1027,6 +1065,12 @@ def comparison(run: dict[str, Any]) -> list[dict[str, Any]]:
             run["estimated_training_wall_seconds"] / n,
         ),
         (
+            "estimate + expected polling (poll / 2 per wait)",
+            run["training_wall_seconds"],
+            run["estimated_training_wall_seconds"]
+            + (n - 1) * (run["poll_seconds"]["train"] + run["poll_seconds"]["refresh"]) / 2,
+        ),
+        (
             "library estimate (server + link, no client)",
             run["training_wall_seconds"],
             run["library_estimate_seconds"],
@@ -1035,6 +1079,11 @@ def comparison(run: dict[str, Any]) -> list[dict[str, Any]]:
         (
             f"  server wait + read ({len(run['server_wait_and_read_seconds'])} chunks)",
             sum(run["server_wait_and_read_seconds"]),
+            None,
+        ),
+        (
+            f"    of which reading ({len(run['server_wait_and_read_seconds'])} x in-process)",
+            run["state_read_seconds"] * len(run["server_wait_and_read_seconds"]),
             None,
         ),
         (
@@ -1210,7 +1259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return mode_recv(args)
     if args.mode == "_send":
         return mode_send(args)
-    return main_benchmark(args)
+    try:
+        return main_benchmark(args)
+    except KeyboardInterrupt:  # main_benchmark's finally has removed everything it made
+        log("interrupted: namespaces and processes removed")
+        return 130
 
 
 if __name__ == "__main__":
