@@ -496,17 +496,30 @@ class Harness:
             (self.client_ns, self.client_if, up_mbps, "up"),
             (self.server_ns, self.server_if, down_mbps, "down"),
         ):
-            burst, latency_ms = tbf_parameters(mbps)
+            burst, limit = tbf_parameters(mbps)
             cmd = ["tc", "qdisc", "replace", "dev", dev, "root", "tbf"]
-            cmd += ["rate", f"{mbps:g}mbit", "burst", str(burst), "latency", f"{latency_ms}ms"]
+            cmd += ["rate", f"{mbps:g}mbit", "burst", str(burst), "limit", str(limit)]
             try:
                 self.in_ns(ns, cmd)
             except RuntimeError as exc:
                 raise MissingPrerequisiteError(f"tc cannot add the tbf qdisc: {exc}") from None
             shown = self.in_ns(ns, ["tc", "qdisc", "show", "dev", dev]).strip()
-            used[side] = {"rate_mbps": mbps, "burst_bytes": burst, "latency_ms": latency_ms}
+            used[side] = {"rate_mbps": mbps, "burst_bytes": burst, "limit_bytes": limit}
             used[side]["tc"] = shown
         return used
+
+    def qdisc_stats(self) -> dict[str, dict[str, int]]:
+        """Bytes, packets, drops and overlimits of each direction's tbf since it was set."""
+        out = {}
+        for ns, dev, side in (
+            (self.client_ns, self.client_if, "up"),
+            (self.server_ns, self.server_if, "down"),
+        ):
+            text = self.in_ns(ns, ["tc", "-s", "qdisc", "show", "dev", dev])
+            m = re.search(r"Sent (\d+) bytes (\d+) pkt \(dropped (\d+), overlimits (\d+)", text)
+            keys = ("bytes", "packets", "dropped", "overlimits")
+            out[side] = dict(zip(keys, map(int, m.groups()), strict=True)) if m else {}
+        return out
 
     def in_ns(self, ns: str, cmd: Sequence[str], timeout: float = 60) -> str:
         return _run(["ip", "netns", "exec", ns, *cmd], timeout=timeout)
@@ -574,15 +587,19 @@ class Harness:
 
 
 def tbf_parameters(mbps: float) -> tuple[int, int]:
-    """``(burst bytes, latency ms)`` for a tbf at ``mbps``.
+    """``(burst bytes, queue limit bytes)`` for a tbf at ``mbps``.
 
     The bucket holds about 4 ms at the rate (at least 32 KiB, so that a
-    segmented 64 KiB GSO packet never waits long); the queue holds 100 ms,
-    enough for TCP to keep the link busy without drops on a link whose own
-    round trip is well under a millisecond.
+    segmented 64 KiB GSO packet never waits long). The queue holds 8 MiB,
+    more than a TCP sender keeps in flight (``tcp_wmem``'s default maximum
+    is 4 MiB): on a link whose own round trip is well under a millisecond,
+    TCP's window otherwise grows until the queue overflows, and a tail drop
+    then costs a retransmission timeout (at least 200 ms; seen with a 100 ms
+    queue at 10 Mbit/s: 974 drops in 8 states, two of them 0.33 s late).
+    With one flow per direction the long queue delays nothing else.
     """
     rate_bytes = mbps * 1e6 / 8
-    return max(32 * 1024, int(rate_bytes * 0.004)), 100
+    return max(32 * 1024, int(rate_bytes * 0.004)), 8 * 2**20
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -802,6 +819,7 @@ def run_profile(
         f"({8 * ev['bytes'] / run['setup_seconds'] / 1e6:.1f} Mbit/s with the RTT)"
     )
 
+    before = h.qdisc_stats()  # the bulk test and the setup so far
     # -- training: client loop, the mirror's senders, then the server once state 0 arrived
     wait = str(int(args.timeout))
     h.start(
@@ -894,6 +912,11 @@ def run_profile(
             raise TimeoutError(f"{final} never reached the client")
         time.sleep(0.01)
     run["load_after"] = os.getloadavg()[0]
+    after = h.qdisc_stats()
+    run["tbf_stats"] = {"after_setup": before, "after_training": after}
+    run["training_drops"] = {
+        side: after[side].get("dropped", 0) - before[side].get("dropped", 0) for side in after
+    }
     for name in ("send-up", "send-down", "recv-up", "recv-down"):
         proc = next(p for n, p in h.procs if n == f"{profile}-{name}")
         h.stop(proc)
@@ -1147,7 +1170,9 @@ def render(runs: list[dict[str, Any]]) -> str:
             f"{run['measured_down_mbps']:.1f} Mbit/s down (tbf, {run['bulk_mib']:g} MiB over "
             f"TCP); RTT added by the mirror (each file held rtt/2); N="
             f"{run['report']['poly_modulus_degree']}, {run['round_trips']} round trips; "
-            f"load {run['load_before']:.1f} -> {run['load_after']:.1f}\n\n"
+            f"load {run['load_before']:.1f} -> {run['load_after']:.1f}; packets dropped "
+            f"by tbf during training: {run['training_drops']['up']} up, "
+            f"{run['training_drops']['down']} down\n\n"
             + markdown_table(["quantity", "measured", "estimated", "error"], comparison_rows(run))
         )
     return "\n\n".join(parts)
