@@ -29,7 +29,10 @@ link once, as one batch, before training. Framing: a 15-byte header per
 file (magic ``SKLM``, flags, name length, size), the name (UTF-8, a relative
 path), the bytes; flag 1 ends a batch, flag 2 asks for an acknowledgement.
 
-**Steps per profile.** Shape the link; time a bulk transfer of ``--bulk-mib``
+**Steps per profile.** Shape the link (a bucket of about 4 ms of the rate,
+a queue of 8 MiB so that TCP never overflows it: see ``tbf_parameters``;
+the qdiscs' drop counters during training are recorded and printed); time a
+bulk transfer of ``--bulk-mib``
 MiB each way (the measured Mbit/s, goodput over TCP: the nominal rate counts
 the Ethernet, IP and TCP headers too, about 4% of a full segment); ``keygen
 --link PROFILE`` and ``encrypt`` on the client (not timed against the link);
@@ -95,6 +98,11 @@ Requires root, ``ip netns`` and ``tc`` with ``tbf``; otherwise prints
 ``skipped: <why>`` and exits 0. Everything it starts (namespaces, processes,
 by pid) is removed in a ``finally``, also on Ctrl-C; every wait is bounded
 by ``--timeout``.
+
+Results go to ``--out`` (rewritten after each profile: machine, date,
+settings, and per profile the shaping, the measured rates, every time above
+per round trip, ``report_``'s counters and the table's rows); the table goes
+to stdout, progress to stderr. Exit status 1 if a profile failed.
 
 Usage::
 
