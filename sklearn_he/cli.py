@@ -583,6 +583,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         max_chunks=args.max_chunks,
         wait=args.wait,
+        poll=args.poll,
         progress=_progress_factory(args.quiet),
         log=(lambda msg: print(msg, file=sys.stderr)) if not args.quiet else None,
     )
@@ -599,6 +600,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
         written = client.follow(
             args.states,
             wait=args.wait,
+            poll=args.poll,
             log=(lambda msg: print(msg, file=sys.stderr)) if not args.quiet else None,
         )
         _out(args, f"refreshed {len(written)} state(s); " + _after_follow(args.states))
@@ -972,6 +974,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------- parser
+def _poll_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.001 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"--poll takes seconds from 0.001 to 60; got {text!r}")
+    return value
+
+
+def _poll_arg(p: argparse.ArgumentParser) -> None:
+    from .protocol._files import POLL_SECONDS
+
+    p.add_argument(
+        "--poll",
+        type=_poll_seconds,
+        default=POLL_SECONDS,
+        metavar="SECONDS",
+        help=f"with --wait: seconds between two looks for the other side's state (default "
+        f"{POLL_SECONDS:g})",
+    )
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
     p.add_argument(
@@ -1078,6 +1103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep running: wait up to SECONDS for each refreshed state (default 0: stop "
         "when a refresh is due)",
     )
+    _poll_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("refresh", help="client: decrypt and re-encrypt the server's state")
@@ -1092,6 +1118,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep running: refresh each spent state as it arrives, until training is "
         "complete or nothing arrives for SECONDS (default 0: refresh once)",
     )
+    _poll_arg(p)
     p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("decrypt", help="client: decrypt the final state into a model")

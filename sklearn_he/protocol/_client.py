@@ -63,6 +63,7 @@ from ._dataset import (
     z_file,
 )
 from ._files import (
+    POLL_SECONDS,
     ProgressFactory,
     StateFile,
     StateStore,
@@ -898,6 +899,7 @@ class Client:
                 f"nothing to refresh: the latest state {latest.name} is fresh; the server "
                 "trains next (`sklearn-he train`), then copy its state here"
             )
+        t0 = time.perf_counter()
         meta, cts, sha, content = read_state_digests(
             latest, self.keys.context, dataset_id=record["dataset"]
         )
@@ -915,6 +917,7 @@ class Client:
             meta={k: meta[k] for k in ("dataset", "n_chunks", "step", "server_seconds")},
         )
         entry = _ledger_entry(out, int(meta["step"]), (latest, sha, content), data)
+        entry["seconds"] = time.perf_counter() - t0  # the refresh's compute, for report_
         # The ledger first: a crash before the state is written leaves an entry
         # whose fresh file is missing, which the next refresh redoes.
         kept = entries[:-1] if redo else entries
@@ -927,7 +930,7 @@ class Client:
         states_dir: str | os.PathLike[str],
         *,
         wait: float,
-        poll: float = 0.5,
+        poll: float = POLL_SECONDS,
         log: Callable[[str], None] | None = None,
     ) -> list[StateFile]:
         """Refresh every spent state as it arrives, until training is complete.
@@ -1036,6 +1039,10 @@ class Client:
         w, v = TrainingClient(plan, keys=self.keys).decrypt_state(cts)
         TrainingClient.check_state(w, v, int(meta["step"]), record["sigmoid_coeffs"])
         clf = self._model(record, w, v, int(meta["step"]), float(meta["server_seconds"]))
+        refreshes = [float(e.get("seconds", 0.0)) for e in entries if e.get("trained")]
+        if latest.fresh:
+            refreshes = refreshes[: latest.chunks_done - 1]  # not the final's, for scoring
+        clf.report_.client_seconds = sum(refreshes)
         sample_epochs = int(record["n_samples"]) * int(record["epochs"])
         _count_traffic(clf.report_, store, latest, clf._link(), sample_epochs)
         return clf
@@ -1251,9 +1258,11 @@ def _count_traffic(
     report.bytes_counted = True
     report.estimated_setup_seconds = link.seconds(up_bytes=setup, round_trips=1)
     traffic = link.seconds(up_bytes=up, down_bytes=down, round_trips=report.round_trips)
-    report.estimated_end_to_end_seconds_per_sample_epoch = (report.train_seconds + traffic) / max(
-        1, sample_epochs
-    )
+    # The server's compute (train_seconds, from the states), the client's
+    # refreshes (timed by the client, in its ledger), then the traffic.
+    report.estimated_end_to_end_seconds_per_sample_epoch = (
+        report.train_seconds + report.client_seconds + traffic
+    ) / max(1, sample_epochs)
 
 
 def _ciphertext_bytes(keys: KeySet) -> int:

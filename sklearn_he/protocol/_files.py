@@ -38,6 +38,7 @@ from ..backend._serialization import (
 from ..exceptions import FormatError, ProtocolError
 
 __all__ = [
+    "POLL_SECONDS",
     "Progress",
     "ProgressFactory",
     "StateFile",
@@ -62,6 +63,12 @@ __all__ = [
 
 #: Version of the JSON documents and file layout described here.
 PROTOCOL_VERSION = 1
+#: Seconds between two looks at the states directory while ``train`` or
+#: ``refresh`` waits for the other side (``--poll``). Each wait costs half of
+#: it on average: at 0.5 s that was as much as a WAN's transfers of a
+#: breast-cancer state (``benchmarks/shaped_link.py``); a look is one
+#: directory listing.
+POLL_SECONDS = 0.1
 
 
 def sha256_hex(data: bytes) -> str:

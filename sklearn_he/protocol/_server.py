@@ -32,6 +32,7 @@ from ..linalg import EncMatrix, RowVector, TileShape
 from ..training import TrainingServer, state_names
 from ._dataset import DirectoryData, EncryptedDataset
 from ._files import (
+    POLL_SECONDS,
     ProgressFactory,
     StateFile,
     StateStore,
@@ -137,7 +138,11 @@ class TrainStatus:
 
 
 def _wait_for_fresh(
-    store: StateStore, chunks_done: int, wait: float, log: Callable[[str], None], poll: float = 0.5
+    store: StateStore,
+    chunks_done: int,
+    wait: float,
+    log: Callable[[str], None],
+    poll: float = POLL_SECONDS,
 ) -> StateFile | None:
     """The client's refresh of the state after ``chunks_done`` chunks, once it appears."""
     path = store.path(chunks_done, fresh=True)
@@ -175,7 +180,7 @@ def _retry(read: Callable[[], Any], wait: float, poll: float) -> Any:
 
 
 def _peek_latest(
-    state: StateFile, keys: KeySet, ds: EncryptedDataset, wait: float, poll: float = 0.5
+    state: StateFile, keys: KeySet, ds: EncryptedDataset, wait: float, poll: float = POLL_SECONDS
 ) -> dict[str, Any]:
     """The latest state's metadata, checked against the keys and the data set.
 
@@ -196,7 +201,7 @@ def _peek_latest(
 
 
 def _read_fresh(
-    state: StateFile, keys: KeySet, ds: EncryptedDataset, wait: float, poll: float = 0.5
+    state: StateFile, keys: KeySet, ds: EncryptedDataset, wait: float, poll: float = POLL_SECONDS
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a fresh state; while waiting, a file still being copied is read again."""
     meta, cts = _retry(lambda: read_state(state, keys.context, dataset_id=ds.id), wait, poll)
@@ -218,7 +223,7 @@ def train(
     resume: bool = False,
     max_chunks: int | None = None,
     wait: float = 0.0,
-    poll: float = 0.5,
+    poll: float = POLL_SECONDS,
     progress: ProgressFactory = no_progress,
     log: Callable[[str], None] | None = None,
 ) -> TrainStatus:
@@ -252,7 +257,7 @@ def train(
         appear, then train on it (the keys stay loaded: loading the rotation
         keys of N=16384 takes seconds). 0 returns as soon as a refresh is due.
         A state that is still being copied is read again until complete.
-    poll : float, default=0.5
+    poll : float, default=POLL_SECONDS
         Seconds between two looks at the states directory while waiting.
     progress : callable
         Progress factory; one bar per chunk, over the circuit's nodes.

@@ -425,6 +425,19 @@ def test_decrypted_report_counts_the_state_files(fresh_copy):
     assert r.setup_bytes == record["dataset_bytes"] + record["bundle_bytes"]
     assert r.link.startswith("wan")  # the command line plans for a WAN
     assert r.estimated_end_to_end_seconds_per_sample_epoch > r.seconds_per_sample_epoch
+    # The client timed its refreshes (the one of the final state excluded).
+    timed = [e["seconds"] for e in _ledger(root) if e["trained"]]
+    assert len(timed) == 2 and r.client_seconds == pytest.approx(timed[0])
+
+
+def test_poll_interval_is_checked(fresh_copy, capsys):
+    root = fresh_copy
+    for bad in ("0", "-1", "soon", "100"):
+        with pytest.raises(SystemExit) as exc:
+            run("refresh", "--keys", root / "client" / "keys", "--states",
+                _states(root, "client"), "--wait", "1", "--poll", bad)  # fmt: skip
+        assert exc.value.code == 2
+        assert "--poll takes seconds from 0.001 to 60" in capsys.readouterr().err
 
 
 def test_inspect_counts_the_traffic_of_a_states_directory(fresh_copy, capsys):
