@@ -99,6 +99,10 @@ def run_one(
         warnings.simplefilter("ignore")
         clf.fit(Xtr, ytr)
     fit_s = time.perf_counter() - t0
+    if n_jobs > 1:  # idle workers keep the run's keys (GBs at N=32768): let them go
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True)
     r = clf.report_
     n = Xtr.shape[0]
     sample_epochs = n * epochs
@@ -191,7 +195,7 @@ def summarize(results: dict[str, Any]) -> list[str]:
         one = [r for r in runs if r["workers"] == 1]
         two = {(r["circuit"], r["k"]): r for r in runs if r["workers"] == 2}
         lines += [
-            f"### {ds} ({block['n_train']} training rows, {block['n_features']} features, "
+            f"## {ds} ({block['n_train']} training rows, {block['n_features']} features, "
             f"{results['epochs']} epoch(s); scikit-learn accuracy "
             f"{block['sklearn_accuracy']:.4f}, AUC {block['sklearn_auc']:.4f})",
             "",
@@ -260,7 +264,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mnist", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "outsourced.json"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "benchmark-outsourced.md"))
+    parser.add_argument(
+        "--one-worker-runs",
+        nargs="*",
+        default=["pipelined-6"],
+        choices=RUNS,
+        help="runs measured with the first worker count only (pipelined k=6 at N=32768 "
+        "holds about 12 GB in the client and as much per worker)",
+    )
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add these data sets to the results already in --out",
+    )
+    parser.add_argument(
+        "--render-only", action="store_true", help="rebuild the table and page from --out"
+    )
     args = parser.parse_args(argv)
+    if args.render_only:
+        results = json.loads(Path(args.out).read_text())
+        return _render(results, args.doc)
 
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -274,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "datasets": {},
     }
+    if args.append and Path(args.out).exists():
+        results = json.loads(Path(args.out).read_text())
+        if results.get("epochs") != args.epochs:
+            raise SystemExit(f"--append: {args.out} holds runs of {results.get('epochs')} epochs")
     t_start = time.perf_counter()
     for ds in args.datasets:
         data = training.load_split(ds, args.mnist if ds == "mnist" else None, 0)
@@ -289,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for run in args.runs:
             circuit, k = run.split("-")
-            for w in args.workers:
+            for w in args.workers[:1] if run in args.one_worker_runs else args.workers:
                 print(
                     f"[{time.perf_counter() - t_start:6.0f} s] {ds}: {circuit} k={k}, "
                     f"{w} worker(s)",
@@ -298,11 +325,16 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 block["runs"].append(run_one(data, circuit, int(k), w, args.epochs))
                 Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
-    table = summarize(results)
-    print("\n".join(table))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
-    if args.doc:
+    return _render(results, args.doc)
+
+
+def _render(results: dict[str, Any], doc: str | None) -> int:
+    """Print the tables and write the Markdown page."""
+    table = summarize(results)
+    print("\n".join(table))
+    if doc:
         header = (
             "# Benchmark: outsourced training across links\n\n"
             f"`python benchmarks/outsourced.py` on {results['date']} "
@@ -310,8 +342,15 @@ def main(argv: list[str] | None = None) -> int:
             "`benchmarks/results/outsourced.json`). Columns are explained in the script's "
             "docstring.\n\n"
         )
-        Path(args.doc).write_text(header + "\n".join(table) + "\n")
+        # What follows the marker is written by people (what the numbers say):
+        # kept when the tables are rebuilt.
+        old = Path(doc).read_text() if Path(doc).exists() else ""
+        notes = old[old.index(NOTES_MARKER) :] if NOTES_MARKER in old else ""
+        Path(doc).write_text(header + "\n".join(table) + "\n" + notes)
     return 0
+
+
+NOTES_MARKER = "<!-- notes: kept when the benchmark rewrites the tables above -->"
 
 
 if __name__ == "__main__":
