@@ -7,7 +7,6 @@ of CKKS runs with two worker counts are checked on made-up results.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,15 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests._scripts import load_benchmark
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "training.py"
 
 
 @pytest.fixture(scope="module")
 def training():
-    spec = importlib.util.spec_from_file_location("benchmarks_training", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("training")
 
 
 @pytest.mark.slow
@@ -184,11 +182,7 @@ def test_watch_parallel_counts_runs_and_passes_every_argument(training):
 
 @pytest.fixture(scope="module")
 def parallel_bench():
-    path = SCRIPT.with_name("parallel.py")
-    spec = importlib.util.spec_from_file_location("benchmarks_parallel", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("parallel")
 
 
 def test_parallel_benchmark_compares_with_the_shape_a_fit_picks(parallel_bench, monkeypatch):
@@ -215,10 +209,7 @@ def test_parallel_benchmark_compares_with_the_shape_a_fit_picks(parallel_bench, 
 
 
 def test_fit_speedup_pairs_ratios_and_medians():
-    path = SCRIPT.with_name("fit_speedup.py")
-    spec = importlib.util.spec_from_file_location("benchmarks_fit_speedup", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("fit_speedup")
     pairs = [
         {
             "1": {"train_seconds": 10.0, "fit_seconds": 12.0},
@@ -240,10 +231,7 @@ def test_fit_speedup_pairs_ratios_and_medians():
 
 
 def test_fit_speedup_refuses_no_pairs_and_reports_a_failed_fit(monkeypatch, capsys, tmp_path):
-    path = SCRIPT.with_name("fit_speedup.py")
-    spec = importlib.util.spec_from_file_location("benchmarks_fit_speedup", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("fit_speedup")
     with pytest.raises(SystemExit):
         module.main(["--pairs", "0"])
     assert "--pairs must be >= 1" in capsys.readouterr().err
@@ -281,10 +269,7 @@ OUTSOURCED = Path(__file__).resolve().parents[1] / "benchmarks" / "outsourced.py
 
 @pytest.fixture(scope="module")
 def outsourced():
-    spec = importlib.util.spec_from_file_location("benchmarks_outsourced", OUTSOURCED)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("outsourced")
 
 
 def test_crossing_rtt_is_where_the_two_runs_take_as_long(outsourced):

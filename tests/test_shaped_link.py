@@ -7,7 +7,6 @@ its mirror is run over the loopback interface of this namespace instead.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import socket
@@ -16,15 +15,12 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "shaped_link.py"
+from tests._scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def shaped():
-    spec = importlib.util.spec_from_file_location("benchmarks_shaped_link", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("shaped_link")
 
 
 def test_frame_round_trip(shaped):
