@@ -178,6 +178,14 @@ class TrainingData(Protocol):
     def diagonal(self, a: int, b: int) -> EncMatrix[Any]: ...
 
 
+#: Weights (of rows scaled to unit median norm) beyond this have margins far
+#: outside the sigmoid polynomial's [-8, 8]: training diverged. It is also
+#: well under what the last level of a chain holds (``2**19`` with a 60-bit
+#: first prime and a 40-bit scale), so a run is stopped before its values can
+#: wrap around the modulus and decrypt to plausible garbage.
+DIVERGED_WEIGHT = 2.0**16
+
+
 # ---------------------------------------------------------------------- client
 class TrainingClient:
     """The data owner's side of a training run: everything that needs the secret key.
@@ -326,8 +334,12 @@ class TrainingClient:
 
     @staticmethod
     def check_state(w: np.ndarray, v: np.ndarray, step: int, coeffs: Sequence[float]) -> None:
-        """Raise :class:`TrainingDivergedError` when a decrypted state blew up."""
-        if not (np.isfinite(w).all() and np.isfinite(v).all()) or np.abs(w).max() > 1e6:
+        """Raise :class:`TrainingDivergedError` when a decrypted state blew up.
+
+        Blown up: not finite, or a weight beyond :data:`DIVERGED_WEIGHT`.
+        """
+        big = max(np.abs(w).max(initial=0.0), np.abs(v).max(initial=0.0))
+        if not (np.isfinite(w).all() and np.isfinite(v).all()) or big > DIVERGED_WEIGHT:
             hint = "" if len(coeffs) == 6 else ", use sigmoid_degree=5"
             raise TrainingDivergedError(
                 f"training diverged at step {step} (|w| = {np.linalg.norm(w):.3g}): "

@@ -316,3 +316,17 @@ def test_memory_budget_from_the_environment(monkeypatch):
     monkeypatch.setenv("SKLEARN_HE_MEMORY_BUDGET_MB", "lots")
     with pytest.raises(ValueError, match="not a number of megabytes"):
         memory_budget_bytes()
+
+
+def test_divergence_is_caught_below_what_the_last_level_holds():
+    """2**19 is what a 60-bit first prime holds at a 40-bit scale: refuse well before it."""
+    from sklearn_he.exceptions import TrainingDivergedError
+    from sklearn_he.training import TrainingClient
+
+    ok = np.full(5, 100.0)
+    TrainingClient.check_state(ok, ok, 3, sigmoid_poly(5))
+    for big in (2.0**17, 2.0**19 - 1):
+        with pytest.raises(TrainingDivergedError, match="diverged at step 3"):
+            TrainingClient.check_state(np.full(5, big), ok, 3, sigmoid_poly(5))
+        with pytest.raises(TrainingDivergedError):
+            TrainingClient.check_state(ok, np.full(5, -big), 3, sigmoid_poly(5))
