@@ -812,7 +812,10 @@ def _inspect_dataset(path: Path, verify: bool) -> dict[str, Any]:
     return out
 
 
-def _inspect_states(path: Path, link: str | None = None) -> dict[str, Any]:
+def _inspect_states(
+    path: Path, link: str | None = None, structured: bool = False
+) -> dict[str, Any]:
+    """A states directory, per state and in all; ``structured`` (``--json``): numbers, not text."""
     from .protocol import StateStore
     from .training import Link
 
@@ -828,9 +831,20 @@ def _inspect_states(path: Path, link: str | None = None) -> dict[str, Any]:
             rows[s.name] = "damaged: " + " ".join(str(exc).split())
             continue
         size = s.path.stat().st_size
+        m = meta.meta
         rows[s.name] = (
-            f"{'fresh' if s.fresh else 'trained'}, {meta.meta.get('chunks_done')}/"
-            f"{meta.meta.get('n_chunks')} chunks, step {meta.meta.get('step')}, {_size(size)}"
+            {
+                "fresh": s.fresh,
+                "chunks_done": m.get("chunks_done"),
+                "n_chunks": m.get("n_chunks"),
+                "step": m.get("step"),
+                "bytes": size,
+                "server_seconds": m.get("server_seconds"),
+                "chunk_seconds": m.get("chunk_seconds"),
+            }
+            if structured
+            else f"{'fresh' if s.fresh else 'trained'}, {m.get('chunks_done')}/"
+            f"{m.get('n_chunks')} chunks, step {m.get('step')}, {_size(size)}"
         )
         if s.fresh:
             up += size
@@ -840,11 +854,22 @@ def _inspect_states(path: Path, link: str | None = None) -> dict[str, Any]:
     if rows:
         # Each trained state ends a round trip: a fresh state went up, it came down.
         traffic = f"{trips} round trip(s); {_size(up)} up (fresh states), {_size(down)} down"
+        seconds = None
         if link is not None:
             spec = Link.parse(link)
             seconds = spec.seconds(up_bytes=up, down_bytes=down, round_trips=trips)
             traffic += f"; over {spec.describe()}: {seconds:.3g} s (estimated)"
-        out["traffic"] = traffic
+        out["traffic"] = (
+            {
+                "round_trips": trips,
+                "bytes_up": up,
+                "bytes_down": down,
+                "link": None if link is None else Link.parse(link).describe(),
+                "estimated_link_seconds": seconds,
+            }
+            if structured
+            else traffic
+        )
     for role in ("train", "refresh"):
         holder = store.running(role)
         if holder is not None:
@@ -955,7 +980,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             info["kind"] = "key directory"
             info["secret key"] = "present" if (path / "secret.key").exists() else "absent"
         elif _holds_states(path):
-            info = _inspect_states(path, args.link)
+            info = _inspect_states(path, args.link, structured=args.json)
         else:
             raise ValueError(_unknown_directory(path))
     else:

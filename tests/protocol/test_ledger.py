@@ -441,18 +441,27 @@ def test_poll_interval_is_checked(fresh_copy, capsys):
 
 
 def test_inspect_counts_the_traffic_of_a_states_directory(fresh_copy, capsys):
+    from sklearn_he.cli import _size
+    from sklearn_he.training import LINK_PROFILES
+
     root = fresh_copy
     _one_round(root)
     states = _states(root, "client")
     size = {p.name: p.stat().st_size for p in states.glob("state-*")}
+    up = size["state-00000.fresh.skhe"] + size["state-00001.fresh.skhe"]
+    down = size["state-00001.trained.skhe"]
+    assert run("inspect", states, "--link", "wan") == 0
+    text = capsys.readouterr().out
+    assert f"traffic: 1 round trip(s); {_size(up)} up" in text and "(estimated)" in text
     assert run("inspect", states, "--link", "wan", "--json") == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["traffic"].startswith("1 round trip(s)")
-    assert "over wan (100 Mbit/s up" in info["traffic"] and "(estimated)" in info["traffic"]
-    up = size["state-00000.fresh.skhe"] + size["state-00001.fresh.skhe"]
-    from sklearn_he.cli import _size
-
-    assert f"{_size(up)} up" in info["traffic"]
+    assert info["traffic"]["round_trips"] == 1
+    assert (info["traffic"]["bytes_up"], info["traffic"]["bytes_down"]) == (up, down)
+    assert info["traffic"]["estimated_link_seconds"] == pytest.approx(
+        LINK_PROFILES["wan"].seconds(up_bytes=up, down_bytes=down, round_trips=1)
+    )
+    state = info["states"]["state-00001.trained.skhe"]
+    assert state["bytes"] == down and state["chunks_done"] == 1 and state["fresh"] is False
 
 
 def test_server_data_cache_stays_within_its_memory_budget(fresh_copy):
