@@ -86,3 +86,81 @@ def unpack_limbs(packed: bytes, n: int, size: int, kept: Sequence[int], *, sourc
         out[:, j, :, :b] = chunk.reshape(size, n, b)
         pos += size * n * b
     return packed[:head_len] + out.tobytes()
+
+
+# ------------------------------------------------------------ key-switching keys
+_HEADER = 16  # SEAL's serialization header: magic, sizes, version, compression, total size
+_KSWITCH_HEAD = _HEADER + 32  # header, then the parms_id (four 64-bit words)
+
+
+def _u64(data: bytes, pos: int, source: str) -> int:
+    if pos + 8 > len(data):
+        raise FormatError(f"{source}: key data ends inside its structure; the file is damaged")
+    return int.from_bytes(data[pos : pos + 8], "little")
+
+
+def _inner_size(data: bytes, pos: int, source: str) -> int:
+    """Total size in the SEAL header of the serialised object at ``pos``."""
+    return _u64(data, pos + 8, source)
+
+
+def _walk_kswitch(
+    data: bytes, n: int, kept: Sequence[int], *, packed: bool, source: str
+) -> list[tuple[int, int, int]]:
+    """``(start, end, original size)`` of every key ciphertext in SEAL's key-switching keys.
+
+    SEAL writes ``KSwitchKeys`` as a header, the parms_id, then
+    ``dim1`` lists of ``dim2`` public keys, each a complete serialised
+    ciphertext of ``2 x len(kept) x n`` words (its own header first). In the
+    packed form each key ciphertext is :func:`pack_limbs`' output, so its
+    extent follows from the size its (unchanged) header gives.
+    """
+    shrink = 2 * n * sum(_WORD - b for b in kept)
+    out = []
+    pos = _KSWITCH_HEAD
+    dim1 = _u64(data, pos, source)
+    pos += 8
+    if dim1 > n:  # at most one key per Galois element
+        raise FormatError(f"{source}: implausible key-switching key count {dim1}")
+    for _ in range(dim1):
+        dim2 = _u64(data, pos, source)
+        pos += 8
+        if dim2 > len(kept):
+            raise FormatError(f"{source}: implausible decomposition size {dim2}")
+        for _ in range(dim2):
+            size = _inner_size(data, pos, source)
+            end = pos + (size - shrink if packed else size)
+            if size <= shrink or end > len(data):
+                raise FormatError(f"{source}: a key ciphertext overruns the data; it is damaged")
+            out.append((pos, end, size))
+            pos = end
+    if pos != len(data):
+        raise FormatError(f"{source}: {len(data) - pos} unexpected bytes after the keys")
+    return out
+
+
+def pack_kswitch(seal: bytes, n: int, kept: Sequence[int], *, source: str = "keys") -> bytes:
+    """SEAL's relinearisation or Galois keys with every key ciphertext's limbs cut (exact)."""
+    parts, pos = [], 0
+    for start, end, _ in _walk_kswitch(seal, n, kept, packed=False, source=source):
+        parts.append(seal[pos:start])
+        parts.append(pack_limbs(seal[start:end], n, 2, kept))
+        pos = end
+    parts.append(seal[pos:])
+    return b"".join(parts)
+
+
+def unpack_kswitch(packed: bytes, n: int, kept: Sequence[int], *, source: str) -> bytes:
+    """Inverse of :func:`pack_kswitch`: SEAL's bytes, bit for bit."""
+    parts, pos = [], 0
+    for start, end, _ in _walk_kswitch(packed, n, kept, packed=True, source=source):
+        parts.append(packed[pos:start])
+        parts.append(unpack_limbs(packed[start:end], n, 2, kept, source=source))
+        pos = end
+    parts.append(packed[pos:])
+    return b"".join(parts)
+
+
+def packed_kswitch_size(seal_size: int, n: int, kept: Sequence[int], n_ciphertexts: int) -> int:
+    """Length of :func:`pack_kswitch`' output for keys of ``n_ciphertexts`` key ciphertexts."""
+    return seal_size - n_ciphertexts * 2 * n * sum(_WORD - b for b in kept)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import FormatError, KeyMismatchError, SecretKeyPicklingError
+from ._compact import PACKING, limb_bytes, pack_kswitch, packed_kswitch_size, unpack_kswitch
 from ._params import CKKSParameters
 from ._pyfhel import CKKSContext
 from ._serialization import (
@@ -38,6 +39,9 @@ SECRET_KEY_FILE = "secret.key"
 _KEY_FILES_MANIFEST = "keys.json"
 
 _PUBLIC_SECTIONS = ("context", "public", "relin", "rotation")
+#: Sections stored in the compact form (``_compact.pack_kswitch``): the
+#: key-switching keys, nearly all of a bundle's bytes.
+_PACKED_SECTIONS = ("relin", "rotation")
 
 
 def _fingerprint(params: CKKSParameters, public_key: bytes) -> str:
@@ -196,6 +200,20 @@ class KeySet:
         params = CKKSParameters.from_dict(env.meta.get("params", {}))
         params.validate(allow_insecure_for_testing=allow_insecure_for_testing)
         keys = split_sections(env.meta.get("sections"), env.payload, source=source)
+        packing = env.meta.get("packing")
+        if packing is not None:
+            if packing != PACKING:
+                raise FormatError(
+                    f"{source} packs its keys as {packing!r}, which this sklearn-he does not "
+                    "read; upgrade sklearn-he"
+                )
+            bits = params.coeff_modulus_bits
+            kept = limb_bytes(bits, len(bits))
+            for name in _PACKED_SECTIONS:
+                if name in keys and (evaluation_keys or name not in ("relin", "rotation")):
+                    keys[name] = unpack_kswitch(
+                        keys[name], params.poly_modulus_degree, kept, source=f"{source} [{name}]"
+                    )
         if "public" not in keys or "context" not in keys:
             raise KeyMismatchError(f"{source} lacks the public key or the context")
         if _fingerprint(params, keys["public"]) != env.fingerprint:
@@ -307,13 +325,23 @@ class KeySet:
         """Context and evaluation keys as bytes: everything the server needs, no secret."""
         exported = self._context._export_keys(include_secret=False)
         sections = {k: exported[k] for k in _PUBLIC_SECTIONS if k in exported}
+        n, kept = self.params.poly_modulus_degree, self._key_limb_bytes()
+        for name in _PACKED_SECTIONS:  # the bulk: each limb in its prime's bytes
+            if name in sections:
+                sections[name] = pack_kswitch(sections[name], n, kept, source=name)
         index, blob = join_sections(sections)
         meta = {
             "params": self.params.to_dict(),
             "rotation_steps": sorted(self.rotation_steps),
             "sections": index,
+            "packing": PACKING,
         }
         return pack(Kind.PUBLIC_BUNDLE, self.fingerprint, meta, blob)
+
+    def _key_limb_bytes(self) -> list[int]:
+        """Bytes per coefficient of each limb of a key (every prime, the special one too)."""
+        bits = self.params.coeff_modulus_bits
+        return limb_bytes(bits, len(bits))
 
     def public_bundle_nbytes(self) -> int:
         """``len(self.public_bundle())``, computed without serialising the keys.
@@ -323,11 +351,18 @@ class KeySet:
         ``report_`` counts as the key upload.
         """
         sizes = self._context._key_section_sizes()
+        n, kept = self.params.poly_modulus_degree, self._key_limb_bytes()
+        per_key = len(kept) - 1  # key ciphertexts per key-switching key: the data primes
+        counts = {"relin": 1, "rotation": len(self.rotation_steps)}
+        for name in _PACKED_SECTIONS:
+            if name in sizes:
+                sizes[name] = packed_kswitch_size(sizes[name], n, kept, counts[name] * per_key)
         index = [[k, sizes[k]] for k in _PUBLIC_SECTIONS if k in sizes]
         meta = {
             "params": self.params.to_dict(),
             "rotation_steps": sorted(self.rotation_steps),
             "sections": index,
+            "packing": PACKING,
         }
         return envelope_size(meta, sum(sizes.values()))
 

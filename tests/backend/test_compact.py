@@ -113,3 +113,44 @@ def test_pack_refuses_words_wider_than_their_limb():
         pack_limbs(words.tobytes(), 2, 1, [5])
     with pytest.raises(FormatError, match="shorter than"):
         unpack_limbs(b"\0" * 9, 2, 1, [5], source="x")
+
+
+# ------------------------------------------------------------------ keys
+def test_key_switching_keys_pack_exactly_and_the_bundle_loads():
+    from sklearn_he.backend._compact import pack_kswitch, unpack_kswitch
+
+    keys = KeySet.generate(SMALL, rotation_steps=[1, 3, -2], allow_insecure_for_testing=True)
+    he, n = keys.context._he, SMALL.poly_modulus_degree
+    kept = limb_bytes(SMALL.coeff_modulus_bits, len(SMALL.coeff_modulus_bits))
+    for raw in (he.to_bytes_relin_key("none"), he.to_bytes_rotate_key("none")):
+        packed = pack_kswitch(raw, n, kept)
+        assert len(packed) < 0.85 * len(raw)  # 60, 40, 40, 40, 60 bits: 8, 5, 5, 5, 8 bytes
+        assert unpack_kswitch(packed, n, kept, source="k") == raw
+        with pytest.raises(FormatError):
+            unpack_kswitch(packed[:-7], n, kept, source="k")
+    bundle = keys.public_bundle()
+    assert len(bundle) == keys.public_bundle_nbytes()
+    server = KeySet.from_public_bundle(bundle, allow_insecure_for_testing=True)
+    ct = keys.context.encrypt(np.arange(8.0))
+    got = keys.context.decrypt(server.context.rotate(server.context.square(ct), 3), length=4)
+    np.testing.assert_allclose(got, np.arange(3.0, 7.0) ** 2, atol=1e-4)
+
+
+def test_bundles_without_packing_still_load_and_unknown_packing_is_refused():
+    keys = KeySet.generate(SMALL, rotation_steps=[1], allow_insecure_for_testing=True)
+    env = unpack(keys.public_bundle(), expected_kind=Kind.PUBLIC_BUNDLE)
+    exported = keys.context._export_keys(include_secret=False)
+    from sklearn_he.backend._serialization import join_sections
+
+    index, blob = join_sections(
+        {k: exported[k] for k in ("context", "public", "relin", "rotation")}
+    )
+    meta = {k: v for k, v in env.meta.items() if k != "packing"}
+    old = pack(Kind.PUBLIC_BUNDLE, env.fingerprint, {**meta, "sections": index}, blob)
+    server = KeySet.from_public_bundle(old, allow_insecure_for_testing=True)
+    assert server.rotation_steps == keys.rotation_steps
+    forged = pack(
+        Kind.PUBLIC_BUNDLE, env.fingerprint, {**env.meta, "packing": "zstd"}, env.payload
+    )
+    with pytest.raises(FormatError, match="does not read; upgrade"):
+        KeySet.from_public_bundle(forged, allow_insecure_for_testing=True)
