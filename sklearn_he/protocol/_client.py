@@ -68,6 +68,7 @@ from ._files import (
     StateFile,
     StateStore,
     content_digest,
+    load_state,
     new_output,
     no_progress,
     pack_ciphertext_set,
@@ -75,7 +76,6 @@ from ._files import (
     peek_state,
     read_bytes,
     read_json,
-    read_state_digests,
     sha256_hex,
     unpack_ciphertext_set,
     write_json,
@@ -425,17 +425,7 @@ class Client:
         secret key cannot decrypt their data sets.
         """
         directory = self.key_dir / RECORDS_DIR
-        prefix = dataset_id or ""
-        paths = sorted(directory.glob("*.json")) if directory.is_dir() else []
-        matches, stale = [], []
-        for path in paths:
-            if not path.stem.startswith(prefix):
-                continue
-            doc = read_json(path, kind=RECORD_FORMAT, what="data-set record")
-            if doc.get("key_fingerprint") == self.keys.fingerprint:
-                matches.append(doc)
-            else:
-                stale.append(path)
+        matches, stale = self._scan_records(dataset_id or "", strict=True)
         if len(matches) == 1:
             return matches[0]
         ignored = f" ({len(stale)} record(s) of replaced keys ignored)" if stale else ""
@@ -723,7 +713,9 @@ class Client:
         )
         return path
 
-    def _record_of(self, state: StateFile) -> dict[str, Any]:
+    def _record_of(
+        self, state: StateFile, meta: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The record of the data set a state names, with the error a forged manifest deserves.
 
         A data set's id is its manifest's checksum: a manifest changed on
@@ -731,14 +723,15 @@ class Client:
         states an id that no record has. When the state says which
         constants it was trained with, the message names the difference.
         """
-        meta = peek_state(state, fingerprint=self.keys.fingerprint)
+        if meta is None:  # else read already (checked, under these keys)
+            meta = peek_state(state, fingerprint=self.keys.fingerprint)
         dataset_id = str(meta.get("dataset"))
         try:
             return self.record(dataset_id)
         except ProtocolError:
             claimed = meta.get("training")
             if isinstance(claimed, dict):
-                for record in self._records():
+                for record in self._scan_records("", strict=False)[0]:
                     diff = _training_diff(record, claimed)
                     if diff:
                         raise UntrustedStateError(
@@ -751,16 +744,30 @@ class Client:
                         ) from None
             raise
 
-    def _records(self) -> list[dict[str, Any]]:
-        """Every readable record made under the current keys."""
+    def _scan_records(
+        self, prefix: str, *, strict: bool
+    ) -> tuple[list[dict[str, Any]], list[Path]]:
+        """Records whose id starts with ``prefix``: those of the current keys, and stale paths.
+
+        ``strict`` raises on a damaged record; otherwise it is skipped (for
+        the messages of errors already under way).
+        """
         directory = self.key_dir / RECORDS_DIR
-        out = []
+        matches, stale = [], []
         for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
-            with contextlib.suppress(FormatError, OSError):
+            if not path.stem.startswith(prefix):
+                continue
+            try:
                 doc = read_json(path, kind=RECORD_FORMAT, what="data-set record")
-                if doc.get("key_fingerprint") == self.keys.fingerprint:
-                    out.append(doc)
-        return out
+            except (FormatError, OSError):
+                if strict:
+                    raise
+                continue
+            if doc.get("key_fingerprint") == self.keys.fingerprint:
+                matches.append(doc)
+            else:
+                stale.append(path)
+        return matches, stale
 
     def _check_trained(
         self,
@@ -886,8 +893,8 @@ class Client:
 
     def _refresh_locked(self, store: StateStore) -> StateFile:
         latest = store.latest()
-        record = self._record_of(latest)
         if latest.fresh:
+            record = self._record_of(latest)
             n_chunks = int(record["n_chunks"])
             if latest.chunks_done >= n_chunks:
                 raise ProtocolError(
@@ -900,9 +907,10 @@ class Client:
                 "trains next (`sklearn-he train`), then copy its state here"
             )
         t0 = time.perf_counter()
-        meta, cts, sha, content = read_state_digests(
-            latest, self.keys.context, dataset_id=record["dataset"]
-        )
+        # Read once: the record is the one of the data set the state names.
+        loaded = load_state(latest, self.keys.context, dataset_id=None)
+        record = self._record_of(latest, loaded.meta)
+        meta, cts, sha, content = loaded.meta, loaded.ciphertexts, loaded.sha256, loaded.content
         entries = self.ledger(record["dataset"])
         redo = self._check_trained(store, latest, meta, content, record, entries)
         plan = plan_from_dict(record["plan"])
@@ -1009,7 +1017,8 @@ class Client:
         """
         store = StateStore(states_dir)
         latest = store.latest()
-        record = self._record_of(latest)
+        loaded = load_state(latest, self.keys.context, dataset_id=None)  # read once
+        record = self._record_of(latest, loaded.meta)
         n_chunks = int(record["n_chunks"])
         if latest.chunks_done < n_chunks:
             raise ProtocolError(
@@ -1021,9 +1030,7 @@ class Client:
                     else "run `sklearn-he refresh`, then `sklearn-he train` on the server"
                 )
             )
-        meta, cts, sha, content = read_state_digests(
-            latest, self.keys.context, dataset_id=record["dataset"]
-        )
+        meta, cts, sha = loaded.meta, loaded.ciphertexts, loaded.sha256
         entries = self.ledger(record["dataset"])
         if latest.fresh:
             last = entries[-1]
@@ -1034,7 +1041,7 @@ class Client:
                     "Refused; decrypt the server's final trained state instead"
                 )
         else:
-            self._check_trained(store, latest, meta, content, record, entries)
+            self._check_trained(store, latest, meta, loaded.content, record, entries)
         plan = plan_from_dict(record["plan"])
         w, v = TrainingClient(plan, keys=self.keys).decrypt_state(cts)
         TrainingClient.check_state(w, v, int(meta["step"]), record["sigmoid_coeffs"])
@@ -1063,7 +1070,6 @@ class Client:
         plan = plan_from_dict(record["plan"])
         p = self.keys.params
         n_chunks = int(record["n_chunks"])
-        state_bytes = len(state_names(plan)) * _ciphertext_bytes(self.keys)
         n = int(record["n_samples"])
         clf.report_ = FitReport(
             circuit=clf.circuit,
@@ -1078,9 +1084,8 @@ class Client:
             poly_modulus_degree=p.poly_modulus_degree,
             coeff_modulus_bits=tuple(p.coeff_modulus_bits),
             scale_bits=p.scale_bits,
-            bytes_uploaded=int(record["dataset_bytes"])
-            + int(record["bundle_bytes"])
-            + n_chunks * state_bytes,
+            # The setup; decrypt adds the states that crossed (_count_traffic).
+            bytes_uploaded=int(record["dataset_bytes"]) + int(record["bundle_bytes"]),
             setup_bytes=int(record["dataset_bytes"]) + int(record["bundle_bytes"]),
             refreshes=n_chunks - 1,
             refreshes_per_epoch=(n_chunks - 1) / epochs,
@@ -1263,11 +1268,6 @@ def _count_traffic(
     report.estimated_end_to_end_seconds_per_sample_epoch = (
         report.train_seconds + report.client_seconds + traffic
     ) / max(1, sample_epochs)
-
-
-def _ciphertext_bytes(keys: KeySet) -> int:
-    p = keys.params
-    return 2 * p.poly_modulus_degree * (p.max_level + 1) * 8 + 128
 
 
 def _depth_per_minibatch(trainer: Any, specs: list[Any]) -> float:

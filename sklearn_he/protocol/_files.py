@@ -39,11 +39,13 @@ from ..exceptions import FormatError, ProtocolError
 
 __all__ = [
     "POLL_SECONDS",
+    "LoadedState",
     "Progress",
     "ProgressFactory",
     "StateFile",
     "StateStore",
     "content_digest",
+    "load_state",
     "new_output",
     "no_progress",
     "pack_ciphertext_set",
@@ -53,7 +55,6 @@ __all__ = [
     "read_bytes",
     "read_json",
     "read_state",
-    "read_state_digests",
     "sha256_hex",
     "unpack_ciphertext_set",
     "write_json",
@@ -591,6 +592,38 @@ def peek_state(
     return _unpack_state(state, fingerprint, dataset_id)[0]
 
 
+@dataclass(frozen=True)
+class LoadedState:
+    """A state file read once: metadata, ciphertexts, and what identifies it.
+
+    ``sha256`` names the file (what a successor's ``from`` refers to);
+    :attr:`content` names its ciphertexts whatever their labels (the
+    client's ledger), computed only when asked for.
+    """
+
+    state: StateFile
+    meta: dict[str, Any]
+    ciphertexts: dict[str, Ciphertext]
+    sha256: str
+    sections: dict[str, bytes]
+
+    @property
+    def content(self) -> str:
+        return content_digest(self.sections, source=str(self.state.path))
+
+
+def load_state(state: StateFile, context: CKKSContext, *, dataset_id: str | None) -> LoadedState:
+    """Read and check a state file once (see :func:`read_state` for the checks)."""
+    data = read_bytes(state.path, "model state")
+    meta, sections = _unpack_state(state, context.fingerprint, dataset_id, data)
+    source = str(state.path)
+    cts = {
+        name: context.ciphertext_from_bytes(blob, source=f"{source} [{name}]")
+        for name, blob in sections.items()
+    }
+    return LoadedState(state, meta, cts, sha256_hex(data), sections)
+
+
 def read_state(
     state: StateFile, context: CKKSContext, *, dataset_id: str | None
 ) -> tuple[dict[str, Any], dict[str, Ciphertext]]:
@@ -605,27 +638,5 @@ def read_state(
     ProtocolError
         The state belongs to another data set than ``dataset_id``.
     """
-    source = str(state.path)
-    meta, sections = _unpack_state(state, context.fingerprint, dataset_id)
-    cts = {
-        name: context.ciphertext_from_bytes(data, source=f"{source} [{name}]")
-        for name, data in sections.items()
-    }
-    return meta, cts
-
-
-def read_state_digests(
-    state: StateFile, context: CKKSContext, *, dataset_id: str | None
-) -> tuple[dict[str, Any], dict[str, Ciphertext], str, str]:
-    """:func:`read_state`, plus the file's SHA-256 and its :func:`content_digest`.
-
-    One read of the file: what the client's ledger records and checks.
-    """
-    data = read_bytes(state.path, "model state")
-    meta, sections = _unpack_state(state, context.fingerprint, dataset_id, data)
-    source = str(state.path)
-    cts = {
-        name: context.ciphertext_from_bytes(blob, source=f"{source} [{name}]")
-        for name, blob in sections.items()
-    }
-    return meta, cts, sha256_hex(data), content_digest(sections, source=source)
+    loaded = load_state(state, context, dataset_id=dataset_id)
+    return loaded.meta, loaded.ciphertexts

@@ -33,9 +33,11 @@ from ..training import TrainingServer, state_names
 from ._dataset import DirectoryData, EncryptedDataset
 from ._files import (
     POLL_SECONDS,
+    LoadedState,
     ProgressFactory,
     StateFile,
     StateStore,
+    load_state,
     new_output,
     no_progress,
     pack_ciphertext_set,
@@ -43,7 +45,6 @@ from ._files import (
     process_alive,
     read_bytes,
     read_state,
-    sha256_hex,
     unpack_ciphertext_set,
     write_new,
     write_state,
@@ -202,11 +203,11 @@ def _peek_latest(
 
 def _read_fresh(
     state: StateFile, keys: KeySet, ds: EncryptedDataset, wait: float, poll: float = POLL_SECONDS
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> LoadedState:
     """Read a fresh state; while waiting, a file still being copied is read again."""
-    meta, cts = _retry(lambda: read_state(state, keys.context, dataset_id=ds.id), wait, poll)
-    _check_run(state, meta, ds)
-    return meta, cts
+    loaded = _retry(lambda: load_state(state, keys.context, dataset_id=ds.id), wait, poll)
+    _check_run(state, loaded.meta, ds)
+    return loaded
 
 
 def _level_ok(cts: dict[str, Any], max_level: int) -> bool:
@@ -346,7 +347,8 @@ def _train_locked(
         if fresh is None:
             return status
         latest = fresh
-    meta, state = _read_fresh(latest, keys, ds, wait, poll)
+    fresh_state = _read_fresh(latest, keys, ds, wait, poll)
+    meta, state = fresh_state.meta, fresh_state.ciphertexts
     server = TrainingServer(
         ds.plan, ds.schedule, ds.coeffs, backend="ckks", keys=keys, n_jobs=n_jobs
     )
@@ -363,11 +365,13 @@ def _train_locked(
             if fresh is None:
                 break
             latest = fresh
-            meta, state = _read_fresh(latest, keys, ds, wait, poll)
+            fresh_state = _read_fresh(latest, keys, ds, wait, poll)
+            meta, state = fresh_state.meta, fresh_state.ciphertexts
             server_seconds = float(meta.get("server_seconds", server_seconds))
             continue
         spec = specs[done]
-        source = {"name": latest.name, "sha256": sha256_hex(read_bytes(latest.path, "state"))}
+        # What the chunk is computed from, as read (the client's ledger checks it).
+        source = {"name": fresh_state.state.name, "sha256": fresh_state.sha256}
         store.begin({"chunk": done + 1, "from": latest.name, "started": time.time()})
         try:
             chunk = server.chunk_circuit(spec.step, spec.length)

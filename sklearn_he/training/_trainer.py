@@ -732,9 +732,6 @@ class Trainer:
         """Every rotation the plan's circuits (and Gram precomputation) use."""
         return self.server.rotation_steps()
 
-    def _ct_bytes(self) -> int:
-        return ciphertext_bytes(self.plan.params or CKKSParameters.for_depth(1))
-
     def _nbytes(self, value: Any) -> int:
         """Serialised bytes of a ciphertext; the plaintext backend's vectors are estimated."""
         if isinstance(value, Ciphertext):
