@@ -485,3 +485,18 @@ def test_server_data_cache_stays_within_its_memory_budget(fresh_copy):
     assert [[t.to_bytes() for t in row] for row in again.tiles] == [
         [t.to_bytes() for t in row] for row in a.tiles
     ]
+
+
+def test_a_ledger_of_another_data_set_is_refused_with_the_fix(fresh_copy, capsys):
+    root = fresh_copy
+    (path,) = (root / "client" / "keys" / "ledger").glob("*.json")
+    doc = read_json(path, kind="sklearn-he/client-ledger", what="ledger")
+    body = {k: v for k, v in doc.items() if k not in ("format", "format_version", "checksum")}
+    write_json(path, {**body, "dataset": "0" * 32}, kind="sklearn-he/client-ledger")
+    assert train_step(root) == 0
+    to_client(root)
+    before = snapshot(root / "client")
+    assert refresh_step(root) == 1
+    err = error_text(capsys)
+    assert "belongs to another data set or key set" in err and str(path) in err
+    assert snapshot(root / "client") == before
