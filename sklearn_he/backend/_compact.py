@@ -16,16 +16,29 @@ Nothing here imports Pyfhel: the functions see SEAL's bytes only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from ..exceptions import FormatError
 
-__all__ = ["PACKING", "limb_bytes", "pack_limbs", "packed_size", "unpack_limbs"]
+__all__ = [
+    "PACKING",
+    "SEEDED_PACKING",
+    "limb_bytes",
+    "pack_limbs",
+    "pack_seeded",
+    "packed_seeded_size",
+    "packed_size",
+    "unpack_limbs",
+    "unpack_seeded",
+]
 
 #: Name of the packing in the envelope metadata.
 PACKING = "limb-bytes"
+#: The packing of symmetric encryptions: ``c0`` as in :data:`PACKING`, ``c1``
+#: replaced by the seed it was expanded from (:mod:`sklearn_he.backend._seeded`).
+SEEDED_PACKING = "limb-bytes-seeded"
 _WORD = 8
 
 
@@ -88,6 +101,43 @@ def unpack_limbs(packed: bytes, n: int, size: int, kept: Sequence[int], *, sourc
     return packed[:head_len] + out.tobytes()
 
 
+# ------------------------------------------------------------ seeded ciphertexts
+def packed_seeded_size(seal_size: int, n: int, kept: Sequence[int]) -> int:
+    """Length of :func:`pack_seeded`'s output for a size-2 SEAL blob of ``seal_size`` bytes."""
+    return seal_size - 2 * len(kept) * n * _WORD + n * sum(kept)
+
+
+def pack_seeded(seal: bytes, n: int, kept: Sequence[int], a: np.ndarray) -> bytes:
+    """A size-2 SEAL ciphertext without its second polynomial, which must equal ``a``.
+
+    ``a`` is what the ciphertext's seed expands to (``len(kept) x n``
+    residues); the caller stores the seed instead. ``c0`` is packed as by
+    :func:`pack_limbs`.
+
+    Raises
+    ------
+    ValueError
+        The second polynomial is not ``a`` (the ciphertext was changed after
+        its seeded encryption), or the blob has the wrong length.
+    """
+    limbs = len(kept)
+    data_len = 2 * limbs * n * _WORD
+    if len(seal) < data_len:
+        raise ValueError(f"SEAL ciphertext of {len(seal)} bytes cannot hold {data_len} of data")
+    head_len = len(seal) - data_len
+    words = np.frombuffer(seal, dtype="<u8", offset=head_len).reshape(2, limbs, n)
+    if not np.array_equal(words[1], a):
+        raise ValueError("the ciphertext's second polynomial is not the one its seed expands to")
+    return pack_limbs(seal[:head_len] + words[0].tobytes(), n, 1, kept)
+
+
+def unpack_seeded(
+    packed: bytes, n: int, kept: Sequence[int], a: np.ndarray, *, source: str
+) -> bytes:
+    """Inverse of :func:`pack_seeded`, given the expanded ``a``: SEAL's bytes, bit for bit."""
+    return unpack_limbs(packed, n, 1, kept, source=source) + np.asarray(a, dtype="<u8").tobytes()
+
+
 # ------------------------------------------------------------ key-switching keys
 _HEADER = 16  # SEAL's serialization header: magic, sizes, version, compression, total size
 _KSWITCH_HEAD = _HEADER + 32  # header, then the parms_id (four 64-bit words)
@@ -105,34 +155,40 @@ def _inner_size(data: bytes, pos: int, source: str) -> int:
 
 
 def _walk_kswitch(
-    data: bytes, n: int, kept: Sequence[int], *, packed: bool, source: str
-) -> list[tuple[int, int, int]]:
-    """``(start, end, original size)`` of every key ciphertext in SEAL's key-switching keys.
+    data: bytes, n: int, kept: Sequence[int], *, packed: bool, source: str, seeded: bool = False
+) -> list[tuple[int, int, int, int, int]]:
+    """``(start, end, original size, i, j)`` of every key ciphertext in SEAL's key-switching keys.
 
     SEAL writes ``KSwitchKeys`` as a header, the parms_id, then
     ``dim1`` lists of ``dim2`` public keys, each a complete serialised
-    ciphertext of ``2 x len(kept) x n`` words (its own header first). In the
-    packed form each key ciphertext is :func:`pack_limbs`' output, so its
-    extent follows from the size its (unchanged) header gives.
+    ciphertext of ``2 x len(kept) x n`` words (its own header first); ``i``
+    and ``j`` are a key ciphertext's place in those lists (for Galois keys,
+    ``i`` is ``(galois_element - 1) / 2``). In the packed form each key
+    ciphertext is :func:`pack_limbs`' output, so its extent follows from the
+    size its (unchanged) header gives; in the seeded form only its first
+    polynomial is kept (:func:`pack_seeded`).
     """
-    shrink = 2 * n * sum(_WORD - b for b in kept)
+    if seeded:
+        shrink = 2 * n * _WORD * len(kept) - n * sum(kept)
+    else:
+        shrink = 2 * n * sum(_WORD - b for b in kept)
     out = []
     pos = _KSWITCH_HEAD
     dim1 = _u64(data, pos, source)
     pos += 8
     if dim1 > n:  # at most one key per Galois element
         raise FormatError(f"{source}: implausible key-switching key count {dim1}")
-    for _ in range(dim1):
+    for i in range(dim1):
         dim2 = _u64(data, pos, source)
         pos += 8
         if dim2 > len(kept):
             raise FormatError(f"{source}: implausible decomposition size {dim2}")
-        for _ in range(dim2):
+        for j in range(dim2):
             size = _inner_size(data, pos, source)
             end = pos + (size - shrink if packed else size)
             if size <= shrink or end > len(data):
                 raise FormatError(f"{source}: a key ciphertext overruns the data; it is damaged")
-            out.append((pos, end, size))
+            out.append((pos, end, size, i, j))
             pos = end
     if pos != len(data):
         raise FormatError(f"{source}: {len(data) - pos} unexpected bytes after the keys")
@@ -142,7 +198,7 @@ def _walk_kswitch(
 def pack_kswitch(seal: bytes, n: int, kept: Sequence[int], *, source: str = "keys") -> bytes:
     """SEAL's relinearisation or Galois keys with every key ciphertext's limbs cut (exact)."""
     parts, pos = [], 0
-    for start, end, _ in _walk_kswitch(seal, n, kept, packed=False, source=source):
+    for start, end, *_ in _walk_kswitch(seal, n, kept, packed=False, source=source):
         parts.append(seal[pos:start])
         parts.append(pack_limbs(seal[start:end], n, 2, kept))
         pos = end
@@ -153,7 +209,7 @@ def pack_kswitch(seal: bytes, n: int, kept: Sequence[int], *, source: str = "key
 def unpack_kswitch(packed: bytes, n: int, kept: Sequence[int], *, source: str) -> bytes:
     """Inverse of :func:`pack_kswitch`: SEAL's bytes, bit for bit."""
     parts, pos = [], 0
-    for start, end, _ in _walk_kswitch(packed, n, kept, packed=True, source=source):
+    for start, end, *_ in _walk_kswitch(packed, n, kept, packed=True, source=source):
         parts.append(packed[pos:start])
         parts.append(unpack_limbs(packed[start:end], n, 2, kept, source=source))
         pos = end
@@ -164,3 +220,61 @@ def unpack_kswitch(packed: bytes, n: int, kept: Sequence[int], *, source: str) -
 def packed_kswitch_size(seal_size: int, n: int, kept: Sequence[int], n_ciphertexts: int) -> int:
     """Length of :func:`pack_kswitch`' output for keys of ``n_ciphertexts`` key ciphertexts."""
     return seal_size - n_ciphertexts * 2 * n * sum(_WORD - b for b in kept)
+
+
+def pack_kswitch_seeded(
+    seal: bytes,
+    n: int,
+    kept: Sequence[int],
+    expand: Callable[[int, int], np.ndarray],
+    *,
+    source: str,
+) -> bytes:
+    """:func:`pack_kswitch` keeping each key ciphertext's ``c0`` only.
+
+    Its ``c1`` must be ``expand(i, j)`` (see :func:`pack_seeded`).
+    """
+    parts, pos = [], 0
+    for start, end, _, i, j in _walk_kswitch(seal, n, kept, packed=False, source=source):
+        parts.append(seal[pos:start])
+        parts.append(pack_seeded(seal[start:end], n, kept, expand(i, j)))
+        pos = end
+    parts.append(seal[pos:])
+    return b"".join(parts)
+
+
+def unpack_kswitch_seeded(
+    packed: bytes,
+    n: int,
+    kept: Sequence[int],
+    expand: Callable[[int, int], np.ndarray],
+    *,
+    source: str,
+) -> bytes:
+    """Inverse of :func:`pack_kswitch_seeded`: SEAL's bytes, bit for bit."""
+    parts, pos = [], 0
+    for start, end, _, i, j in _walk_kswitch(
+        packed, n, kept, packed=True, source=source, seeded=True
+    ):
+        parts.append(packed[pos:start])
+        parts.append(unpack_seeded(packed[start:end], n, kept, expand(i, j), source=source))
+        pos = end
+    parts.append(packed[pos:])
+    return b"".join(parts)
+
+
+def packed_kswitch_seeded_size(
+    seal_size: int, n: int, kept: Sequence[int], n_ciphertexts: int
+) -> int:
+    """Length of :func:`pack_kswitch_seeded`' output for ``n_ciphertexts`` key ciphertexts."""
+    return seal_size - n_ciphertexts * (2 * len(kept) * n * _WORD - n * sum(kept))
+
+
+def kswitch_ciphertexts(
+    seal: bytes, n: int, n_limbs: int, *, source: str
+) -> list[tuple[int, int, int, int]]:
+    """``(start, end, i, j)`` of each key ciphertext in SEAL's (unpacked) key-switching keys."""
+    kept = [_WORD] * n_limbs
+    return [
+        (a, b, i, j) for a, b, _, i, j in _walk_kswitch(seal, n, kept, packed=False, source=source)
+    ]

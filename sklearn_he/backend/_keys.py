@@ -12,16 +12,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..exceptions import FormatError, KeyMismatchError, SecretKeyPicklingError
-from ._compact import PACKING, limb_bytes, pack_kswitch, packed_kswitch_size, unpack_kswitch
+from . import _seeded
+from ._compact import (
+    PACKING,
+    SEEDED_PACKING,
+    limb_bytes,
+    pack_kswitch,
+    pack_kswitch_seeded,
+    packed_kswitch_seeded_size,
+    packed_kswitch_size,
+    unpack_kswitch,
+    unpack_kswitch_seeded,
+)
 from ._params import CKKSParameters
-from ._pyfhel import CKKSContext
+from ._pyfhel import CKKSContext, chain_primes
 from ._serialization import (
     Kind,
     atomic_write,
@@ -201,19 +212,31 @@ class KeySet:
         params.validate(allow_insecure_for_testing=allow_insecure_for_testing)
         keys = split_sections(env.meta.get("sections"), env.payload, source=source)
         packing = env.meta.get("packing")
+        key_seed = None
         if packing is not None:
-            if packing != PACKING:
+            if packing not in (PACKING, SEEDED_PACKING):
                 raise FormatError(
                     f"{source} packs its keys as {packing!r}, which this sklearn-he does not "
                     "read; upgrade sklearn-he"
                 )
+            if packing == SEEDED_PACKING:
+                key_seed = _key_seed(env.meta.get("key_seed"), source)
             bits = params.coeff_modulus_bits
             kept = limb_bytes(bits, len(bits))
+            n = params.poly_modulus_degree
             for name in _PACKED_SECTIONS:
-                if name in keys and (evaluation_keys or name not in ("relin", "rotation")):
-                    keys[name] = unpack_kswitch(
-                        keys[name], params.poly_modulus_degree, kept, source=f"{source} [{name}]"
-                    )
+                if name in keys and evaluation_keys:
+                    where = f"{source} [{name}]"
+                    if key_seed is None:
+                        keys[name] = unpack_kswitch(keys[name], n, kept, source=where)
+                    else:
+                        keys[name] = unpack_kswitch_seeded(
+                            keys[name],
+                            n,
+                            kept,
+                            _key_expander(params, key_seed, name),
+                            source=where,
+                        )
         if "public" not in keys or "context" not in keys:
             raise KeyMismatchError(f"{source} lacks the public key or the context")
         if _fingerprint(params, keys["public"]) != env.fingerprint:
@@ -244,6 +267,7 @@ class KeySet:
         context = CKKSContext._from_key_bytes(
             params, keys, rotation_steps=steps, fingerprint=env.fingerprint
         )
+        context.key_seed = key_seed if evaluation_keys else None
         if secret_key is not None:
             _check_pair(context)
         return cls(
@@ -326,17 +350,30 @@ class KeySet:
         exported = self._context._export_keys(include_secret=False)
         sections = {k: exported[k] for k in _PUBLIC_SECTIONS if k in exported}
         n, kept = self.params.poly_modulus_degree, self._key_limb_bytes()
+        seed = self._context.key_seed
         for name in _PACKED_SECTIONS:  # the bulk: each limb in its prime's bytes
-            if name in sections:
+            if name not in sections:
+                continue
+            if seed is None:
                 sections[name] = pack_kswitch(sections[name], n, kept, source=name)
+            else:  # and each key's second polynomial as the seed it expands from
+                sections[name] = pack_kswitch_seeded(
+                    sections[name], n, kept, _key_expander(self.params, seed, name), source=name
+                )
         index, blob = join_sections(sections)
+        return pack(Kind.PUBLIC_BUNDLE, self.fingerprint, self._bundle_meta(index), blob)
+
+    def _bundle_meta(self, index: Any) -> dict[str, Any]:
         meta = {
             "params": self.params.to_dict(),
             "rotation_steps": sorted(self.rotation_steps),
             "sections": index,
             "packing": PACKING,
         }
-        return pack(Kind.PUBLIC_BUNDLE, self.fingerprint, meta, blob)
+        if self._context.key_seed is not None:
+            meta["packing"] = SEEDED_PACKING
+            meta["key_seed"] = self._context.key_seed.hex()
+        return meta
 
     def _key_limb_bytes(self) -> list[int]:
         """Bytes per coefficient of each limb of a key (every prime, the special one too)."""
@@ -354,17 +391,13 @@ class KeySet:
         n, kept = self.params.poly_modulus_degree, self._key_limb_bytes()
         per_key = len(kept) - 1  # key ciphertexts per key-switching key: the data primes
         counts = {"relin": 1, "rotation": len(self.rotation_steps)}
+        seeded = self._context.key_seed is not None
+        packed = packed_kswitch_seeded_size if seeded else packed_kswitch_size
         for name in _PACKED_SECTIONS:
             if name in sizes:
-                sizes[name] = packed_kswitch_size(sizes[name], n, kept, counts[name] * per_key)
+                sizes[name] = packed(sizes[name], n, kept, counts[name] * per_key)
         index = [[k, sizes[k]] for k in _PUBLIC_SECTIONS if k in sizes]
-        meta = {
-            "params": self.params.to_dict(),
-            "rotation_steps": sorted(self.rotation_steps),
-            "sections": index,
-            "packing": PACKING,
-        }
-        return envelope_size(meta, sum(sizes.values()))
+        return envelope_size(self._bundle_meta(index), sum(sizes.values()))
 
     def _save_key_files(self, directory: str | os.PathLike[str]) -> Path:
         """Write the public key material into ``directory`` for fast local loading.
@@ -513,10 +546,33 @@ def _read(path: Path, what: str) -> bytes:
         raise FileNotFoundError(f"{what} file {path} does not exist") from None
 
 
+def _key_seed(value: Any, source: str) -> bytes:
+    """The key seed recorded in a bundle's metadata (hex), checked."""
+    try:
+        seed = bytes.fromhex(str(value))
+    except ValueError:
+        seed = b""
+    if len(seed) != _seeded.SEED_BYTES:
+        raise FormatError(f"{source}: the key seed in the metadata is malformed; it was altered")
+    return seed
+
+
+def _key_expander(
+    params: CKKSParameters, seed: bytes, section: str
+) -> Callable[[int, int], np.ndarray]:
+    """``(i, j) -> c1`` of key ciphertext ``(i, j)`` of ``section``, expanded from ``seed``."""
+    n, primes = params.poly_modulus_degree, chain_primes(params)
+
+    def expand(i: int, j: int) -> np.ndarray:
+        return _seeded.expand_uniform(seed, _seeded.kswitch_key_tag(section, i, j), n, primes)
+
+    return expand
+
+
 def _check_pair(context: CKKSContext) -> None:
     """Encrypt a probe with the public key and decrypt it with the secret key."""
     probe = np.linspace(-1.0, 1.0, 8)
-    back = context.decrypt(context.encrypt(probe), length=probe.size)
+    back = context.decrypt(context.encrypt_public(probe), length=probe.size)
     if not np.allclose(back, probe, atol=1e-3):
         raise KeyMismatchError(
             "the secret key does not belong to this public bundle (a test encryption did not "

@@ -31,6 +31,7 @@ small primes (cheap, small rings) cost no precision through scale drift.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -51,7 +52,18 @@ from ..exceptions import (
     ParameterError,
     ScaleMismatchError,
 )
-from ._compact import PACKING, limb_bytes, pack_limbs, packed_size, unpack_limbs
+from . import _seeded
+from ._compact import (
+    PACKING,
+    SEEDED_PACKING,
+    limb_bytes,
+    pack_limbs,
+    pack_seeded,
+    packed_seeded_size,
+    packed_size,
+    unpack_limbs,
+    unpack_seeded,
+)
 from ._params import CKKSParameters, scalar_level_cost
 from ._serialization import Kind, envelope_size, pack, unpack
 
@@ -121,14 +133,22 @@ class Ciphertext:
         Current encoding scale (tracked exactly by SEAL).
     size : int
         Number of polynomials (2, or 3 after a product without relinearisation).
+    seed : bytes or None
+        For a fresh symmetric encryption by the client, the public seed its
+        second polynomial expands to (:mod:`sklearn_he.backend._seeded`):
+        :meth:`to_bytes` then sends the seed instead of that polynomial,
+        half the bytes. None for every other ciphertext.
     """
 
-    __slots__ = ("__weakref__", "_context", "_ct", "level")
+    __slots__ = ("__weakref__", "_context", "_ct", "level", "seed")
 
-    def __init__(self, ct: PyCtxt, context: CKKSContext, level: int) -> None:
+    def __init__(
+        self, ct: PyCtxt, context: CKKSContext, level: int, seed: bytes | None = None
+    ) -> None:
         self._ct = ct
         self._context = context
         self.level = level
+        self.seed = seed
 
     @property
     def scale(self) -> float:
@@ -222,6 +242,12 @@ class CKKSContext:
         self._level_scales = scales
         self._plaintexts: OrderedDict[tuple[Any, int, float], Any] = OrderedDict()
         self._plaintext_bytes = 0
+        self._secret: np.ndarray | None = None  # NTT residues, read on first use
+        self._top_head: bytes | None = None
+        #: Seed of the relinearisation and rotation keys when this library
+        #: generated them (:meth:`_reseed_evaluation_keys`), so that a public
+        #: bundle sends it instead of every key's second polynomial.
+        self.key_seed: bytes | None = None
 
     # ------------------------------------------------------------- factories
     @staticmethod
@@ -259,6 +285,7 @@ class CKKSContext:
             has_secret_key=True,
             has_relin_key=True,
         )
+        ctx._reseed_evaluation_keys(_seeded.new_seed())
         he_keys = {
             "public": he.to_bytes_public_key(_COMPR),
             "secret": he.to_bytes_secret_key(_COMPR),
@@ -528,11 +555,94 @@ class CKKSContext:
         zero.set_scale(like.scale if scale is None else scale)
         return self._wrap(zero, like.level)
 
+    # ------------------------------------------------------ seeded encryption
+    def _secret_ntt(self) -> np.ndarray:
+        """The secret key's NTT residues in every key-level prime (client only)."""
+        self._require_secret("encrypt symmetrically")
+        if self._secret is None:
+            self._secret = _seeded.secret_limbs(
+                self._he.to_bytes_secret_key(_COMPR),
+                self.params.poly_modulus_degree,
+                len(self._primes),
+            ).copy()
+        return self._secret
+
+    def _reseed_evaluation_keys(self, seed: bytes) -> None:
+        """Replace SEAL's relinearisation and rotation keys by seeded ones (client only).
+
+        Same keys in SEAL's structure, each key ciphertext a symmetric
+        encryption whose second polynomial expands from ``seed``
+        (:func:`~sklearn_he.backend._seeded.reseed_kswitch`): a public bundle
+        then carries the seed instead of half of its bytes.
+        """
+        n, secret = self.params.poly_modulus_degree, self._secret_ntt()
+        he = self._he
+        relin = _seeded.reseed_kswitch(
+            he.to_bytes_relin_key(_COMPR), n, self._primes, secret, seed, "relin"
+        )
+        he.from_bytes_relin_key(relin)
+        if self.rotation_steps:
+            rotation = _seeded.reseed_kswitch(
+                he.to_bytes_rotate_key(_COMPR), n, self._primes, secret, seed, "rotation"
+            )
+            he.from_bytes_rotate_key(rotation)
+        self.key_seed = seed
+
+    def _symmetric_zero(self) -> Ciphertext:
+        """A fresh symmetric encryption of zero at the top level, seeded (client only).
+
+        ``c1 = a`` expands from a fresh public seed, ``c0 = e - a s`` with
+        ``e`` centred-binomial; SEAL's encoder computes ``e``'s NTT in every
+        prime (see :func:`~sklearn_he.backend._seeded.noise_slots`).
+        """
+        secret = self._secret_ntt()
+        n, top = self.params.poly_modulus_degree, self.max_level
+        primes = self._primes[: top + 1]
+        noise = _seeded.cbd_noise(n)[0]
+        pt = self._he.encodeComplex(_seeded.noise_slots(noise), scale=1.0)
+        words = (top + 1) * n
+        raw = pt.to_bytes(_COMPR)
+        e = np.frombuffer(raw, dtype="<u8", offset=len(raw) - 8 * words).reshape(top + 1, n)
+        seed = _seeded.new_seed()
+        a = _seeded.expand_uniform(seed, b"ct", n, primes)
+        c0 = _seeded.symmetric_c0(secret, e, a, primes)
+        ct = PyCtxt(pyfhel=self._he)
+        ct.from_bytes(self._top_header() + c0.tobytes() + a.tobytes(), "ckks")
+        ct.set_scale(self._level_scales[-1])
+        return Ciphertext(ct, self, top, seed)
+
+    def _top_header(self) -> bytes:
+        """SEAL's header of a size-2 ciphertext at the top level (taken once from a real one)."""
+        if self._top_head is None:
+            raw = self._he.encryptFrac(np.zeros(1)).to_bytes(_COMPR)
+            words = 2 * self.params.poly_modulus_degree * (self.max_level + 1)
+            self._top_head = raw[: len(raw) - 8 * words]
+        return self._top_head
+
+    def _seed_expansion(self, seed: bytes, level: int) -> np.ndarray:
+        return _seeded.expand_uniform(
+            seed, b"ct", self.params.poly_modulus_degree, self._primes[: level + 1]
+        )
+
     # --------------------------------------------------- encrypt / decrypt
     def encrypt(self, values: Any) -> Ciphertext:
         """Encrypt a real vector of at most ``slots`` entries (zero padded) at the top level.
 
-        Needs only the public key, so the server can encrypt too.
+        With the secret key (the client), a seeded symmetric encryption:
+        its wire form (:meth:`Ciphertext.to_bytes`) is about half the size.
+        Without it (the server), a public-key encryption.
+        """
+        if self.has_secret_key:
+            return self._encrypt_onto_zero(self._symmetric_zero(), values)
+        arr = self._vector(values)
+        ct = self._he.encryptFrac(arr, scale=self._level_scales[-1])
+        return self._wrap(ct, self.max_level)
+
+    def encrypt_public(self, values: Any) -> Ciphertext:
+        """:meth:`encrypt` with the public key even where the secret key is at hand.
+
+        What checks that a secret key belongs to a public key: a symmetric
+        encryption would decrypt under any secret key.
         """
         arr = self._vector(values)
         ct = self._he.encryptFrac(arr, scale=self._level_scales[-1])
@@ -551,6 +661,8 @@ class CKKSContext:
 
     def encrypt_zeros(self) -> Ciphertext:
         """An encryption of the all-zero vector (an accumulator's start value)."""
+        if self.has_secret_key:
+            return self._symmetric_zero()
         return self.encrypt(np.zeros(1))
 
     def _encrypt_onto_zero(self, zero: Ciphertext, values: Any) -> Ciphertext:
@@ -574,7 +686,8 @@ class CKKSContext:
             )
         pt = self._encode(arr, self.max_level, zero.scale)
         self._he.add_plain(zero._ct, pt, in_new_ctxt=False)
-        return self._wrap(zero._ct, self.max_level)
+        # Adding a plaintext changes c0 only: a seeded zero stays seeded.
+        return Ciphertext(zero._ct, self, self.max_level, zero.seed)
 
     # ----------------------------------------------------------- encoding
     def _encode_public(self, values: np.ndarray | float, level: int, scale: float) -> Any:
@@ -899,11 +1012,12 @@ class CKKSContext:
     # ------------------------------------------------------- serialisation
     def _ciphertext_meta(self, ct: Ciphertext) -> dict[str, Any]:
         kept = limb_bytes(self.params.coeff_modulus_bits, ct.level + 1)
+        seeded = ct.seed is not None and ct.size == 2
         return {
             "level": ct.level,
             "scale": ct.scale,
             "n": self.params.poly_modulus_degree,
-            "packing": PACKING,
+            "packing": SEEDED_PACKING if seeded else PACKING,
             "limb_bytes": kept,
         }
 
@@ -911,13 +1025,33 @@ class CKKSContext:
         """The envelope of ``ct``: SEAL's bytes with each limb cut to its prime's bytes.
 
         See :mod:`sklearn_he.backend._compact`: exact, and about two thirds of
-        SEAL's uncompressed size for chains of 40-bit primes.
+        SEAL's uncompressed size for chains of 40-bit primes. A fresh
+        encryption by the client sends its seed instead of its second
+        polynomial (:mod:`sklearn_he.backend._seeded`): about a third.
+
+        Raises
+        ------
+        RuntimeError
+            A seeded ciphertext whose second polynomial no longer expands
+            from its seed (changed in place: a bug in the caller).
         """
         ct = self._check(ct)
         meta = self._ciphertext_meta(ct)
-        payload = pack_limbs(
-            ct._ct.to_bytes(_COMPR), self.params.poly_modulus_degree, ct.size, meta["limb_bytes"]
-        )
+        n, raw = self.params.poly_modulus_degree, ct._ct.to_bytes(_COMPR)
+        if meta["packing"] == SEEDED_PACKING:
+            assert ct.seed is not None
+            try:
+                body = pack_seeded(
+                    raw, n, meta["limb_bytes"], self._seed_expansion(ct.seed, ct.level)
+                )
+            except ValueError as exc:
+                raise RuntimeError(
+                    f"a seeded ciphertext was modified in place ({exc}); operations must "
+                    "return new ciphertexts"
+                ) from None
+            payload = body + ct.seed
+        else:
+            payload = pack_limbs(raw, n, ct.size, meta["limb_bytes"])
         return pack(Kind.CIPHERTEXT, self.fingerprint, meta, payload)
 
     def ciphertext_nbytes(self, ct: Ciphertext) -> int:
@@ -925,7 +1059,11 @@ class CKKSContext:
         ct = self._check(ct)
         meta = self._ciphertext_meta(ct)
         seal = ct._ct.sizeof_ciphertext(_COMPR)
-        size = packed_size(seal, self.params.poly_modulus_degree, ct.size, meta["limb_bytes"])
+        n, kept = self.params.poly_modulus_degree, meta["limb_bytes"]
+        if meta["packing"] == SEEDED_PACKING:
+            size = packed_seeded_size(seal, n, kept) + _seeded.SEED_BYTES
+        else:
+            size = packed_size(seal, n, ct.size, kept)
         return envelope_size(meta, size)
 
     def _key_section_sizes(self) -> dict[str, int]:
@@ -956,9 +1094,10 @@ class CKKSContext:
             raise FormatError(f"{source} has malformed ciphertext metadata") from None
         payload = env.payload
         packing = env.meta.get("packing")
+        seed = None
         if packing is not None:
             kept = env.meta.get("limb_bytes")
-            if packing != PACKING:
+            if packing not in (PACKING, SEEDED_PACKING):
                 raise FormatError(
                     f"{source} is packed as {packing!r}, which this sklearn-he does not read; "
                     "upgrade sklearn-he"
@@ -970,8 +1109,22 @@ class CKKSContext:
                 )
             if kept != limb_bytes(self.params.coeff_modulus_bits, level + 1):
                 raise FormatError(f"{source} has limb sizes {kept!r} that do not fit this chain")
-            payload = unpack_limbs(payload, n, 2, kept, source=source)
-        return self._load_seal(payload, level, n, source)
+            if packing == SEEDED_PACKING:
+                if len(payload) <= _seeded.SEED_BYTES:
+                    raise FormatError(f"{source}: seeded ciphertext too short; it is damaged")
+                seed = payload[-_seeded.SEED_BYTES :]
+                payload = unpack_seeded(
+                    payload[: -_seeded.SEED_BYTES],
+                    n,
+                    kept,
+                    self._seed_expansion(seed, level),
+                    source=source,
+                )
+            else:
+                payload = unpack_limbs(payload, n, 2, kept, source=source)
+        out = self._load_seal(payload, level, n, source)
+        out.seed = seed
+        return out
 
     def ciphertext_to_wire(self, ct: Ciphertext) -> WireCiphertext:
         """``ct``, ready to move to another process of this computation.
@@ -1084,6 +1237,12 @@ class CKKSContext:
                 f"({room}-bit modulus): the data were altered"
             )
         return self._wrap(ct, level)
+
+
+@functools.lru_cache(maxsize=16)
+def chain_primes(params: CKKSParameters) -> tuple[int, ...]:
+    """The primes SEAL picks for ``params``, the special prime last (deterministic)."""
+    return tuple(int(q) for q in CKKSContext._new_pyfhel(params).qi)
 
 
 def normalize_steps(steps: Iterable[int], slots: int) -> set[int]:

@@ -39,16 +39,23 @@ def test_round_trip_is_bit_exact_at_every_level(ctx):
         assert len(data) == ct.nbytes
         raw = len(ct._ct.to_bytes("none"))
         kept = limb_bytes(SMALL.coeff_modulus_bits, ct.level + 1)
-        # Only the zero bytes above each limb's prime are gone.
-        assert raw - len(unpack(data, expected_kind=Kind.CIPHERTEXT).payload) == (
-            2 * SMALL.poly_modulus_degree * sum(8 - b for b in kept)
-        )
+        env = unpack(data, expected_kind=Kind.CIPHERTEXT)
+        n = SMALL.poly_modulus_degree
+        if ct.seed is None:  # only the zero bytes above each limb's prime are gone
+            assert env.meta["packing"] == "limb-bytes"
+            assert raw - len(env.payload) == 2 * n * sum(8 - b for b in kept)
+        else:  # and c1, for its 32-byte seed (the client's fresh encryption)
+            assert env.meta["packing"] == "limb-bytes-seeded"
+            assert raw - len(env.payload) == n * sum(8 - b for b in kept) + 8 * n * len(kept) - 32
 
 
 def test_ratio_at_the_top_of_a_40_bit_chain(ctx):
-    ct = ctx.encrypt(np.ones(8))
+    ct = ctx.encrypt_public(np.ones(8))  # the server's encryption: both polynomials
     ratio = len(ct.to_bytes()) / len(ct._ct.to_bytes("none"))
     assert ratio == pytest.approx((8 + 3 * 5) / (4 * 8), abs=0.01)  # 60, 40, 40, 40 bits
+    seeded = ctx.encrypt(np.ones(8))  # the client's: c0 and a seed
+    ratio = len(seeded.to_bytes()) / len(seeded._ct.to_bytes("none"))
+    assert ratio == pytest.approx((8 + 3 * 5) / (4 * 8) / 2, abs=0.01)
 
 
 def test_corrupted_or_truncated_compact_ciphertexts_are_refused(ctx):
