@@ -222,7 +222,8 @@ def estimate_seconds_per_minibatch(
 def refresh_traffic(chunk: ChunkCircuit, params: CKKSParameters) -> tuple[int, int]:
     """Estimated bytes of one round trip: ``(fresh state up, trained state down)``.
 
-    The fresh state's ciphertexts at the top level, the trained state's at
+    The fresh state's ciphertexts at the top level (seeded: the client
+    encrypts them symmetrically), the trained state's at
     the level the chunk leaves them (SEAL drops a prime at each rescale, so
     a spent state is smaller). From :func:`ciphertext_bytes`: an estimate,
     for planning; ``report_`` counts the bytes serialised.
@@ -231,7 +232,7 @@ def refresh_traffic(chunk: ChunkCircuit, params: CKKSParameters) -> tuple[int, i
     reads, returns = state_io(chunk.transposed, chunk.n_steps)
     out_level = max(0, params.max_level - chunk.depth)
     return (
-        blocks * len(reads) * ciphertext_bytes(params),
+        blocks * len(reads) * ciphertext_bytes(params, seeded=True),
         blocks * len(returns) * ciphertext_bytes(params, out_level),
     )
 
@@ -344,16 +345,21 @@ def params_for_depth(depth: int, n_ring: int) -> CKKSParameters:
     return CKKSParameters.for_depth(depth, scale_bits=scale, min_poly_modulus_degree=n_ring)
 
 
-def ciphertext_bytes(params: CKKSParameters, level: int | None = None) -> int:
+def ciphertext_bytes(
+    params: CKKSParameters, level: int | None = None, *, seeded: bool = False
+) -> int:
     """Serialised size of one ciphertext: two polynomials in the compact wire form.
 
     Every limb keeps the bytes its prime needs (``backend/_compact.py``):
     5 per coefficient for a 40-bit prime, 4 for 30 bits, 8 for 60, plus the
-    envelope. An estimate for planning; ``report_`` counts the real sizes.
+    envelope. ``seeded``: a fresh encryption by the client, whose second
+    polynomial travels as a 32-byte seed (``backend/_seeded.py``). An
+    estimate for planning; ``report_`` counts the real sizes.
     """
     level = params.max_level if level is None else level
     kept = sum(-(-b // 8) for b in params.coeff_modulus_bits[: level + 1])
-    return 2 * params.poly_modulus_degree * kept + 256
+    polys = 1 if seeded else 2
+    return polys * params.poly_modulus_degree * kept + 256 + (32 if seeded else 0)
 
 
 def gram_block_costs(
@@ -373,7 +379,7 @@ def gram_block_costs(
     precomputation (3 levels deeper).
     """
     tiles = -(-m // plan_shape.rows) * -(-m // plan_shape.cols)
-    nbytes = tiles * ciphertext_bytes(params)
+    nbytes = tiles * ciphertext_bytes(params, seeded=True)
     model = costs or CostModel.nominal()
     work = work_seconds(build_gram_circuit(plan_shape, m, f), params, model)
     if link is None:
