@@ -593,21 +593,28 @@ class CKKSContext:
 
         ``c1 = a`` expands from a fresh public seed, ``c0 = e - a s`` with
         ``e`` centred-binomial; SEAL's encoder computes ``e``'s NTT in every
-        prime (see :func:`~sklearn_he.backend._seeded.noise_slots`).
+        prime (see :func:`~sklearn_he.backend._seeded.noise_slots`), and
+        SEAL's decryptor the product with the key: decrypting the pair
+        ``(e, -a)`` gives ``e - a s`` (in NTT form, as CKKS plaintexts are),
+        twice as fast as the same arithmetic in NumPy.
         """
-        secret = self._secret_ntt()
+        self._require_secret("encrypt symmetrically")
         n, top = self.params.poly_modulus_degree, self.max_level
         primes = self._primes[: top + 1]
         noise = _seeded.cbd_noise(n)[0]
         pt = self._he.encodeComplex(_seeded.noise_slots(noise), scale=1.0)
         words = (top + 1) * n
         raw = pt.to_bytes(_COMPR)
-        e = np.frombuffer(raw, dtype="<u8", offset=len(raw) - 8 * words).reshape(top + 1, n)
+        e = np.frombuffer(raw, dtype="<u8", offset=len(raw) - 8 * words)
         seed = _seeded.new_seed()
         a = _seeded.expand_uniform(seed, b"ct", n, primes)
-        c0 = _seeded.symmetric_c0(secret, e, a, primes)
+        head = self._top_header()
+        pair = PyCtxt(pyfhel=self._he)
+        pair.from_bytes(head + e.tobytes() + _seeded.negate(a, primes).tobytes(), "ckks")
+        raw = self._he.decryptPtxt(pair).to_bytes(_COMPR)
+        c0 = np.frombuffer(raw, dtype="<u8", offset=len(raw) - 8 * words)
         ct = PyCtxt(pyfhel=self._he)
-        ct.from_bytes(self._top_header() + c0.tobytes() + a.tobytes(), "ckks")
+        ct.from_bytes(head + c0.tobytes() + a.tobytes(), "ckks")
         ct.set_scale(self._level_scales[-1])
         return Ciphertext(ct, self, top, seed)
 

@@ -258,6 +258,12 @@ def secret_limbs(seal_secret_key: bytes, n: int, n_limbs: int) -> np.ndarray:
     ).reshape(n_limbs, n)
 
 
+def negate(a: np.ndarray, primes: Sequence[int]) -> np.ndarray:
+    """``-a`` limb by limb (residues of ``primes``, shape ``(limbs, n)``)."""
+    q = np.asarray([int(p) for p in primes], dtype=np.uint64)[:, None]
+    return np.where(a == 0, a, q - a)
+
+
 def symmetric_c0(
     secret: np.ndarray, noise: np.ndarray, a: np.ndarray, primes: Sequence[int]
 ) -> np.ndarray:
