@@ -576,17 +576,44 @@ class CKKSContext:
         then carries the seed instead of half of its bytes.
         """
         n, secret = self.params.poly_modulus_degree, self._secret_ntt()
-        he = self._he
+        he, primes, noise = self._he, self._primes, self._key_noise
         relin = _seeded.reseed_kswitch(
-            he.to_bytes_relin_key(_COMPR), n, self._primes, secret, seed, "relin"
+            he.to_bytes_relin_key(_COMPR), n, primes, secret, seed, "relin", noise
         )
         he.from_bytes_relin_key(relin)
         if self.rotation_steps:
             rotation = _seeded.reseed_kswitch(
-                he.to_bytes_rotate_key(_COMPR), n, self._primes, secret, seed, "rotation"
+                he.to_bytes_rotate_key(_COMPR), n, primes, secret, seed, "rotation", noise
             )
             he.from_bytes_rotate_key(rotation)
         self.key_seed = seed
+
+    def _noise_ntt(self) -> np.ndarray:
+        """A fresh error polynomial's NTT in the data primes of the top level (SEAL's encoder)."""
+        n, words = (
+            self.params.poly_modulus_degree,
+            (self.max_level + 1) * self.params.poly_modulus_degree,
+        )
+        e = _seeded.cbd_noise(n)[0]
+        raw = self._he.encodeComplex(_seeded.noise_slots(e), scale=1.0).to_bytes(_COMPR)
+        return e, np.frombuffer(raw, dtype="<u8", offset=len(raw) - 8 * words)
+
+    def _key_noise(self, count: int) -> np.ndarray:
+        """``count`` errors in the NTT domain of every key-level prime, ``(count, limbs, n)``.
+
+        The data primes through SEAL's encoder, the special prime through
+        :class:`~sklearn_he.backend._seeded.RingNTT` (the encoder does not
+        reach it): five times faster than NumPy NTTs in every prime.
+        """
+        n, top = self.params.poly_modulus_degree, self.max_level
+        out = np.empty((count, len(self._primes), n), dtype=np.uint64)
+        errors = np.empty((count, n), dtype=np.int64)
+        for k in range(count):
+            errors[k], limbs = self._noise_ntt()
+            out[k, : top + 1] = limbs.reshape(top + 1, n)
+        ring = _seeded.ring_ntt(n, self._primes[-1])
+        out[:, -1] = ring.forward(ring.reduce(errors))
+        return out
 
     def _symmetric_zero(self) -> Ciphertext:
         """A fresh symmetric encryption of zero at the top level, seeded (client only).
@@ -601,11 +628,8 @@ class CKKSContext:
         self._require_secret("encrypt symmetrically")
         n, top = self.params.poly_modulus_degree, self.max_level
         primes = self._primes[: top + 1]
-        noise = _seeded.cbd_noise(n)[0]
-        pt = self._he.encodeComplex(_seeded.noise_slots(noise), scale=1.0)
         words = (top + 1) * n
-        raw = pt.to_bytes(_COMPR)
-        e = np.frombuffer(raw, dtype="<u8", offset=len(raw) - 8 * words)
+        _, e = self._noise_ntt()
         seed = _seeded.new_seed()
         a = _seeded.expand_uniform(seed, b"ct", n, primes)
         head = self._top_header()
