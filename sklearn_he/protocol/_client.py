@@ -970,10 +970,19 @@ class Client:
     ) -> list[StateFile]:
         written: list[StateFile] = []
         deadline = time.monotonic() + wait
+        seen: tuple[Any, ...] | None = None  # the state last looked at, and its record
         while True:
             latest = store.latest()
             try:
-                record = self._record_of(latest)
+                # While the server trains, the latest state is this client's own
+                # fresh one: read it once, not at every look (--poll is small).
+                stat = latest.path.stat()
+                key = (latest.path, stat.st_size, stat.st_mtime_ns)
+                if seen is None or seen[0] != key:
+                    seen = (key, self._record_of(latest))
+                record = seen[1]
+            except FileNotFoundError:
+                continue  # replaced between the listing and the look: list again
             except FormatError:
                 if time.monotonic() >= deadline:
                     raise
