@@ -103,6 +103,8 @@ class TrainResult:
     #: while the chunk ran, by kind (see :attr:`DaskSession.sent
     #: <sklearn_he.circuit._cluster.DaskSession.sent>`); empty otherwise.
     chunk_sent: list[dict[str, int]] = field(default_factory=list)
+    #: The processes chunk tasks ran in: ``(host, pid, Dask worker address or "")``.
+    chunk_processes: set[tuple[str, int, str]] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -880,6 +882,7 @@ class Trainer:
         client_s = 0.0
         where: list[str] = []
         sent: list[dict[str, int]] = []
+        processes: set[tuple[str, int, str]] = set()
         states_up = sum(self._nbytes(ct) for ct in state.values())
         states_down = 0
         n_state = max((len(state_names(p, chunk_state(p, s)[0])) for s in specs), default=0)
@@ -903,6 +906,8 @@ class Trainer:
                 out = server.run_chunk(spec, data, state, meanwhile=prepare)
                 run = server.last_run
                 where.append(run.where() if run is not None else "client")
+                if run is not None:
+                    processes |= {(t.host, t.pid, t.address) for t in run.tasks}
                 if before is not None:
                     sent.append({k: n - before.get(k, 0) for k, n in self.cluster.sent.items()})
                 returned = chunk_state(p, spec)[1]
@@ -957,6 +962,7 @@ class Trainer:
             bytes_counted=self.backend == "ckks",
             chunk_where=where,
             chunk_sent=sent,
+            chunk_processes=processes,
             chunk_depths=depths,
             depth_per_minibatch=max(per_mb) if per_mb else 0.0,
             encrypt_seconds=encrypt_s,
