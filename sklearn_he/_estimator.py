@@ -676,7 +676,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 f"(tol={tol:g}, n_iter_no_change={self.n_iter_no_change}); increase "
                 "max_iter, or raise tol",
                 ConvergenceWarning,
-                stacklevel=4,  # the caller of fit (fit is wrapped by _fit_context)
+                stacklevel=5,  # the caller of fit (wrapped by _fit_context; fit -> _fit)
             )
         sample_epochs = sum(epochs_run) / len(targets) * X_rows
         radius = 8.0
@@ -687,7 +687,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 "the sigmoid polynomial is accurate; the model may be poor. Lower "
                 "learning_rate, use fewer epochs (max_iter), or sigmoid_degree=5",
                 SigmoidRangeWarning,
-                stacklevel=4,  # the caller of fit (fit is wrapped by _fit_context)
+                stacklevel=5,  # the caller of fit (wrapped by _fit_context; fit -> _fit)
             )
         p = plan.params
         # The ring and batch size were chosen with the nominal op costs (the
