@@ -132,7 +132,7 @@ class RunReport:
     Attributes
     ----------
     mode : {"serial", "parallel", "cluster"}
-        "cluster": run by :class:`~sklearn_he.circuit._cluster.ClusterCKKSEvaluator`.
+        "cluster": run by :class:`~sklearn_he.circuit.ClusterCKKSEvaluator`.
     n_workers : int
     wall_seconds : float
     schedule : Schedule or None

@@ -101,7 +101,7 @@ class TrainResult:
     chunk_where: list[str] = field(default_factory=list)
     #: Per chunk run, with a cluster (``cluster=``): bytes the client sent to it
     #: while the chunk ran, by kind (see :attr:`DaskSession.sent
-    #: <sklearn_he.circuit._cluster.DaskSession.sent>`); empty otherwise.
+    #: <sklearn_he.circuit.DaskSession.sent>`); empty otherwise.
     chunk_sent: list[dict[str, int]] = field(default_factory=list)
     #: The processes chunk tasks ran in: ``(host, pid, Dask worker address or "")``.
     chunk_processes: set[tuple[str, int, str]] = field(default_factory=set)
@@ -387,9 +387,9 @@ class TrainingServer:
         Worker processes (:class:`~sklearn_he.circuit.ParallelCKKSEvaluator`);
         workers receive the public bundle only.
     cluster : DaskSession, optional
-        A Dask cluster (:class:`~sklearn_he.circuit._cluster.DaskSession`)
+        A Dask cluster (:class:`~sklearn_he.circuit.DaskSession`)
         that evaluates every CKKS circuit on its workers
-        (:class:`~sklearn_he.circuit._cluster.ClusterCKKSEvaluator`);
+        (:class:`~sklearn_he.circuit.ClusterCKKSEvaluator`);
         ``n_jobs`` then only sets the local processes sharing the encryption.
 
     Attributes
@@ -505,7 +505,7 @@ class TrainingServer:
         """The workers' evaluator (workers get the public bundle only, never the secret).
 
         A :class:`~sklearn_he.circuit.ParallelCKKSEvaluator`, or with a
-        cluster a :class:`~sklearn_he.circuit._cluster.ClusterCKKSEvaluator`.
+        cluster a :class:`~sklearn_he.circuit.ClusterCKKSEvaluator`.
         """
         if self.keys is None:
             raise ValueError("backend='ckks' needs a KeySet (the public one suffices)")
