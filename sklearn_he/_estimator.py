@@ -423,6 +423,24 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
 
+    def __sklearn_clone__(self) -> EncryptedLogisticRegression:
+        """A clone that shares ``server`` when it is a ``distributed.Client``.
+
+        A connection is a handle, not a parameter value: it cannot be deep
+        copied, and a clone (``GridSearchCV``, ``cross_val_score``) should
+        use the same cluster.
+        """
+        server = self.server
+        if server is None or isinstance(server, str):
+            return super().__sklearn_clone__()
+        self.server = None
+        try:
+            new = super().__sklearn_clone__()
+        finally:
+            self.server = server
+        new.server = server
+        return new
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False

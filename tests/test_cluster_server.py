@@ -244,6 +244,21 @@ def test_a_given_client_and_link_are_used_as_they_are(data, in_process):
     assert in_process.report_.cluster_bytes_per_chunk == []
 
 
+def test_a_clone_shares_the_users_client():
+    """GridSearchCV and cross_val_score clone: a Client (not deep-copyable) is shared."""
+    from sklearn.base import clone
+
+    with (
+        distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as lc,
+        distributed.Client(lc, set_as_default=False) as client,
+    ):
+        est = EncryptedLogisticRegression(server=client, max_iter=3)
+        copy = clone(est)
+        assert copy.server is client and copy.max_iter == 3 and est.server is client
+    by_address = clone(EncryptedLogisticRegression(server="tcp://127.0.0.1:8786"))
+    assert by_address.server == "tcp://127.0.0.1:8786"
+
+
 def test_server_needs_the_ckks_backend(data):
     with pytest.raises(ValueError, match="backend='plaintext' trains in this process"):
         EncryptedLogisticRegression(backend="plaintext", server="tcp://127.0.0.1:1").fit(*data)
