@@ -1051,11 +1051,15 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
 
         For users who manage their own keys: ``params, steps = clf.plan(*X.shape)``
         then ``KeySet.generate(params, rotation_steps=steps)`` and ``keys=``.
-        Nothing about the data but its shape is used.
+        Nothing about the data but its shape is used. With ``server`` it
+        connects to the cluster, as ``fit`` does, to plan for its worker
+        count and (unless ``link`` is given) the measured link; give
+        ``link`` so that a later fit plans for the very same link.
         """
         self._validate_params()
-        trainer = self._trainer(int(n_samples), int(n_features) + int(self.fit_intercept))
-        return trainer.plan.params, trainer.rotation_steps()
+        with self._server_session():
+            trainer = self._trainer(int(n_samples), int(n_features) + int(self.fit_intercept))
+            return trainer.plan.params, trainer.rotation_steps()
 
     @staticmethod
     def _gram_report(trainer: Trainer) -> dict[str, Any]:
