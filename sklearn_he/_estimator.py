@@ -236,7 +236,9 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         its ``n_jobs`` workers (which ``parallel_config(backend="dask")``
         can also send to a cluster). ``backend="ckks"`` only. A scheduler
         that cannot be reached within 20 s, or has no worker, is a
-        :class:`~sklearn_he.exceptions.ClusterConnectionError`.
+        :class:`~sklearn_he.exceptions.ClusterConnectionError`. A clone
+        shares a given ``Client``; a pickled estimator drops it (``server``
+        is None after unpickling; an address string is kept).
     n_jobs : int or None, default=None
         Worker processes evaluating the training circuits (joblib; honours
         ``joblib.parallel_config``, so a Dask backend runs them on a
@@ -607,11 +609,15 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
+        # A copy: object.__getstate__ returns the instance's own __dict__, which
+        # must keep its key set and connection.
+        state = dict(super().__getstate__())
         if state.get("_incremental_keys") is not None:
             # The key set holds the secret key: it stays in this process.
             state["_incremental_keys"] = None
             state["_incremental_lost"] = True
+        if state.get("server") is not None and not isinstance(state["server"], str):
+            state["server"] = None  # a live connection does not pickle (an address does)
         return state
 
     def _train(

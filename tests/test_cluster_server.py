@@ -12,6 +12,7 @@ model-state ciphertexts travel. Everything listens on 127.0.0.1.
 from __future__ import annotations
 
 import os
+import pickle
 import shlex
 import shutil
 import socket
@@ -244,7 +245,7 @@ def test_a_given_client_and_link_are_used_as_they_are(data, in_process):
     assert in_process.report_.cluster_bytes_per_chunk == []
 
 
-def test_a_clone_shares_the_users_client():
+def test_a_clone_shares_the_users_client_and_pickling_drops_it():
     """GridSearchCV and cross_val_score clone: a Client (not deep-copyable) is shared."""
     from sklearn.base import clone
 
@@ -255,6 +256,10 @@ def test_a_clone_shares_the_users_client():
         est = EncryptedLogisticRegression(server=client, max_iter=3)
         copy = clone(est)
         assert copy.server is client and copy.max_iter == 3 and est.server is client
+        # A connection does not pickle: the estimator drops it (an address is kept).
+        assert pickle.loads(pickle.dumps(est)).server is None and est.server is client
+        by_pickle = pickle.loads(pickle.dumps(EncryptedLogisticRegression(server="tcp://a:1")))
+        assert by_pickle.server == "tcp://a:1"
     by_address = clone(EncryptedLogisticRegression(server="tcp://127.0.0.1:8786"))
     assert by_address.server == "tcp://127.0.0.1:8786"
 
