@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from .._version import __version__
 from ..backend import Ciphertext, CKKSContext, KeySet, WireCiphertext
 from ..exceptions import ClusterConnectionError, ParallelEvaluationError
 from ._compiler import CompiledCircuit
@@ -319,7 +320,16 @@ class DaskSession:
             sorted(refuse),
             (socket.gethostname(), os.getpid()),
         )
-        self.client.register_plugin(plugin, name=plugin.name)
+        try:
+            self.client.register_plugin(plugin, name=plugin.name)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                self.client.unregister_worker_plugin(plugin.name)
+            raise ClusterConnectionError(
+                f"the workers of {self.address} could not load the public keys "
+                f"({type(exc).__name__}: {exc}); install sklearn-he {__version__} with Pyfhel "
+                "(the same versions as here) on every worker"
+            ) from exc
         self._plugins[fp] = plugin.name
         self.sent["keys"] += len(bundle)
 

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -121,6 +122,15 @@ def test_keys_go_once_per_session_as_bytes_and_never_the_secret(session, keys, c
     for infos in cached.values():
         (info,) = [i for i in infos if i["fingerprint"] == keys.fingerprint]
         assert info["has_secret_key"] is False
+
+
+def test_workers_that_cannot_load_the_keys_are_a_clear_error(session):
+    broken = SimpleNamespace(
+        fingerprint="0" * 32, allow_insecure_for_testing=True, public_bundle=lambda: b"not keys"
+    )
+    with pytest.raises(ClusterConnectionError, match="could not load the public keys") as info:
+        session.install_keys(broken)
+    assert "install sklearn-he" in str(info.value) and session.sent["keys"] == 0
 
 
 def test_resident_inputs_are_sent_once_and_the_state_with_every_run(session, keys, circuits):
