@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from numbers import Integral, Real
 from typing import Any, ClassVar
@@ -99,6 +101,20 @@ class FitReport:
     #: The client's share of ``train_seconds``: the refreshes (decrypting each
     #: chunk's output and encrypting the next state).
     client_seconds: float = 0.0
+    #: Chunk circuits whose every task ran in another process than the
+    #: client's (counted from the process id and host each task reported).
+    chunks_on_workers: int = 0
+    #: Chunk circuits that ran, wholly or partly, in the client's process.
+    chunks_in_client: int = 0
+    #: With ``server``: bytes the client sent to the cluster once - the public
+    #: keys and the encrypted data set (serialised lengths, as sent).
+    cluster_setup_bytes: int = 0
+    #: With ``server``: ciphertext and key bytes the client sent to the cluster
+    #: while each chunk ran, in order (in the first epoch this includes the
+    #: data set's tiles, scattered when a chunk first reads them).
+    cluster_bytes_per_chunk: list[int] = field(default_factory=list)
+    #: With ``server``: of those, the model state's ciphertexts.
+    cluster_state_bytes_per_chunk: list[int] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -204,6 +220,25 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         set: the secret key never travels by accident.
     allow_insecure_for_testing : bool, default=False
         Accept CKKS parameters below 128-bit security (tests only).
+    server : distributed.Client, str or None, default=None
+        A Dask cluster that plays the untrusted server: a
+        ``distributed.Client``, or a scheduler address (``"tcp://host:8786"``,
+        ``"tls://host:8786"``), for which ``fit`` builds a client with the
+        Dask security configuration (``distributed.comm.tls.*``: TLS and
+        authentication are Dask's) and closes it afterwards. This process
+        keeps the secret key, encrypts, refreshes and decides; every
+        training circuit runs on the cluster's workers, which share no files
+        with it: the public keys go to each worker once, the encrypted data
+        set once per fit (it stays on the cluster across epochs), and then
+        each chunk moves only model-state ciphertexts (``report_`` counts
+        them). Unless ``link`` is given, the link to the cluster is measured
+        once per fit and planned for. ``None``: train in this process and
+        its ``n_jobs`` workers (which ``parallel_config(backend="dask")``
+        can also send to a cluster). ``backend="ckks"`` only. A scheduler
+        that cannot be reached within 20 s, or has no worker, is a
+        :class:`~sklearn_he.exceptions.ClusterConnectionError`. A clone
+        shares a given ``Client``; a pickled estimator drops it (``server``
+        is None after unpickling; an address string is kept).
     n_jobs : int or None, default=None
         Worker processes evaluating the training circuits (joblib; honours
         ``joblib.parallel_config``, so a Dask backend runs them on a
@@ -215,7 +250,9 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         the tile shape, fusion and ``k`` are chosen with this machine's
         measured op costs (:meth:`CostModel.for_params
         <sklearn_he.circuit.CostModel.for_params>`, measured once per
-        parameter set and cached), which :meth:`plan` then reflects.
+        parameter set and cached), which :meth:`plan` then reflects. With
+        ``server`` the circuits run on the cluster's workers, and ``n_jobs``
+        only sets the local processes that share the client's encryption.
     random_state : int, RandomState instance or None, default=None
         Shuffling of the training rows into minibatches.
     verbose : int, default=0
@@ -238,8 +275,11 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         the accuracy on them instead of the training loss.
     validation_fraction : float, default=0.1
         Share of the rows held out with ``early_stopping``.
-    link : str or Link, default="local"
-        The network between the client and the server the plan is made for:
+    link : str, Link or None, default=None
+        The network between the client and the server the plan is made for
+        (None: ``"local"``, or with ``server`` the link to the cluster,
+        measured once per fit: round-trip time of a tiny task and throughput
+        of a 2 MB probe each way through the Dask client):
         a profile of :data:`~sklearn_he.training.LINK_PROFILES` (``"local"``:
         the same machine, transfers cost nothing; ``"lan"``; ``"wan"``: 100
         Mbit/s each way, 50 ms; ``"slow"``: 10 Mbit/s, 200 ms;
@@ -318,7 +358,8 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
-        "link": [Link, str],
+        "link": [Link, str, None],
+        "server": [str, HasMethods(["submit", "scatter", "gather"]), None],
         "tol": [Interval(Real, 0, None, closed="left"), None],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "early_stopping": ["boolean"],
@@ -345,11 +386,12 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         ckks_params: CKKSParameters | None = None,
         keys: KeySet | None = None,
         allow_insecure_for_testing: bool = False,
+        server: Any = None,
         n_jobs: int | None = None,
         random_state: Any = None,
         verbose: int = 0,
         warm_start: bool = False,
-        link: Link | str = "local",
+        link: Link | str | None = None,
         tol: float | None = None,
         n_iter_no_change: int = 5,
         early_stopping: bool = False,
@@ -372,6 +414,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         self.ckks_params = ckks_params
         self.keys = keys
         self.allow_insecure_for_testing = allow_insecure_for_testing
+        self.server = server
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
@@ -381,6 +424,24 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         self.n_iter_no_change = n_iter_no_change
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+
+    def __sklearn_clone__(self) -> EncryptedLogisticRegression:
+        """A clone that shares ``server`` when it is a ``distributed.Client``.
+
+        A connection is a handle, not a parameter value: it cannot be deep
+        copied, and a clone (``GridSearchCV``, ``cross_val_score``) should
+        use the same cluster.
+        """
+        server = self.server
+        if server is None or isinstance(server, str):
+            return super().__sklearn_clone__()
+        self.server = None
+        try:
+            new = super().__sklearn_clone__()
+        finally:
+            self.server = server
+        new.server = server
+        return new
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -403,6 +464,10 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         self : EncryptedLogisticRegression
         """
         t_start = time.perf_counter()
+        with self._server_session():
+            return self._fit(X, y, t_start)
+
+    def _fit(self, X: Any, y: Any, t_start: float) -> EncryptedLogisticRegression:
         warm = self.warm_start and hasattr(self, "coef_")
         # A warm fit checks X against the fitted model (same features) instead
         # of resetting it, so that a refused warm fit leaves the model usable.
@@ -476,6 +541,12 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         self : EncryptedLogisticRegression
         """
         t_start = time.perf_counter()
+        with self._server_session():
+            return self._partial_fit(X, y, classes, t_start)
+
+    def _partial_fit(
+        self, X: Any, y: Any, classes: Any, t_start: float
+    ) -> EncryptedLogisticRegression:
         first = not hasattr(self, "classes_")
         if first and classes is None:
             raise ValueError(
@@ -538,11 +609,15 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
+        # A copy: object.__getstate__ returns the instance's own __dict__, which
+        # must keep its key set and connection.
+        state = dict(super().__getstate__())
         if state.get("_incremental_keys") is not None:
             # The key set holds the secret key: it stays in this process.
             state["_incremental_keys"] = None
             state["_incremental_lost"] = True
+        if state.get("server") is not None and not isinstance(state["server"], str):
+            state["server"] = None  # a live connection does not pickle (an address does)
         return state
 
     def _train(
@@ -625,7 +700,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 f"(tol={tol:g}, n_iter_no_change={self.n_iter_no_change}); increase "
                 "max_iter, or raise tol",
                 ConvergenceWarning,
-                stacklevel=4,  # the caller of fit (fit is wrapped by _fit_context)
+                stacklevel=5,  # the caller of fit (wrapped by _fit_context; fit -> _fit)
             )
         sample_epochs = sum(epochs_run) / len(targets) * X_rows
         radius = 8.0
@@ -636,7 +711,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 "the sigmoid polynomial is accurate; the model may be poor. Lower "
                 "learning_rate, use fewer epochs (max_iter), or sigmoid_degree=5",
                 SigmoidRangeWarning,
-                stacklevel=4,  # the caller of fit (fit is wrapped by _fit_context)
+                stacklevel=5,  # the caller of fit (wrapped by _fit_context; fit -> _fit)
             )
         p = plan.params
         # The ring and batch size were chosen with the nominal op costs (the
@@ -650,7 +725,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 plan,
                 trainer.coeffs,
                 self._machine_costs(p),
-                n_jobs=effective_n_jobs(self.n_jobs),
+                n_jobs=self._n_workers(),
                 epochs=epochs,
             )
         bundle = max(r.bundle_bytes for r in results)
@@ -697,6 +772,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             / sample_epochs,
             bytes_counted=all(r.bytes_counted for r in results),
             client_seconds=sum(r.client_seconds for r in results),
+            **self._placement_report(results),
             stop_reason="; ".join(
                 mon.reason(epochs) if len(targets) == 1 else f"{c}: {mon.reason(epochs)}"
                 for c, mon in zip(targets, monitors, strict=True)
@@ -705,6 +781,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 **self._gram_report(trainer),
                 "convergence": [mon.history for mon in monitors],
                 "estimate_costs": "measured" if self.backend == "ckks" else "nominal",
+                **self._cluster_extra(results),
             },
         )
         return self
@@ -835,6 +912,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             backend=self.backend,
             log=print if self.verbose >= 2 else None,
             n_jobs=self.n_jobs,
+            cluster=self._session,
         )
 
     def _plan(
@@ -852,7 +930,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             epochs=self.max_iter,
             layout=self.layout,
             # The plaintext backend plans like CKKS (same circuits), workers or not.
-            n_jobs=effective_n_jobs(self.n_jobs),
+            n_jobs=self._n_workers(),
             # With workers, a CKKS fit splits the circuit the way that is fastest on
             # this machine (batch size, ring and chain stay the one-worker choice).
             machine_costs=self._machine_costs if self.backend == "ckks" else None,
@@ -890,12 +968,83 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             dynamic_ncols=True,
         )
 
+    #: The Dask cluster of the fit under way (``server``), and the link measured to it.
+    _session: Any = None
+    _measured: tuple[Link, Any] | None = None
+
+    @contextlib.contextmanager
+    def _server_session(self) -> Iterator[Any]:
+        """Connect to ``server`` for one fit (measuring the link unless given); None without."""
+        if self.server is None:
+            yield None
+            return
+        if self.backend != "ckks":
+            raise ValueError(
+                "server runs the CKKS circuits on a Dask cluster; backend='plaintext' trains "
+                "in this process. Set backend='ckks', or server=None"
+            )
+        from .circuit._cluster import DaskSession  # imports distributed
+
+        with DaskSession.connect(self.server) as session:
+            self._session = session
+            try:
+                if self.link is None:
+                    probe = session.measure_link()
+                    link = Link(probe.up_mbps, probe.down_mbps, probe.rtt_ms, name="measured")
+                    self._measured = (link, probe)
+                yield session
+            finally:
+                self._session = self._measured = None
+
+    def _n_workers(self) -> int:
+        """Workers evaluating the circuits: the cluster's with ``server``, else ``n_jobs``'s."""
+        if self._session is not None:
+            return self._session.n_workers
+        return effective_n_jobs(self.n_jobs)
+
     def _link(self) -> Link:
-        """The ``link`` parameter as a :class:`Link` (a clear ValueError when misspelt)."""
+        """The ``link`` parameter as a :class:`Link` (a clear ValueError when misspelt).
+
+        None: the link measured to ``server`` during a fit, else ``"local"``.
+        """
+        if self.link is None:
+            return self._measured[0] if self._measured is not None else Link.parse("local")
         try:
             return Link.parse(self.link)
         except ValueError as exc:
             raise ValueError(f"the link parameter of {type(self).__name__}: {exc}") from None
+
+    def _placement_report(self, results: list[Any]) -> dict[str, Any]:
+        """Where the chunks ran and, with ``server``, what was sent (``report_`` fields)."""
+        where = [w for r in results for w in r.chunk_where]
+        sent = [d for r in results for d in r.chunk_sent]
+        session = self._session
+        return {
+            "chunks_on_workers": where.count("workers"),
+            "chunks_in_client": len(where) - where.count("workers"),
+            "cluster_setup_bytes": (
+                session.sent["keys"] + session.sent["resident"] if session is not None else 0
+            ),
+            "cluster_bytes_per_chunk": [d["keys"] + d["resident"] + d["transient"] for d in sent],
+            "cluster_state_bytes_per_chunk": [d["transient"] for d in sent],
+        }
+
+    def _cluster_extra(self, results: list[Any]) -> dict[str, Any]:
+        """``report_.extra["cluster"]`` with ``server``: the cluster, its processes, the probe."""
+        session = self._session
+        if session is None:
+            return {}
+        probe = self._measured[1] if self._measured is not None else None
+        return {
+            "cluster": {
+                "scheduler": session.address,
+                "n_workers": session.n_workers,
+                "task_processes": sorted({p for r in results for p in r.chunk_processes}),
+                "sent_bytes": dict(session.sent),
+                "circuit_bytes_per_chunk": [d["circuit"] for r in results for d in r.chunk_sent],
+                "link_probe": dataclasses.asdict(probe) if probe is not None else None,
+            }
+        }
 
     def _machine_costs(self, params: CKKSParameters) -> CostModel:
         """This machine's op costs for ``params`` (measured once, then cached)."""
@@ -908,11 +1057,15 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
 
         For users who manage their own keys: ``params, steps = clf.plan(*X.shape)``
         then ``KeySet.generate(params, rotation_steps=steps)`` and ``keys=``.
-        Nothing about the data but its shape is used.
+        Nothing about the data but its shape is used. With ``server`` it
+        connects to the cluster, as ``fit`` does, to plan for its worker
+        count and (unless ``link`` is given) the measured link; give
+        ``link`` so that a later fit plans for the very same link.
         """
         self._validate_params()
-        trainer = self._trainer(int(n_samples), int(n_features) + int(self.fit_intercept))
-        return trainer.plan.params, trainer.rotation_steps()
+        with self._server_session():
+            trainer = self._trainer(int(n_samples), int(n_features) + int(self.fit_intercept))
+            return trainer.plan.params, trainer.rotation_steps()
 
     @staticmethod
     def _gram_report(trainer: Trainer) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pickle
 
 __all__ = [
+    "ClusterConnectionError",
     "DepthExhaustedError",
     "FormatError",
     "InsecureParametersError",
@@ -109,3 +110,7 @@ class ParallelEvaluationError(SklearnHEError, RuntimeError):
     The message names the task (its superstep and nodes); ``__cause__`` holds
     the original exception.
     """
+
+
+class ClusterConnectionError(SklearnHEError, ConnectionError):
+    """The Dask cluster given as ``server=`` cannot be reached or used (no worker, TLS refused)."""

@@ -153,6 +153,7 @@ def test_nothing_the_scheduler_imports_reaches_joblib_or_the_executor():
             todo.extend(_package_imports(path))
     circuit = PACKAGE / "circuit"
     assert circuit / "_parallel.py" not in seen
+    assert circuit / "_cluster.py" not in seen
     assert circuit / "_worker.py" not in seen
     assert circuit / "__init__.py" not in seen
     loaders = sorted(
@@ -168,6 +169,30 @@ def test_the_executor_takes_the_scheduler_from_its_module():
     """``_parallel`` imports the scheduler; the scheduler never imports ``_parallel``."""
     assert "sklearn_he.circuit._schedule" in _imports(PACKAGE / "circuit" / "_parallel.py")
     assert "sklearn_he.circuit._parallel" not in _imports(SCHEDULER)
+
+
+def test_only_the_executors_import_dask():
+    """Dask is optional and an execution library: the cluster executor imports it (and
+    the worker side looks up its worker's address); nothing else does, and the package
+    loads it only when ``server=`` is used (``sklearn_he.circuit`` exports the cluster
+    classes lazily)."""
+    import subprocess
+    import sys
+
+    importers = sorted(
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if {m.split(".")[0] for m in _imports(p)} & {"dask", "distributed"}
+    )
+    assert importers == ["circuit/_cluster.py", "circuit/_worker.py"]
+    code = (
+        "import sys, sklearn_he.circuit, sklearn_he.training\n"
+        "print('distributed' in sys.modules)\n"
+        "sklearn_he.circuit.ClusterCKKSEvaluator\n"
+        "print('distributed' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True"]
 
 
 def test_worker_processes_do_not_import_scikit_learn():

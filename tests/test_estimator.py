@@ -659,6 +659,8 @@ def test_partial_fit_after_unpickling_needs_the_keys():
         enc = ckks(**kw).partial_fit(*parts[0], classes=[0, 1])
         back = pickle.loads(pickle.dumps(enc))  # the key set is not in the pickle
         assert back._incremental_keys is None and back._incremental_lost
+        # ...and the pickled estimator keeps it: pickling does not change the original.
+        assert enc._incremental_keys is not None and not getattr(enc, "_incremental_lost", 0)
         with pytest.raises(ValueError, match="unpickled: the key set .* Pass keys="):
             back.partial_fit(*parts[1])
         params, steps = back.plan(64, 30)

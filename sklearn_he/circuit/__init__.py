@@ -33,16 +33,32 @@ from ._schedule import MIN_PARALLEL_GAIN, Schedule, TransferCosts, plan_schedule
 from ._tracer import Sym, Tracer
 from ._worker import StoredCiphertext
 
+#: Names exported here but defined in :mod:`._cluster`, which imports Dask's
+#: ``distributed`` (optional): loaded on first access.
+_LAZY = {"ClusterCKKSEvaluator", "DaskSession", "LinkProbe"}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import _cluster
+
+    return getattr(_cluster, name)
+
+
 __all__ = [
     "MIN_PARALLEL_GAIN",
     "AnalysisEvaluator",
     "CKKSEvaluator",
     "Circuit",
     "CircuitReport",
+    "ClusterCKKSEvaluator",
     "CompiledCircuit",
     "CostModel",
+    "DaskSession",
     "DebugEvaluator",
     "DebugReport",
+    "LinkProbe",
     "Node",
     "Op",
     "ParallelCKKSEvaluator",

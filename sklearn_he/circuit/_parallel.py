@@ -62,6 +62,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -130,7 +131,8 @@ class RunReport:
 
     Attributes
     ----------
-    mode : {"serial", "parallel"}
+    mode : {"serial", "parallel", "cluster"}
+        "cluster": run by :class:`~sklearn_he.circuit.ClusterCKKSEvaluator`.
     n_workers : int
     wall_seconds : float
     schedule : Schedule or None
@@ -144,6 +146,10 @@ class RunReport:
     stored_resent : int
         Stored inputs sent as bytes because a worker could neither find them
         in its cache nor read their file.
+    resident_bytes, transient_bytes, circuit_bytes : int
+        Cluster runs: bytes the client sent for this run - inputs scattered
+        to stay on the cluster, inputs sent for this run only (the model
+        state), and the tasks' pickled descriptions.
     """
 
     mode: str
@@ -154,6 +160,23 @@ class RunReport:
     tasks: list[TaskResult] = field(default_factory=list)
     bundle_resent: int = 0
     stored_resent: int = 0
+    resident_bytes: int = 0
+    transient_bytes: int = 0
+    circuit_bytes: int = 0
+
+    def where(self) -> str:
+        """``"workers"`` when every task ran in another process than this one, else ``"client"``.
+
+        Counted from the process id and host name each task reported; an
+        in-process run, or a superstep the schedule kept in this process,
+        makes it ``"client"``.
+        """
+        if self.mode == "serial" or not self.tasks:
+            return "client"
+        if any(step.get("local") for step in self.supersteps):
+            return "client"
+        me = (socket.gethostname(), os.getpid())
+        return "client" if any((t.host, t.pid) == me for t in self.tasks) else "workers"
 
 
 class ParallelCKKSEvaluator:

@@ -50,6 +50,9 @@ __all__ = [
     "clear_cache",
     "encrypt_batch",
     "execute",
+    "install_keys",
+    "refuse_paths_under",
+    "run_cluster_task",
     "run_task",
     "store_info",
     "tile_constants",
@@ -174,6 +177,7 @@ def _load_stored(ctx: CKKSContext, nid: int, ref: StoredCiphertext) -> Ciphertex
     else:
         if ref.path is None:
             return None
+        _check_path(ref.path, "the stored input")
         if ref.fingerprint != ctx.fingerprint:
             raise KeyMismatchError(
                 f"{source} belongs to key set {ref.fingerprint[:16]}..., not this worker's "
@@ -267,6 +271,60 @@ class TaskResult:
     wait_seconds: float = 0.0
     exchange_seconds: float = 0.0
     rescued: int = 0
+    #: Address of the Dask worker that ran the task ("" outside Dask).
+    address: str = ""
+
+
+#: Folders this process must never read from (see :func:`refuse_paths_under`).
+_REFUSED: list[str] = []
+
+
+def refuse_paths_under(folders: Sequence[str]) -> None:
+    """Make this process refuse every key, stored-input or exchange path under ``folders``.
+
+    A second line of defence for a cluster that must share no files with
+    the client: the cluster evaluator never sends a path, and a worker that
+    is told about the client's temporary folders raises
+    :class:`~sklearn_he.exceptions.ParallelEvaluationError` instead of
+    silently reading a file there (which would only work on the client's
+    machine, and hide that the data did not travel).
+    """
+    _REFUSED[:] = sorted({os.path.realpath(f) for f in folders if f})
+
+
+def _check_path(path: str | None, what: str) -> None:
+    if path is None or not _REFUSED:
+        return
+    real = os.path.realpath(path)
+    for folder in _REFUSED:
+        if real == folder or real.startswith(folder.rstrip(os.sep) + os.sep):
+            raise ParallelEvaluationError(
+                f"this worker (pid {os.getpid()}) was asked to read {what} {path}, a file in the "
+                f"client's folder {folder}: a cluster worker shares no files with the client, "
+                "so keys and inputs must be sent as bytes"
+            )
+
+
+def install_keys(
+    bundle: bytes, fingerprint: str, *, allow_insecure_for_testing: bool = False
+) -> None:
+    """Load a public bundle sent as bytes into this process's key cache (a cluster worker).
+
+    Tasks then find the key set by ``fingerprint`` (a :class:`BundleRef`
+    without a path). Raises :class:`~sklearn_he.exceptions.KeyMismatchError`
+    when the bytes hold another key set.
+    """
+    ref = BundleRef(fingerprint, None, allow_insecure_for_testing)
+    _KEYS.pop(fingerprint, None)
+    context_for(ref, np.frombuffer(bundle, dtype=np.uint8))
+
+
+def drop_keys(fingerprint: str) -> None:
+    """Forget the key set ``fingerprint`` and the stored inputs under it (end of a fit)."""
+    _KEYS.pop(fingerprint, None)
+    for key in [k for k, ct in _STORE.items() if ct.context.fingerprint == fingerprint]:
+        _STORE.pop(key)
+        _STORE_BYTES[0] -= _STORE_SIZES.pop(key, 0)
 
 
 def context_for(ref: BundleRef, bundle: np.ndarray | None = None) -> CKKSContext | None:
@@ -279,6 +337,8 @@ def context_for(ref: BundleRef, bundle: np.ndarray | None = None) -> CKKSContext
     """
     keys = _KEYS.get(ref.fingerprint)
     if keys is None:
+        if bundle is None:
+            _check_path(ref.path, "the key files")
         if bundle is None and (ref.path is None or not os.path.exists(ref.path)):
             return None
         with warnings.catch_warnings():
@@ -433,6 +493,56 @@ def run_task(
         raise
 
 
+def run_cluster_task(
+    ref: BundleRef,
+    spec: TaskSpec,
+    inputs: Mapping[int, TaskInput],
+    prior: Sequence[TaskResult] = (),
+) -> TaskResult:
+    """Entry point of a task on a Dask cluster (:class:`~sklearn_he.circuit.ClusterCKKSEvaluator`).
+
+    As :func:`run_task`, except that the values computed by earlier tasks
+    of the run come as their :class:`TaskResult` objects (``prior``: Dask
+    moves them between workers; the caller never sees them), the keys are
+    the ones :func:`install_keys` cached (``ref`` has no path), and the
+    result names the Dask worker that ran it. A worker without the key set
+    is an error: the cluster evaluator installs it on every worker first.
+    """
+    merged: dict[int, TaskInput] = dict(inputs)
+    for res in prior:
+        for nid, wire in res.values.items():
+            merged.setdefault(nid, wire)
+    reads = _reads(spec)
+    missing = sorted(reads - set(merged))
+    if missing:
+        raise AssertionError(f"task {spec.index} lacks the values of nodes {missing}")
+    result = run_task(ref, spec, {nid: merged[nid] for nid in sorted(reads)})
+    if result.missing_bundle:
+        exc = ParallelEvaluationError(
+            f"this worker (pid {os.getpid()}) holds no key set {ref.fingerprint[:16]}...: it "
+            "joined after the keys were installed, or lost them in a restart"
+        )
+        exc.sklearn_he_task = spec.index  # type: ignore[attr-defined]
+        raise exc
+    with contextlib.suppress(Exception):  # outside a Dask worker: no address
+        from distributed import get_worker
+
+        result.address = get_worker().address
+    return result
+
+
+def _reads(spec: TaskSpec) -> set[int]:
+    """Operands the task's nodes read that it does not compute."""
+    return {a for n in spec.nodes for a in n.args} - {n.id for n in spec.nodes}
+
+
+def strip_values(result: TaskResult) -> TaskResult:
+    """``result`` without its ciphertexts: where and how long a task ran (a cluster task)."""
+    return TaskResult(
+        **{k: v for k, v in vars(result).items() if k != "values"},
+    )
+
+
 def _run_task(
     ref: BundleRef,
     spec: TaskSpec,
@@ -441,6 +551,7 @@ def _run_task(
 ) -> TaskResult:
     result = TaskResult(index=spec.index, pid=os.getpid(), host=socket.gethostname())
     if spec.exchange is not None:
+        _check_path(spec.exchange, "the exchange directory")
         if not os.path.isdir(spec.exchange):
             result.missing_exchange = True  # another machine: no shared directory
             return result

@@ -96,6 +96,15 @@ class TrainResult:
     #: Whether the byte counts are the sizes of the ciphertexts themselves
     #: (CKKS) or estimates of ciphertexts the plaintext backend never made.
     bytes_counted: bool = False
+    #: Per chunk run: ``"workers"`` when every task of its circuit ran in
+    #: another process (as the tasks reported), else ``"client"``.
+    chunk_where: list[str] = field(default_factory=list)
+    #: Per chunk run, with a cluster (``cluster=``): bytes the client sent to it
+    #: while the chunk ran, by kind (see :attr:`DaskSession.sent
+    #: <sklearn_he.circuit.DaskSession.sent>`); empty otherwise.
+    chunk_sent: list[dict[str, int]] = field(default_factory=list)
+    #: The processes chunk tasks ran in: ``(host, pid, Dask worker address or "")``.
+    chunk_processes: set[tuple[str, int, str]] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -377,6 +386,17 @@ class TrainingServer:
     n_jobs : int, optional
         Worker processes (:class:`~sklearn_he.circuit.ParallelCKKSEvaluator`);
         workers receive the public bundle only.
+    cluster : DaskSession, optional
+        A Dask cluster (:class:`~sklearn_he.circuit.DaskSession`)
+        that evaluates every CKKS circuit on its workers
+        (:class:`~sklearn_he.circuit.ClusterCKKSEvaluator`);
+        ``n_jobs`` then only sets the local processes sharing the encryption.
+
+    Attributes
+    ----------
+    last_run : RunReport or None
+        Where and how the last :meth:`evaluate` ran (None when it ran in
+        this process without a parallel evaluator).
     """
 
     def __init__(
@@ -388,6 +408,7 @@ class TrainingServer:
         backend: str = "ckks",
         keys: KeySet | None = None,
         n_jobs: int | None = None,
+        cluster: Any = None,
     ) -> None:
         _check_backend(backend)
         self.plan = plan
@@ -396,9 +417,11 @@ class TrainingServer:
         self.backend = backend
         self.keys = keys
         self.n_jobs = n_jobs
+        self.cluster = cluster
+        self.last_run: Any = None
         self._circuits: dict[tuple[int, int], ChunkCircuit] = {}
         self._grams: dict[tuple[int, int], EncMatrix[Any]] = {}
-        self._parallel: ParallelCKKSEvaluator | None = None
+        self._parallel: Any = None  # ParallelCKKSEvaluator or ClusterCKKSEvaluator
 
     # ------------------------------------------------------------- circuits
     def chunk_circuit(self, start_step: int, length: int) -> ChunkCircuit:
@@ -428,24 +451,36 @@ class TrainingServer:
         *,
         on_value: Callable[[Any, Any], None] | None = None,
         meanwhile: Callable[[], None] | None = None,
+        transient: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Run a compiled circuit on this side's backend (in parallel when ``n_jobs`` asks).
 
         ``on_value(node, ciphertext)`` is called after every node of a serial
         CKKS evaluation (progress bars, tests); parallel and plaintext
-        evaluations do not call it. With ``n_jobs > 1``, ``meanwhile()`` is
-        called once per run (see :meth:`ParallelCKKSEvaluator.run`): while
-        worker processes evaluate the circuit, or after the evaluation when
-        it runs in this process. With one worker or the plaintext backend it
-        is not called.
+        evaluations do not call it. With ``n_jobs > 1`` or a cluster,
+        ``meanwhile()`` is called once per run (see
+        :meth:`ParallelCKKSEvaluator.run`): while workers evaluate the
+        circuit, or after the evaluation when it runs in this process. With
+        one worker or the plaintext backend it is not called. ``transient``
+        names the inputs a cluster receives for this run only (the model
+        state); it keeps the others for later runs.
         """
+        self.last_run = None
         if self.backend == "plaintext":
             return PlaintextEvaluator().run(compiled, inputs)
         if self.keys is None:
             raise ValueError("backend='ckks' needs a KeySet (the public one suffices)")
+        if self.cluster is not None:
+            ev = self.parallel_evaluator()
+            out = ev.run(compiled, inputs, meanwhile=meanwhile, transient=transient)
+            self.last_run = ev.last_run_
+            return out
         if effective_n_jobs(self.n_jobs) == 1:
             return CKKSEvaluator(self.keys.context).run(compiled, inputs, on_value=on_value)
-        return self.parallel_evaluator().run(compiled, inputs, meanwhile=meanwhile)
+        ev = self.parallel_evaluator()
+        out = ev.run(compiled, inputs, meanwhile=meanwhile)
+        self.last_run = ev.last_run_
+        return out
 
     def preload_keys(self, spec: ChunkSpec) -> None:
         """Have the workers load the keys now if ``spec``'s chunk will run in them.
@@ -455,14 +490,23 @@ class TrainingServer:
         the workers load. Nothing happens with one worker, on the plaintext
         backend, or when the chunk will run in this process anyway.
         """
-        if self.backend != "ckks" or effective_n_jobs(self.n_jobs) <= 1:
+        if self.backend != "ckks":
+            return
+        if self.cluster is not None:
+            self.parallel_evaluator().preload_keys()  # sent to every worker, once
+            return
+        if effective_n_jobs(self.n_jobs) <= 1:
             return
         evaluator = self.parallel_evaluator()
         if evaluator.runs_in_workers(self.chunk_circuit(spec.step, spec.length).compiled):
             evaluator.preload_keys()
 
-    def parallel_evaluator(self) -> ParallelCKKSEvaluator:
-        """The worker pool's evaluator (workers get the public bundle only, never the secret)."""
+    def parallel_evaluator(self) -> Any:
+        """The workers' evaluator (workers get the public bundle only, never the secret).
+
+        A :class:`~sklearn_he.circuit.ParallelCKKSEvaluator`, or with a
+        cluster a :class:`~sklearn_he.circuit.ClusterCKKSEvaluator`.
+        """
         if self.keys is None:
             raise ValueError("backend='ckks' needs a KeySet (the public one suffices)")
         if self._parallel is None or self._parallel.context is not self.keys.context:
@@ -473,7 +517,10 @@ class TrainingServer:
                 self.keys.params,
                 allow_insecure_for_testing=self.keys.allow_insecure_for_testing,
             )
-            self._parallel = ParallelCKKSEvaluator(self.keys, n_jobs=self.n_jobs, costs=costs)
+            if self.cluster is not None:
+                self._parallel = self.cluster.evaluator(self.keys, costs=costs, n_jobs=self.n_jobs)
+            else:
+                self._parallel = ParallelCKKSEvaluator(self.keys, n_jobs=self.n_jobs, costs=costs)
         return self._parallel
 
     def server_gram(self, A: EncMatrix[Any], B: EncMatrix[Any]) -> EncMatrix[Any]:
@@ -545,6 +592,7 @@ class TrainingServer:
             self.chunk_inputs(spec, data, state),
             on_value=on_value,
             meanwhile=meanwhile,
+            transient=state_names(self.plan, chunk_state(self.plan, spec)[0]),
         )
 
 
@@ -682,6 +730,8 @@ class Trainer:
         Receives progress lines.
     n_jobs : int, optional
         Worker processes for the server role.
+    cluster : DaskSession, optional
+        A Dask cluster that plays the server role (see :class:`TrainingServer`).
 
     Notes
     -----
@@ -702,6 +752,7 @@ class Trainer:
         keys: KeySet | None = None,
         log: Callable[[str], None] | None = None,
         n_jobs: int | None = None,
+        cluster: Any = None,
     ) -> None:
         _check_backend(backend)
         self.plan = plan
@@ -710,8 +761,11 @@ class Trainer:
         self.backend = backend
         self.log = log or (lambda _msg: None)
         self.n_jobs = n_jobs
+        self.cluster = cluster
         self.client = TrainingClient(plan, backend=backend)
-        self.server = TrainingServer(plan, schedule, coeffs, backend=backend, n_jobs=n_jobs)
+        self.server = TrainingServer(
+            plan, schedule, coeffs, backend=backend, n_jobs=n_jobs, cluster=cluster
+        )
         self.keys = keys
 
     @property
@@ -806,7 +860,9 @@ class Trainer:
         client, server = self.client, self.server
         t0 = time.perf_counter()
         specs = chunk_specs(p, epochs, start_step)
-        parallel = self.backend == "ckks" and effective_n_jobs(self.n_jobs) > 1
+        parallel = self.backend == "ckks" and (
+            self.cluster is not None or effective_n_jobs(self.n_jobs) > 1
+        )
         if specs:  # the workers load the keys while this process encrypts
             server.preload_keys(specs[0])
         # Client-side encryption shared with local worker processes when n_jobs asks for them.
@@ -824,6 +880,9 @@ class Trainer:
         refreshes, depths, per_mb = 0, [], []
         done: ChunkSpec | None = None
         client_s = 0.0
+        where: list[str] = []
+        sent: list[dict[str, int]] = []
+        processes: set[tuple[str, int, str]] = set()
         states_up = sum(self._nbytes(ct) for ct in state.values())
         states_down = 0
         n_state = max((len(state_names(p, chunk_state(p, s)[0])) for s in specs), default=0)
@@ -843,7 +902,14 @@ class Trainer:
                         if zeros is not None:
                             zeros.fill()
 
+                before = dict(self.cluster.sent) if self.cluster is not None else None
                 out = server.run_chunk(spec, data, state, meanwhile=prepare)
+                run = server.last_run
+                where.append(run.where() if run is not None else "client")
+                if run is not None:
+                    processes |= {(t.host, t.pid, t.address) for t in run.tasks}
+                if before is not None:
+                    sent.append({k: n - before.get(k, 0) for k, n in self.cluster.sent.items()})
                 returned = chunk_state(p, spec)[1]
                 n_blk = p.state_blocks
                 states_down += sum(
@@ -894,6 +960,9 @@ class Trainer:
             round_trips=done.index + 1 if done is not None else 0,
             client_seconds=client_s,
             bytes_counted=self.backend == "ckks",
+            chunk_where=where,
+            chunk_sent=sent,
+            chunk_processes=processes,
             chunk_depths=depths,
             depth_per_minibatch=max(per_mb) if per_mb else 0.0,
             encrypt_seconds=encrypt_s,

@@ -1,0 +1,738 @@
+"""The executor on a Dask cluster: a cluster that shares no files with the client as the server.
+
+:class:`DaskSession` is the connection to the cluster for one fit (a
+``distributed.Client`` given by the user, or one built here from a
+scheduler address and the user's Dask security settings);
+:class:`ClusterCKKSEvaluator` runs compiled circuits on its workers. The
+scheduler (:func:`~sklearn_he.circuit.plan_schedule`, pure) splits a
+circuit as for :class:`~sklearn_he.circuit.ParallelCKKSEvaluator`; only
+how the tasks run differs:
+
+* **Keys.** The public bundle (context, public, relinearisation and
+  rotation keys; never the secret key) goes to the cluster once, as bytes,
+  inside a ``WorkerPlugin`` (:class:`KeysPlugin`) that every worker - and
+  every worker that joins or restarts later - runs to load the key set
+  into its cache (:func:`~sklearn_he.circuit._worker.install_keys`). Tasks
+  name the key set by its fingerprint only.
+* **Resident inputs.** Circuit inputs that several runs read (the
+  encrypted data set: minibatch tiles, Gram blocks) are scattered to the
+  cluster the first time a run needs them, as SEAL's bytes, and stay there
+  (Dask futures held by the evaluator) until the evaluator is closed or the
+  ciphertext object they came from is gone. A worker keeps each one
+  deserialised after its first use.
+* **Transient inputs.** Inputs the caller names ``transient`` (the model
+  state, fresh for every chunk) travel with the tasks that read them.
+* **Intermediate values** go from task to task inside the cluster (Dask
+  futures of the tasks' results), never through the client: the client
+  receives the circuit's outputs and, from the other tasks, only where and
+  how long they ran.
+
+No path is ever sent. The keys plugin also tells each worker (outside the
+client's own process) to refuse any file under the client's temporary
+folders (:func:`~sklearn_he.circuit._worker.refuse_paths_under`): a worker
+that could read the client's files would hide a missing transfer.
+
+Every byte the client sends is counted where it is sent, from the lengths
+of the serialised key bundle and ciphertexts (:attr:`DaskSession.sent`),
+and every task reports the process and Dask worker it ran in.
+
+This module imports ``distributed`` and is imported only when a fit is
+given ``server=``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import socket
+import tempfile
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..backend import Ciphertext, CKKSContext, KeySet, WireCiphertext
+from ..exceptions import ClusterConnectionError, ParallelEvaluationError
+from ._compiler import CompiledCircuit
+from ._cost import CostModel
+from ._ir import Op
+from ._parallel import ParallelCKKSEvaluator, RunReport, _const_key, _task_error, temp_folder
+from ._schedule import Schedule, Task, TransferCosts
+from ._worker import (
+    BundleRef,
+    StoredCiphertext,
+    TaskResult,
+    TaskSpec,
+    drop_keys,
+    install_keys,
+    refuse_paths_under,
+    run_cluster_task,
+    strip_values,
+)
+
+try:
+    import distributed
+    from distributed.diagnostics.plugin import WorkerPlugin
+except ImportError as exc:  # pragma: no cover - the test environment has it
+    raise ImportError(
+        "server= needs Dask's distributed scheduler: pip install 'dask[distributed]'"
+    ) from exc
+
+__all__ = [
+    "CONNECT_SECONDS",
+    "ClusterCKKSEvaluator",
+    "DaskSession",
+    "KeysPlugin",
+    "LinkProbe",
+]
+
+#: Longest wait (seconds) to connect to a scheduler address and find a worker.
+CONNECT_SECONDS = 20.0
+#: Size of the throughput probe of :meth:`DaskSession.measure_link` (bytes each way).
+PROBE_BYTES = 2_000_000
+#: Round trips of the latency probe (the median is kept; one more warms up).
+PROBE_ROUND_TRIPS = 5
+#: A probe faster than this is reported as this (Mbit/s): loopback is not a link.
+PROBE_MAX_MBPS = 100_000.0
+#: Floor of ``timeout="auto"`` (seconds), as for the local evaluator.
+_AUTO_TIMEOUT = 120.0
+
+
+# ------------------------------------------------------------------ the keys
+class KeysPlugin(WorkerPlugin):
+    """Installs the public key set on every worker (sent once, as bytes).
+
+    Parameters
+    ----------
+    bundle : bytes
+        The public bundle (``keys.public_bundle()``): no secret key.
+    fingerprint : str
+    allow_insecure_for_testing : bool
+    refuse : sequence of str
+        The client's temporary folders: a worker in another process refuses
+        any path under them (see :func:`~sklearn_he.circuit._worker.refuse_paths_under`).
+    client : tuple of (str, int)
+        Host name and process id of the client, whose own process (a Dask
+        cluster of threads in it) is not told to refuse its folders.
+    """
+
+    def __init__(
+        self,
+        bundle: bytes,
+        fingerprint: str,
+        allow_insecure_for_testing: bool,
+        refuse: Sequence[str],
+        client: tuple[str, int],
+    ) -> None:
+        self.bundle = bundle
+        self.fingerprint = fingerprint
+        self.allow_insecure_for_testing = allow_insecure_for_testing
+        self.refuse = tuple(refuse)
+        self.client = client
+        self.name = f"sklearn-he-keys-{fingerprint[:16]}"
+
+    def setup(self, worker: Any) -> None:
+        install_keys(
+            self.bundle,
+            self.fingerprint,
+            allow_insecure_for_testing=self.allow_insecure_for_testing,
+        )
+        if (socket.gethostname(), os.getpid()) != self.client:
+            refuse_paths_under(self.refuse)
+
+    def teardown(self, worker: Any) -> None:
+        drop_keys(self.fingerprint)
+        if (socket.gethostname(), os.getpid()) != self.client:
+            refuse_paths_under(())
+
+
+# ------------------------------------------------------------------ the link
+@dataclass(frozen=True)
+class LinkProbe:
+    """The link to the cluster as measured through the Dask client.
+
+    Attributes
+    ----------
+    rtt_ms : float
+        Median round trip of a tiny task (client -> scheduler -> worker and
+        back): what each chunk pays beyond its bytes.
+    up_mbps, down_mbps : float
+        Throughput of :data:`PROBE_BYTES` of random bytes scattered to a
+        worker and gathered from one (at most :data:`PROBE_MAX_MBPS`).
+    bytes : int
+        Bytes the probe sent up.
+    """
+
+    rtt_ms: float
+    up_mbps: float
+    down_mbps: float
+    bytes: int
+
+
+def _echo(x: Any) -> Any:
+    return x
+
+
+def _random_bytes(n: int) -> bytes:
+    return os.urandom(n)
+
+
+def _mbps(nbytes: int, seconds: float) -> float:
+    wire = max(seconds, 8 * nbytes / (PROBE_MAX_MBPS * 1e6))
+    return min(8 * nbytes / wire / 1e6, PROBE_MAX_MBPS)
+
+
+# --------------------------------------------------------------- the session
+class DaskSession:
+    """The Dask cluster serving one fit: its client, the keys it holds, the bytes sent.
+
+    Build it with :meth:`connect`; :meth:`close` (or leaving a ``with``
+    block) removes the key sets and the resident inputs from the cluster and
+    closes the client if the session built it.
+
+    Attributes
+    ----------
+    client : distributed.Client
+    sent : dict
+        Bytes the client sent to the cluster, by kind: ``"keys"`` (public
+        bundles), ``"resident"`` (inputs scattered once: the encrypted data
+        set), ``"transient"`` (inputs sent for one run: the model state),
+        ``"circuit"`` (the tasks' pickled descriptions: nodes and public
+        plaintext constants) and ``"probe"`` (:meth:`measure_link`).
+    """
+
+    def __init__(self, client: Any, *, owns_client: bool, timeout: float = CONNECT_SECONDS):
+        self.client = client
+        self.owns_client = owns_client
+        self.timeout = float(timeout)
+        self.sent: dict[str, int] = dict.fromkeys(
+            ("keys", "resident", "transient", "circuit", "probe"), 0
+        )
+        self._plugins: dict[str, str] = {}  # fingerprint -> plugin name
+        self._evaluators: list[ClusterCKKSEvaluator] = []
+        self.closed = False
+
+    # ------------------------------------------------------------ connecting
+    @classmethod
+    def connect(cls, server: Any, *, timeout: float | None = None) -> DaskSession:
+        """A session on ``server``: a ``distributed.Client`` or a scheduler address.
+
+        For an address (``"tcp://host:8786"``, ``"tls://host:8786"``) a
+        client is built with ``distributed.security.Security()``, which
+        reads the user's Dask configuration (``distributed.comm.tls.*``,
+        ``distributed.comm.require-encryption``): TLS certificates and
+        authentication are Dask's. Waits at most ``timeout`` seconds
+        (:data:`CONNECT_SECONDS`) for the connection and for one worker.
+
+        Raises
+        ------
+        TypeError
+            ``server`` is neither.
+        ClusterConnectionError
+            The scheduler cannot be reached, refuses the connection (TLS) or
+            has no worker, with what to check.
+        """
+        wait = CONNECT_SECONDS if timeout is None else float(timeout)
+        if isinstance(server, distributed.Client):
+            if server.status not in ("running", "connecting", "newly-created"):
+                raise ClusterConnectionError(
+                    f"the distributed.Client given as server is {server.status}; pass a "
+                    "connected Client or the scheduler's address"
+                )
+            session = cls(server, owns_client=False, timeout=wait)
+        elif isinstance(server, str):
+            address = server.strip()
+            if not address:
+                raise ValueError(
+                    "server is an empty string; give the scheduler's address "
+                    "(e.g. 'tcp://10.0.0.5:8786', printed by `dask scheduler`) or a Client"
+                )
+            security = distributed.security.Security()  # the user's Dask configuration
+            try:
+                client = distributed.Client(
+                    address, security=security, timeout=wait, set_as_default=False
+                )
+            except Exception as exc:
+                raise ClusterConnectionError(
+                    f"could not connect to the Dask scheduler at {address!r} within {wait:g} s "
+                    f"({type(exc).__name__}: {exc}). Check that the scheduler runs "
+                    "(`dask scheduler` prints its address) and is reachable from here; for a "
+                    "tls:// scheduler, the Dask configuration (distributed.comm.tls.ca-file, "
+                    ".client.cert, .client.key) must hold its CA and your certificate, or pass "
+                    "a distributed.Client built with security=Security(...)"
+                ) from exc
+            session = cls(client, owns_client=True, timeout=wait)
+        else:
+            raise TypeError(
+                "server must be a distributed.Client or a scheduler address such as "
+                f"'tcp://10.0.0.5:8786'; got {type(server).__name__}"
+            )
+        try:
+            session.client.wait_for_workers(1, timeout=wait)
+        except Exception as exc:
+            session.close()
+            raise ClusterConnectionError(
+                f"the Dask scheduler at {session.address} has no worker after {wait:g} s; "
+                "start some (`dask worker <scheduler address>` on each machine) and try again"
+            ) from exc
+        return session
+
+    @property
+    def address(self) -> str:
+        return str(getattr(self.client.scheduler, "address", "?"))
+
+    def workers(self) -> list[str]:
+        """Addresses of the cluster's workers now."""
+        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    @property
+    def n_workers(self) -> int:
+        """Worker processes (a SEAL call holds the GIL: threads of one process do not add up)."""
+        return max(1, len(self.workers()))
+
+    def __enter__(self) -> DaskSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a DaskSession holds a live connection and is not picklable")
+
+    # ------------------------------------------------------------------ keys
+    def install_keys(self, keys: KeySet) -> None:
+        """Send the public bundle of ``keys`` to every worker, once per session."""
+        fp = keys.fingerprint
+        if fp in self._plugins:
+            return
+        bundle = keys.public_bundle()  # never the secret key
+        refuse = {tempfile.gettempdir(), temp_folder() or tempfile.gettempdir()}
+        plugin = KeysPlugin(
+            bundle,
+            fp,
+            keys.allow_insecure_for_testing,
+            sorted(refuse),
+            (socket.gethostname(), os.getpid()),
+        )
+        try:
+            self.client.register_plugin(plugin, name=plugin.name)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                self.client.unregister_worker_plugin(plugin.name)
+            raise ClusterConnectionError(
+                f"the workers of {self.address} could not load the public keys "
+                f"({type(exc).__name__}: {exc}); install sklearn-he {__version__} with Pyfhel "
+                "(the same versions as here) on every worker"
+            ) from exc
+        self._plugins[fp] = plugin.name
+        self.sent["keys"] += len(bundle)
+
+    # -------------------------------------------------------------- the link
+    def measure_link(self) -> LinkProbe:
+        """Round-trip time and throughput each way between this client and the cluster.
+
+        The round trip is the median of :data:`PROBE_ROUND_TRIPS` tiny tasks;
+        each throughput is :data:`PROBE_BYTES` of random bytes scattered to
+        (gathered from) a worker, timed against the same call with one byte
+        (the better of two tries), so that the call's own latency cancels.
+        """
+        c, wait = self.client, self.timeout
+        rtts = []
+        for i in range(PROBE_ROUND_TRIPS + 1):
+            t0 = time.perf_counter()
+            c.submit(_echo, i, pure=False).result(timeout=wait)
+            rtts.append(time.perf_counter() - t0)
+        rtt = float(np.median(rtts[1:]))
+        payload = os.urandom(PROBE_BYTES)  # incompressible
+
+        def up(data: bytes) -> float:
+            t0 = time.perf_counter()
+            fut = c.scatter(data, hash=False)
+            self._wait([fut], wait)
+            seconds = time.perf_counter() - t0
+            self.sent["probe"] += len(data)
+            fut.release()
+            return seconds
+
+        def down(n: int) -> float:
+            fut = c.submit(_random_bytes, n, pure=False)
+            self._wait([fut], wait)
+            t0 = time.perf_counter()
+            fut.result(timeout=wait)
+            seconds = time.perf_counter() - t0
+            fut.release()
+            return seconds
+
+        up_s = min(up(payload) - up(b"x") for _ in range(2))
+        down_s = min(down(PROBE_BYTES) - down(1) for _ in range(2))
+        return LinkProbe(
+            rtt_ms=rtt * 1e3,
+            up_mbps=_mbps(PROBE_BYTES, up_s),
+            down_mbps=_mbps(PROBE_BYTES, down_s),
+            bytes=self.sent["probe"],
+        )
+
+    # ------------------------------------------------------------ evaluators
+    def evaluator(
+        self,
+        keys: KeySet,
+        *,
+        costs: CostModel | None = None,
+        n_jobs: int | None = None,
+    ) -> ClusterCKKSEvaluator:
+        """A :class:`ClusterCKKSEvaluator` for ``keys`` on this cluster (closed with it)."""
+        ev = ClusterCKKSEvaluator(keys, self, costs=costs, n_jobs=n_jobs)
+        self._evaluators.append(ev)
+        return ev
+
+    def _wait(self, futures: Sequence[Any], timeout: float | None) -> None:
+        """Wait until ``futures`` are done (finished, failed or cancelled); TimeoutError after."""
+        with self.client.as_current():
+            distributed.wait(list(futures), timeout=timeout)
+
+    def total_sent(self) -> int:
+        return sum(self.sent.values())
+
+    def close(self) -> None:
+        """Remove the key sets and resident inputs from the cluster; close an owned client."""
+        if self.closed:
+            return
+        self.closed = True
+        for ev in self._evaluators:
+            ev.release()
+        with contextlib.suppress(Exception):
+            for name in self._plugins.values():
+                self.client.unregister_worker_plugin(name)
+        self._plugins.clear()
+        if self.owns_client:
+            with contextlib.suppress(Exception):
+                self.client.close(timeout=self.timeout)
+
+
+# ------------------------------------------------------------- the evaluator
+class ClusterCKKSEvaluator:
+    """Run compiled circuits on the workers of a Dask cluster (see the module docstring).
+
+    Returns what :class:`~sklearn_he.circuit.CKKSEvaluator` returns, bit for
+    bit. Every run goes to the cluster's workers, split as the scheduler
+    plans for their number, or as one task when splitting does not pay: the
+    client process computes nothing of the circuit.
+
+    Parameters
+    ----------
+    keys : KeySet
+        The client's key set: only its public bundle reaches the cluster.
+    session : DaskSession
+    costs : CostModel, optional
+        Operation costs for the scheduler.
+    n_jobs : int, optional
+        Local worker processes sharing the client's encryption
+        (:meth:`encrypt`); the circuits always run on the cluster.
+    check_levels : bool, default=True
+    timeout : float, "auto" or None, default="auto"
+        Seconds a run may take before it is abandoned with a
+        :class:`~sklearn_he.exceptions.ParallelEvaluationError`; "auto":
+        120 s plus 20 times the predicted time of the run.
+
+    Attributes
+    ----------
+    last_run_ : RunReport or None
+        The last run: mode ``"cluster"``, its tasks (process, host and
+        worker address of each) and the bytes sent for it.
+    """
+
+    #: The function each task runs on a worker (tests substitute a failing one).
+    _task_function: Callable[..., TaskResult] = staticmethod(run_cluster_task)
+
+    def __init__(
+        self,
+        keys: KeySet,
+        session: DaskSession,
+        *,
+        costs: CostModel | None = None,
+        n_jobs: int | None = None,
+        check_levels: bool = True,
+        timeout: float | str | None = "auto",
+    ) -> None:
+        self._keys = keys
+        self.session = session
+        self.check_levels = check_levels
+        self.timeout = timeout
+        # Planning, input checks and local encryption are the local evaluator's.
+        self._local = ParallelCKKSEvaluator(
+            keys, n_jobs=n_jobs, costs=costs, mode="bsp", check_levels=check_levels
+        )
+        self._resident: weakref.WeakKeyDictionary[Ciphertext, dict[int, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.last_run_: RunReport | None = None
+
+    @property
+    def context(self) -> CKKSContext:
+        return self._keys.context
+
+    def __reduce__(self) -> Any:
+        raise TypeError("ClusterCKKSEvaluator holds a live cluster connection; not picklable")
+
+    @property
+    def transfer(self) -> TransferCosts:
+        return self._local.transfer
+
+    def preload_keys(self) -> None:
+        """Install the public keys on every worker now (once per session)."""
+        self.session.install_keys(self._keys)
+
+    def runs_in_workers(self, compiled: CompiledCircuit) -> bool:
+        """Always: the cluster is the server."""
+        return True
+
+    def schedule(self, compiled: CompiledCircuit, n_workers: int | None = None) -> Schedule:
+        """The scheduler's plan for the cluster's worker count."""
+        workers = self.session.n_workers if n_workers is None else int(n_workers)
+        return self._local.schedule(compiled, workers)
+
+    def encrypt(self, vectors: Sequence[np.ndarray]) -> list[Ciphertext]:
+        """Encrypt on the client (plaintext never leaves it): see ParallelCKKSEvaluator.encrypt."""
+        return self._local.encrypt(vectors)
+
+    def release(self) -> None:
+        """Let the cluster forget the resident inputs of this evaluator."""
+        self._resident = weakref.WeakKeyDictionary()
+
+    # ---------------------------------------------------------------- running
+    def run(
+        self,
+        compiled: CompiledCircuit,
+        inputs: Mapping[str, Ciphertext],
+        *,
+        meanwhile: Callable[[], None] | None = None,
+        transient: Collection[str] = (),
+    ) -> dict[str, Ciphertext]:
+        """Evaluate on the cluster; returns the output ciphertexts by name.
+
+        ``transient`` names the inputs used by this run only (the model
+        state): they travel with the tasks. Every other input is scattered
+        to the cluster the first time a run reads it and stays there for
+        the next runs (keyed by the ciphertext object). ``meanwhile()`` is
+        called once the tasks are submitted (the client's own work while
+        the cluster computes); an error it raises is raised after the run.
+        """
+        if self.session.closed:
+            raise ParallelEvaluationError("the Dask session of this evaluator is closed")
+        t0 = time.perf_counter()
+        unknown = set(transient) - set(compiled.circuit.inputs)
+        if unknown:
+            raise ValueError(f"transient inputs {sorted(unknown)} are not inputs of the circuit")
+        ready = self._local._check_inputs(compiled, inputs)
+        self.session.install_keys(self._keys)
+        workers = self.session.n_workers
+        sched = self.schedule(compiled, workers)
+        tasks = self._tasks(compiled, sched, workers)
+        report = RunReport("cluster", workers, schedule=sched)
+        names = {nid: name for name, nid in compiled.circuit.inputs.items()}
+        originals = {nid: inputs[name] for name, nid in compiled.circuit.inputs.items()}
+        sent_before = dict(self.session.sent)
+        payloads, prior = self._payloads(tasks, ready, originals, names, set(transient))
+        client = self.session.client
+        ref = BundleRef(self._keys.fingerprint, None, self._keys.allow_insecure_for_testing)
+        fn = type(self)._task_function
+        top = self.context.max_level
+        consts = compiled.circuit.constants
+        outputs = set(compiled.circuit.outputs.values())
+        run_id = uuid.uuid4().hex[:12]
+        futures: dict[int, Any] = {}
+        for t in tasks:
+            used = {k for i in t.nodes if (k := _const_key(compiled.nodes[i])) is not None}
+            spec = TaskSpec(
+                index=t.number,
+                label=t.describe(compiled),
+                slots=compiled.slots,
+                nodes=tuple(compiled.nodes[i] for i in t.nodes),
+                levels={i: top - compiled.depths[i] for i in t.nodes},
+                constants={k: consts[k] for k in sorted(used)},
+                returns=t.returns,
+                check_levels=self.check_levels,
+            )
+            self.session.sent["circuit"] += len(pickle.dumps(spec, protocol=5))
+            futures[t.number] = client.submit(
+                fn,
+                ref,
+                spec,
+                payloads[t.number],
+                [futures[n] for n in prior[t.number]],
+                key=f"sklearn-he-{run_id}-task-{t.number}",
+                pure=False,
+            )
+        wanted = {t.number for t in tasks if outputs & set(t.returns)}
+        results_f = {
+            n: (f if n in wanted else client.submit(strip_values, f, pure=False))
+            for n, f in futures.items()
+        }
+        caller_error: BaseException | None = None
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except BaseException as exc:  # raised once the tasks are done
+                caller_error = exc
+        results = self._collect(compiled, tasks, futures, results_f, sched)
+        if caller_error is not None:
+            raise caller_error
+        blobs: dict[int, WireCiphertext] = {}
+        for res in results:
+            blobs.update(res.values)
+            res.values = {}
+            report.tasks.append(res)
+        ctx = self.context
+        out = {}
+        for name, nid in compiled.circuit.outputs.items():
+            if nid in ready:
+                out[name] = ready[nid]
+            else:
+                out[name] = ctx.ciphertext_from_wire(blobs[nid], source=f"value of node {nid}")
+        for kind in ("resident", "transient", "circuit"):
+            setattr(report, f"{kind}_bytes", self.session.sent[kind] - sent_before[kind])
+        report.wall_seconds = time.perf_counter() - t0
+        report.supersteps.append(
+            {"tasks": len(tasks), "local": False, "seconds": report.wall_seconds}
+        )
+        self.last_run_ = report
+        return out
+
+    def _tasks(self, compiled: CompiledCircuit, sched: Schedule, workers: int) -> list[Task]:
+        """The schedule's tasks, all for the workers; one task when splitting does not pay.
+
+        Each task returns the values later tasks read and the circuit's outputs.
+        """
+        outputs = set(compiled.circuit.outputs.values())
+        inputs = set(compiled.circuit.inputs.values())
+        if workers > 1 and self._local._pays(sched):
+            plan = sched.tasks
+        else:
+            nodes = tuple(n.id for n in compiled.nodes if n.op is not Op.INPUT)
+            needs = tuple(sorted({a for i in nodes for a in compiled.nodes[i].args} & inputs))
+            seconds = sched.serial_seconds
+            plan = [Task(0, 0, nodes, needs, (), False, seconds)]
+        read_later = {v for t in plan for v in t.needs} | outputs
+        return [
+            Task(
+                t.number,
+                t.superstep,
+                t.nodes,
+                t.needs,
+                tuple(i for i in t.nodes if i in read_later),
+                False,
+                t.seconds,
+            )
+            for t in plan
+            if t.nodes
+        ]
+
+    def _payloads(
+        self,
+        tasks: Sequence[Task],
+        ready: Mapping[int, Ciphertext],
+        originals: Mapping[int, Ciphertext],
+        names: Mapping[int, str],
+        transient: set[str],
+    ) -> tuple[dict[int, dict[int, Any]], dict[int, list[int]]]:
+        """Per task: its inputs (futures or wires), and the earlier tasks it reads values of."""
+        ctx = self.context
+        producers: dict[int, list[Task]] = {}
+        for t in tasks:
+            for v in t.returns:
+                producers.setdefault(v, []).append(t)
+        readers: dict[int, int] = {}
+        for t in tasks:
+            for v in t.needs:
+                if v in names:
+                    readers[v] = readers.get(v, 0) + 1
+        # Inputs to send: transient ones (wires, scattered when several tasks read
+        # them) and resident ones not on the cluster yet (scattered once).
+        to_scatter: list[tuple[int, Any]] = []
+        wires: dict[int, WireCiphertext] = {}
+        futures: dict[int, Any] = {}
+        for v in sorted(readers):
+            ct = ready[v]
+            if names[v] in transient:
+                wire = ctx.ciphertext_to_wire(ct)
+                self.session.sent["transient"] += len(wire.data)
+                if readers[v] > 1:
+                    to_scatter.append((v, wire))
+                else:
+                    wires[v] = wire
+                continue
+            per_level = self._resident.setdefault(originals[v], {})
+            fut = per_level.get(ct.level)
+            if fut is not None:
+                futures[v] = fut
+                continue
+            wire = ctx.ciphertext_to_wire(ct)
+            ref = StoredCiphertext(
+                os.urandom(12).hex(), wire.fingerprint, wire.level, None, len(wire.data), wire.data
+            )
+            self.session.sent["resident"] += len(wire.data)
+            to_scatter.append((v, ref))
+        if to_scatter:
+            scattered = self.session.client.scatter([obj for _, obj in to_scatter], hash=False)
+            for (v, obj), fut in zip(to_scatter, scattered, strict=True):
+                futures[v] = fut
+                if isinstance(obj, StoredCiphertext):
+                    self._resident[originals[v]][ready[v].level] = fut
+        payloads: dict[int, dict[int, Any]] = {}
+        prior: dict[int, list[int]] = {}
+        for t in tasks:
+            payload: dict[int, Any] = {}
+            before: list[int] = []
+            for v in t.needs:
+                if v in names:
+                    payload[v] = wires[v] if v in wires else futures[v]
+                    continue
+                earlier = [p for p in producers.get(v, []) if p.superstep < t.superstep]
+                if not earlier:  # pragma: no cover - the scheduler orders its tasks
+                    raise AssertionError(f"no task before task {t.number} computes node {v}")
+                if earlier[-1].number not in before:
+                    before.append(earlier[-1].number)
+            payloads[t.number] = payload
+            prior[t.number] = before
+        return payloads, prior
+
+    def _timeout(self, sched: Schedule) -> float | None:
+        if self.timeout == "auto":
+            return _AUTO_TIMEOUT + 20 * max(sched.predicted_seconds, sched.serial_seconds)
+        return None if self.timeout is None else float(self.timeout)
+
+    def _collect(
+        self,
+        compiled: CompiledCircuit,
+        tasks: Sequence[Task],
+        futures: Mapping[int, Any],
+        results_f: Mapping[int, Any],
+        sched: Schedule,
+    ) -> list[TaskResult]:
+        """Wait for every task (bounded), then gather; failures name the task."""
+        pending = {t.number: t for t in tasks}
+        everything = list(futures.values()) + list(results_f.values())
+        timeout = self._timeout(sched)
+        try:
+            self.session._wait(everything, timeout)
+        except TimeoutError as exc:
+            self.session.client.cancel(everything)
+            raise _task_error(exc, pending, compiled) from exc
+        for n, fut in futures.items():
+            if fut.status == "error":
+                exc = fut.exception()
+                self.session.client.cancel(everything)
+                raise _task_error(exc, pending, compiled) from exc
+            if fut.status == "cancelled":
+                self.session.client.cancel(everything)
+                raise ParallelEvaluationError(
+                    f"{pending[n].describe(compiled)} was cancelled on the cluster (a worker "
+                    "or the scheduler went away?)"
+                )
+        return list(self.session.client.gather(list(results_f.values())))

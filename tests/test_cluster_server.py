@@ -1,0 +1,285 @@
+"""``EncryptedLogisticRegression(server=...)``: a Dask cluster as the untrusted server.
+
+The main test (issue 24) starts a scheduler and two workers that cannot see
+any of the client's temporary folders (each in its own mount namespace with
+fresh tmpfs mounts on ``/tmp`` and ``/dev/shm``; the virtual environment,
+under ``/work``, stays visible), fits against the scheduler's address, and
+checks that every chunk ran on those workers, that the weights are the
+in-process fit's up to CKKS noise, and that after the first epoch only
+model-state ciphertexts travel. Everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.utils._param_validation import InvalidParameterError
+
+from sklearn_he import CKKSParameters, EncryptedLogisticRegression
+from sklearn_he.circuit import _worker, temp_folder
+from sklearn_he.exceptions import ClusterConnectionError
+
+distributed = pytest.importorskip("distributed")
+
+#: Insecure but fast parameters (behind allow_insecure_for_testing), as in test_estimator.
+SMALL = CKKSParameters(4096, (60, *([40] * 6), 60), 40, security_level=0)
+KW = {
+    "max_iter": 2,
+    "random_state": 0,
+    "ckks_params": SMALL,
+    "allow_insecure_for_testing": True,
+}
+#: Bounds of every wait of the cluster test (seconds, and polls).
+START_SECONDS, POLL = 90.0, 0.25
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = load_breast_cancer(return_X_y=True)
+    return X[:160], y[:160]
+
+
+@pytest.fixture(scope="module")
+def in_process(data):
+    return EncryptedLogisticRegression(**KW).fit(*data)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------ no shared files
+def _client_folders() -> list[str]:
+    """The client's temporary folders, outermost first, nested ones dropped."""
+    found = sorted(
+        {
+            os.path.realpath(d)
+            for d in ("/tmp", "/dev/shm", tempfile.gettempdir(), temp_folder())
+            if d and os.path.isdir(d)
+        }
+    )
+    kept: list[str] = []
+    for d in found:
+        if not any(d.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(d)
+    return kept
+
+
+def _private(args: list[str], hide: list[str]) -> list[str]:
+    """``args`` run in a new mount namespace where each folder of ``hide`` is an empty tmpfs."""
+    mounts = " && ".join(f"mount -t tmpfs tmpfs {shlex.quote(d)}" for d in hide)
+    return [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f"{mounts} && cd / && exec {shlex.join(args)}",
+    ]
+
+
+def _need_private_mounts(hide: list[str], marker: str) -> None:
+    """Skip unless this machine can hide the client's folders from a process."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux's unshare to give the workers their own /tmp and /dev/shm")
+    if os.geteuid() != 0:
+        pytest.skip(
+            "needs root (mount namespaces) to give the workers their own /tmp and /dev/shm"
+        )
+    probe = _private(["sh", "-c", f"test ! -e {shlex.quote(marker)}"], hide)
+    try:
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.skip("unshare did not answer within 30 s")
+    if done.returncode != 0:
+        pytest.skip(
+            "cannot hide the client's temporary folders from a process here (unshare -m and "
+            f"tmpfs mounts): {done.stderr.strip() or 'the marker file stayed visible'}"
+        )
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """End each process the test started, by its pid: SIGTERM, then SIGKILL (bounded waits)."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=20)
+
+
+@pytest.mark.ckks
+@pytest.mark.slow
+def test_a_cluster_sharing_no_files_runs_every_chunk(data, in_process, tmp_path):
+    hide = _client_folders()
+    markers = []
+    for folder in hide:
+        marker = os.path.join(folder, f"sklearn-he-client-only-{uuid.uuid4().hex}")
+        with open(marker, "w") as fh:
+            fh.write("the client's file")
+        markers.append(marker)
+    procs: list[subprocess.Popen] = []
+    logs = []
+    try:
+        _need_private_mounts(hide, markers[0])
+        dask = os.path.join(os.path.dirname(sys.executable), "dask")
+        port = _free_port()
+        address = f"tcp://127.0.0.1:{port}"
+        worker = [dask, "worker", address, "--host", "127.0.0.1", "--nthreads", "1"]
+        commands = [
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            *([*worker, "--no-nanny", "--no-dashboard", "--name", f"private-{i}"] for i in (0, 1)),
+        ]
+        for i, command in enumerate(commands):
+            log = open(tmp_path / f"process-{i}.log", "wb")  # noqa: SIM115 - closed below
+            logs.append(log)
+            procs.append(
+                subprocess.Popen(
+                    _private(command, hide),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        deadline = time.monotonic() + START_SECONDS
+        for _ in range(int(START_SECONDS / POLL)):  # the scheduler's port opens
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                break
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(POLL)
+        dead = [i for i, p in enumerate(procs) if p.poll() is not None]
+        assert not dead, (tmp_path / f"process-{dead[0]}.log").read_text() if dead else ""
+        with distributed.Client(address, timeout=START_SECONDS, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=START_SECONDS)
+            pids = set(client.run(os.getpid).values())
+            assert pids == {p.pid for p in procs[1:]}  # unshare and sh exec'd the workers
+            for marker in markers:  # the workers cannot see the client's folders
+                assert set(client.run(os.path.exists, marker).values()) == {False}
+
+            clf = EncryptedLogisticRegression(server=address, **KW).fit(*data)
+            # Once the fit ends, the keys are gone from the workers.
+            held = client.run(_worker.cache_info)
+            assert all(clf.report_.key_fingerprint not in str(c) for c in held.values())
+        r = clf.report_
+        cluster = r.extra["cluster"]
+        # Every chunk's circuit ran on the private workers, none in this process.
+        assert r.round_trips > 2 and r.chunks_on_workers == r.round_trips
+        assert r.chunks_in_client == 0
+        assert {pid for _, pid, _ in cluster["task_processes"]} <= pids
+        assert os.getpid() not in {pid for _, pid, _ in cluster["task_processes"]}
+        # The model is the in-process fit's, up to CKKS noise.
+        scale = np.abs(in_process.coef_).max()
+        gap = max(
+            np.abs(clf.coef_ - in_process.coef_).max(),
+            np.abs(clf.intercept_ - in_process.intercept_).max(),
+        )
+        assert gap <= 5e-3 * scale, gap
+        # Bytes, as sent: the keys and the data set once; from the second epoch on,
+        # each chunk sends the state's ciphertexts and nothing else.
+        per_epoch = r.round_trips // KW["max_iter"]
+        sent, state = r.cluster_bytes_per_chunk, r.cluster_state_bytes_per_chunk
+        assert len(sent) == len(state) == r.round_trips
+        keys = cluster["sent_bytes"]["keys"]
+        assert keys > 0 and r.cluster_setup_bytes > keys
+        # The keys go before the first chunk; the data set's tiles when a chunk first reads them.
+        assert sum(sent) - sum(state) == r.cluster_setup_bytes - keys
+        assert all(s > 0 for s in state)
+        for i in range(per_epoch, r.round_trips):
+            assert sent[i] == state[i] == state[i - per_epoch], i
+        assert sum(sent[:per_epoch]) - sum(state[:per_epoch]) == r.cluster_setup_bytes - keys
+        assert r.link.startswith("measured")
+        print(
+            f"\ncluster: {r.chunks_on_workers}/{r.round_trips} chunks on workers, setup "
+            f"{r.cluster_setup_bytes} B (keys {keys}), per chunk after epoch 1 {sent[-1]} B, "
+            f"max |coef - in-process| {gap:.2e} (scale {scale:.3g}); {r.link}"
+        )
+    finally:
+        _stop(procs)
+        for log in logs:
+            log.close()
+        for marker in markers:
+            os.remove(marker)
+
+
+# ---------------------------------------------------------- a LocalCluster
+@pytest.mark.ckks
+@pytest.mark.slow
+def test_a_given_client_and_link_are_used_as_they_are(data, in_process):
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as lc,
+        distributed.Client(lc, set_as_default=False) as client,
+    ):
+        clf = EncryptedLogisticRegression(server=client, link="lan", **KW).fit(*data)
+        assert client.status == "running"  # the user's client stays open
+    r = clf.report_
+    assert r.link.startswith("lan") and r.extra["cluster"]["link_probe"] is None
+    assert r.chunks_on_workers == r.round_trips and r.chunks_in_client == 0
+    np.testing.assert_allclose(
+        clf.coef_, in_process.coef_, atol=5e-3 * np.abs(in_process.coef_).max()
+    )
+    # Without a server every chunk runs in this process.
+    assert in_process.report_.chunks_in_client == in_process.report_.round_trips
+    assert in_process.report_.cluster_bytes_per_chunk == []
+
+
+def test_a_clone_shares_the_users_client_and_pickling_drops_it():
+    """GridSearchCV and cross_val_score clone: a Client (not deep-copyable) is shared."""
+    from sklearn.base import clone
+
+    with (
+        distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as lc,
+        distributed.Client(lc, set_as_default=False) as client,
+    ):
+        est = EncryptedLogisticRegression(server=client, max_iter=3)
+        copy = clone(est)
+        assert copy.server is client and copy.max_iter == 3 and est.server is client
+        # A connection does not pickle: the estimator drops it (an address is kept).
+        assert pickle.loads(pickle.dumps(est)).server is None and est.server is client
+        by_pickle = pickle.loads(pickle.dumps(EncryptedLogisticRegression(server="tcp://a:1")))
+        assert by_pickle.server == "tcp://a:1"
+    by_address = clone(EncryptedLogisticRegression(server="tcp://127.0.0.1:8786"))
+    assert by_address.server == "tcp://127.0.0.1:8786"
+
+
+def test_server_needs_the_ckks_backend(data):
+    with pytest.raises(ValueError, match="backend='plaintext' trains in this process"):
+        EncryptedLogisticRegression(backend="plaintext", server="tcp://127.0.0.1:1").fit(*data)
+
+
+def test_server_of_a_wrong_type_is_refused(data):
+    with pytest.raises(InvalidParameterError, match="'server' parameter"):
+        EncryptedLogisticRegression(server=8786).fit(*data)
+
+
+def test_an_unreachable_scheduler_is_a_clear_error_in_bounded_time(data, monkeypatch):
+    import sklearn_he.circuit._cluster as cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_SECONDS", 2.0)
+    clf = EncryptedLogisticRegression(server=f"tcp://127.0.0.1:{_free_port()}", **KW)
+    t0 = time.perf_counter()
+    with pytest.raises(ClusterConnectionError, match="could not connect to the Dask scheduler"):
+        clf.fit(*data)
+    assert time.perf_counter() - t0 < 30
