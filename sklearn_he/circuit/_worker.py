@@ -131,6 +131,9 @@ class StoredCiphertext:
     data : bytes or None
         The bytes themselves, sent only to a worker that reported it could
         not read ``path``.
+    enveloped : bool
+        ``data`` is the ciphertext's envelope (compact, seeded: see
+        :class:`~sklearn_he.backend.WireCiphertext`), not SEAL's bytes.
     """
 
     key: str
@@ -139,6 +142,7 @@ class StoredCiphertext:
     path: str | None
     nbytes: int
     data: bytes | None = None
+    enveloped: bool = False
 
 
 def _store_get(key: str) -> Ciphertext | None:
@@ -172,7 +176,7 @@ def _load_stored(ctx: CKKSContext, nid: int, ref: StoredCiphertext) -> Ciphertex
         return ct
     source = f"stored value of node {nid} ({ref.path})"
     if ref.data is not None:
-        wire = WireCiphertext(ref.fingerprint, ref.level, ref.data)
+        wire = WireCiphertext(ref.fingerprint, ref.level, ref.data, ref.enveloped)
         ct = ctx.ciphertext_from_wire(wire, source=source)
     else:
         if ref.path is None:
