@@ -70,6 +70,11 @@ class Plan:
     #: Minibatch tiles hold ``Z^T`` and the model state is ColVectors
     #: (``build_chunk(transposed=True)``).
     transposed: bool = False
+    #: Sample-weighted training: every minibatch also comes as a weighted copy
+    #: ``S_t Z_t`` that the gradients read (``build_chunk(weighted=True)``).
+    #: Set after planning; it changes no depth, operation or rotation, only
+    #: the data uploaded.
+    weighted: bool = False
 
     @property
     def state_blocks(self) -> int:
@@ -94,8 +99,8 @@ class Plan:
     ) -> ChunkCircuit:
         """Compile ``len(steps)`` NAG steps the way this plan runs them.
 
-        Tile shape, sizes, layout, fusion and the depth at which Gram blocks
-        arrive all come from the plan (see :func:`~sklearn_he.training.build_chunk`).
+        Tile shape, sizes, layout, fusion, weighting and the depth at which
+        Gram blocks arrive all come from the plan (see :func:`~sklearn_he.training.build_chunk`).
         """
         return build_chunk(
             steps,
@@ -108,6 +113,7 @@ class Plan:
             layout=self.layout,
             fuse=self.fuse,
             transposed=self.transposed,
+            weighted=self.weighted,
         )
 
 
