@@ -129,8 +129,8 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
     batch_size : int or "auto", default="auto"
         Minibatch size ``m``. "auto": the cost model picks 32, 64 or 128
         (sizes up to a quarter of the samples, 32 at least; with fewer than
-        17 samples one minibatch of all of them), together with the tile
-        shape.
+        32 samples one minibatch of all of them, never a padded one),
+        together with the tile shape.
     max_iter : int, default=5
         Epochs (passes over the training data).
     learning_rate : float, default=10.0

@@ -392,7 +392,9 @@ def gram_block_costs(
 
 
 #: Batch sizes "auto" chooses from (capped at a quarter of the samples, so
-#: that an epoch keeps at least about four steps).
+#: that an epoch keeps at least about four steps, and never above the number
+#: of samples: fewer than 32 samples are one minibatch of all of them, not a
+#: padded one, whose step would be ``n / 32`` of the mean gradient).
 AUTO_BATCH_SIZES = (32, 64, 128)
 #: Narrowest tile considered (rotation sums cost log2(width) anyway).
 MIN_TILE_WIDTH = 16
@@ -667,7 +669,7 @@ def _plan(
         sources = ["client", "server"] if gram_source == "auto" else [gram_source]
     if batch_size == "auto":
         cap = max(AUTO_BATCH_SIZES[0], n_samples // 4)
-        sizes = [m for m in AUTO_BATCH_SIZES if m <= cap and m < 2 * n_samples] or [
+        sizes = [m for m in AUTO_BATCH_SIZES if m <= cap and m <= n_samples] or [
             min(AUTO_BATCH_SIZES[0], n_samples)
         ]
     else:
