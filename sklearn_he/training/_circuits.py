@@ -177,7 +177,7 @@ def weighted_gram(a: int, b: int) -> tuple[bool, bool]:
     more than an unweighted one.
     """
     if a == b:
-        raise ValueError(f"the training circuits use no Gram block of a minibatch with itself ({a})")
+        raise ValueError(f"the training circuits use no Gram block of minibatch {a} with itself")
     return (a < b, a > b)
 
 

@@ -663,7 +663,8 @@ class _InProcessData:
                     self._count(b)
             else:
                 for start in range(0, len(plain), SPILL_GROUP):
-                    group = client.encrypt_batches(plain[start : start + SPILL_GROUP], encrypt_many)
+                    part = plain[start : start + SPILL_GROUP]
+                    group = client.encrypt_batches(part, encrypt_many)
                     for i, M in enumerate(group, start):
                         out.append(self._keep(f"{key}{i}", M))
             if key == "SZ":
