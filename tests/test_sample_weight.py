@@ -328,7 +328,8 @@ def test_bad_weights_are_refused_with_what_to_do(cancer):
         plain(class_weight={0: 0.0, 1: 0.0}).fit(X, y)
     with pytest.raises(ValueError, match="class_weight"):
         plain(class_weight="heavy").fit(X, y)
-    with pytest.raises(ValueError, match=r"not in class_weight|not in classes|class"):
+    keys = r"class_weight=\{5: 2.0\}: .*; its keys must be class labels of y \(here \[0, 1\]\)"
+    with pytest.raises(ValueError, match=keys + r", e.g. \{0: 2.0\}"):
         plain(class_weight={5: 2.0}).fit(X, y)
 
 
