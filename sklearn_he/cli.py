@@ -228,6 +228,27 @@ def _labels(y: np.ndarray, path: Path, where: str) -> np.ndarray:
     return y
 
 
+def _sample_weights(cells: np.ndarray, path: Path, where: str) -> np.ndarray:
+    """Sample weights of text cells or an array: finite numbers >= 0, refusals name the row."""
+    for i, cell in enumerate(cells):
+        text = str(cell).strip()
+        problem = None
+        if not text or (_is_number(text) and np.isnan(float(text))):
+            problem = f"has no sample weight{where}; fill in the weights (0 leaves a row out)"
+        elif not _is_number(text):
+            problem = f"holds {text!r} as its sample weight{where}; weights must be numbers"
+        elif not np.isfinite(float(text)):
+            problem = f"holds the sample weight {text}{where}; weights must be finite"
+        elif float(text) < 0:
+            problem = (
+                f"holds the negative sample weight {text}{where}; weights must be >= 0 (give "
+                "a row weight 0 to leave it out of training)"
+            )
+        if problem is not None:
+            raise ValueError(f"{path}: data row {i + 1} {problem}")
+    return np.asarray(cells, dtype=np.float64)
+
+
 def read_table(
     path: str,
     *,
@@ -236,6 +257,23 @@ def read_table(
     header: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Features and labels from a CSV file (header optional) or a ``.npy`` array.
+
+    :func:`read_weighted_table` without sample weights.
+    """
+    X, y, _ = read_weighted_table(path, label_column=label_column, labels=labels, header=header)
+    return X, y
+
+
+def read_weighted_table(
+    path: str,
+    *,
+    label_column: str | None,
+    labels: str | None = None,
+    header: bool | None = None,
+    weight_column: str | None = None,
+    weights: str | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Features, labels and sample weights from a CSV file (header optional) or a ``.npy`` array.
 
     ``label_column`` names the label column (an index, negative from the
     end, or a header name) or is None when ``path`` holds features only;
@@ -256,10 +294,34 @@ def read_table(
     Otherwise it is data: a line whose text cells sit in columns of text
     (string labels, as in ``1.5,2,yes``) and a line of numbers only. A file
     whose header is all numbers needs ``header=True`` (``--header``).
+
+    ``weight_column`` names a column of sample weights (as ``label_column``
+    does; it must be another column), ``weights`` a separate file of them
+    (one column, one weight per row); at most one of the two. Weights must be
+    finite numbers >= 0: a missing, non-numeric, infinite or negative weight
+    is refused with its row. Without either, the weights are None.
     """
     p = Path(path)
     cells, names = _read_cells(p, header)
-    y = None
+    y = w = None
+    if weights is not None:
+        wp = Path(weights)
+        wl, _ = _read_cells(wp, header)
+        if wl.shape[1] != 1:
+            raise ValueError(f"weights file {wp} must hold one column; it has {wl.shape[1]}")
+        if wl.shape[0] != cells.shape[0]:
+            raise ValueError(
+                f"weights file {wp} holds {wl.shape[0]} weights for {cells.shape[0]} rows of "
+                f"{p}; give one weight per row (--header/--no-header if a first line was misread)"
+            )
+        w = _sample_weights(wl[:, 0], wp, "")
+    weight_col = None
+    if weight_column is not None:
+        weight_col = _column_index(
+            weight_column, names, cells.shape[1], p, "--sample-weight-column"
+        )
+        name = f" ({names[weight_col]!r})" if names else ""
+        w = _sample_weights(cells[:, weight_col], p, f" (column index {weight_col}{name})")
     columns = list(range(cells.shape[1]))  # file column of each remaining column
     if labels is not None:
         lp = Path(labels)
@@ -274,17 +336,28 @@ def read_table(
         y = _labels(yl[:, 0], lp, "")
     elif label_column is not None:
         col = _column_index(label_column, names, cells.shape[1], p)
+        if col == weight_col:
+            name = f" ({names[col]!r})" if names else ""
+            raise _UsageError(
+                f"--label-column {label_column} and --sample-weight-column {weight_column} "
+                f"name the same column of {p} (column index {col}{name}); the labels and the "
+                "weights need a column each"
+            )
         name = f" ({names[col]!r})" if names else ""
         y = _labels(cells[:, col], p, f" (column index {col}{name})")
         cells = np.delete(cells, col, axis=1)
         del columns[col]
+    if weight_col is not None:
+        j = columns.index(weight_col)
+        cells = np.delete(cells, j, axis=1)
+        del columns[j]
     try:
         X = np.asarray(cells, dtype=np.float64)
     except ValueError:
         raise ValueError(_not_a_number(cells, columns, names, p)) from None
     if not np.isfinite(X).all():
         raise ValueError(_not_a_number(cells, columns, names, p))
-    return X, y
+    return X, y, w
 
 
 def _not_a_number(
@@ -314,7 +387,9 @@ def _not_a_number(
     return f"{path}: features must be finite numbers"
 
 
-def _column_index(spec: str, header: list[str] | None, width: int, path: Path) -> int:
+def _column_index(
+    spec: str, header: list[str] | None, width: int, path: Path, flag: str = "--label-column"
+) -> int:
     if header is not None and spec in header:
         return header.index(spec)
     try:
@@ -325,7 +400,7 @@ def _column_index(spec: str, header: list[str] | None, width: int, path: Path) -
             + (f" (columns: {', '.join(header)})" if header else " (the file has no header)")
         ) from None
     if not -width <= idx < width:
-        raise ValueError(f"{path} has {width} columns; --label-column {idx} is out of range")
+        raise ValueError(f"{path} has {width} columns; {flag} {idx} is out of range")
     return idx % width
 
 
@@ -398,6 +473,13 @@ def _training_options(args: argparse.Namespace) -> dict[str, Any]:
         out["fit_intercept"] = False
     for name, value in args.param or []:
         out[name] = value
+    if isinstance(out.get("class_weight"), dict):
+        raise _UsageError(
+            "--param class_weight takes 'balanced' (or null) only: the protocol stores the "
+            "training options as JSON, whose keys cannot be the labels; give per-row weights "
+            "instead (class weights times any others) with --sample-weight-column or "
+            "--sample-weights"
+        )
     return out
 
 
@@ -441,11 +523,15 @@ def _check_data_options(args: argparse.Namespace) -> None:
     that names the two options.
     """
     labels = getattr(args, "labels", None)
+    weight_column = getattr(args, "sample_weight_column", None)
+    weights = getattr(args, "sample_weights", None)
     flag = {True: "--header", False: "--no-header", None: None}[args.header]
     shape = getattr(args, "shape", None)
     if shape is not None:
         for given, name in ((args.data, "--data"), (labels, "--labels"),
-                            (args.label_column, "--label-column"), (flag, flag)):  # fmt: skip
+                            (args.label_column, "--label-column"),
+                            (weight_column, "--sample-weight-column"),
+                            (weights, "--sample-weights"), (flag, flag)):  # fmt: skip
             if given is not None:
                 raise _UsageError(
                     f"--shape and {name} conflict: {name} is about a data file, and --shape "
@@ -457,8 +543,13 @@ def _check_data_options(args: argparse.Namespace) -> None:
             f"--label-column and --labels conflict: --labels {labels} holds the labels, so "
             f"no column of --data {args.data} is one; give one of the two"
         )
+    if weights is not None and weight_column is not None:
+        raise _UsageError(
+            f"--sample-weight-column and --sample-weights conflict: --sample-weights {weights} "
+            f"holds the weights, so no column of --data {args.data} is one; give one of the two"
+        )
     if flag is not None and args.data is not None:
-        files = [f for f in (args.data, labels) if f is not None]
+        files = [f for f in (args.data, labels, weights) if f is not None]
         if all(Path(f).suffix == ".npy" for f in files):
             raise _UsageError(
                 f"{flag} and --data conflict: {flag} says whether a CSV file starts with a "
@@ -477,18 +568,26 @@ def _out(args: argparse.Namespace, text: str) -> None:
 
 
 def _training_data(
-    args: argparse.Namespace, *, fit_intercept: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels of ``--data``, checked as ``encrypt`` checks training data.
+    args: argparse.Namespace, *, fit_intercept: bool, class_weight: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """Features, labels and sample weights of ``--data``, checked as ``encrypt`` checks them.
 
     Labels (two classes exactly), features (a 2-D array of finite real
-    numbers) and standardisation (every column finite) are refused with the
-    file named, before keys are made or anything is encrypted.
+    numbers), sample weights (``--sample-weight-column`` or
+    ``--sample-weights``: finite, >= 0) and standardisation (every column
+    finite) are refused with the file named, before keys are made or
+    anything is encrypted. The last value returned is the number of rows
+    training uses (those of positive weight): what keygen plans for.
     """
     from .protocol import check_training_data
 
-    X, y = read_table(
-        args.data, label_column=args.label_column, labels=args.labels, header=args.header
+    X, y, w = read_weighted_table(
+        args.data,
+        label_column=args.label_column,
+        labels=args.labels,
+        header=args.header,
+        weight_column=args.sample_weight_column,
+        weights=args.sample_weights,
     )
     if y is None:  # pragma: no cover (the label column has a default)
         raise ValueError(f"{args.command} needs labels: --label-column or --labels")
@@ -500,12 +599,15 @@ def _training_data(
             "its last column or in a --labels file"
         )
     try:
-        check_training_data(X, y, fit_intercept=fit_intercept)
+        used, _, _ = check_training_data(
+            X, y, fit_intercept=fit_intercept, sample_weight=w, class_weight=class_weight
+        )
     except (ValueError, ProtocolError) as exc:
         source = args.data + (f" (labels {args.labels})" if args.labels else "")
+        source += f" (weights {args.sample_weights})" if args.sample_weights else ""
         kind = ProtocolError if isinstance(exc, ProtocolError) else ValueError
         raise kind(f"{source}: {exc}") from None
-    return X, y
+    return X, y, w, used.shape[0]
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -515,7 +617,12 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     options = _training_options(args)
     if args.data is not None:
         fit_intercept = options.get("fit_intercept", True)
-        n, d = _training_data(args, fit_intercept=bool(fit_intercept))[0].shape
+        X, _, _, n = _training_data(
+            args,
+            fit_intercept=bool(fit_intercept),
+            class_weight=options.get("class_weight"),
+        )
+        d = X.shape[1]  # n: the rows of positive sample weight, which training uses
     elif args.shape is not None:
         n, d = args.shape
     else:
@@ -554,13 +661,21 @@ def _client(args: argparse.Namespace) -> Any:
 
 def cmd_encrypt(args: argparse.Namespace) -> int:
     client = _client(args)
-    fit_intercept = client.config["options"].get("fit_intercept", True)
-    X, y = _training_data(args, fit_intercept=bool(fit_intercept))  # refusals name the file
-    ds = client.encrypt(X, y, args.out, args.states)
+    options = client.config["options"]
+    X, y, w, n = _training_data(  # refusals name the file
+        args,
+        fit_intercept=bool(options.get("fit_intercept", True)),
+        class_weight=options.get("class_weight"),
+    )
+    ds = client.encrypt(X, y, args.out, args.states, sample_weight=w)
     plan = ds.plan
+    weighted = ""
+    if w is not None:
+        weighted = f" with sample weights ({X.shape[0] - n} rows of weight 0 left out"
+        weighted += "; the minibatches go twice, weighted and not)" if plan.weighted else ")"
     _out(
         args,
-        f"encrypted {X.shape[0]} x {X.shape[1]} rows into {args.out} "
+        f"encrypted {n} x {X.shape[1]} rows into {args.out}{weighted} "
         f"({len(ds.manifest['files'])} ciphertexts, {ds.total_bytes / 1e6:.1f} MB); "
         f"{ds.n_chunks} chunks of up to {plan.k} minibatches of {plan.batch_size}\n"
         f"send {args.out}/, {Path(args.states) / 'state-00000.fresh.skhe'} and the public "
@@ -1032,7 +1147,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _data_args(
-    p: argparse.ArgumentParser, *, label_default: str | None, labels: bool = True
+    p: argparse.ArgumentParser,
+    *,
+    label_default: str | None,
+    labels: bool = True,
+    weights: bool = False,
 ) -> None:
     p.add_argument(
         "--data",
@@ -1052,6 +1171,19 @@ def _data_args(
     if labels:
         p.add_argument(
             "--labels", help="labels in a separate CSV/.npy file instead (not with --label-column)"
+        )
+    if weights:
+        p.add_argument(
+            "--sample-weight-column",
+            metavar="COLUMN",
+            help="column of non-negative sample weights: index (negative from the end) or "
+            "header name; rows of weight 0 are left out (default: every row weighs 1)",
+        )
+        p.add_argument(
+            "--sample-weights",
+            metavar="FILE",
+            help="sample weights in a separate CSV/.npy file instead, one per row (not with "
+            "--sample-weight-column)",
         )
     p.add_argument(
         "--header",
@@ -1076,7 +1208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keygen", help="client: plan the training run and create its keys")
     _common(p)
     p.add_argument("--out", required=True, help="key directory to create (keep it private)")
-    _data_args(p, label_default="-1")
+    _data_args(p, label_default="-1", weights=True)
     p.add_argument(
         "--shape", nargs=2, type=int, metavar=("N_SAMPLES", "N_FEATURES"), help="instead of --data"
     )
@@ -1099,7 +1231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encrypt", help="client: encrypt a training set for the server")
     _common(p)
     p.add_argument("--keys", required=True, help="key directory (from keygen)")
-    _data_args(p, label_default="-1")
+    _data_args(p, label_default="-1", weights=True)
     p.add_argument("--out", required=True, help="encrypted data-set directory to create")
     p.add_argument("--states", required=True, help="directory for model states (shared)")
     p.set_defaults(func=cmd_encrypt)

@@ -37,7 +37,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils import check_random_state
 
-from .._estimator import EncryptedLogisticRegression, FitReport
+from .._estimator import EncryptedLogisticRegression, FitReport, _drop_zero_weights, _mean_one
 from .._version import __version__
 from ..backend import CKKSParameters, KeySet, ZeroPool
 from ..backend._keys import PUBLIC_BUNDLE_FILE, SECRET_KEY_FILE
@@ -51,6 +51,7 @@ from ..exceptions import (
 )
 from ..linalg import ColVector, EncMatrix
 from ..training import Link, TrainingClient, chunk_specs, state_names
+from ..training._trainer import gram_factors
 from ._dataset import (
     DATASET_FORMAT,
     MANIFEST,
@@ -60,6 +61,7 @@ from ._dataset import (
     plan_from_dict,
     plan_to_dict,
     schedule_to_dict,
+    sz_file,
     z_file,
 )
 from ._files import (
@@ -122,9 +124,14 @@ def _estimator_params(clf: EncryptedLogisticRegression) -> dict[str, Any]:
         if isinstance(v, Link):
             v = v.spec()  # read back by Link.parse
         if not (v is None or isinstance(v, (bool, int, float, str, np.generic))):
+            hint = {
+                "random_state": "pass an integer random_state",
+                "class_weight": "give class_weight='balanced', or per-row weights (the "
+                "command line's --sample-weight-column or --sample-weights)",
+            }.get(k, "pass a number or a string")
             raise ValueError(
                 f"the protocol stores estimator options as JSON; {k}={v!r} is not a number, "
-                "string or None (pass an integer random_state)"
+                f"string or None ({hint})"
             )
         out[k] = _jsonable(v)
     return out
@@ -154,20 +161,32 @@ def _make_estimator(
 
 # ------------------------------------------------------------------ the data
 def _binary_data(
-    clf: EncryptedLogisticRegression, X: Any, y: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``clf``'s validation of ``X, y``, and the protocol's: exactly two classes."""
+    clf: EncryptedLogisticRegression, X: Any, y: Any, sample_weight: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """``clf``'s validation of ``X, y`` (and weights), and the protocol's: exactly two classes.
+
+    Returns the rows training uses (those of positive weight), their labels,
+    the classes, their weights (``sample_weight`` times ``clf.class_weight``;
+    None when they are all equal) and the number of rows of weight 0 left out.
+    """
     X, y, classes = clf._check_fit_data(X, y, binary=True)
     if classes.size != 2:
         raise ProtocolError(
             f"the data have {classes.size} classes; the protocol trains one binary model. "
             "Encrypt one data set per class (one-vs-rest labels) or merge classes"
         )
-    return X, y, classes
+    sw = clf._sample_weight(X, y, classes, sample_weight)
+    X, y, sw, dropped = _drop_zero_weights(X, y, sw)
+    return X, y, classes, sw, dropped
 
 
 def check_training_data(
-    X: Any, y: Any, *, fit_intercept: bool = True
+    X: Any,
+    y: Any,
+    *,
+    fit_intercept: bool = True,
+    sample_weight: Any = None,
+    class_weight: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate a training set as :meth:`Client.encrypt` will, without keys.
 
@@ -183,25 +202,33 @@ def check_training_data(
         Labels of exactly two classes.
     fit_intercept : bool, default=True
         The training option (it decides whether the columns are centred).
+    sample_weight : array-like of shape (n_samples,), default=None
+        Non-negative weights of the rows (rows of weight 0 are left out).
+    class_weight : dict, "balanced" or None, default=None
+        The training option (see :class:`~sklearn_he.EncryptedLogisticRegression`).
 
     Returns
     -------
     X, y : ndarray
-        The validated data.
+        The validated rows training uses: those of positive weight (after
+        ``class_weight``), which is the number of samples to plan for.
     classes : ndarray of shape (2,)
 
     Raises
     ------
     ValueError
         Features that are not a 2-D array of finite real numbers, labels of
-        one class, or a column that cannot be standardised in float64
-        (message names it: rescale the feature).
+        one class (among the rows of positive weight), negative or non-finite
+        weights, or a column that cannot be standardised in float64 (message
+        names it: rescale the feature).
     ProtocolError
         More than two classes.
     """
-    clf = EncryptedLogisticRegression(fit_intercept=fit_intercept)
-    X, y, classes = _binary_data(clf, X, y)
-    clf._design(X, fit=True)  # the standardisation encrypt computes, refused as there
+    clf = EncryptedLogisticRegression(fit_intercept=fit_intercept, class_weight=class_weight)
+    clf._validate_params()
+    X, y, classes, sw, _ = _binary_data(clf, X, y, sample_weight)
+    # the standardisation encrypt computes, refused as there
+    clf._design(X, fit=True, sample_weight=sw)
     return X, y, classes
 
 
@@ -228,7 +255,9 @@ def keygen(
     directory : path
         The client's key directory (keep it private).
     n_samples, n_features : int
-        Shape of the training data (features without the label).
+        Shape of the training data (features without the label; with sample
+        weights, the rows of positive weight, which training uses:
+        :func:`check_training_data` returns them).
     options : mapping, optional
         :class:`~sklearn_he.EncryptedLogisticRegression` parameters
         (``max_iter``, ``batch_size``, ``learning_rate``, ``random_state``, ...).
@@ -463,12 +492,22 @@ class Client:
         y: Any,
         dataset_dir: str | os.PathLike[str],
         states_dir: str | os.PathLike[str],
+        *,
+        sample_weight: Any = None,
     ) -> EncryptedDataset:
         """Encrypt a training set as the chunk circuits expect it, plus the initial state.
 
         Writes the data set directory (built in a temporary directory next to
         it and renamed when complete), ``state-00000.fresh.skhe`` into
         ``states_dir`` and the private record ``datasets/<id>.json``.
+
+        ``sample_weight`` (non-negative, one per row; multiplied by the
+        ``class_weight`` option) is applied as
+        :meth:`EncryptedLogisticRegression.fit <sklearn_he.EncryptedLogisticRegression.fit>`
+        applies it: rows of weight 0 are left out, and unequal weights add
+        the weighted copy of every minibatch (``SZ/`` files, as large as the
+        ``Z/`` files) to the data set; the weights themselves are never
+        written in the clear.
 
         Raises
         ------
@@ -502,9 +541,10 @@ class Client:
         config = self.config
         keys = self.keys
         clf = _make_estimator(config["options"], keys.params, self.allow_insecure)
-        X, y, classes = _binary_data(clf, X, y)
-        design = clf._design(X, fit=True)
-        trainer = clf._trainer(X.shape[0], design.shape[1])
+        X, y, classes, sw, dropped = _binary_data(clf, X, y, sample_weight)
+        design = clf._design(X, fit=True, sample_weight=sw)
+        weights = _mean_one(sw)
+        trainer = clf._trainer(X.shape[0], design.shape[1], weighted=weights is not None)
         plan = trainer.plan
         need = {s % keys.params.slots for s in trainer.rotation_steps()}
         missing = sorted(need - self._bundle_rotation_steps())
@@ -518,6 +558,7 @@ class Client:
         order = check_random_state(clf.random_state).permutation(X.shape[0])
         Z = np.where(y == classes[1], 1.0, -1.0)[:, None] * design
         batches = clf._minibatches(Z, order, plan)
+        weighted = None if weights is None else clf._minibatches(weights[:, None] * Z, order, plan)
         specs = chunk_specs(plan, clf.max_iter)
         grams: set[tuple[int, int]] = set()
         diagonals: set[tuple[int, int]] = set()
@@ -539,18 +580,27 @@ class Client:
                     lambda b=b: client.encrypt_batch(batches[b]),
                 )
             )
-        for a, b in sorted(grams):
+        for b in range(plan.n_batches if weighted is not None else 0):
+            jobs.append(
+                (
+                    lambda rb, cb, b=b: sz_file(b, rb, cb),
+                    lambda b=b: client.encrypt_batch(weighted[b]),
+                )
+            )
+        for a, b in sorted(grams):  # the weights go with the earlier minibatch
             jobs.append(
                 (
                     lambda rb, cb, a=a, b=b: gram_file(a, b, rb, cb),
-                    lambda a=a, b=b: client.encrypt_gram(batches[a], batches[b]),
+                    lambda a=a, b=b: client.encrypt_gram(*gram_factors(a, b, batches, weighted)),
                 )
             )
         for a, b in sorted(diagonals):
             jobs.append(
                 (
                     lambda rb, cb, a=a, b=b: diagonal_file(a, b, rb, cb),
-                    lambda a=a, b=b: client.encrypt_diagonal(batches[a], batches[b]),
+                    lambda a=a, b=b: client.encrypt_diagonal(
+                        *gram_factors(a, b, batches, weighted)
+                    ),
                 )
             )
         files: dict[str, dict[str, Any]] = {}
@@ -632,6 +682,16 @@ class Client:
                     "training": training,
                     "classes": _jsonable(classes),
                     "n_samples": int(X.shape[0]),
+                    **(
+                        {
+                            "sample_weight": {
+                                "weighted": weights is not None,
+                                "rows_dropped": dropped,
+                            }
+                        }
+                        if sw is not None or dropped
+                        else {}
+                    ),
                     "n_features_in": int(X.shape[1]),
                     "mean": _jsonable(clf._mean),
                     "std": _jsonable(clf._std),

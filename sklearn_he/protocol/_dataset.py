@@ -4,6 +4,7 @@ Layout (``docs/file-formats.md``)::
 
     manifest.json                  what the server needs, and checksums
     Z/b{batch}_r{rb}_c{cb}.ct      tile (rb, cb) of minibatch matrix Z_batch
+    SZ/b{batch}_r{rb}_c{cb}.ct     the same tile of its weighted copy S Z (sample weights only)
     G/a{a}_b{b}_r{rb}_c{cb}.ct     tiles of the Gram block Z_a Z_b^T (client-computed)
     D/a{a}_b{b}_r{rb}_c{cb}.ct     the same block in diagonal-major form (diagonal layout)
 
@@ -37,6 +38,7 @@ __all__ = [
     "gram_file",
     "plan_from_dict",
     "plan_to_dict",
+    "sz_file",
     "z_file",
 ]
 
@@ -61,6 +63,11 @@ def z_file(b: int, rb: int, cb: int) -> str:
     return f"Z/b{b:05d}_r{rb}_c{cb}.ct"
 
 
+def sz_file(b: int, rb: int, cb: int) -> str:
+    """Relative path of tile ``(rb, cb)`` of minibatch ``b``'s weighted copy ``S_b Z_b``."""
+    return f"SZ/b{b:05d}_r{rb}_c{cb}.ct"
+
+
 def gram_file(a: int, b: int, rb: int, cb: int) -> str:
     """Relative path of tile ``(rb, cb)`` of the Gram block ``Z_a Z_b^T``."""
     return f"G/a{a:05d}_b{b:05d}_r{rb}_c{cb}.ct"
@@ -75,11 +82,22 @@ def diagonal_file(a: int, b: int, rb: int, cb: int) -> str:
 _PLAN_KEYS = {"shape": "tile_shape"}
 
 
+#: Plan fields written only when they differ from their default, so that
+#: plans without them are written as before (``weighted``: sample weights).
+_PLAN_OPTIONAL = ("weighted",)
+
+
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
-    """The public training plan as JSON-able data (every field of :class:`Plan`)."""
+    """The public training plan as JSON-able data (every field of :class:`Plan`).
+
+    ``weighted`` is written only when true: an unweighted plan's record is
+    the same as before sample weights existed.
+    """
     out = {}
     for f in dataclasses.fields(plan):
         value = getattr(plan, f.name)
+        if f.name in _PLAN_OPTIONAL and value == f.default:
+            continue
         if isinstance(value, TileShape):
             value = [value.rows, value.cols]
         elif isinstance(value, CKKSParameters):
@@ -110,6 +128,8 @@ def plan_from_dict(d: Any, *, source: str = "manifest") -> Plan:
             value = d[key]
             if f.name == "shape":
                 value = TileShape(int(value[0]), int(value[1]))
+            elif f.name in _PLAN_OPTIONAL and not isinstance(value, bool):
+                raise TypeError(f"{key} must be true or false, not {value!r}")
             elif f.name == "params":
                 value = CKKSParameters.from_dict(value) if value else None
             kwargs[f.name] = value
@@ -313,6 +333,15 @@ class DirectoryData:
     def batch(self, i: int) -> EncMatrix[Ciphertext]:
         n_rows, n_cols = self.plan.batch_matrix
         return self._load(("Z", i, 0), n_rows, n_cols, lambda rb, cb: z_file(i, rb, cb))
+
+    def weighted_batch(self, i: int) -> EncMatrix[Ciphertext]:
+        if not self.plan.weighted:
+            raise FormatError(
+                f"the data set {self.dataset.directory} has no sample weights, but a weighted "
+                "minibatch was asked for"
+            )
+        n_rows, n_cols = self.plan.batch_matrix
+        return self._load(("SZ", i, 0), n_rows, n_cols, lambda rb, cb: sz_file(i, rb, cb))
 
     def gram(self, a: int, b: int) -> EncMatrix[Ciphertext]:
         self._require(self._grams, "Gram", a, b)

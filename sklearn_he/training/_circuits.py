@@ -7,12 +7,18 @@ contract with whoever encrypts them):
 
 * ``Z{t}[rb,cb]``: tile (rb, cb) of minibatch matrix ``Z_t`` (``m x f``),
   step ``t`` of the chunk; of ``Z_t^T`` (``f x m``) in a *transposed* chunk;
+* ``SZ{t}[rb,cb]``: the same tiles of the weighted copy ``S_t Z_t`` (``S_t``
+  the diagonal matrix of the minibatch's sample weights), only in a
+  *weighted* chunk, where the gradients ``(S_t Z_t)^T g(u_t)`` read them and
+  the margins ``Z_t v`` keep reading ``Z{t}``;
 * ``v[cb]``, ``w[cb]``: blocks of the model state (RowVectors, length ``f``;
   ColVectors in a transposed chunk, where the outputs hold the entries in
   column 0 only: see :func:`state_vector`);
 * ``G{a},{b}[rb,cb]``: tiles of the Gram block ``Z_a Z_b^T`` (``m x m``),
   only in the pipelined circuit; at depth 0 when the client computes them,
-  at the depth of the server's precomputation otherwise.
+  at the depth of the server's precomputation otherwise. In a weighted chunk
+  the block carries the weights of its earlier minibatch (:func:`weighted_gram`):
+  the same circuit, other data.
 
 Outputs: ``w[cb]`` and ``v[cb]``.
 """
@@ -41,6 +47,7 @@ __all__ = [
     "state_blocks",
     "state_io",
     "state_vector",
+    "weighted_gram",
 ]
 
 CIRCUITS = ("baseline", "pipelined")
@@ -62,6 +69,7 @@ class ChunkCircuit:
     diagonals: list[tuple[int, int]] = field(default_factory=list)
     layout: str = "alternating"
     transposed: bool = False
+    weighted: bool = False
 
     @property
     def depth(self) -> int:
@@ -152,6 +160,27 @@ def z_name(t: int, rb: int, cb: int) -> str:
     return f"Z{t}[{rb},{cb}]"
 
 
+def sz_name(t: int, rb: int, cb: int) -> str:
+    return f"SZ{t}[{rb},{cb}]"
+
+
+def weighted_gram(a: int, b: int) -> tuple[bool, bool]:
+    """Which factors of the Gram block ``Z_a Z_b^T`` carry sample weights: ``(a side, b side)``.
+
+    The pipelined circuit reads ``G`` only in ``Z_t Z_j^T g(u_j)`` with
+    ``j < t``: the gradient of the earlier minibatch ``j`` (weighted,
+    ``Z_t (S_j Z_j)^T g(u_j)``) seen through the later one's margins
+    (unweighted). Whichever orientation the lowering reads the block in
+    (``G_{j,t}`` summed down the rows, ``G_{t,j}`` within rows), the weights
+    go with the smaller index: ``S_a Z_a Z_b^T`` when ``a < b``,
+    ``Z_a Z_b^T S_b`` when ``a > b``. So a weighted Gram block costs nothing
+    more than an unweighted one.
+    """
+    if a == b:
+        raise ValueError(f"the training circuits use no Gram block of minibatch {a} with itself")
+    return (a < b, a > b)
+
+
 def gram_name(a: int, b: int, rb: int, cb: int) -> str:
     return f"G{a},{b}[{rb},{cb}]"
 
@@ -172,6 +201,7 @@ def build_chunk(
     layout: str = "alternating",
     fuse: bool | None = None,
     transposed: bool = False,
+    weighted: bool = False,
 ) -> ChunkCircuit:
     """Trace and compile ``len(steps)`` NAG steps (``steps[t] = (a_t, e_t[, d_t])``).
 
@@ -208,6 +238,14 @@ def build_chunk(
         one-step chunk also leaves the weight update and the momentum step
         to the client (:func:`client_momentum`): its inputs are ``v[b]``
         only, its outputs the gradient term ``dw[b]`` only.
+    weighted : bool, default=False
+        Sample-weighted gradients: the chunk also reads ``SZ{t}`` (the
+        weighted copy ``S_t Z_t``, same tiles as ``Z{t}``) and every gradient
+        ``Z_t^T S_t g(u_t)`` is the product of ``SZ{t}`` instead of ``Z{t}``;
+        margins keep reading ``Z{t}``. Gram blocks carry the weights
+        themselves (:func:`weighted_gram`). The circuit has the same depth,
+        operations and rotations as the unweighted one; only its inputs
+        differ (one more matrix per minibatch).
     """
     if circuit not in CIRCUITS:
         raise ValueError(f"circuit must be one of {CIRCUITS}; got {circuit!r}")
@@ -230,6 +268,16 @@ def build_chunk(
         )
         for t in range(len(steps))
     ]
+    SZ = (
+        [
+            EncMatrix.from_index(
+                shape, rows_, cols_, lambda rb, cb, t=t: tracer.input(sz_name(t, rb, cb))
+            )
+            for t in range(len(steps))
+        ]
+        if weighted
+        else None
+    )
     vector = state_vector(transposed)
     reads, _ = state_io(transposed, len(steps))
     state = {
@@ -265,7 +313,9 @@ def build_chunk(
     pipelined = circuit == "pipelined"
     if pipelined:
         program = pipeline(program)
-    inputs = ChunkInputs(Z=Z, state=state, gram=gram, diagonals=diagonals if diagonal else None)
+    inputs = ChunkInputs(
+        Z=Z, state=state, gram=gram, diagonals=diagonals if diagonal else None, SZ=SZ
+    )
     orient = rows if transposed else (rows if diagonal else alternating) if pipelined else columns
     fused = pipelined if fuse is None else bool(fuse)
     lowering = Lowering(
@@ -286,6 +336,7 @@ def build_chunk(
         diagonals=sorted(inputs.used_diagonals),
         layout=layout if pipelined else "alternating",
         transposed=transposed,
+        weighted=bool(weighted),
     )
 
 

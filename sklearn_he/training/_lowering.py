@@ -81,6 +81,10 @@ class ChunkInputs:
     gram : callable
         ``gram(a, b)`` returns the block ``Z_a Z_b^T`` (``m x m``); how it is
         obtained (client upload or server precomputation) is the caller's.
+    SZ : list of EncMatrix or None
+        The weighted copies ``S_t Z_t`` (same layout as ``Z``) of a
+        sample-weighted chunk: the gradients read them, the margins read
+        ``Z``. None: unweighted.
     """
 
     Z: list[EncMatrix[Sym]]
@@ -89,6 +93,11 @@ class ChunkInputs:
     used_grams: set[tuple[int, int]] = field(default_factory=set)
     diagonals: Callable[[int, int], tuple[list[int], EncMatrix[Sym]]] | None = None
     used_diagonals: set[tuple[int, int]] = field(default_factory=set)
+    SZ: list[EncMatrix[Sym]] | None = None
+
+    def gradient_data(self, t: int) -> EncMatrix[Sym]:
+        """The matrix gradient ``t`` is the product of: ``S_t Z_t`` when weighted, else ``Z_t``."""
+        return self.Z[t] if self.SZ is None else self.SZ[t]
 
 
 class Lowering:
@@ -164,7 +173,7 @@ class Lowering:
         if isinstance(x, Lin):
             return self._lin(x, self.feature)
         if isinstance(x, RMatVec) and self.transposed:
-            ZT = self.inputs.Z[x.batch]
+            ZT = self.inputs.gradient_data(x.batch)
             replicate = x.uid in self._replicated
             if isinstance(x.s, Sig) and self.fuse:
                 u = self._convert(self.margin(x.s.x, self._pref(x.s.x)), "R")
@@ -175,7 +184,7 @@ class Lowering:
             # products for every coefficient the gradient appears with.
             return la.matvec(ZT, self.margin(x.s, "R"), scale=c, replicate=replicate)
         if isinstance(x, RMatVec):
-            Z = self.inputs.Z[x.batch]
+            Z = self.inputs.gradient_data(x.batch)
             if isinstance(x.s, Sig) and self.fuse:
                 u = self._convert(self.margin(x.s.x, self._pref(x.s.x)), "C")
                 return la.rmatvec_poly(Z, u, self.coeffs, scale=c, fold=self._fold(Z, u))

@@ -70,6 +70,11 @@ class Plan:
     #: Minibatch tiles hold ``Z^T`` and the model state is ColVectors
     #: (``build_chunk(transposed=True)``).
     transposed: bool = False
+    #: Sample-weighted training: every minibatch also comes as a weighted copy
+    #: ``S_t Z_t`` that the gradients read (``build_chunk(weighted=True)``).
+    #: Set after planning; it changes no depth, operation or rotation, only
+    #: the data uploaded.
+    weighted: bool = False
 
     @property
     def state_blocks(self) -> int:
@@ -94,8 +99,8 @@ class Plan:
     ) -> ChunkCircuit:
         """Compile ``len(steps)`` NAG steps the way this plan runs them.
 
-        Tile shape, sizes, layout, fusion and the depth at which Gram blocks
-        arrive all come from the plan (see :func:`~sklearn_he.training.build_chunk`).
+        Tile shape, sizes, layout, fusion, weighting and the depth at which
+        Gram blocks arrive all come from the plan (see :func:`~sklearn_he.training.build_chunk`).
         """
         return build_chunk(
             steps,
@@ -108,6 +113,7 @@ class Plan:
             layout=self.layout,
             fuse=self.fuse,
             transposed=self.transposed,
+            weighted=self.weighted,
         )
 
 
@@ -392,7 +398,9 @@ def gram_block_costs(
 
 
 #: Batch sizes "auto" chooses from (capped at a quarter of the samples, so
-#: that an epoch keeps at least about four steps).
+#: that an epoch keeps at least about four steps, and never above the number
+#: of samples: fewer than 32 samples are one minibatch of all of them, not a
+#: padded one, whose step would be ``n / 32`` of the mean gradient).
 AUTO_BATCH_SIZES = (32, 64, 128)
 #: Narrowest tile considered (rotation sums cost log2(width) anyway).
 MIN_TILE_WIDTH = 16
@@ -667,7 +675,7 @@ def _plan(
         sources = ["client", "server"] if gram_source == "auto" else [gram_source]
     if batch_size == "auto":
         cap = max(AUTO_BATCH_SIZES[0], n_samples // 4)
-        sizes = [m for m in AUTO_BATCH_SIZES if m <= cap and m < 2 * n_samples] or [
+        sizes = [m for m in AUTO_BATCH_SIZES if m <= cap and m <= n_samples] or [
             min(AUTO_BATCH_SIZES[0], n_samples)
         ]
     else:

@@ -99,10 +99,13 @@ def nag_reference(
     w: np.ndarray | None = None,
     v: np.ndarray | None = None,
     batch_size: int | None = None,
+    weights: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The recurrence in NumPy, step by step (what every circuit must reproduce).
 
-    ``batches`` are the minibatch matrices Z_t (rows ``y_i (1, x_i)``).
+    ``batches`` are the minibatch matrices Z_t (rows ``y_i (1, x_i)``);
+    ``weights``, one vector of sample weights per minibatch, make the
+    gradient ``q_t = Z_t^T diag(s_t) g(Z_t v_t)`` (the margins stay unweighted).
     Returns ``(w, v)`` after the last batch.
     """
     f = batches[0].shape[1]
@@ -110,8 +113,11 @@ def nag_reference(
     v = np.zeros(f) if v is None else np.asarray(v, dtype=float)
     m = batch_size or batches[0].shape[0]
     p = np.asarray(coeffs, dtype=float)[::-1]
-    for (a, e, d), Z in zip(schedule.steps(start, len(batches), m), batches, strict=True):
-        q = Z.T @ np.polyval(p, Z @ v)
+    if weights is None:
+        weights = [np.ones(len(Z)) for Z in batches]
+    steps = schedule.steps(start, len(batches), m)
+    for (a, e, d), Z, s in zip(steps, batches, weights, strict=True):
+        q = Z.T @ (np.asarray(s, dtype=float) * np.polyval(p, Z @ v))
         w_next = d * v + a * q
         v = (1 - e) * w_next + e * w
         w = w_next

@@ -47,6 +47,8 @@ from ._circuits import (
     gram_name,
     state_io,
     state_vector,
+    sz_name,
+    weighted_gram,
     z_name,
 )
 from ._planner import Plan, ciphertext_bytes
@@ -61,6 +63,7 @@ __all__ = [
     "TrainingData",
     "TrainingServer",
     "chunk_specs",
+    "gram_factors",
     "state_names",
 ]
 
@@ -105,6 +108,8 @@ class TrainResult:
     chunk_sent: list[dict[str, int]] = field(default_factory=list)
     #: The processes chunk tasks ran in: ``(host, pid, Dask worker address or "")``.
     chunk_processes: set[tuple[str, int, str]] = field(default_factory=set)
+    #: The weighted copies' share of ``data_bytes`` (0 without sample weights).
+    weighted_data_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -171,16 +176,35 @@ def _grid_inputs(name: Callable[[int, int], str], M: EncMatrix) -> dict[str, Any
     return {name(rb, cb): tile for rb, row in enumerate(M.tiles) for cb, tile in enumerate(row)}
 
 
+def gram_factors(
+    a: int, b: int, batches: Sequence[Any], weighted: Sequence[Any] | None
+) -> tuple[Any, Any]:
+    """The two factors of Gram block ``(a, b)``: ``Z_a, Z_b``, one of them ``S Z`` when weighted.
+
+    ``batches`` and ``weighted`` are the minibatches and their weighted copies
+    (plaintext arrays on the client, encrypted matrices on the server); the
+    weights go with the smaller index (:func:`~sklearn_he.training._circuits.weighted_gram`).
+    """
+    if weighted is None:
+        return batches[a], batches[b]
+    wa, wb = weighted_gram(a, b)
+    return (weighted[a] if wa else batches[a]), (weighted[b] if wb else batches[b])
+
+
 class TrainingData(Protocol):
     """Where a :class:`TrainingServer` finds the encrypted data set.
 
-    ``batch(i)`` is minibatch ``i`` (``m x f``); ``gram(a, b)`` and
-    ``diagonal(a, b)`` are the client-computed blocks ``Z_a Z_b^T`` (plain
-    tiles and diagonal-major form), asked for only when the plan has the
-    client compute them. Indices are minibatch indices within an epoch.
+    ``batch(i)`` is minibatch ``i`` (``m x f``); ``weighted_batch(i)`` its
+    weighted copy ``S_i Z_i``, asked for only when the plan is weighted;
+    ``gram(a, b)`` and ``diagonal(a, b)`` are the client-computed blocks
+    ``Z_a Z_b^T`` (plain tiles and diagonal-major form; with weights, see
+    :func:`gram_factors`), asked for only when the plan has the client
+    compute them. Indices are minibatch indices within an epoch.
     """
 
     def batch(self, i: int) -> EncMatrix[Any]: ...
+
+    def weighted_batch(self, i: int) -> EncMatrix[Any]: ...
 
     def gram(self, a: int, b: int) -> EncMatrix[Any]: ...
 
@@ -292,7 +316,12 @@ class TrainingClient:
         ]
 
     def encrypt_gram(self, Za: np.ndarray, Zb: np.ndarray) -> EncMatrix[Any]:
-        """The data-only block ``Z_a Z_b^T``, computed in plaintext and encrypted."""
+        """The data-only block ``Z_a Z_b^T``, computed in plaintext and encrypted.
+
+        For a weighted plan, pass the weighted copy ``S Z`` for the side
+        :func:`~sklearn_he.training._circuits.weighted_gram` names (see
+        :func:`gram_factors`).
+        """
         return self.encrypt_matrix(Za @ Zb.T)
 
     def encrypt_diagonal(self, Za: np.ndarray, Zb: np.ndarray) -> EncMatrix[Any]:
@@ -541,7 +570,13 @@ class TrainingServer:
         if self.plan.gram_source == "client":
             return data.gram(a, b)
         if (a, b) not in self._grams:
-            self._grams[(a, b)] = self.server_gram(data.batch(a), data.batch(b))
+            if self.plan.weighted:  # the weights go with the earlier minibatch
+                wa, wb = weighted_gram(a, b)
+                A = data.weighted_batch(a) if wa else data.batch(a)
+                B = data.weighted_batch(b) if wb else data.batch(b)
+            else:
+                A, B = data.batch(a), data.batch(b)
+            self._grams[(a, b)] = self.server_gram(A, B)
         return self._grams[(a, b)]
 
     def chunk_inputs(
@@ -555,6 +590,12 @@ class TrainingServer:
             inputs.update(
                 _grid_inputs(lambda rb, cb, t=t: z_name(t, rb, cb), data.batch(first + t))
             )
+            if chunk.weighted:
+                inputs.update(
+                    _grid_inputs(
+                        lambda rb, cb, t=t: sz_name(t, rb, cb), data.weighted_batch(first + t)
+                    )
+                )
         for a, b in chunk.grams:
             inputs.update(
                 _grid_inputs(
@@ -646,27 +687,44 @@ class _InProcessData:
         encrypt_many: Callable[[list[np.ndarray]], list[Any]] | None = None,
         nbytes: Callable[[Any], int] | None = None,
         spill_dir: str | None = None,
+        weighted: Sequence[np.ndarray] | None = None,
     ) -> None:
         self.client = client
         self.plain = batches
+        self.plain_weighted = weighted
         self._nbytes = nbytes or (lambda _tile: 0)
         self.tiles = self.nbytes = 0
+        #: Bytes of the weighted copies ``S Z`` (part of ``nbytes``).
+        self.weighted_nbytes = 0
         self.spill_dir = spill_dir
         self._grams: dict[tuple[int, int], Any] = {}
         self._diagonals: dict[tuple[int, int], Any] = {}
         self.batches: list[Any] = []
-        if spill_dir is None:
-            self.batches = client.encrypt_batches(batches, encrypt_many)
-            for b in self.batches:
-                self._count(b)
-            return
-        for start in range(0, len(batches), SPILL_GROUP):
-            group = client.encrypt_batches(batches[start : start + SPILL_GROUP], encrypt_many)
-            for i, M in enumerate(group, start):
-                self.batches.append(self._keep(f"Z{i}", M))
+        self.weighted: list[Any] = []
+        for key, plain, out in (("Z", batches, self.batches), ("SZ", weighted, self.weighted)):
+            if plain is None:
+                continue
+            before = self.nbytes
+            if spill_dir is None:
+                out.extend(client.encrypt_batches(plain, encrypt_many))
+                for b in out:
+                    self._count(b)
+            else:
+                for start in range(0, len(plain), SPILL_GROUP):
+                    part = plain[start : start + SPILL_GROUP]
+                    group = client.encrypt_batches(part, encrypt_many)
+                    for i, M in enumerate(group, start):
+                        out.append(self._keep(f"{key}{i}", M))
+            if key == "SZ":
+                self.weighted_nbytes = self.nbytes - before
 
     def batch(self, i: int) -> EncMatrix[Any]:
         return self._get(self.batches[i])
+
+    def weighted_batch(self, i: int) -> EncMatrix[Any]:
+        if not self.weighted:
+            raise ValueError("this data set has no sample weights (the plan is unweighted)")
+        return self._get(self.weighted[i])
 
     def _count(self, M: EncMatrix[Any]) -> EncMatrix[Any]:
         """Count the tiles of ``M`` and their bytes (what the client uploads)."""
@@ -702,13 +760,13 @@ class _InProcessData:
 
     def gram(self, a: int, b: int) -> EncMatrix[Any]:
         if (a, b) not in self._grams:
-            Za, Zb = self.plain[a], self.plain[b]
+            Za, Zb = gram_factors(a, b, self.plain, self.plain_weighted)
             self._grams[(a, b)] = self._keep(f"G{a}_{b}", self.client.encrypt_gram(Za, Zb))
         return self._get(self._grams[(a, b)])
 
     def diagonal(self, a: int, b: int) -> EncMatrix[Any]:
         if (a, b) not in self._diagonals:
-            Za, Zb = self.plain[a], self.plain[b]
+            Za, Zb = gram_factors(a, b, self.plain, self.plain_weighted)
             self._diagonals[(a, b)] = self._keep(f"D{a}_{b}", self.client.encrypt_diagonal(Za, Zb))
         return self._get(self._diagonals[(a, b)])
 
@@ -812,8 +870,13 @@ class Trainer:
         v0: np.ndarray,
         start_step: int = 0,
         on_state: Callable[[int, np.ndarray], bool | None] | None = None,
+        weighted: Sequence[np.ndarray] | None = None,
     ) -> TrainResult:
         """Train for ``epochs`` passes over ``batches`` (each ``m x f``, zero padded).
+
+        ``weighted``: the weighted copies ``S_t Z_t`` of the minibatches
+        (same shapes), required exactly when the plan is weighted
+        (``plan.weighted``): the gradients read them, the margins ``batches``.
 
         ``on_state(step, w)`` sees the decrypted weights after every chunk
         (``step``: global minibatch steps done); a true return value stops
@@ -824,25 +887,39 @@ class Trainer:
         written to a private temporary directory as it is encrypted and read
         back chunk by chunk (removed when the fit ends, however it ends).
         """
+        if (weighted is not None) != self.plan.weighted:
+            raise ValueError(
+                "the plan is weighted: pass the weighted minibatches (weighted=)"
+                if self.plan.weighted
+                else "weighted minibatches need a weighted plan (plan.weighted=True)"
+            )
+        if weighted is not None and len(weighted) != len(batches):
+            raise ValueError(
+                f"{len(weighted)} weighted minibatches for {len(batches)} minibatches; give one "
+                "weighted copy per minibatch"
+            )
         spill_dir = None
         if self.backend == "ckks" and self.data_memory_bytes(len(batches)) > (
             memory_budget_bytes()
         ):
             spill_dir = tempfile.mkdtemp(prefix="sklearn-he-data-")
         try:
-            return self._fit(batches, epochs, w0, v0, start_step, on_state, spill_dir)
+            return self._fit(batches, epochs, w0, v0, start_step, on_state, spill_dir, weighted)
         finally:
             if spill_dir is not None:
                 shutil.rmtree(spill_dir, ignore_errors=True)
 
     def data_memory_bytes(self, n_batches: int) -> int:
-        """Estimated memory of the encrypted minibatches (SEAL's 8 bytes per coefficient)."""
+        """Estimated memory of the encrypted minibatches (SEAL's 8 bytes per coefficient).
+
+        A weighted plan holds two copies of each minibatch (``Z`` and ``S Z``).
+        """
         p = self.plan
         params = p.params or CKKSParameters.for_depth(1)
         rows, cols = p.batch_matrix
         tiles = -(-rows // p.shape.rows) * -(-cols // p.shape.cols)
         per_tile = 2 * params.poly_modulus_degree * (params.max_level + 1) * 8
-        return n_batches * tiles * per_tile
+        return (2 if p.weighted else 1) * n_batches * tiles * per_tile
 
     def _fit(
         self,
@@ -853,6 +930,7 @@ class Trainer:
         start_step: int,
         on_state: Callable[[int, np.ndarray], bool | None] | None,
         spill_dir: str | None,
+        weighted: Sequence[np.ndarray] | None = None,
     ) -> TrainResult:
         p = self.plan
         if self.backend == "ckks" and self.keys is None:
@@ -872,6 +950,7 @@ class Trainer:
             server.parallel_evaluator().encrypt if parallel else None,
             nbytes=self._nbytes,
             spill_dir=spill_dir,
+            weighted=weighted,
         )
         encrypt_s = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -957,6 +1036,7 @@ class Trainer:
             bundle_bytes=bundle,
             bytes_downloaded=states_down,
             data_bytes=data.nbytes,
+            weighted_data_bytes=data.weighted_nbytes,
             round_trips=done.index + 1 if done is not None else 0,
             client_seconds=client_s,
             bytes_counted=self.backend == "ckks",

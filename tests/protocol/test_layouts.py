@@ -107,3 +107,37 @@ def test_the_protocol_encrypts_rows_and_refuses_transposed_tiles(cancer_small, t
     ds = client.encrypt(X, cancer_small[1][:32], tmp_path / "dataset", tmp_path / "states")
     assert ds.plan.transposed is False
     assert EncryptedLogisticRegression(transpose_data="auto").transpose_data == "auto"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_weighted_data_only_blocks_through_the_protocol(case, cancer_small, tmp_path):
+    """Sample weights: ``SZ/`` copies of the minibatches, Gram blocks weighted, same model."""
+    levels, extra, prefix = CASES[case]
+    params = CKKSParameters(4096, (60, *([40] * levels), 60), 40, security_level=0)
+    X, y = cancer_small[0][:36], cancer_small[1][:36]
+    sw = (np.arange(36) % 9 != 4) * (1.0 + np.arange(36) % 3)  # 4 rows of weight 0
+    options = {"max_iter": 1, "random_state": 0, "sigmoid_degree": 3,
+               "minibatches_per_circuit": 2, "batch_size": 16, **extra}  # fmt: skip
+    keygen(tmp_path / "keys", 32, X.shape[1], options=options, params=params,
+           allow_insecure_for_testing=True)  # fmt: skip
+    client = Client(tmp_path / "keys", allow_insecure_for_testing=True)
+    ds = client.encrypt(X, y, tmp_path / "dataset", tmp_path / "states", sample_weight=sw)
+    assert ds.plan.weighted and ds.manifest["plan"]["weighted"] is True
+    assert ds.manifest["n_samples"] == 32 and ds.plan.k == 2
+    files = list(ds.manifest["files"])
+    z = sorted(f for f in files if f.startswith("Z/"))
+    sz = sorted(f for f in files if f.startswith("SZ/"))
+    assert [f[1:] for f in sz] == z  # one weighted copy per minibatch tile
+    size = ds.manifest["files"]
+    assert sum(size[f]["bytes"] for f in sz) == sum(size[f]["bytes"] for f in z)
+    if prefix is not None:  # one block for two minibatches, as unweighted: not sent twice
+        assert len(ds.manifest["grams"]) + len(ds.manifest["diagonals"]) == 1
+    public = load_public_keys(tmp_path / "keys" / "public.bundle", allow_insecure_for_testing=True)
+    status = train(public, tmp_path / "dataset", tmp_path / "states")
+    assert status.finished
+    w = client.decrypt(tmp_path / "states")._state[0][0]
+    plain = EncryptedLogisticRegression(backend="plaintext", ckks_params=params, **options)
+    w_plain = plain.fit(X, y, sample_weight=sw)._state[0][0]
+    assert np.abs(w - w_plain).max() < 1e-4 * np.linalg.norm(w_plain)
+    w_unweighted = plain.fit(X, y)._state[0][0]
+    assert np.abs(w_unweighted - w_plain).max() > 100 * 1e-4 * np.linalg.norm(w_plain)
