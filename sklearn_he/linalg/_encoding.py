@@ -31,13 +31,16 @@ import numpy as np
 __all__ = [
     "ColVector",
     "EncMatrix",
+    "RowSums",
     "RowVector",
     "TileShape",
     "decode_col_vector",
     "decode_matrix",
+    "decode_row_sums",
     "decode_row_vector",
     "encode_col_vector",
     "encode_matrix",
+    "encode_row_sums",
     "encode_row_vector",
 ]
 
@@ -291,6 +294,45 @@ def encode_col_vector(u: Any, shape: TileShape) -> list[np.ndarray]:
     padded = np.zeros(_blocks(u.size, h) * h)
     padded[: u.size] = u
     return [np.repeat(padded[rb * h : (rb + 1) * h], shape.cols) for rb in range(padded.size // h)]
+
+
+def encode_row_sums(u: Any, shape: TileShape) -> list[np.ndarray]:
+    """Encode a vector as :class:`RowSums`: ``u`` in column 0, zeros elsewhere.
+
+    Any tiles whose rows sum to ``u`` encode it; this is the simplest.
+    """
+    shape = _check_shape(shape)
+    u = _real_array(u, 1, "row-sums vector")
+    h, w = shape.rows, shape.cols
+    padded = np.zeros(_blocks(u.size, h) * h)
+    padded[: u.size] = u
+    out = []
+    for rb in range(padded.size // h):
+        tile = np.zeros((h, w))
+        tile[:, 0] = padded[rb * h : (rb + 1) * h]
+        out.append(tile.ravel())
+    return out
+
+
+def decode_row_sums(blocks: Sequence[Any], shape: TileShape, length: int) -> np.ndarray:
+    """Inverse of :func:`encode_row_sums`: each row of each block summed across the columns.
+
+    Parameters
+    ----------
+    blocks : sequence of array-like
+        Decoded slot vectors, one per row block.
+    shape : TileShape
+    length : int
+
+    Returns
+    -------
+    ndarray of shape (length,)
+    """
+    shape = _check_shape(shape)
+    length = _positive_int(length, "length")
+    _check_count(blocks, _blocks(length, shape.rows), "the row-sums vector")
+    sums = [_tile(b, shape, f"block {rb}").sum(axis=1) for rb, b in enumerate(blocks)]
+    return np.concatenate(sums)[:length]
 
 
 def decode_col_vector(blocks: Sequence[Any], shape: TileShape, length: int) -> np.ndarray:
@@ -580,6 +622,29 @@ class ColVector(_Vector[T]):
     _what = "column vector"
     _encode = staticmethod(encode_col_vector)
     _decode = staticmethod(decode_col_vector)
+
+
+class RowSums(_Vector[T]):
+    """A vector whose entry ``i`` of row block ``rb`` is the sum of row ``i`` of tile ``rb``.
+
+    What :meth:`LinAlg.matvec <sklearn_he.linalg.LinAlg.matvec>` returns
+    with ``reduce=False``: the products of a matrix-vector product before
+    the sums within the rows, which whoever decrypts it (the client, for
+    the last gradient of a chunk) adds up in plaintext. Only for decoding:
+    not an operand of further products.
+
+    Parameters
+    ----------
+    blocks : list of T
+        ``ceil(length / h)`` slot vectors.
+    shape : TileShape
+    length : int
+    """
+
+    _axis = "rows"
+    _what = "row-sums vector"
+    _encode = staticmethod(encode_row_sums)
+    _decode = staticmethod(decode_row_sums)
 
 
 Container = EncMatrix[T] | RowVector[T] | ColVector[T]

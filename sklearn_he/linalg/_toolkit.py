@@ -56,6 +56,7 @@ from ._encoding import (
     ColVector,
     Container,
     EncMatrix,
+    RowSums,
     RowVector,
     TileShape,
     _check_same,
@@ -293,8 +294,14 @@ class LinAlg(Generic[T]):
 
     # ------------------------------------------------------ matrix-vector
     def matvec(
-        self, M: EncMatrix[T], v: RowVector[T], *, scale: float = 1.0, replicate: bool = True
-    ) -> ColVector[T]:
+        self,
+        M: EncMatrix[T],
+        v: RowVector[T],
+        *,
+        scale: float = 1.0,
+        replicate: bool = True,
+        reduce: bool = True,
+    ) -> ColVector[T] | RowSums[T]:
         """``scale * M @ v`` as a column vector of length ``n_rows``.
 
         Per row block: tiles times ``v``'s blocks, summed; a sum within rows
@@ -317,16 +324,21 @@ class LinAlg(Generic[T]):
             client reads (a chunk's last gradient), this saves the
             ``R log2(w)`` rotations of the replication, all on the critical
             path.
+        reduce : bool, default=True
+            With False, stop before the sums within the rows: the result is
+            a :class:`~sklearn_he.linalg.RowSums` whose rows the decrypting
+            side adds up in plaintext (no rotation, no mask: one level, and
+            no rotation keys). ``scale`` must then be 1: fold it into ``v``.
 
         Returns
         -------
-        ColVector
+        ColVector or RowSums
             Length ``n_rows``.
 
         Notes
         -----
-        Levels: 2. Rotations: ``2 R log2(w)`` (``R log2(w)`` without
-        replication).
+        Levels: 2 (1 with ``reduce=False``). Rotations: ``2 R log2(w)``
+        (``R log2(w)`` without replication, none without reduction).
         """
         self._check(M, EncMatrix, "M")
         self._check(v, RowVector, "v")
@@ -336,12 +348,22 @@ class LinAlg(Generic[T]):
                 f"matvec needs a RowVector of length n_cols={M.n_cols} for a "
                 f"{M.n_rows}x{M.n_cols} matrix; got length {v.length}"
             )
+        if not reduce and scale != 1.0:
+            raise ValueError(
+                "matvec(reduce=False) has no mask to carry a scale; fold it into v "
+                f"(got scale={scale})"
+            )
         blocks = []
         for rb, row in enumerate(M.tiles):
             acc = self._sum([self.alg.multiply(t, b) for t, b in zip(row, v.blocks, strict=True)])
+            if not reduce:
+                blocks.append(acc)
+                continue
             acc = self._sum_within_rows(acc)
             acc = self.alg.multiply_plain(acc, self._column0_mask(rb, M.n_rows, scale))
             blocks.append(self._replicate_right(acc) if replicate else acc)
+        if not reduce:
+            return RowSums(blocks, self.shape, M.n_rows)
         return ColVector(blocks, self.shape, M.n_rows)
 
     def rmatvec(self, M: EncMatrix[T], u: ColVector[T], *, scale: float = 1.0) -> RowVector[T]:
@@ -498,12 +520,16 @@ class LinAlg(Generic[T]):
         scale: float = 1.0,
         fold: str = "matrix",
         replicate: bool = True,
-    ) -> ColVector[T]:
+        reduce: bool = True,
+    ) -> ColVector[T] | RowSums[T]:
         """``scale * M @ p(v)`` with ``p`` distributed over the product (see :meth:`rmatvec_poly`).
 
         ``scale`` is folded into the column-0 mask (free, and the products
         are then the same for every scale: a tracer shares them).
         ``replicate=False`` leaves the result in column 0 (see :meth:`matvec`).
+        ``reduce=False`` stops before the sums within the rows and returns a
+        :class:`~sklearn_he.linalg.RowSums` (see :meth:`matvec`); ``scale``
+        is then folded into the polynomial's coefficients.
 
         Levels: ``poly_depth(coeffs) + 1`` below ``v`` (the column-0 mask) when
         ``depth(M) < depth(v)``. Rotations: ``2 R log2(w)`` (``R log2(w)``
@@ -512,7 +538,7 @@ class LinAlg(Generic[T]):
         self._check(M, EncMatrix, "M")
         self._check(v, RowVector, "v")
         scale = _real_scalar(scale, "scale")
-        cs = self._fused_coeffs(coeffs, 1.0, fold)
+        cs = self._fused_coeffs(coeffs, 1.0 if reduce else scale, fold)
         if v.length != M.n_cols:
             raise ValueError(
                 f"matvec_poly needs a RowVector of length n_cols={M.n_cols}; got {v.length}"
@@ -521,9 +547,15 @@ class LinAlg(Generic[T]):
         blocks = []
         for rb, row in enumerate(M.tiles):
             parts = [self._tile_poly(t, powers[cb], cs, fold) for cb, t in enumerate(row)]
-            acc = self._sum_within_rows(self._sum([p for p in parts if p is not None]))
+            acc = self._sum([p for p in parts if p is not None])
+            if not reduce:
+                blocks.append(acc)
+                continue
+            acc = self._sum_within_rows(acc)
             acc = self.alg.multiply_plain(acc, self._column0_mask(rb, M.n_rows, scale))
             blocks.append(self._replicate_right(acc) if replicate else acc)
+        if not reduce:
+            return RowSums(blocks, self.shape, M.n_rows)
         return ColVector(blocks, self.shape, M.n_rows)
 
     def diagonal_matvec_poly(

@@ -31,7 +31,15 @@ from functools import lru_cache
 from typing import Any
 
 from ..circuit import CompiledCircuit, Tracer, compile_circuit
-from ..linalg import ColVector, EncMatrix, LinAlg, RowVector, TileShape, diagonal_offsets
+from ..linalg import (
+    ColVector,
+    EncMatrix,
+    LinAlg,
+    RowSums,
+    RowVector,
+    TileShape,
+    diagonal_offsets,
+)
 from ._lowering import ChunkInputs, Lowering, alternating, columns, rows
 from ._program import nag_program, pipeline
 
@@ -44,6 +52,7 @@ __all__ = [
     "can_transpose",
     "check_transposable",
     "client_momentum",
+    "output_vector",
     "state_blocks",
     "state_io",
     "state_vector",
@@ -156,6 +165,19 @@ def state_vector(transposed: bool) -> type[RowVector[Any]] | type[ColVector[Any]
     return ColVector if transposed else RowVector
 
 
+def output_vector(
+    name: str, transposed: bool
+) -> type[RowVector[Any]] | type[ColVector[Any]] | type[RowSums[Any]]:
+    """How a chunk's output vector ``name`` decodes.
+
+    ``dw`` (the gradient term of a chunk that leaves the update to the
+    client, :func:`client_momentum`) is a :class:`~sklearn_he.linalg.RowSums`:
+    the products before the sums within the rows, which the client adds
+    after decrypting; ``v`` and ``w`` are :func:`state_vector`.
+    """
+    return RowSums if name == "dw" else state_vector(transposed)
+
+
 def z_name(t: int, rb: int, cb: int) -> str:
     return f"Z{t}[{rb},{cb}]"
 
@@ -237,7 +259,8 @@ def build_chunk(
         chunks without Gram blocks (:func:`can_transpose`). A transposed
         one-step chunk also leaves the weight update and the momentum step
         to the client (:func:`client_momentum`): its inputs are ``v[b]``
-        only, its outputs the gradient term ``dw[b]`` only.
+        only, its outputs the gradient term ``dw[b]`` only, before its sums
+        within the rows (:func:`output_vector`: the client adds them).
     weighted : bool, default=False
         Sample-weighted gradients: the chunk also reads ``SZ{t}`` (the
         weighted copy ``S_t Z_t``, same tiles as ``Z{t}``) and every gradient
@@ -319,7 +342,14 @@ def build_chunk(
     orient = rows if transposed else (rows if diagonal else alternating) if pipelined else columns
     fused = pipelined if fuse is None else bool(fuse)
     lowering = Lowering(
-        tracer, la, coeffs, inputs, fuse=fused, orient=orient, transposed=transposed
+        tracer,
+        la,
+        coeffs,
+        inputs,
+        fuse=fused,
+        orient=orient,
+        transposed=transposed,
+        client_sums=client_momentum(transposed, len(steps)),
     )
     for name, vec in lowering.lower(program).items():
         for cb, blk in enumerate(vec.blocks):

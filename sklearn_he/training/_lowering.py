@@ -28,7 +28,12 @@ Two modes:
     client decodes column 0 when it refreshes the state, so the replication
     back across the rows - ``log2(w)`` rotations on the critical path - is
     never computed. Critical path per step: ``log2(h) + log2(w)`` rotations
-    instead of ``2 log2(w) + log2(h)``.
+    instead of ``2 log2(w) + log2(h)``. With ``client_sums`` (the chunks
+    that leave the update to the client) such a gradient stops before its
+    sums within the rows as well: the client adds each row of the products
+    after decrypting them (:class:`~sklearn_he.linalg.RowSums`), which
+    saves the ``log2(w)`` rotations per row block, the column-0 mask's
+    level and the rotation keys of those steps.
 
 Linear combinations are depth-aware: a term that is not on the critical path
 is scaled with a product (one level it can afford), the deepest terms get
@@ -113,6 +118,7 @@ class Lowering:
         fuse: bool,
         orient: Callable[[int], Orient],
         transposed: bool = False,
+        client_sums: bool = False,
     ) -> None:
         self.tracer = tracer
         self.la = la
@@ -121,6 +127,9 @@ class Lowering:
         self.fuse = fuse
         self.orient = orient
         self.transposed = transposed
+        #: Leave the within-row sums of a transposed gradient that only the
+        #: outputs read to the client (:class:`~sklearn_he.linalg.RowSums`).
+        self.client_sums = client_sums
         #: Gradients that a later margin reads (replicated); the others feed
         #: the outputs only (set by :meth:`lower`).
         self._replicated: set[int] = set()
@@ -175,11 +184,20 @@ class Lowering:
         if isinstance(x, RMatVec) and self.transposed:
             ZT = self.inputs.gradient_data(x.batch)
             replicate = x.uid in self._replicated
+            reduce = replicate or not self.client_sums
             if isinstance(x.s, Sig) and self.fuse:
                 u = self._convert(self.margin(x.s.x, self._pref(x.s.x)), "R")
                 return la.matvec_poly(
-                    ZT, u, self.coeffs, scale=c, fold=self._fold(ZT, u), replicate=replicate
+                    ZT,
+                    u,
+                    self.coeffs,
+                    scale=c,
+                    fold=self._fold(ZT, u),
+                    replicate=replicate,
+                    reduce=reduce,
                 )
+            if not reduce:  # no mask to carry the scale: folded into g(u)
+                return la.matvec(ZT, self.margin(x.s, "R", c), reduce=False)
             # The scale rides on the column-0 mask: one g(u) and one set of
             # products for every coefficient the gradient appears with.
             return la.matvec(ZT, self.margin(x.s, "R"), scale=c, replicate=replicate)

@@ -45,6 +45,7 @@ from ._circuits import (
     build_gram_circuit,
     diagonal_name,
     gram_name,
+    output_vector,
     state_io,
     state_vector,
     sz_name,
@@ -360,9 +361,8 @@ class TrainingClient:
         """The named vectors (``v``, ``w`` or ``dw``) a chunk returned, decrypted and decoded."""
         p = self.plan
         n_blk = p.state_blocks
-        vector = state_vector(p.transposed)
         return {
-            name: vector(
+            name: output_vector(name, p.transposed)(
                 [self.decrypt_tile(state[f"{name}[{cb}]"]) for cb in range(n_blk)],
                 p.shape,
                 p.n_features,
@@ -844,12 +844,16 @@ class Trainer:
         """Every rotation the plan's circuits (and Gram precomputation) use."""
         return self.server.rotation_steps()
 
-    def _nbytes(self, value: Any) -> int:
-        """Serialised bytes of a ciphertext; the plaintext backend's vectors are estimated."""
+    def _nbytes(self, value: Any, *, fresh: bool = True) -> int:
+        """Serialised bytes of a ciphertext; the plaintext backend's vectors are estimated.
+
+        ``fresh``: a client's encryption (seeded: half the polynomials), as
+        opposed to what the server computed; for the estimates only.
+        """
         if isinstance(value, Ciphertext):
             return value.nbytes  # exact: SEAL's save size inside the envelope
         p = self.plan.params or CKKSParameters.for_depth(1)
-        return ciphertext_bytes(p)
+        return ciphertext_bytes(p, seeded=fresh)
 
     def _bundle_bytes(self) -> int:
         if self.keys is not None:  # exact, without exporting the keys
@@ -992,7 +996,9 @@ class Trainer:
                 returned = chunk_state(p, spec)[1]
                 n_blk = p.state_blocks
                 states_down += sum(
-                    self._nbytes(out[f"{name}[{cb}]"]) for name in returned for cb in range(n_blk)
+                    self._nbytes(out[f"{name}[{cb}]"], fresh=False)
+                    for name in returned
+                    for cb in range(n_blk)
                 )
                 end = spec.step + spec.length
                 t_client = time.perf_counter()

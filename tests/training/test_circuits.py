@@ -20,7 +20,7 @@ from sklearn_he.training import (
     sigmoid_poly,
     weights_step,
 )
-from sklearn_he.training._circuits import state_io, state_vector
+from sklearn_he.training._circuits import output_vector, state_io, state_vector
 from sklearn_he.training._program import Gram, Lin, MatVec
 
 
@@ -51,7 +51,11 @@ def _run(chunk, batches, v0, w0, shape, steps=None):
     vector = state_vector(chunk.transposed)
     n = len(vector.from_array(v0, shape).blocks)
     _, returns = state_io(chunk.transposed, chunk.n_steps)
-    got = {k: vector([out[f"{k}[{b}]"] for b in range(n)], shape, f).decode() for k in returns}
+    got = {
+        k: output_vector(k, chunk.transposed)([out[f"{k}[{b}]"] for b in range(n)], shape, f)
+        .decode()
+        for k in returns
+    }
     assert set(out) == {f"{k}[{b}]" for k in returns for b in range(n)}
     if chunk.client_momentum:
         got["w"] = weights_step(v0, got.pop("dw"), steps[-1])
@@ -219,8 +223,9 @@ def test_schedule_values_and_errors():
 
 
 def test_transposed_chunk_takes_rotations_off_the_critical_path():
-    """Z^T tiles: margins are free sums down the rows and the last gradient stays in column 0,
-    so a one-step chunk needs fewer rotations and a shorter critical path (MNIST's shape)."""
+    """Z^T tiles: margins are free sums down the rows and the last gradient's row sums are left
+    to the client, so a one-step chunk needs fewer rotations, one level less and a shorter
+    critical path (MNIST's shape)."""
     from sklearn_he import CKKSParameters
     from sklearn_he.circuit import CostModel
 
@@ -238,8 +243,12 @@ def test_transposed_chunk_takes_rotations_off_the_critical_path():
             transposed=transposed,
         )
         reports[transposed] = analyze(chunk.compiled, params, CostModel.nominal())
-        assert chunk.depth == 6
+        # The transposed one-step chunk leaves its gradient's sums within the
+        # rows to the client: no column-0 mask, one level less.
+        assert chunk.depth == (5 if transposed else 6)
     rows, cols = reports[False], reports[True]
+    # Only the margins' sums down the rows: log2(128) per column block of Z^T.
+    assert cols.op_counts["rotate"] == 2 * 7
     assert cols.op_counts["rotate"] < 0.5 * rows.op_counts["rotate"]
     assert cols.span_seconds < 0.9 * rows.span_seconds
     assert cols.work_seconds < rows.work_seconds
@@ -260,11 +269,12 @@ def test_transposed_chunks_replicate_every_gradient_but_the_last():
             transposed=True,
         )
         counts.append(analyze(chunk.compiled).op_counts["rotate"])
-    # One step: margin (log2 h = 3) + gradient (log2 w = 3), no replication. Two
-    # steps add the second step's margin and gradient (3 + 3) and replicate the
-    # first gradient back across the rows (3) for each of the two coefficients it
-    # carries into v_1 and w_1 (the scale rides on its column-0 mask).
-    assert counts == [6, 6 + 3 + 3 + 2 * 3]
+    # One step: the margin (log2 h = 3) only; its gradient goes to the client
+    # before its sums within the rows (client momentum). Two steps (the chunk
+    # returns w and v): each step's margin and gradient (3 + 3), and the first
+    # gradient replicated back across the rows (3) for each of the two
+    # coefficients it carries into v_1 and w_1 (the scale rides on its mask).
+    assert counts == [3, 6 + 3 + 3 + 2 * 3]
 
 
 @pytest.mark.parametrize(

@@ -93,10 +93,12 @@ def test_fixed_k_beyond_the_minibatches_is_planned_as_run():
 @pytest.mark.parametrize(
     ("kw", "needs", "fixes", "not_fixes"),
     [
-        ({}, 5, ["sigmoid_degree=3", "for_depth(5)"], ["fewer minibatches", "pipelined"]),
-        ({"circuit": "baseline"}, 6, ["circuit='pipelined'", "for_depth(6)"], ["fewer"]),
+        # One minibatch per circuit on transposed tiles: the client adds the last
+        # gradient's row sums, so no column-0 mask (one level less than before).
+        ({}, 4, ["sigmoid_degree=3", "for_depth(4)"], ["fewer minibatches", "pipelined"]),
+        ({"circuit": "baseline"}, 5, ["circuit='pipelined'", "for_depth(5)"], ["fewer"]),
         ({"minibatches_per_circuit": 3}, 12, ["fewer minibatches", "for_depth(12)"], []),
-        ({"coeffs": sigmoid_poly(3)}, 4, ["for_depth(4)"], ["sigmoid_degree", "pipelined"]),
+        ({"coeffs": sigmoid_poly(3)}, 3, ["for_depth(3)"], ["sigmoid_degree", "pipelined"]),
     ],
 )
 def test_no_fit_names_the_shallowest_candidate_and_only_fixes_that_apply(
@@ -266,13 +268,15 @@ def test_transposed_true_is_refused_where_every_chunk_has_gram_blocks():
 def test_workers_keep_the_one_worker_plan_unless_a_split_is_clearly_faster(monkeypatch):
     """A shape chosen to split must beat the one-worker plan by MIN_SPLIT_GAIN with workers.
 
-    Nominal costs for MNIST: 128x64 transposed tiles split in two and are estimated a
-    little faster on 2 workers than the one-worker plan's 64x128, not 10% faster; in
-    process (where a fit falls back when workers disappoint) they are much slower.
+    Nominal costs for MNIST on row tiles (``Z``, as the protocol once forced): 64x128
+    tiles split in two and are estimated a little faster on 2 workers than the
+    one-worker plan's 128x64, not 10% faster; in process (where a fit falls back
+    when workers disappoint) they are slower. (On transposed tiles, whose one-step
+    chunk leaves its row sums to the client, 64x128 is the best for both.)
     """
     from sklearn_he.training import _planner
 
-    kw = {"circuit": "pipelined", "coeffs": sigmoid_poly(5), "epochs": 5}
+    kw = {"circuit": "pipelined", "coeffs": sigmoid_poly(5), "epochs": 5, "transposed": False}
     one = plan_training(1587, 197, **kw)
     two = plan_training(1587, 197, n_jobs=2, **kw)
     assert (two.shape, two.transposed, two.k) == (one.shape, one.transposed, one.k)
@@ -286,4 +290,4 @@ def test_workers_keep_the_one_worker_plan_unless_a_split_is_clearly_faster(monke
     in_process = [
         estimate_plan_seconds_per_sample(p, kw["coeffs"], epochs=5) for p in (one, split)
     ]
-    assert in_process[1] > 1.15 * in_process[0]  # in process the split shape is slower
+    assert in_process[1] > 1.05 * in_process[0]  # in process the split shape is slower
