@@ -1,4 +1,4 @@
-"""Seeded symmetric encryption and seeded evaluation keys (issue 23): SEAL-exact, half the bytes."""
+"""Seeded symmetric encryption and seeded evaluation keys (issue 23): exact, half the bytes."""
 
 from __future__ import annotations
 
