@@ -52,8 +52,9 @@ def _run(chunk, batches, v0, w0, shape, steps=None):
     n = len(vector.from_array(v0, shape).blocks)
     _, returns = state_io(chunk.transposed, chunk.n_steps)
     got = {
-        k: output_vector(k, chunk.transposed)([out[f"{k}[{b}]"] for b in range(n)], shape, f)
-        .decode()
+        k: output_vector(k, chunk.transposed)(
+            [out[f"{k}[{b}]"] for b in range(n)], shape, f
+        ).decode()
         for k in returns
     }
     assert set(out) == {f"{k}[{b}]" for k in returns for b in range(n)}
