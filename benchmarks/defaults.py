@@ -183,6 +183,12 @@ def render(results: dict[str, Any], doc: Path) -> str:
     return head + "\n".join(lines) + "\n" + summary + notes
 
 
+def _sort(results: dict[str, Any]) -> None:
+    """Rows by backend, then in the order of :func:`set_names`."""
+    order = {n: i for i, n in enumerate(set_names())}
+    results["rows"].sort(key=lambda r: (r["backend"], order.get(r["set"], len(order))))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", nargs="+", default=["plaintext"], choices=["plaintext", "ckks"])
@@ -210,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                     r for r in results["rows"] if (r["set"], r["backend"]) != (name, backend)
                 ] + [row]
                 results["machine"] = machine
+                _sort(results)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(results, indent=1))
                 doc.write_text(render(results, doc))
@@ -220,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-    order = {n: i for i, n in enumerate(set_names())}
-    results["rows"].sort(key=lambda r: (r["backend"], order.get(r["set"], 99)))
+    _sort(results)
     doc.write_text(render(results, doc))
     print(render(results, doc))
     return 0
