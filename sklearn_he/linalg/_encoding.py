@@ -254,6 +254,22 @@ def encode_row_vector(v: Any, shape: TileShape) -> list[np.ndarray]:
     return [np.tile(padded[cb * w : (cb + 1) * w], shape.rows) for cb in range(padded.size // w)]
 
 
+def _decode_blocks(
+    blocks: Sequence[Any],
+    shape: TileShape,
+    length: int,
+    axis: str,
+    what: str,
+    take: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """``take`` of each block's tile (blocks along ``axis``), concatenated, cut to ``length``."""
+    shape = _check_shape(shape)
+    length = _positive_int(length, "length")
+    _check_count(blocks, _blocks(length, getattr(shape, axis)), what)
+    parts = [take(_tile(b, shape, f"block {i}")) for i, b in enumerate(blocks)]
+    return np.concatenate(parts)[:length]
+
+
 def decode_row_vector(blocks: Sequence[Any], shape: TileShape, length: int) -> np.ndarray:
     """Inverse of :func:`encode_row_vector` (reads row 0 of each block).
 
@@ -268,11 +284,7 @@ def decode_row_vector(blocks: Sequence[Any], shape: TileShape, length: int) -> n
     -------
     ndarray of shape (length,)
     """
-    shape = _check_shape(shape)
-    length = _positive_int(length, "length")
-    _check_count(blocks, _blocks(length, shape.cols), "the row vector")
-    rows = [_tile(b, shape, f"block {cb}")[0] for cb, b in enumerate(blocks)]
-    return np.concatenate(rows)[:length]
+    return _decode_blocks(blocks, shape, length, "cols", "the row vector", lambda t: t[0])
 
 
 def encode_col_vector(u: Any, shape: TileShape) -> list[np.ndarray]:
@@ -328,11 +340,9 @@ def decode_row_sums(blocks: Sequence[Any], shape: TileShape, length: int) -> np.
     -------
     ndarray of shape (length,)
     """
-    shape = _check_shape(shape)
-    length = _positive_int(length, "length")
-    _check_count(blocks, _blocks(length, shape.rows), "the row-sums vector")
-    sums = [_tile(b, shape, f"block {rb}").sum(axis=1) for rb, b in enumerate(blocks)]
-    return np.concatenate(sums)[:length]
+    return _decode_blocks(
+        blocks, shape, length, "rows", "the row-sums vector", lambda t: t.sum(axis=1)
+    )
 
 
 def decode_col_vector(blocks: Sequence[Any], shape: TileShape, length: int) -> np.ndarray:
@@ -349,11 +359,7 @@ def decode_col_vector(blocks: Sequence[Any], shape: TileShape, length: int) -> n
     -------
     ndarray of shape (length,)
     """
-    shape = _check_shape(shape)
-    length = _positive_int(length, "length")
-    _check_count(blocks, _blocks(length, shape.rows), "the column vector")
-    cols = [_tile(b, shape, f"block {rb}")[:, 0] for rb, b in enumerate(blocks)]
-    return np.concatenate(cols)[:length]
+    return _decode_blocks(blocks, shape, length, "rows", "the column vector", lambda t: t[:, 0])
 
 
 def diagonal_offsets(n_rows: int, n_cols: int, width: int) -> list[int]:

@@ -125,6 +125,28 @@ class TestValues:
                 tile = np.asarray(blk).reshape(shape.rows, shape.cols)
                 assert not tile[:, 1:].any()
 
+    def test_matvec_without_reduction_leaves_the_row_sums_to_the_decoder(self, shape, n, f, rng):
+        """reduce=False: no rotation and no mask; the rows of the blocks add up to the product."""
+        from sklearn_he.linalg import RowSums
+
+        la = LinAlg(NumpySlots(SLOTS), shape)
+        M, v, x = rng.normal(size=(n, f)), rng.normal(size=f), rng.normal(size=f) * 0.5
+        EM, ev = EncMatrix.from_array(M, shape), RowVector.from_array(v, shape)
+        for out, want in (
+            (la.matvec(EM, ev, reduce=False), M @ v),
+            (
+                la.matvec_poly(
+                    EM, RowVector.from_array(x, shape), SIGMOID3, scale=2.0, reduce=False
+                ),
+                2.0 * (M @ np.polynomial.polynomial.polyval(x, SIGMOID3)),
+            ),
+        ):
+            assert isinstance(out, RowSums)
+            np.testing.assert_allclose(out.decode(), want, atol=1e-9)
+        assert np.array_equal(RowSums.from_array(v, shape).decode(), v)  # encode: column 0
+        with pytest.raises(ValueError, match="fold it into v"):
+            la.matvec(EM, ev, scale=0.5, reduce=False)
+
     def test_sums(self, shape, n, f, rng):
         la = LinAlg(NumpySlots(SLOTS), shape)
         M = rng.normal(size=(n, f))
