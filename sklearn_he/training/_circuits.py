@@ -79,6 +79,9 @@ class ChunkCircuit:
     layout: str = "alternating"
     transposed: bool = False
     weighted: bool = False
+    #: Public factors the client applies to outputs after decrypting them
+    #: (``dw`` of a chunk that leaves its row sums to the client); 1 when absent.
+    output_scales: dict[str, float] = field(default_factory=dict)
 
     @property
     def depth(self) -> int:
@@ -367,6 +370,7 @@ def build_chunk(
         layout=layout if pipelined else "alternating",
         transposed=transposed,
         weighted=bool(weighted),
+        output_scales={k: v for k, v in lowering.output_scales.items() if v != 1.0},
     )
 
 

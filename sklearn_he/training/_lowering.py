@@ -135,6 +135,10 @@ class Lowering:
         self._replicated: set[int] = set()
         self._memo: dict[tuple[Any, ...], Any] = {}
         self.margin_depths: dict[int, int] = {}
+        #: Per output, the public factor the decrypting side multiplies it by
+        #: (``client_sums``: a ``c * gradient`` output is sent unscaled, so that
+        #: its noise is not amplified relative to its value: 1.0 otherwise).
+        self.output_scales: dict[str, float] = {}
 
     # ------------------------------------------------------------- helpers
     def depth(self, x: EncMatrix[Sym] | Vec) -> int:
@@ -260,7 +264,22 @@ class Lowering:
     def lower(self, program: Program) -> dict[str, Vec]:
         """Lower every output; records the depth of each margin ``u_t``."""
         self._replicated = _read_by_margins(program)
-        out = {name: self.feature(expr) for name, expr in program.outputs.items()}
+        out = {}
+        for name, expr in program.outputs.items():
+            scale = 1.0
+            if (
+                self.client_sums
+                and isinstance(expr, Lin)
+                and len(expr.terms) == 1
+                and isinstance(expr.terms[0][0], RMatVec)
+                and expr.terms[0][0].uid not in self._replicated
+            ):
+                # ``c * gradient`` left to the client: products of magnitude
+                # ``|z g(u)|`` carry CKKS's absolute noise; scaled by a small
+                # ``c`` on the server, that noise would grow 1/c relative to them.
+                expr, scale = expr.terms[0]
+            out[name] = self.feature(expr)
+            self.output_scales[name] = float(scale)
         for x in program.nodes():
             if isinstance(x, Sig):
                 # The margin as lowered: in its preferred orientation, or only

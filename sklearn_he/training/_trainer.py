@@ -356,13 +356,23 @@ class TrainingClient:
         return got["w"], got["v"]
 
     def decrypt_vectors(
-        self, state: Mapping[str, Any], vectors: Sequence[str]
+        self,
+        state: Mapping[str, Any],
+        vectors: Sequence[str],
+        scales: Mapping[str, float] | None = None,
     ) -> dict[str, np.ndarray]:
-        """The named vectors (``v``, ``w`` or ``dw``) a chunk returned, decrypted and decoded."""
+        """The named vectors (``v``, ``w`` or ``dw``) a chunk returned, decrypted and decoded.
+
+        ``scales``: the chunk's :attr:`~sklearn_he.training.ChunkCircuit.output_scales`,
+        public factors applied here, after decryption (``dw``'s learning rate
+        when the chunk leaves its row sums to the client).
+        """
         p = self.plan
         n_blk = p.state_blocks
+        scales = scales or {}
         return {
-            name: output_vector(name, p.transposed)(
+            name: scales.get(name, 1.0)
+            * output_vector(name, p.transposed)(
                 [self.decrypt_tile(state[f"{name}[{cb}]"]) for cb in range(n_blk)],
                 p.shape,
                 p.n_features,
@@ -1002,7 +1012,7 @@ class Trainer:
                 )
                 end = spec.step + spec.length
                 t_client = time.perf_counter()
-                got = client.decrypt_vectors(out, chunk_state(p, spec)[1])
+                got = client.decrypt_vectors(out, chunk_state(p, spec)[1], chunk.output_scales)
                 if "dw" in got:  # the chunk left the update and the momentum to the client
                     last = self.schedule.steps(end - 1, 1, p.batch_size)[0]
                     w_prev, w = w, weights_step(v, got["dw"], last)

@@ -52,7 +52,8 @@ def _run(chunk, batches, v0, w0, shape, steps=None):
     n = len(vector.from_array(v0, shape).blocks)
     _, returns = state_io(chunk.transposed, chunk.n_steps)
     got = {
-        k: output_vector(k, chunk.transposed)(
+        k: chunk.output_scales.get(k, 1.0)
+        * output_vector(k, chunk.transposed)(
             [out[f"{k}[{b}]"] for b in range(n)], shape, f
         ).decode()
         for k in returns
