@@ -35,6 +35,7 @@ import functools
 import hashlib
 import math
 import os
+import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -584,15 +585,21 @@ class CKKSContext:
         """
         n, secret = self.params.poly_modulus_degree, self._secret_ntt()
         he, primes, noise = self._he, self._primes, self._key_noise
-        relin = _seeded.reseed_kswitch(
-            he.to_bytes_relin_key(_COMPR), n, primes, secret, seed, "relin", noise
-        )
-        he.from_bytes_relin_key(relin)
+        sections = [("relin", he.save_relin_key, he.load_relin_key)]
         if self.rotation_steps:
-            rotation = _seeded.reseed_kswitch(
-                he.to_bytes_rotate_key(_COMPR), n, primes, secret, seed, "rotation", noise
-            )
-            he.from_bytes_rotate_key(rotation)
+            sections.append(("rotation", he.save_rotate_key, he.load_rotate_key))
+        # Through SEAL's own key files, rewritten in place where they lie (a
+        # memory map): the rotation keys of N=32768 weigh gigabytes, and
+        # copies of them in this process would add as much each.
+        with tempfile.TemporaryDirectory(prefix="sklearn-he-keys-") as tmp:
+            for section, save, load in sections:
+                path = os.path.join(tmp, f"{section}.seal")
+                save(path, _COMPR)
+                keys = np.memmap(path, dtype=np.uint8, mode="r+")
+                _seeded.reseed_kswitch_inplace(keys, n, primes, secret, seed, section, noise)
+                keys.flush()
+                del keys
+                load(path)
         self.key_seed = seed
 
     def _noise_ntt(self) -> np.ndarray:

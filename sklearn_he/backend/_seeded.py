@@ -347,14 +347,30 @@ def reseed_kswitch(
     ``primes`` are the key-level primes (special prime last), ``secret`` the
     secret key's residues in all of them. ``noise(count)`` makes the key
     ciphertexts' errors in the NTT domain (default :func:`ntt_noise`).
+    :func:`reseed_kswitch_inplace` does the same on a writable buffer (a
+    memory-mapped key file: no copy of keys that weigh gigabytes).
     """
+    out = bytearray(seal)
+    reseed_kswitch_inplace(out, n, primes, secret, seed, section, noise)
+    return bytes(out)
+
+
+def reseed_kswitch_inplace(
+    buffer: bytearray | np.ndarray,
+    n: int,
+    primes: Sequence[int],
+    secret: np.ndarray,
+    seed: bytes,
+    section: str,
+    noise: Callable[[int], np.ndarray] | None = None,
+) -> None:
+    """:func:`reseed_kswitch` on a writable buffer of SEAL's bytes (a bytearray, a memmap)."""
     from ._compact import kswitch_ciphertexts
 
-    limbs = len(primes)
     if section not in ("relin", "rotation"):
         raise ValueError(f"section must be 'relin' or 'rotation'; got {section!r}")
-    places = kswitch_ciphertexts(seal, n, limbs, source=section)
-    out = bytearray(seal)
+    view = memoryview(buffer).cast("B")
+    places = kswitch_ciphertexts(view, n, len(primes), source=section)
     by_key: dict[int, list[tuple[int, int, int]]] = {}
     for start, end, i, j in places:
         by_key.setdefault(i, []).append((start, end, j))
@@ -370,5 +386,4 @@ def reseed_kswitch(
             data = np.stack([c0, c1]).astype("<u8").tobytes()
             if end - start < len(data):
                 raise ValueError(f"{section}: a key ciphertext is smaller than its coefficients")
-            out[end - len(data) : end] = data
-    return bytes(out)
+            view[end - len(data) : end] = data
