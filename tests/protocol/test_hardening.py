@@ -314,6 +314,6 @@ def test_encrypt_of_another_data_shape_names_both_shapes(fresh_copy, cancer_smal
                "--data", fresh_copy / "X.npy", "--labels", fresh_copy / "y.npy",
                "--out", fresh_copy / "ds", "--states", fresh_copy / "st") == 1  # fmt: skip
     err = error_text(capsys)
-    assert "16 x 5 data needs (the keys were made for 64 x 30)" in err
+    assert "16 x 5 data need (the keys were made for 64 x 30)" in err
     assert "sklearn-he keygen" in err
     assert not (fresh_copy / "ds").exists() and not (fresh_copy / "st").exists()
