@@ -4,7 +4,10 @@ Rows travel in the tile shape of the training plan (one :class:`EncMatrix`
 of the design rows, bias column first), weights as a :class:`RowVector`:
 encrypted (a fresh model state's ``w``) or plaintext (a NumPy vector). The
 toolkit's :meth:`LinAlg.matvec` computes the scores as a column vector at a
-cost of 2 levels; :class:`_MixedSlots` lets the same code multiply a
+cost of 2 levels, left in column 0 (only the client reads them): without the
+replication across the row, scoring needs only the rotations ``1, 2, ..,
+w/2``, which a transposed training plan has too, so encrypted scoring adds no
+rotation key to it. :class:`_MixedSlots` lets the same code multiply a
 ciphertext tile by either kind of weight block.
 """
 
@@ -81,7 +84,7 @@ def score_rotation_steps(shape: TileShape, n_columns: int) -> set[int]:
     alg = _RecordingSlots(shape.slots)
     la = LinAlg(alg, shape)
     M = EncMatrix.from_array(np.zeros((1, n_columns)), shape)
-    la.matvec(M, RowVector.from_array(np.zeros(n_columns), shape))
+    la.matvec(M, RowVector.from_array(np.zeros(n_columns), shape), replicate=False)
     return alg.steps
 
 
@@ -90,7 +93,9 @@ def score_rows(
 ) -> list[Ciphertext]:
     """Encrypted ``rows @ weights``: the blocks of a column vector of length ``rows.n_rows``.
 
-    ``weights`` holds ciphertexts or plaintext slot vectors.
+    ``weights`` holds ciphertexts or plaintext slot vectors. The scores are
+    in column 0 of each block, zeros elsewhere (they decode as a
+    :class:`~sklearn_he.linalg.ColVector`; nothing else reads them).
     """
     la = LinAlg(_MixedSlots(context), rows.shape)
-    return la.matvec(rows, weights).blocks
+    return la.matvec(rows, weights, replicate=False).blocks

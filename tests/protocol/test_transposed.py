@@ -48,6 +48,11 @@ def _ledger(keys: Path) -> list[dict]:
     return read_json(path, kind="sklearn-he/client-ledger", what="ledger")["entries"]
 
 
+def _bundle_steps(root: Path) -> set[int]:
+    env = unpack((root / "keys" / "public.bundle").read_bytes(), expected_kind=Kind.PUBLIC_BUNDLE)
+    return set(env.meta["rotation_steps"])
+
+
 def _protocol(root: Path, X: np.ndarray, y: np.ndarray, options: dict) -> tuple:
     """keygen, encrypt, then train and refresh in turn until training is complete."""
     keygen(root / "keys", *X.shape, options=options, params=SMALL, allow_insecure_for_testing=True)
@@ -80,6 +85,9 @@ def test_transposed_run_matches_fit_the_plaintext_backend_and_the_row_run(cancer
     assert len(entries) == ds.n_chunks and all("model" in e for e in entries)
     (ledger,) = (tmp_path / "t" / "keys" / "ledger").glob("*.json")
     assert ledger.stat().st_mode & 0o777 == 0o600
+    # Encrypted scoring (sums within rows, left in column 0) needs no rotation
+    # key beyond the transposed chunk's: the bundle holds exactly the training's.
+    assert _bundle_steps(tmp_path / "t") == set(ds.manifest["rotation_steps"])
 
     # fit plans the same run (transposed, same tiles, same round trips).
     ref = EncryptedLogisticRegression(
@@ -113,6 +121,8 @@ def test_transposed_run_matches_fit_the_plaintext_backend_and_the_row_run(cancer
     assert _sections(tmp_path / "r" / "states" / "state-00000.fresh.skhe") == ["v[0]", "w[0]"]
     assert _sections(tmp_path / "r" / "states" / "state-00001.trained.skhe") == ["v[0]", "w[0]"]
     assert not any("model" in e for e in _ledger(tmp_path / "r" / "keys"))
+    assert _bundle_steps(tmp_path / "r") == set(rows_ds.manifest["rotation_steps"])
+    assert len(_bundle_steps(tmp_path / "t")) < len(_bundle_steps(tmp_path / "r"))
     assert np.abs(rows_model._state[0][0] - w_plain).max() < tol
     # Half the state each way, measured from the files.
     assert r.bytes_downloaded < 0.75 * rows_model.report_.bytes_downloaded
