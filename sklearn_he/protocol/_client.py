@@ -923,9 +923,16 @@ class Client:
     ) -> StateFile:
         """Decrypt the server's latest state, check it, re-encrypt it at the top level.
 
-        Writes ``state-NNNNN.fresh.skhe`` next to ``state-NNNNN.trained.skhe``.
-        After the last chunk the refreshed state serves encrypted scoring with
-        encrypted weights. The trained state is first checked against the
+        Writes ``state-NNNNN.fresh.skhe`` next to ``state-NNNNN.trained.skhe``,
+        holding the vectors the next chunk reads (:func:`fresh_layout`). A
+        trained state that holds only the gradient term ``dw`` (transposed
+        one-minibatch chunks) is completed with the ``w`` and ``v`` the
+        client kept in its ledger (the weight update and the momentum step,
+        as ``fit`` takes them); the new fresh state then holds ``v`` only,
+        and its ledger entry the new plaintext ``w`` and ``v``. After the
+        last chunk the refreshed state holds ``v`` and ``w`` as row vectors,
+        the encrypted weights ``score`` multiplies rows by, whatever the
+        plan's orientation. The trained state is first checked against the
         client's ledger (:meth:`ledger`): it must be the state after the next
         chunk, at that chunk's step, computed from the last state the client
         wrote, with the client's training constants, and its ciphertexts must
@@ -1086,7 +1093,9 @@ class Client:
         The final state is checked against the ledger as :meth:`refresh`
         checks a state: a trained one must follow the last state the client
         wrote (so an earlier state presented as the final one is refused), a
-        fresh one must be the final state the client itself refreshed.
+        fresh one must be the final state the client itself refreshed. A
+        final state holding only ``dw`` is completed with the model kept in
+        the ledger, as :meth:`refresh` does.
 
         Raises
         ------

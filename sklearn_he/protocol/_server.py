@@ -444,7 +444,15 @@ def score(
     client can decrypt (``decision_function`` of the model). Exactly one of
     ``state_path`` and ``weights`` is given; plaintext ``weights`` are the
     model's weights in the coordinates of the encrypted rows (what
-    ``sklearn-he decrypt --weights-out`` writes).
+    ``sklearn-he decrypt --weights-out`` writes). An encrypted state must be
+    the client's refresh of the final state, which holds ``w`` as row
+    vectors whatever the training plan's orientation.
+
+    Raises
+    ------
+    ProtocolError
+        The state is of unfinished training, spent, or holds no row-oriented
+        weights (the message says what to score with instead).
     """
     if (state_path is None) == (weights is None):
         raise ValueError("give exactly one of state_path (encrypted weights) and weights")

@@ -18,7 +18,7 @@ import pytest
 
 from sklearn_he import EncryptedLogisticRegression
 from sklearn_he.backend._serialization import Kind, pack, unpack
-from sklearn_he.protocol import Client, keygen, load_public_keys, score, train
+from sklearn_he.protocol import Client, StateStore, keygen, load_public_keys, score, train
 from sklearn_he.protocol._files import read_json, write_json
 
 from .conftest import (
@@ -236,3 +236,28 @@ def test_a_transposed_plan_with_gram_blocks_is_refused_before_keys(cancer_small,
         keygen(tmp_path / "keys", *X.shape, params=SMALL, allow_insecure_for_testing=True,
                options={"transpose_data": True, "minibatches_per_circuit": 2})  # fmt: skip
     assert not (tmp_path / "keys").exists()
+
+
+def test_decrypt_after_an_interrupted_final_refresh(fresh_copy, monkeypatch):
+    """The ledger entry of a refresh whose file was never written is not the model's base."""
+    root = fresh_copy
+    client = Client(root / "client" / "keys", allow_insecure_for_testing=True)
+    public = load_public_keys(root / "server" / "public.bundle", allow_insecure_for_testing=True)
+    states = root / "client" / "states"
+    while not train(public, root / "client" / "dataset", states).finished:
+        client.refresh(states)
+    before = client.decrypt(states)
+
+    def crash(self, state, data):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:  # the refresh for scoring dies after its ledger entry
+        m.setattr(StateStore, "write", crash)
+        with pytest.raises(OSError, match="disk full"):
+            client.refresh(states)
+    assert _ledger(root / "client" / "keys")[-1]["chunks_done"] == 2
+    assert not (states / "state-00002.fresh.skhe").exists()
+    after = client.decrypt(states)  # from the trained final state and the kept model
+    np.testing.assert_array_equal(after.coef_, before.coef_)
+    np.testing.assert_array_equal(after._state[0][1], before._state[0][1])
+    assert client.refresh(states).name == "state-00002.fresh.skhe"  # and it is redone
