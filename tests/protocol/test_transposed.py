@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sklearn_he import EncryptedLogisticRegression
+from sklearn_he import CKKSParameters, EncryptedLogisticRegression
 from sklearn_he.backend._serialization import Kind, pack, unpack
 from sklearn_he.protocol import Client, StateStore, keygen, load_public_keys, score, train
 from sklearn_he.protocol._files import read_json, write_json
@@ -261,3 +261,43 @@ def test_decrypt_after_an_interrupted_final_refresh(fresh_copy, monkeypatch):
     np.testing.assert_array_equal(after.coef_, before.coef_)
     np.testing.assert_array_equal(after._state[0][1], before._state[0][1])
     assert client.refresh(states).name == "state-00002.fresh.skhe"  # and it is redone
+
+
+def test_transposed_chunks_of_two_then_one_minibatch(cancer_small, tmp_path):
+    """Baseline circuit, 2 minibatches per circuit, 3 per epoch: chunks of 2 then of 1.
+
+    The two-minibatch chunk reads and returns ``v`` and ``w`` (column
+    vectors); the short chunk after it reads ``v`` only and returns ``dw``:
+    the client switches between the two within one run.
+    """
+    params = CKKSParameters(4096, (60, *([40] * 12), 60), 40, security_level=0)
+    X, y = cancer_small[0][:48], cancer_small[1][:48]
+    options = {
+        "max_iter": 2,
+        "batch_size": 16,
+        "circuit": "baseline",
+        "minibatches_per_circuit": 2,
+        "transpose_data": True,
+        "random_state": 0,
+    }
+    keygen(tmp_path / "keys", *X.shape, options=options, params=params,
+           allow_insecure_for_testing=True)  # fmt: skip
+    client = Client(tmp_path / "keys", allow_insecure_for_testing=True)
+    ds = client.encrypt(X, y, tmp_path / "dataset", tmp_path / "states")
+    assert ds.plan.transposed and [c["length"] for c in ds.manifest["chunks"]] == [2, 1, 2, 1]
+    public = load_public_keys(tmp_path / "keys" / "public.bundle", allow_insecure_for_testing=True)
+    states = tmp_path / "states"
+    while not train(public, tmp_path / "dataset", states).finished:
+        client.refresh(states)
+    held = {p.name: _sections(p) for p in states.glob("state-*.skhe")}
+    assert held["state-00000.fresh.skhe"] == ["v[0]", "w[0]"]
+    assert held["state-00001.trained.skhe"] == ["v[0]", "w[0]"]
+    assert held["state-00001.fresh.skhe"] == ["v[0]"]
+    assert held["state-00002.trained.skhe"] == ["dw[0]"]
+    assert held["state-00002.fresh.skhe"] == ["v[0]", "w[0]"]
+    assert [("model" in e) for e in _ledger(tmp_path / "keys")] == [False, True, False, True]
+    model = client.decrypt(states)
+    plain = EncryptedLogisticRegression(backend="plaintext", ckks_params=params, **options)
+    plain.fit(X, y)
+    w_plain = plain._state[0][0]
+    assert np.abs(model._state[0][0] - w_plain).max() < 1e-4 * np.linalg.norm(w_plain)
