@@ -910,8 +910,9 @@ def _inspect_dataset(path: Path, verify: bool) -> dict[str, Any]:
         "samples x features": f"{m['n_samples']} x {m.get('n_features_in', '?')}",
         "plan": (
             f"{plan.circuit} circuit, {plan.layout} layout, {plan.n_batches} minibatches of "
-            f"{plan.batch_size} in {plan.shape.rows}x{plan.shape.cols} tiles, {plan.k} per "
-            f"circuit, Gram blocks from the {plan.gram_source}"
+            f"{plan.batch_size} in {plan.shape.rows}x{plan.shape.cols} tiles"
+            + (" (transposed: Z^T, the client does the momentum step)" if plan.transposed else "")
+            + f", {plan.k} per circuit, Gram blocks from the {plan.gram_source}"
         ),
         "training": f"{ds.epochs} epochs, {ds.n_chunks} chunks",
         "ciphertexts": f"{len(m['files'])} files, {_size(ds.total_bytes)}",
@@ -947,19 +948,24 @@ def _inspect_states(
             continue
         size = s.path.stat().st_size
         m = meta.meta
+        # The state vectors it holds: v and w, v alone, or the gradient term dw.
+        names = [str(entry[0]) for entry in m.get("sections", [])]
+        vectors = list(dict.fromkeys(name.split("[")[0] for name in names))
         rows[s.name] = (
             {
                 "fresh": s.fresh,
                 "chunks_done": m.get("chunks_done"),
                 "n_chunks": m.get("n_chunks"),
                 "step": m.get("step"),
+                "vectors": vectors,
                 "bytes": size,
                 "server_seconds": m.get("server_seconds"),
                 "chunk_seconds": m.get("chunk_seconds"),
             }
             if structured
             else f"{'fresh' if s.fresh else 'trained'}, {m.get('chunks_done')}/"
-            f"{m.get('n_chunks')} chunks, step {m.get('step')}, {_size(size)}"
+            f"{m.get('n_chunks')} chunks, step {m.get('step')}, holds {', '.join(vectors)}, "
+            f"{_size(size)}"
         )
         if s.fresh:
             up += size

@@ -19,7 +19,12 @@ The client keeps, in its key directory:
   file and content digests). A state from the server must follow the last
   entry, computed from the last fresh state, with the client's training
   constants, and must not repeat ciphertexts seen before (a replay): see
-  :meth:`Client.refresh`.
+  :meth:`Client.refresh`. When the next chunk leaves the weight update and
+  the momentum step to the client (transposed one-minibatch chunks, see
+  :func:`~sklearn_he.training.client_momentum`), the entry of the state the
+  client wrote also holds the plaintext ``w`` and ``v`` it encrypted (the
+  chunk returns only the gradient term ``dw``): the client's model between
+  two refreshes, kept here and never sent.
 """
 
 from __future__ import annotations
@@ -49,19 +54,31 @@ from ..exceptions import (
     ProtocolError,
     UntrustedStateError,
 )
-from ..linalg import ColVector, EncMatrix
-from ..training import Link, TrainingClient, chunk_specs, state_names
+from ..linalg import ColVector, EncMatrix, RowSums
+from ..training import (
+    ChunkSpec,
+    Link,
+    Plan,
+    TrainingClient,
+    chunk_specs,
+    momentum_step,
+    weights_step,
+)
+from ..training._circuits import output_scales
 from ..training._trainer import gram_factors
 from ._dataset import (
     DATASET_FORMAT,
     MANIFEST,
     EncryptedDataset,
     diagonal_file,
+    fresh_layout,
     gram_file,
     plan_from_dict,
     plan_to_dict,
+    schedule_from_dict,
     schedule_to_dict,
     sz_file,
+    trained_names,
     z_file,
 )
 from ._files import (
@@ -83,7 +100,7 @@ from ._files import (
     write_json,
     write_new,
 )
-from ._inference import ROWS_FORMAT, SCORES_FORMAT, score_rotation_steps
+from ._inference import ROWS_FORMAT, SCORES_FORMAT, SCORES_LAYOUT, score_rotation_steps
 
 __all__ = [
     "CONFIG_FILE",
@@ -147,14 +164,8 @@ def _make_estimator(
             f"training options {sorted(options)} do not fit this sklearn-he ({exc}); use the "
             "version that wrote them"
         ) from None
-    # Row-oriented tiles (transpose_data=False): a refreshed state is then also
-    # the encrypted weights that `sklearn-he score` multiplies the rows by.
-    clf.set_params(
-        backend="ckks",
-        ckks_params=params,
-        allow_insecure_for_testing=allow_insecure,
-        transpose_data=False,
-    )
+    # transpose_data as stored: the planner's choice (``"auto"``) or the user's.
+    clf.set_params(backend="ckks", ckks_params=params, allow_insecure_for_testing=allow_insecure)
     clf._validate_params()
     return clf
 
@@ -261,6 +272,9 @@ def keygen(
     options : mapping, optional
         :class:`~sklearn_he.EncryptedLogisticRegression` parameters
         (``max_iter``, ``batch_size``, ``learning_rate``, ``random_state``, ...).
+        The run is planned as :meth:`~sklearn_he.EncryptedLogisticRegression.fit`
+        plans it, ``transpose_data`` included (``"auto"``: the planner
+        chooses whether the minibatches are encrypted transposed).
     params : CKKSParameters, optional
         Fix the CKKS parameters (otherwise the plan chooses them).
     allow_insecure_for_testing : bool, default=False
@@ -299,17 +313,10 @@ def keygen(
                 "them, choose another directory, or replace them (--force)"
             )
     clf = EncryptedLogisticRegression(**dict(options or {}))
-    if clf.transpose_data is True:
-        raise ValueError(
-            "the file protocol encrypts minibatches as rows (transpose_data=False), so that a "
-            "refreshed state also serves as encrypted weights for `sklearn-he score`; drop "
-            "the transpose_data option"
-        )
     clf.set_params(
         backend="ckks",
         ckks_params=params,
         allow_insecure_for_testing=allow_insecure_for_testing,
-        transpose_data=False,
     )
     stored = _estimator_params(clf)
     chosen, steps = clf.plan(n_samples, n_features)
@@ -547,12 +554,15 @@ class Client:
         trainer = clf._trainer(X.shape[0], design.shape[1], weighted=weights is not None)
         plan = trainer.plan
         need = {s % keys.params.slots for s in trainer.rotation_steps()}
-        missing = sorted(need - self._bundle_rotation_steps())
+        # Scoring rows of this data (encrypt-rows, score) rotates within the
+        # rows, which transposed training does not: keygen covered both.
+        scoring = score_rotation_steps(plan.shape, design.shape[1])
+        missing = sorted((need | scoring) - self._bundle_rotation_steps())
         if missing:
             raise MissingKeyError(
                 f"the key set lacks rotation keys for steps {missing[:8]}"
-                f"{'...' if len(missing) > 8 else ''} that training {X.shape[0]} x {X.shape[1]} "
-                f"data needs (the keys were made for {config['n_samples']} x "
+                f"{'...' if len(missing) > 8 else ''} that training and scoring {X.shape[0]} x "
+                f"{X.shape[1]} data need (the keys were made for {config['n_samples']} x "
                 f"{config['n_features']}); run `sklearn-he keygen` for this data shape"
             )
         order = check_random_state(clf.random_state).permutation(X.shape[0])
@@ -657,14 +667,14 @@ class Client:
             first = StateFile(store.path(0, fresh=True), 0, True)
             data = pack_state(
                 first,
-                client.encrypt_state(zeros, zeros),
+                self._encrypt_fresh(plan, specs, 0, zeros, zeros),
                 fingerprint=keys.fingerprint,
                 meta={"dataset": ds.id, "n_chunks": len(specs), "step": 0, "server_seconds": 0.0},
             )
             written.append(store.write(first, data))
-            written.append(
-                self._write_ledger(ds.id, [_ledger_entry(first, 0, None, data)], overwrite=False)
-            )
+            entry = _ledger_entry(first, 0, None, data)
+            _keep_model(entry, plan, specs, zeros, zeros)
+            written.append(self._write_ledger(ds.id, [entry], overwrite=False))
             record_path = self._record_path(ds.id)
             write_json(
                 record_path,
@@ -907,15 +917,86 @@ class Client:
             )
         return False
 
+    # ----------------------------------------------------------- the model
+    def _encrypt_fresh(
+        self, plan: Plan, specs: list[ChunkSpec], chunks_done: int, w: np.ndarray, v: np.ndarray
+    ) -> dict[str, Any]:
+        """The fresh state after ``chunks_done`` chunks, as :func:`fresh_layout` encodes it."""
+        encoding, names = fresh_layout(plan, specs, chunks_done)
+        client = TrainingClient(encoding, keys=self.keys)
+        client.zeros = self.zeros
+        vectors = tuple(dict.fromkeys(name.split("[")[0] for name in names))
+        return client.encrypt_state(w, v, vectors)
+
+    def _trained_model(
+        self,
+        plan: Plan,
+        specs: list[ChunkSpec],
+        record: Mapping[str, Any],
+        state: StateFile,
+        cts: Mapping[str, Any],
+        base: Mapping[str, Any],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The plaintext ``(w, v)`` after the chunk that computed ``state``, checked.
+
+        A chunk that returns ``v`` and ``w`` is decrypted. One that returns
+        the gradient term ``dw`` only (transposed one-minibatch chunks) needs
+        the ``w`` and ``v`` the client encrypted for it, kept in the ledger
+        entry ``base`` of that fresh state: ``w_new = d v + dw`` and
+        ``v_new = (1 - e) w_new + e w`` with the constants of the chunk's
+        step (:func:`~sklearn_he.training.weights_step`,
+        :func:`~sklearn_he.training.momentum_step`), as ``fit`` computes them.
+
+        Raises
+        ------
+        UntrustedStateError
+            The state does not hold exactly what its chunk returns, or the
+            ledger entry lacks the plaintext model.
+        TrainingDivergedError
+            The weights blew up.
+        """
+        done = state.chunks_done
+        names = trained_names(plan, specs, done)
+        if sorted(cts) != sorted(names):
+            raise UntrustedStateError(
+                f"{state.path} holds the ciphertexts {sorted(cts)}, but chunk {done} of this "
+                f"run returns {sorted(names)}: it was not computed by this run's chunk "
+                f"circuit. Refused; have the server train {base['fresh']['name']}"
+            )
+        vectors = tuple(dict.fromkeys(name.split("[")[0] for name in names))
+        spec = specs[done - 1]
+        end = spec.step + spec.length
+        schedule = schedule_from_dict(record["training"]["schedule"], source="record")
+        steps = schedule.steps(spec.step, spec.length, plan.batch_size)
+        got = TrainingClient(plan, keys=self.keys).decrypt_vectors(
+            cts, vectors, output_scales(steps, plan.transposed)
+        )
+        if "dw" in got:
+            w_prev, v_prev = _kept_model(base, plan, self._ledger_path(record["dataset"]))
+            last = steps[-1]
+            w = weights_step(v_prev, got["dw"], last)
+            v = momentum_step(w, w_prev, last)
+        else:
+            w, v = got["w"], got["v"]
+        TrainingClient.check_state(w, v, end, record["sigmoid_coeffs"])
+        return w, v
+
     # --------------------------------------------------------------- refresh
     def refresh(
         self, states_dir: str | os.PathLike[str], *, log: Callable[[str], None] | None = None
     ) -> StateFile:
         """Decrypt the server's latest state, check it, re-encrypt it at the top level.
 
-        Writes ``state-NNNNN.fresh.skhe`` next to ``state-NNNNN.trained.skhe``.
-        After the last chunk the refreshed state serves encrypted scoring with
-        encrypted weights. The trained state is first checked against the
+        Writes ``state-NNNNN.fresh.skhe`` next to ``state-NNNNN.trained.skhe``,
+        holding the vectors the next chunk reads (:func:`fresh_layout`). A
+        trained state that holds only the gradient term ``dw`` (transposed
+        one-minibatch chunks) is completed with the ``w`` and ``v`` the
+        client kept in its ledger (the weight update and the momentum step,
+        as ``fit`` takes them); the new fresh state then holds ``v`` only,
+        and its ledger entry the new plaintext ``w`` and ``v``. After the
+        last chunk the refreshed state holds ``v`` and ``w`` as row vectors,
+        the encrypted weights ``score`` multiplies rows by, whatever the
+        plan's orientation. The trained state is first checked against the
         client's ledger (:meth:`ledger`): it must be the state after the next
         chunk, at that chunk's step, computed from the last state the client
         wrote, with the client's training constants, and its ciphertexts must
@@ -973,22 +1054,24 @@ class Client:
         meta, cts, sha, content = loaded.meta, loaded.ciphertexts, loaded.sha256, loaded.content
         entries = self.ledger(record["dataset"])
         redo = self._check_trained(store, latest, meta, content, record, entries)
+        # The entry of the state this chunk was computed from (the last one,
+        # unless it is the interrupted refresh of this very state).
+        kept = entries[:-1] if redo else entries
         plan = plan_from_dict(record["plan"])
-        client = TrainingClient(plan, keys=self.keys)
-        client.zeros = self.zeros
-        _, _, fresh = client.refresh(cts, int(meta["step"]), record["sigmoid_coeffs"])
+        specs = chunk_specs(plan, int(record["epochs"]))
+        w, v = self._trained_model(plan, specs, record, latest, cts, kept[-1])
         out = StateFile(store.path(latest.chunks_done, fresh=True), latest.chunks_done, True)
         data = pack_state(
             out,
-            fresh,
+            self._encrypt_fresh(plan, specs, latest.chunks_done, w, v),
             fingerprint=self.keys.fingerprint,
             meta={k: meta[k] for k in ("dataset", "n_chunks", "step", "server_seconds")},
         )
         entry = _ledger_entry(out, int(meta["step"]), (latest, sha, content), data)
+        _keep_model(entry, plan, specs, w, v)
         entry["seconds"] = time.perf_counter() - t0  # the refresh's compute, for report_
         # The ledger first: a crash before the state is written leaves an entry
         # whose fresh file is missing, which the next refresh redoes.
-        kept = entries[:-1] if redo else entries
         self._write_ledger(record["dataset"], [*kept, entry])
         store.write(out, data)
         return out
@@ -1051,7 +1134,15 @@ class Client:
             n_chunks = int(record["n_chunks"])
             if latest.chunks_done >= n_chunks:
                 return written
-            self.zeros.size = len(state_names(plan_from_dict(record["plan"])))
+            # Sized for what the next refresh encrypts (v alone before a chunk
+            # that leaves the momentum to the client); none after the last
+            # chunk, whose state this loop returns without refreshing.
+            plan = plan_from_dict(record["plan"])
+            upcoming = latest.chunks_done + int(latest.fresh)
+            specs = chunk_specs(plan, int(record["epochs"]))
+            self.zeros.size = (
+                len(fresh_layout(plan, specs, upcoming)[1]) if upcoming < n_chunks else 0
+            )
             if not latest.fresh:
                 try:
                     written.append(self._refresh_locked(store))
@@ -1075,7 +1166,9 @@ class Client:
         The final state is checked against the ledger as :meth:`refresh`
         checks a state: a trained one must follow the last state the client
         wrote (so an earlier state presented as the final one is refused), a
-        fresh one must be the final state the client itself refreshed.
+        fresh one must be the final state the client itself refreshed. A
+        final state holding only ``dw`` is completed with the model kept in
+        the ledger, as :meth:`refresh` does.
 
         Raises
         ------
@@ -1101,6 +1194,8 @@ class Client:
             )
         meta, cts, sha = loaded.meta, loaded.ciphertexts, loaded.sha256
         entries = self.ledger(record["dataset"])
+        plan = plan_from_dict(record["plan"])
+        specs = chunk_specs(plan, int(record["epochs"]))
         if latest.fresh:
             last = entries[-1]
             if last["fresh"]["sha256"] != sha or last["chunks_done"] != latest.chunks_done:
@@ -1109,11 +1204,14 @@ class Client:
                     f"ends with {last['fresh']['name']}, after {last['chunks_done']} chunks). "
                     "Refused; decrypt the server's final trained state instead"
                 )
+            # Written by this client after the last chunk: v and w, row-oriented.
+            encoding, _ = fresh_layout(plan, specs, latest.chunks_done)
+            w, v = TrainingClient(encoding, keys=self.keys).decrypt_state(cts)
+            TrainingClient.check_state(w, v, int(meta["step"]), record["sigmoid_coeffs"])
         else:
-            self._check_trained(store, latest, meta, loaded.content, record, entries)
-        plan = plan_from_dict(record["plan"])
-        w, v = TrainingClient(plan, keys=self.keys).decrypt_state(cts)
-        TrainingClient.check_state(w, v, int(meta["step"]), record["sigmoid_coeffs"])
+            redo = self._check_trained(store, latest, meta, loaded.content, record, entries)
+            base = entries[-2] if redo else entries[-1]  # what the last chunk started from
+            w, v = self._trained_model(plan, specs, record, latest, cts, base)
         clf = self._model(record, w, v, int(meta["step"]), float(meta["server_seconds"]))
         refreshes = [float(e.get("seconds", 0.0)) for e in entries if e.get("trained")]
         if latest.fresh:
@@ -1233,7 +1331,9 @@ class Client:
             ctx.decrypt(ctx.ciphertext_from_bytes(sections[f"S[{rb}]"], source=f"{path} [S]"))
             for rb in range(len(sections))
         ]
-        decision = ColVector(blocks, plan.shape, n).decode()
+        # Products whose rows add up to the scores; column 0 in older files.
+        vector = RowSums if meta.get("layout") == SCORES_LAYOUT else ColVector
+        decision = vector(blocks, plan.shape, n).decode()
         classes = np.asarray(record["classes"])
         return {
             "decision": decision,
@@ -1267,6 +1367,43 @@ def _ledger_entry(
         state, sha, content = trained
         entry["trained"] = {"name": state.name, "sha256": sha, "content": content}
     return entry
+
+
+def _keep_model(
+    entry: dict[str, Any], plan: Plan, specs: list[ChunkSpec], w: np.ndarray, v: np.ndarray
+) -> None:
+    """Keep the plaintext ``w``, ``v`` of a fresh state in its ledger entry, when needed.
+
+    Needed when the chunk that reads the state returns only the gradient
+    term ``dw`` (:func:`trained_names`): the client then computes the next
+    ``w`` and ``v`` from these (:meth:`Client._trained_model`). JSON keeps
+    float64 exactly, so the protocol computes what ``fit`` computes.
+    """
+    done = int(entry["chunks_done"])
+    returns = trained_names(plan, specs, done + 1) if done < len(specs) else []
+    if any(name.startswith("dw[") for name in returns):
+        entry["model"] = {"w": [float(x) for x in w], "v": [float(x) for x in v]}
+
+
+def _kept_model(
+    entry: Mapping[str, Any], plan: Plan, ledger: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(w, v)`` that :func:`_keep_model` kept in a ledger entry."""
+    model = entry.get("model")
+    try:
+        w = np.asarray(model["w"], dtype=float)  # type: ignore[index]
+        v = np.asarray(model["v"], dtype=float)  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        w = v = np.zeros(0)
+    if w.shape != (plan.n_features,) or v.shape != (plan.n_features,):
+        raise UntrustedStateError(
+            f"the ledger {ledger} does not hold the model this client encrypted into "
+            f"{entry['fresh']['name']} ({plan.n_features} weights and look-ahead values): the "
+            "next chunk returns only the gradient term, so the new weights cannot be "
+            "computed without it. Restore the ledger from a backup of this key directory, "
+            "or encrypt the data again and train from the new data set"
+        )
+    return w, v
 
 
 def _training_diff(record: Mapping[str, Any], claimed: Any) -> list[str]:

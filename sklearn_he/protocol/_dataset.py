@@ -26,7 +26,15 @@ from typing import Any
 from ..backend import Ciphertext, CKKSContext, CKKSParameters, KeySet
 from ..exceptions import FormatError, KeyMismatchError
 from ..linalg import EncMatrix, TileShape, diagonal_offsets
-from ..training import ChunkSpec, NAGSchedule, Plan, chunk_specs, memory_budget_bytes
+from ..training import (
+    ChunkSpec,
+    NAGSchedule,
+    Plan,
+    chunk_specs,
+    memory_budget_bytes,
+    state_io,
+    state_names,
+)
 from ._files import read_bytes, read_json, sha256_hex
 
 __all__ = [
@@ -35,10 +43,12 @@ __all__ = [
     "DirectoryData",
     "EncryptedDataset",
     "diagonal_file",
+    "fresh_layout",
     "gram_file",
     "plan_from_dict",
     "plan_to_dict",
     "sz_file",
+    "trained_names",
     "z_file",
 ]
 
@@ -136,6 +146,37 @@ def plan_from_dict(d: Any, *, source: str = "manifest") -> Plan:
         return Plan(**kwargs)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise FormatError(f"{source} has a malformed training plan ({exc!r})") from None
+
+
+def fresh_layout(plan: Plan, specs: list[ChunkSpec], chunks_done: int) -> tuple[Plan, list[str]]:
+    """How the fresh state after ``chunks_done`` chunks is encoded, and its ciphertext names.
+
+    Returns the plan whose state vectors encode it (``plan`` itself, or the
+    same plan with row-oriented state) and the names ``v[cb]``, ``w[cb]``
+    it holds:
+
+    * before a chunk: the vectors that chunk reads (``v`` only when the
+      chunk leaves the momentum to the client, see
+      :func:`~sklearn_he.training.client_momentum`), encoded as the plan's
+      state vector (ColVectors when the minibatches are transposed);
+    * after the last chunk (the state ``refresh`` writes for encrypted
+      scoring): ``v`` and ``w`` as RowVectors, the orientation in which
+      ``sklearn-he score`` multiplies row-oriented encrypted rows by ``w``.
+    """
+    if chunks_done < len(specs):
+        vectors = state_io(plan.transposed, specs[chunks_done].length)[0]
+        return plan, state_names(plan, vectors)
+    rows = dataclasses.replace(plan, transposed=False)
+    return rows, state_names(rows, ("v", "w"))
+
+
+def trained_names(plan: Plan, specs: list[ChunkSpec], chunks_done: int) -> list[str]:
+    """Ciphertext names of the trained state after ``chunks_done`` chunks (what the chunk returns).
+
+    ``dw[cb]`` after a chunk that leaves the weight update and the momentum
+    to the client, ``v[cb]`` and ``w[cb]`` otherwise.
+    """
+    return state_names(plan, state_io(plan.transposed, specs[chunks_done - 1].length)[1])
 
 
 def schedule_to_dict(schedule: NAGSchedule) -> dict[str, Any]:

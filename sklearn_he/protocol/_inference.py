@@ -3,9 +3,12 @@
 Rows travel in the tile shape of the training plan (one :class:`EncMatrix`
 of the design rows, bias column first), weights as a :class:`RowVector`:
 encrypted (a fresh model state's ``w``) or plaintext (a NumPy vector). The
-toolkit's :meth:`LinAlg.matvec` computes the scores as a column vector at a
-cost of 2 levels; :class:`_MixedSlots` lets the same code multiply a
-ciphertext tile by either kind of weight block.
+toolkit's :meth:`LinAlg.matvec` computes the products of the rows with the
+weights and stops there (``reduce=False``, one level): only the client reads
+the scores, and it adds each row's products itself after decrypting
+(:class:`~sklearn_he.linalg.RowSums`). So scoring needs no rotation at all
+and adds no key to a training plan's bundle. :class:`_MixedSlots` lets the
+same code multiply a ciphertext tile by either kind of weight block.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ import numpy as np
 from ..backend import Ciphertext, CKKSContext
 from ..linalg import EncMatrix, LinAlg, NumpySlots, RowVector, TileShape
 
-__all__ = ["ROWS_FORMAT", "SCORES_FORMAT", "score_rotation_steps", "score_rows"]
+__all__ = ["ROWS_FORMAT", "SCORES_FORMAT", "SCORES_LAYOUT", "score_rotation_steps", "score_rows"]
 
 ROWS_FORMAT = "sklearn-he/encrypted-rows"
 SCORES_FORMAT = "sklearn-he/encrypted-scores"
 
-#: Levels a score costs (a product with the weights, a mask).
-SCORE_DEPTH = 2
+#: Levels a score costs (a product with the weights).
+SCORE_DEPTH = 1
+#: How the scores file lays out its blocks (``layout`` in its metadata):
+#: products whose rows the client sums. Files without it hold the scores in
+#: column 0 (as written before).
+SCORES_LAYOUT = "row-sums"
 
 
 class _MixedSlots:
@@ -81,16 +88,18 @@ def score_rotation_steps(shape: TileShape, n_columns: int) -> set[int]:
     alg = _RecordingSlots(shape.slots)
     la = LinAlg(alg, shape)
     M = EncMatrix.from_array(np.zeros((1, n_columns)), shape)
-    la.matvec(M, RowVector.from_array(np.zeros(n_columns), shape))
+    la.matvec(M, RowVector.from_array(np.zeros(n_columns), shape), reduce=False)
     return alg.steps
 
 
 def score_rows(
     context: CKKSContext, rows: EncMatrix[Ciphertext], weights: RowVector[Any]
 ) -> list[Ciphertext]:
-    """Encrypted ``rows @ weights``: the blocks of a column vector of length ``rows.n_rows``.
+    """Encrypted ``rows @ weights`` as the blocks of a :class:`~sklearn_he.linalg.RowSums`.
 
-    ``weights`` holds ciphertexts or plaintext slot vectors.
+    ``weights`` holds ciphertexts or plaintext slot vectors. Each block holds
+    the products of its rows with the weights; the sum of row ``i`` is the
+    score of row ``i`` (the client adds them after decrypting).
     """
     la = LinAlg(_MixedSlots(context), rows.shape)
-    return la.matvec(rows, weights).blocks
+    return la.matvec(rows, weights, reduce=False).blocks

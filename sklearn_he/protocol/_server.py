@@ -29,8 +29,8 @@ from ..exceptions import (
     SecretKeyExposedError,
 )
 from ..linalg import EncMatrix, RowVector, TileShape
-from ..training import TrainingServer, state_names
-from ._dataset import DirectoryData, EncryptedDataset
+from ..training import TrainingServer
+from ._dataset import DirectoryData, EncryptedDataset, fresh_layout, trained_names
 from ._files import (
     POLL_SECONDS,
     LoadedState,
@@ -49,7 +49,7 @@ from ._files import (
     write_new,
     write_state,
 )
-from ._inference import ROWS_FORMAT, SCORE_DEPTH, SCORES_FORMAT, score_rows
+from ._inference import ROWS_FORMAT, SCORE_DEPTH, SCORES_FORMAT, SCORES_LAYOUT, score_rows
 
 __all__ = ["TrainStatus", "load_public_keys", "score", "train"]
 
@@ -208,6 +208,17 @@ def _read_fresh(
     loaded = _retry(lambda: load_state(state, keys.context, dataset_id=ds.id), wait, poll)
     _check_run(state, loaded.meta, ds)
     return loaded
+
+
+def _check_inputs(state: StateFile, cts: dict[str, Any], expected: list[str]) -> None:
+    """Refuse a fresh state that does not hold exactly the vectors its chunk reads."""
+    if sorted(cts) != sorted(expected):
+        raise ProtocolError(
+            f"{state.path} holds the ciphertexts {sorted(cts)}, but the next chunk of this "
+            f"data set reads {sorted(expected)}: the state was written for another plan (or "
+            "by another sklearn-he version); have the client refresh the last trained state "
+            "with the sklearn-he that encrypted this data set"
+        )
 
 
 def _level_ok(cts: dict[str, Any], max_level: int) -> bool:
@@ -370,6 +381,7 @@ def _train_locked(
             server_seconds = float(meta.get("server_seconds", server_seconds))
             continue
         spec = specs[done]
+        _check_inputs(latest, state, fresh_layout(ds.plan, specs, done)[1])
         # What the chunk is computed from, as read (the client's ledger checks it).
         source = {"name": fresh_state.state.name, "sha256": fresh_state.sha256}
         store.begin({"chunk": done + 1, "from": latest.name, "started": time.time()})
@@ -383,7 +395,9 @@ def _train_locked(
             write_state(
                 store,
                 latest,
-                {name: out[name] for name in state_names(ds.plan)},
+                # What the chunk returns: ``dw`` when the client does the
+                # momentum step (transposed one-minibatch chunks), else v, w.
+                {name: out[name] for name in trained_names(ds.plan, specs, done + 1)},
                 fingerprint=keys.fingerprint,
                 meta={
                     "dataset": ds.id,
@@ -430,7 +444,15 @@ def score(
     client can decrypt (``decision_function`` of the model). Exactly one of
     ``state_path`` and ``weights`` is given; plaintext ``weights`` are the
     model's weights in the coordinates of the encrypted rows (what
-    ``sklearn-he decrypt --weights-out`` writes).
+    ``sklearn-he decrypt --weights-out`` writes). An encrypted state must be
+    the client's refresh of the final state, which holds ``w`` as row
+    vectors whatever the training plan's orientation.
+
+    Raises
+    ------
+    ProtocolError
+        The state is of unfinished training, spent, or holds no row-oriented
+        weights (the message says what to score with instead).
     """
     if (state_path is None) == (weights is None):
         raise ValueError("give exactly one of state_path (encrypted weights) and weights")
@@ -448,6 +470,7 @@ def score(
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{rows_path} has malformed metadata ({exc!r})") from None
     smeta_out: dict[str, Any] = {
+        "layout": SCORES_LAYOUT,
         "format": SCORES_FORMAT,
         "dataset": meta.get("dataset"),
         "n_rows": n_rows,
@@ -481,7 +504,18 @@ def score(
                 "(the client's `sklearn-he refresh` of the final state)"
             )
         n_blk = len(state_names_for(shape, n_cols)) // 2
-        vec = RowVector([cts[f"w[{cb}]"] for cb in range(n_blk)], shape, n_cols)
+        names = [f"w[{cb}]" for cb in range(n_blk)]
+        if any(name not in cts for name in names):
+            # The final refresh writes the weights as RowVectors whatever the
+            # plan's orientation (fresh_layout); anything else is not for scoring.
+            raise ProtocolError(
+                f"{state.path} does not hold encrypted weights as {n_blk} row-vector "
+                f"block(s) {names} (it holds {sorted(cts)}), which scoring these rows needs; "
+                "score with the state the client's `sklearn-he refresh` wrote after the last "
+                "chunk, or with plaintext weights (`sklearn-he decrypt --weights-out`, then "
+                "`score --weights`)"
+            )
+        vec = RowVector([cts[name] for name in names], shape, n_cols)
         smeta_out.update(state=state.name, chunks_done=done)
     rows = EncMatrix.from_index(
         shape,

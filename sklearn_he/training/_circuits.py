@@ -52,6 +52,7 @@ __all__ = [
     "can_transpose",
     "check_transposable",
     "client_momentum",
+    "output_scales",
     "output_vector",
     "state_blocks",
     "state_io",
@@ -179,6 +180,21 @@ def output_vector(
     after decrypting; ``v`` and ``w`` are :func:`state_vector`.
     """
     return RowSums if name == "dw" else state_vector(transposed)
+
+
+def output_scales(steps: Sequence[tuple[float, ...]], transposed: bool) -> dict[str, float]:
+    """The public factors a chunk of ``steps`` leaves to the client to apply after decrypting.
+
+    A chunk that leaves the update to the client (:func:`client_momentum`)
+    returns ``dw = a q`` as the products of ``q`` before their sums within
+    the rows, unscaled: the client adds the rows and multiplies by the
+    step's learning rate ``a = steps[0][0]`` (so that CKKS's absolute noise
+    is not amplified by ``1 / a`` relative to the values). Known without
+    compiling the chunk; :func:`build_chunk` checks that its circuit agrees.
+    """
+    if client_momentum(transposed, len(steps)) and float(steps[0][0]) != 1.0:
+        return {"dw": float(steps[0][0])}
+    return {}
 
 
 def z_name(t: int, rb: int, cb: int) -> str:
@@ -357,6 +373,11 @@ def build_chunk(
     for name, vec in lowering.lower(program).items():
         for cb, blk in enumerate(vec.blocks):
             tracer.output(f"{name}[{cb}]", blk)
+    scales = {k: v for k, v in lowering.output_scales.items() if v != 1.0}
+    if scales != output_scales(steps, transposed):  # pragma: no cover - an internal invariant
+        raise AssertionError(
+            f"the chunk leaves {scales} to the client, not {output_scales(steps, transposed)}"
+        )
     return ChunkCircuit(
         compiled=compile_circuit(tracer.circuit),
         circuit=circuit,
@@ -370,7 +391,7 @@ def build_chunk(
         layout=layout if pipelined else "alternating",
         transposed=transposed,
         weighted=bool(weighted),
-        output_scales={k: v for k, v in lowering.output_scales.items() if v != 1.0},
+        output_scales=scales,
     )
 
 

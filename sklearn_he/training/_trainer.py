@@ -633,18 +633,25 @@ class TrainingServer:
         on_value: Callable[[Any, Any], None] | None = None,
         meanwhile: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """Evaluate one chunk; returns the new (encrypted) state ``v[cb]``, ``w[cb]``.
+        """Evaluate one chunk; returns the new (encrypted) state ``v[cb]``, ``w[cb]`` (or ``dw``).
 
+        Under CKKS every output is brought down to level 0: the client only
+        decrypts it, and a ciphertext at level 0 is the smallest to send
+        back (one prime instead of the levels the chunk left unused).
         ``on_value`` and ``meanwhile`` as in :meth:`evaluate`.
         """
         chunk = self.chunk_circuit(spec.step, spec.length)
-        return self.evaluate(
+        out = self.evaluate(
             chunk.compiled,
             self.chunk_inputs(spec, data, state),
             on_value=on_value,
             meanwhile=meanwhile,
             transient=state_names(self.plan, chunk_state(self.plan, spec)[0]),
         )
+        if self.backend == "ckks" and self.keys is not None:
+            ctx = self.keys.context
+            out = {k: ctx.mod_switch_to(ct, 0) if ct.level > 0 else ct for k, ct in out.items()}
+        return out
 
 
 # ------------------------------------------------------------------ in process

@@ -10,7 +10,9 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from sklearn_he import CKKSParameters
+from sklearn_he.backend._serialization import Kind, unpack
 from sklearn_he.cli import main
+from sklearn_he.protocol import EncryptedDataset
 
 #: Insecure but fast parameters (N=4096, 6 levels), as in tests/test_estimator.py.
 SMALL = CKKSParameters(4096, (60, *([40] * 6), 60), 40, security_level=0)
@@ -106,6 +108,14 @@ def prepared(tmp_path_factory, cancer_small) -> Path:
         )
         == 0
     )  # fmt: skip
+    # The planner's choice for this shape (as fit's): transposed one-minibatch
+    # chunks, which leave the momentum to the client. The tests that use this
+    # run (ledger, hardening, follow) therefore check states holding v alone
+    # (fresh) and the gradient term dw alone (trained).
+    assert EncryptedDataset.open(root / "client" / "dataset").plan.transposed
+    first = root / "client" / "states" / "state-00000.fresh.skhe"
+    sections = unpack(first.read_bytes(), expected_kind=Kind.CIPHERTEXT_SET).meta["sections"]
+    assert [name for name, _ in sections] == ["v[0]"]
     # The server's directory: public bundle, data set, states; no secret key.
     server = root / "server"
     server.mkdir()

@@ -116,6 +116,10 @@ def test_two_directories_match_in_process_fit(tmp_path, monkeypatch, capsys):
     # and is far below what a protocol mistake does: the same training on
     # another minibatch order (seed) moves the weights by more than 100 times
     # the tolerance (checked below), and a skipped chunk or stale state more.
+    # The protocol planned what fit planned: transposed one-minibatch chunks
+    # (the client took each momentum step), not rows.
+    assert model.report_.transposed and ref.report_.transposed
+    assert model.report_.tile_shape == ref.report_.tile_shape
     w_cli, w_ref, w_plain = model._state[0][0], ref._state[0][0], plain._state[0][0]
     tol = 1e-4 * np.linalg.norm(w_plain)
     assert np.abs(w_ref - w_plain).max() < tol

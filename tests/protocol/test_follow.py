@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from sklearn_he.backend._serialization import Kind, unpack
 from sklearn_he.protocol import Client, load_public_keys, train
 
 from .conftest import INSECURE, run
@@ -90,6 +91,11 @@ def test_follow_prepares_each_refresh_while_the_server_trains(fresh_copy):
     thread.join(timeout=120)
     assert result["status"].finished and [s.name for s in written] == ["state-00001.fresh.skhe"]
     pool = client.zeros
-    assert pool.size > 0 and (pool.used, pool.missed) == (pool.size, 0)
+    # Exactly the ciphertexts of the refresh it wrote (v alone before a chunk
+    # that leaves the momentum to the client), and none for the final state,
+    # which follow returns without refreshing.
+    fresh = states / "state-00001.fresh.skhe"
+    n_fresh = len(unpack(fresh.read_bytes(), expected_kind=Kind.CIPHERTEXT_SET).meta["sections"])
+    assert (pool.made, pool.used, pool.missed) == (n_fresh, n_fresh, 0)
     model = client.decrypt(states)  # training went on from the pooled refresh
     assert model.report_.refreshes == 1 and abs(model.coef_).max() > 0

@@ -305,15 +305,27 @@ def test_encrypt_refuses_multiclass_and_existing_outputs(fresh_copy, cancer_smal
     assert snapshot(client) == before
 
 
-def test_encrypt_of_another_data_shape_names_both_shapes(fresh_copy, cancer_small, capsys):
+def test_encrypt_of_another_data_shape_names_both_shapes(tmp_path, cancer_small, capsys):
+    """Keys lacking a rotation the new shape needs are refused, naming both shapes.
+
+    With row tiles: their replication rotations (``-1 .. -w/2``) depend on
+    the tile width. (A transposed plan's rotations at N=4096, the powers of
+    two up to 1024, cover every tile shape, so its keys train any shape.)
+    """
     X, y = cancer_small
+    np.save(tmp_path / "X64.npy", X)
+    np.save(tmp_path / "y64.npy", y)
+    keys = tmp_path / "keys"
+    assert run("keygen", "-q", "--data", tmp_path / "X64.npy", "--labels", tmp_path / "y64.npy",
+               "--out", keys, "--epochs", "1", "--param", "transpose_data=false",
+               *SMALL_FLAGS) == 0  # fmt: skip
     rows = np.r_[np.flatnonzero(y == 0)[:8], np.flatnonzero(y == 1)[:8]]
-    np.save(fresh_copy / "X.npy", X[rows, :5])  # 16 x 5: smaller tiles
-    np.save(fresh_copy / "y.npy", y[rows])
-    assert run("encrypt", "-q", INSECURE, "--keys", fresh_copy / "client" / "keys",
-               "--data", fresh_copy / "X.npy", "--labels", fresh_copy / "y.npy",
-               "--out", fresh_copy / "ds", "--states", fresh_copy / "st") == 1  # fmt: skip
+    np.save(tmp_path / "X.npy", X[rows, :5])  # 16 x 5: other tiles
+    np.save(tmp_path / "y.npy", y[rows])
+    assert run("encrypt", "-q", INSECURE, "--keys", keys,
+               "--data", tmp_path / "X.npy", "--labels", tmp_path / "y.npy",
+               "--out", tmp_path / "ds", "--states", tmp_path / "st") == 1  # fmt: skip
     err = error_text(capsys)
-    assert "16 x 5 data needs (the keys were made for 64 x 30)" in err
+    assert "16 x 5 data need (the keys were made for 64 x 30)" in err
     assert "sklearn-he keygen" in err
-    assert not (fresh_copy / "ds").exists() and not (fresh_copy / "st").exists()
+    assert not (tmp_path / "ds").exists() and not (tmp_path / "st").exists()

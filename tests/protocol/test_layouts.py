@@ -93,22 +93,6 @@ def test_data_only_blocks_through_the_protocol(case, cancer_small, tmp_path, mon
     assert np.abs(w - w_plain).max() < 1e-4 * np.linalg.norm(w_plain)
 
 
-def test_the_protocol_encrypts_rows_and_refuses_transposed_tiles(cancer_small, tmp_path):
-    """Its refreshed states double as the encrypted weights `sklearn-he score` reads."""
-    params = CKKSParameters(4096, (60, *([40] * 6), 60), 40, security_level=0)
-    X = cancer_small[0][:32]
-    with pytest.raises(ValueError, match="transpose_data"):
-        keygen(tmp_path / "refused", *X.shape, options={"transpose_data": True},
-               params=params, allow_insecure_for_testing=True)  # fmt: skip
-    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
-    keygen(tmp_path / "keys", *X.shape, options={"max_iter": 1, "batch_size": 16},
-           params=params, allow_insecure_for_testing=True)  # fmt: skip
-    client = Client(tmp_path / "keys", allow_insecure_for_testing=True)
-    ds = client.encrypt(X, cancer_small[1][:32], tmp_path / "dataset", tmp_path / "states")
-    assert ds.plan.transposed is False
-    assert EncryptedLogisticRegression(transpose_data="auto").transpose_data == "auto"
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_weighted_data_only_blocks_through_the_protocol(case, cancer_small, tmp_path):
     """Sample weights: ``SZ/`` copies of the minibatches, Gram blocks weighted, same model."""

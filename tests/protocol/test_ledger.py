@@ -246,10 +246,16 @@ def test_interrupted_refresh_is_redone(fresh_copy, monkeypatch):
         len(_ledger(root)) == 2
         and not (_states(root, "client") / "state-00001.fresh.skhe").exists()
     )
+    interrupted = _ledger(root)[1]
     out = client.refresh(_states(root, "client"))
     entries = _ledger(root)
     assert [e["chunks_done"] for e in entries] == [0, 1]
     assert entries[1]["fresh"]["sha256"] == sha256_hex(out.path.read_bytes())
+    # The redone refresh computed the same model from the same kept state
+    # (the trained state holds only dw: the momentum step is the client's),
+    # not from the interrupted entry's.
+    assert entries[1]["model"] == interrupted["model"]
+    assert entries[0]["model"] != entries[1]["model"]
     # The run goes on to a model.
     to_server(root)
     assert train_step(root) == 0
