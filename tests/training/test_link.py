@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -278,8 +279,8 @@ def test_a_data_set_over_the_memory_budget_is_kept_on_disk(monkeypatch, tmp_path
     made, loads = [], []
     real_mkdtemp = tf.mkdtemp
 
-    def mkdtemp(**kw):
-        made.append(real_mkdtemp(dir=tmp_path, **kw))
+    def mkdtemp(*args, **kw):
+        made.append(real_mkdtemp(*args, **{**kw, "dir": tmp_path}))
         return made[-1]
 
     real_get = _trainer._InProcessData._get
@@ -288,7 +289,8 @@ def test_a_data_set_over_the_memory_budget_is_kept_on_disk(monkeypatch, tmp_path
         loads.append(isinstance(kept, _trainer._Spilled))
         return real_get(self, kept)
 
-    monkeypatch.setattr(_trainer.tempfile, "mkdtemp", mkdtemp)
+    # The trainer's temporary directories only (not key generation's, say).
+    monkeypatch.setattr(_trainer, "tempfile", SimpleNamespace(mkdtemp=mkdtemp))
     monkeypatch.setattr(_trainer._InProcessData, "_get", get)
     kw = {"max_iter": 2, "random_state": 0, "ckks_params": SMALL, "batch_size": 32}
     with warnings.catch_warnings():
