@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +44,11 @@ KW = {
 }
 #: Bounds of every wait of the cluster test (seconds, and polls).
 START_SECONDS, POLL = 90.0, 0.25
+#: The project's root (a worker imports sklearn_he from it: editable install).
+ROOT = Path(__file__).resolve().parents[1]
+#: Where the project is bound aside inside a worker's mount namespace, while
+#: the hidden folders get their tmpfs (only that namespace sees the mount).
+KEEP_ASIDE = "/run/sklearn-he-test-keep"
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +85,35 @@ def _client_folders() -> list[str]:
     return kept
 
 
+def _kept_visible(hide: list[str]) -> list[str]:
+    """The project and its virtual environment, where a hidden folder holds them (a checkout
+    under /tmp, as a CI's can be): the workers need them, and nothing else of the client's."""
+    roots = sorted({os.path.realpath(p) for p in (str(ROOT), sys.prefix)})
+    kept: list[str] = []
+    for r in roots:
+        if any(r.startswith(k.rstrip("/") + "/") or r == k for k in kept):
+            continue
+        if any(r.startswith(d.rstrip("/") + "/") for d in hide):
+            kept.append(r)
+    return kept
+
+
 def _private(args: list[str], hide: list[str]) -> list[str]:
-    """``args`` run in a new mount namespace where each folder of ``hide`` is an empty tmpfs."""
-    mounts = " && ".join(f"mount -t tmpfs tmpfs {shlex.quote(d)}" for d in hide)
+    """``args`` run in a new mount namespace where each folder of ``hide`` is an empty tmpfs.
+
+    The project and its virtual environment stay visible at their paths
+    (bound aside before the tmpfs mounts, bound back after them).
+    """
+    keep = _kept_visible(hide)
+    steps = []
+    for i, path in enumerate(keep):
+        aside = f"{KEEP_ASIDE}/{i}"
+        steps += [f"mkdir -p {aside}", f"mount --bind {shlex.quote(path)} {aside}"]
+    steps += [f"mount -t tmpfs tmpfs {shlex.quote(d)}" for d in hide]
+    for i, path in enumerate(keep):
+        aside = f"{KEEP_ASIDE}/{i}"
+        steps += [f"mkdir -p {shlex.quote(path)}", f"mount --bind {aside} {shlex.quote(path)}"]
+    mounts = " && ".join(steps)
     return [
         "unshare",
         "-m",

@@ -154,11 +154,17 @@ def test_missing_rotation_key_is_named(ctx):
 
 
 def test_rotation_sum_of_zeros_stays_small(ctx):
-    """DESIGN.md: low scales give a key-dependent offset in rotation sums."""
+    """DESIGN.md: low scales give a key-dependent offset in rotation sums.
+
+    The largest of the 2048 slots after six rotation sums, over six key sets
+    each: 4.1e-7 to 7.9e-7 with SEAL's own Galois keys, 3.1e-7 to 7.3e-7
+    with this library's seeded ones (2026-12-06); one key set in CI gave
+    1.1e-6. The bound is on that tail: an offset 10x larger would fail it.
+    """
     acc = ctx.encrypt(np.zeros(N_SLOTS))
     for k in (1, 2, 4, 8, 16, 32):
         acc = ctx.add(acc, ctx.rotate(acc, k))
-    assert np.abs(dec(ctx, acc)).max() < 1e-6
+    assert np.abs(dec(ctx, acc)).max() < 3e-6
 
 
 def test_every_operation_lands_on_the_canonical_scale_of_its_level(ctx, xy):
