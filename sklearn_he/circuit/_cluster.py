@@ -62,13 +62,18 @@ from ..exceptions import ClusterConnectionError, ParallelEvaluationError
 from ._compiler import CompiledCircuit
 from ._cost import CostModel
 from ._ir import Op
-from ._parallel import ParallelCKKSEvaluator, RunReport, _const_key, _task_error, temp_folder
+from ._parallel import (
+    ParallelCKKSEvaluator,
+    RunReport,
+    _task_error,
+    _task_spec,
+    temp_folder,
+)
 from ._schedule import Schedule, Task, TransferCosts
 from ._worker import (
     BundleRef,
     StoredCiphertext,
     TaskResult,
-    TaskSpec,
     drop_keys,
     install_keys,
     refuse_paths_under,
@@ -543,22 +548,11 @@ class ClusterCKKSEvaluator:
         ref = BundleRef(self._keys.fingerprint, None, self._keys.allow_insecure_for_testing)
         fn = type(self)._task_function
         top = self.context.max_level
-        consts = compiled.circuit.constants
         outputs = set(compiled.circuit.outputs.values())
         run_id = uuid.uuid4().hex[:12]
         futures: dict[int, Any] = {}
         for t in tasks:
-            used = {k for i in t.nodes if (k := _const_key(compiled.nodes[i])) is not None}
-            spec = TaskSpec(
-                index=t.number,
-                label=t.describe(compiled),
-                slots=compiled.slots,
-                nodes=tuple(compiled.nodes[i] for i in t.nodes),
-                levels={i: top - compiled.depths[i] for i in t.nodes},
-                constants={k: consts[k] for k in sorted(used)},
-                returns=t.returns,
-                check_levels=self.check_levels,
-            )
+            spec = _task_spec(compiled, t, top, self.check_levels)
             self.session.sent["circuit"] += len(pickle.dumps(spec, protocol=5))
             futures[t.number] = client.submit(
                 fn,

@@ -690,21 +690,7 @@ class ParallelCKKSEvaluator:
                     else:
                         jobs = []
                         for t in step:
-                            used = {
-                                _const_key(compiled.nodes[i])
-                                for i in t.nodes
-                                if _const_key(compiled.nodes[i]) is not None
-                            }
-                            spec = TaskSpec(
-                                index=t.number,
-                                label=t.describe(compiled),
-                                slots=compiled.slots,
-                                nodes=tuple(compiled.nodes[i] for i in t.nodes),
-                                levels={i: top - compiled.depths[i] for i in t.nodes},
-                                constants={k: all_consts[k] for k in sorted(used)},
-                                returns=t.returns,
-                                check_levels=self.check_levels,
-                            )
+                            spec = _task_spec(compiled, t, top, self.check_levels)
                             jobs.append((t, spec, {v: blob(v) for v in t.needs}))
                         for res in self._dispatch(parallel, jobs, compiled, report):
                             blobs.update(res.values)
@@ -1179,6 +1165,22 @@ def _structure_key(compiled: CompiledCircuit) -> str:
         h.update(f"{n.op.value},{n.level_cost()},{d},{n.args};".encode())
     h.update(repr(sorted(compiled.circuit.outputs.values())).encode())
     return h.hexdigest()
+
+
+def _task_spec(compiled: CompiledCircuit, task: Any, top: int, check_levels: bool) -> TaskSpec:
+    """What a worker needs for one task of a superstep schedule: its nodes, their levels
+    (under a top level of ``top``) and the public constants they read."""
+    used = {k for i in task.nodes if (k := _const_key(compiled.nodes[i])) is not None}
+    return TaskSpec(
+        index=task.number,
+        label=task.describe(compiled),
+        slots=compiled.slots,
+        nodes=tuple(compiled.nodes[i] for i in task.nodes),
+        levels={i: top - compiled.depths[i] for i in task.nodes},
+        constants={k: compiled.circuit.constants[k] for k in sorted(used)},
+        returns=task.returns,
+        check_levels=check_levels,
+    )
 
 
 def _const_key(node: Any) -> str | None:
