@@ -108,11 +108,12 @@ def packed_seeded_size(seal_size: int, n: int, kept: Sequence[int]) -> int:
 
 
 def pack_seeded(seal: bytes, n: int, kept: Sequence[int], a: np.ndarray) -> bytes:
-    """A size-2 SEAL ciphertext without its second polynomial, which must equal ``a``.
+    """A size-2 SEAL ciphertext without its second polynomial, whose first limbs must be ``a``.
 
-    ``a`` is what the ciphertext's seed expands to (``len(kept) x n``
-    residues); the caller stores the seed instead. ``c0`` is packed as by
-    :func:`pack_limbs`.
+    ``a`` is what the ciphertext's seed expands to, in its first ``len(a)``
+    limbs (a check: a ciphertext changed after its encryption differs in
+    every limb, so one suffices); the caller stores the seed instead. ``c0``
+    is packed as by :func:`pack_limbs`.
 
     Raises
     ------
@@ -126,7 +127,7 @@ def pack_seeded(seal: bytes, n: int, kept: Sequence[int], a: np.ndarray) -> byte
         raise ValueError(f"SEAL ciphertext of {len(seal)} bytes cannot hold {data_len} of data")
     head_len = len(seal) - data_len
     words = np.frombuffer(seal, dtype="<u8", offset=head_len).reshape(2, limbs, n)
-    if not np.array_equal(words[1], a):
+    if not np.array_equal(words[1, : len(a)], a):
         raise ValueError("the ciphertext's second polynomial is not the one its seed expands to")
     return pack_limbs(seal[:head_len] + words[0].tobytes(), n, 1, kept)
 

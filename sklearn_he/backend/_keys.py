@@ -358,7 +358,7 @@ class KeySet:
                 sections[name] = pack_kswitch(sections[name], n, kept, source=name)
             else:  # and each key's second polynomial as the seed it expands from
                 sections[name] = pack_kswitch_seeded(
-                    sections[name], n, kept, _key_expander(self.params, seed, name), source=name
+                    sections[name], n, kept, _key_expander(self.params, seed, name, 1), source=name
                 )
         index, blob = join_sections(sections)
         return pack(Kind.PUBLIC_BUNDLE, self.fingerprint, self._bundle_meta(index), blob)
@@ -558,10 +558,13 @@ def _key_seed(value: Any, source: str) -> bytes:
 
 
 def _key_expander(
-    params: CKKSParameters, seed: bytes, section: str
+    params: CKKSParameters, seed: bytes, section: str, limbs: int | None = None
 ) -> Callable[[int, int], np.ndarray]:
-    """``(i, j) -> c1`` of key ciphertext ``(i, j)`` of ``section``, expanded from ``seed``."""
-    n, primes = params.poly_modulus_degree, chain_primes(params)
+    """``(i, j) -> c1`` of key ciphertext ``(i, j)`` of ``section``, expanded from ``seed``.
+
+    ``limbs``: only the first ones (what packing checks; loading needs all).
+    """
+    n, primes = params.poly_modulus_degree, chain_primes(params)[:limbs]
 
     def expand(i: int, j: int) -> np.ndarray:
         return _seeded.expand_uniform(seed, _seeded.kswitch_key_tag(section, i, j), n, primes)

@@ -580,7 +580,7 @@ class CKKSContext:
 
         Same keys in SEAL's structure, each key ciphertext a symmetric
         encryption whose second polynomial expands from ``seed``
-        (:func:`~sklearn_he.backend._seeded.reseed_kswitch`): a public bundle
+        (:func:`~sklearn_he.backend._seeded.reseed_kswitch_inplace`): a public bundle
         then carries the seed instead of half of its bytes.
         """
         n, secret = self.params.poly_modulus_degree, self._secret_ntt()
@@ -1086,9 +1086,8 @@ class CKKSContext:
         if meta["packing"] == SEEDED_PACKING:
             assert ct.seed is not None
             try:
-                body = pack_seeded(
-                    raw, n, meta["limb_bytes"], self._seed_expansion(ct.seed, ct.level)
-                )
+                # The first limb is check enough (and a sixth of the expansion).
+                body = pack_seeded(raw, n, meta["limb_bytes"], self._seed_expansion(ct.seed, 0))
             except ValueError as exc:
                 raise RuntimeError(
                     f"a seeded ciphertext was modified in place ({exc}); operations must "

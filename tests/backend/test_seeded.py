@@ -209,3 +209,23 @@ def test_a_foreign_secret_key_is_still_refused(keys):
     )
     with pytest.raises(KeyMismatchError, match="does not belong"):
         KeySet.from_bytes(keys.public_bundle(), forged, allow_insecure_for_testing=True)
+
+
+def test_an_enveloped_wire_ciphertext_at_another_level_is_refused(keys):
+    from sklearn_he.backend import WireCiphertext
+
+    ctx = keys.context
+    wire = ctx.ciphertext_to_wire(ctx.encrypt(np.ones(4)), compact=True)
+    assert wire.enveloped and wire.nbytes == len(wire.data)
+    assert ctx.ciphertext_from_wire(wire).level == ctx.max_level
+    lying = WireCiphertext(wire.fingerprint, wire.level - 1, wire.data, enveloped=True)
+    with pytest.raises(FormatError, match=f"level {ctx.max_level} where {ctx.max_level - 1}"):
+        ctx.ciphertext_from_wire(lying)
+
+
+def test_only_key_switching_sections_are_reseeded(keys):
+    buffer = bytearray(keys.context._he.to_bytes_relin_key("none"))
+    with pytest.raises(ValueError, match="section must be 'relin' or 'rotation'"):
+        _seeded.reseed_kswitch_inplace(
+            buffer, N, chain_primes(SMALL), keys.context._secret_ntt(), bytes(32), "public"
+        )
