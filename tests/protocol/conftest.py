@@ -75,6 +75,23 @@ def error_text(capsys) -> str:
     return err
 
 
+def one_line_error(capsys) -> str:
+    """Standard error since the last read: an explained error, on one line, no traceback."""
+    err = error_text(capsys)
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def usage_error(capsys, *argv) -> str:
+    """A command-line mistake: argparse's usage message and exit status 2."""
+    with pytest.raises(SystemExit) as info:
+        run(*argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "usage:" in err
+    return err
+
+
 def write_csv(path: Path, X: np.ndarray, y: np.ndarray) -> Path:
     header = ",".join(f"f{j}" for j in range(X.shape[1])) + ",label"
     rows = [",".join(repr(float(v)) for v in x) + f",{int(t)}" for x, t in zip(X, y, strict=True)]

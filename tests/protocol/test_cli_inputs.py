@@ -24,30 +24,15 @@ from .conftest import (
     INSECURE,
     SMALL,
     SMALL_FLAGS,
+    one_line_error,
     refresh_step,
     run,
     snapshot,
     to_client,
     to_server,
     train_step,
+    usage_error,
 )
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-    return err
-
-
-def _usage_error(capsys, *argv) -> str:
-    """A command-line mistake: argparse's usage message and exit status 2."""
-    with pytest.raises(SystemExit) as info:
-        run(*argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "usage:" in err
-    return err
 
 
 # ------------------------------------------------------------------ headers
@@ -164,7 +149,7 @@ def test_a_binary_file_given_as_csv_is_named(tmp_path, capsys):
     # Through the command line: exit status 1, one line, nothing written.
     assert run("keygen", "-q", "--data", raw, "--labels", tmp_path / "y.npy",
                "--out", tmp_path / "keys", *SMALL_FLAGS) == 1  # fmt: skip
-    assert "is not a text CSV file" in _error(capsys)
+    assert "is not a text CSV file" in one_line_error(capsys)
     assert not (tmp_path / "keys").exists()
 
 
@@ -234,7 +219,7 @@ def test_pickle_is_not_needed_for_labels(tmp_path):
 
 
 def test_encrypt_rows_has_no_label_file(capsys):
-    err = _usage_error(capsys, "encrypt-rows", "--keys", "k", "--data", "x.csv", "--labels",
+    err = usage_error(capsys, "encrypt-rows", "--keys", "k", "--data", "x.csv", "--labels",
                        "y.csv", "--out", "r.skhe")  # fmt: skip
     assert "--labels" in err
 
@@ -275,7 +260,7 @@ def test_keygen_refuses_data_that_encrypt_would_refuse(tmp_path, capsys, case, n
         ["--labels", tmp_path / "y.npy"] if X.ndim == 2 else []
     )
     assert run("keygen", "-q", *data, "--out", tmp_path / "keys", *SMALL_FLAGS) == 1
-    err = _error(capsys)
+    err = one_line_error(capsys)
     assert str(tmp_path / named) in err and says in err, err
     assert "Warning" not in err and len(err) < 400  # no ComplexWarning, no values dumped
     assert not (tmp_path / "keys").exists()
@@ -291,7 +276,7 @@ def test_encrypt_refuses_complex_data_in_one_line(fresh_copy, cancer_small, caps
     assert run("encrypt", "-q", INSECURE, "--keys", client / "keys", "--data", root / "Xc.npy",
                "--labels", root / "y.npy", "--out", root / "ds",
                "--states", root / "st") == 1  # fmt: skip
-    err = _error(capsys)
+    err = one_line_error(capsys)
     assert f"{root / 'Xc.npy'} holds complex numbers" in err
     assert "Warning" not in err and len(err) < 400
     assert snapshot(client) == before and not (root / "ds").exists()
@@ -369,14 +354,14 @@ def test_contradictory_data_options_are_usage_errors(
     where = {"keygen": ["--out", "keys", *SMALL_FLAGS],
              "encrypt": ["--keys", "keys", "--out", "ds", "--states", "st"],
              "encrypt-rows": ["--keys", "keys", "--out", "rows.skhe"]}[command]  # fmt: skip
-    err = _usage_error(capsys, command, "--data", "X.npy", *extra, *where)
+    err = usage_error(capsys, command, "--data", "X.npy", *extra, *where)
     assert f"error: {conflict} conflict" in err, err
     assert snapshot(tmp_path) == before
 
 
 def test_shape_conflicts_with_every_data_option(tmp_path, capsys):
     for extra in (["--labels", "y.npy"], ["--label-column", "0"], ["--header"]):
-        err = _usage_error(capsys, "keygen", "--shape", "40", "3", *extra,
+        err = usage_error(capsys, "keygen", "--shape", "40", "3", *extra,
                            "--out", tmp_path / "keys", *SMALL_FLAGS)  # fmt: skip
         assert f"--shape and {extra[0]} conflict" in err
     assert not (tmp_path / "keys").exists()
@@ -396,10 +381,10 @@ def test_header_flags_still_apply_to_a_csv_label_file(tmp_path):
 def test_decrypt_refuses_two_outputs_naming_one_file(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     same = tmp_path / "sub" / ".." / "dup.pkl"
-    err = _usage_error(capsys, "decrypt", "--keys", "keys", "--states", "states",
+    err = usage_error(capsys, "decrypt", "--keys", "keys", "--states", "states",
                        "--out", "dup.pkl", "--sklearn-out", same)  # fmt: skip
     assert "--out and --sklearn-out both name" in err and "dup.pkl" in err
-    err = _usage_error(capsys, "decrypt", "--keys", "keys", "--states", "states",
+    err = usage_error(capsys, "decrypt", "--keys", "keys", "--states", "states",
                        "--weights-out", "w.npy", "--json-out", "./w.npy")  # fmt: skip
     assert "--weights-out and --json-out both name" in err
     assert list(tmp_path.iterdir()) == []
@@ -421,7 +406,7 @@ def test_score_weights_must_be_the_npy_decrypt_wrote(tmp_path, capsys, kind):
     assert run("score", "-q", INSECURE, "--public-bundle", tmp_path / "public.bundle",
                "--rows", tmp_path / "rows.skhe", "--weights", w,
                "--out", tmp_path / "scores.skhe") == 1  # fmt: skip
-    err = _error(capsys)
+    err = one_line_error(capsys)
     assert f"--weights {w}" in err and "sklearn-he decrypt --weights-out" in err, err
     assert "allow_pickle" not in err and "Errno" not in err
     assert not (tmp_path / "scores.skhe").exists()
@@ -429,23 +414,23 @@ def test_score_weights_must_be_the_npy_decrypt_wrote(tmp_path, capsys, kind):
 
 # ---------------------------------------------------------------- arguments
 def test_command_line_mistakes_exit_2(tmp_path, capsys):
-    err = _usage_error(capsys, "train", "--public-bundle", "b", "--dataset", "d", "--states",
+    err = usage_error(capsys, "train", "--public-bundle", "b", "--dataset", "d", "--states",
                        "s", "--n-jobs", "0")  # fmt: skip
     assert "--n-jobs" in err and "-1" in err
-    err = _usage_error(capsys, "keygen", "--out", tmp_path / "keys")
+    err = usage_error(capsys, "keygen", "--out", tmp_path / "keys")
     assert "--data" in err and "--shape" in err
-    err = _usage_error(capsys, "keygen", "--out", tmp_path / "keys", "--shape", "4", "2",
+    err = usage_error(capsys, "keygen", "--out", tmp_path / "keys", "--shape", "4", "2",
                        "--poly-modulus-degree", "4096")  # fmt: skip
     assert "--coeff-modulus-bits" in err
     assert not (tmp_path / "keys").exists()
-    err = _usage_error(capsys, "keygen", "--out", tmp_path / "keys", "--shape", "64", "30",
+    err = usage_error(capsys, "keygen", "--out", tmp_path / "keys", "--shape", "64", "30",
                        "--poly-modulus-degree", "4000", "--coeff-modulus-bits", "60,40,60",
                        INSECURE)  # fmt: skip
     assert "--poly-modulus-degree/--coeff-modulus-bits: poly_modulus_degree must be one" in err
     assert not (tmp_path / "keys").exists()
-    err = _usage_error(capsys, "decrypt", "--keys", "k", "--states", "s")
+    err = usage_error(capsys, "decrypt", "--keys", "k", "--states", "s")
     assert "say what to write" in err
-    err = _usage_error(capsys, "score", "--public-bundle", "b", "--rows", "r", "--out", "o")
+    err = usage_error(capsys, "score", "--public-bundle", "b", "--rows", "r", "--out", "o")
     assert "exactly one of --state" in err
 
 
@@ -465,18 +450,18 @@ def test_inspect_refuses_directories_it_did_not_write(tmp_path, prepared, capsys
     (tmp_path / "empty").mkdir()
     for path in (tmp_path, tmp_path / "empty", prepared / "client" / "keys" / "datasets"):
         assert run("inspect", path) == 1
-        assert "not a directory sklearn-he wrote" in _error(capsys)
+        assert "not a directory sklearn-he wrote" in one_line_error(capsys)
     shutil.copytree(prepared / "server" / "dataset", tmp_path / "dataset")
     (tmp_path / "dataset" / "manifest.json").unlink()
     assert run("inspect", tmp_path / "dataset") == 1
-    assert "no manifest.json" in _error(capsys)
+    assert "no manifest.json" in one_line_error(capsys)
 
 
 def test_inspect_names_invalid_json_and_lists_damaged_states(tmp_path, prepared, capsys):
     bad = tmp_path / "doc.json"
     bad.write_text('{"format": ')
     assert run("inspect", bad) == 1
-    assert f"{bad} is not valid JSON" in _error(capsys)
+    assert f"{bad} is not valid JSON" in one_line_error(capsys)
     states = tmp_path / "states"
     shutil.copytree(prepared / "server" / "states", states)
     good = states / "state-00000.fresh.skhe"
@@ -538,13 +523,13 @@ def test_warnings_print_once_as_one_line(tmp_path):
 def test_insecure_parameters_errors_name_the_flag(tmp_path, prepared, capsys):
     flags = [f for f in SMALL_FLAGS if f != INSECURE]
     assert run("keygen", "-q", "--shape", "64", "30", "--out", tmp_path / "k", *flags) == 1
-    err = _error(capsys)
+    err = one_line_error(capsys)
     assert "--poly-modulus-degree" in err and "--allow-insecure-for-testing" in err
     assert "allow_insecure_for_testing" not in err and "CKKSParameters" not in err
     assert not (tmp_path / "k").exists()
     keys = prepared / "client" / "keys"
     assert run("refresh", "-q", "--keys", keys, "--states", tmp_path / "states") == 1
-    err = _error(capsys)
+    err = one_line_error(capsys)
     assert "with --allow-insecure-for-testing" in err and "allow_insecure_for_testing" not in err
 
 
@@ -552,7 +537,7 @@ def test_too_few_levels_are_explained_with_flags(tmp_path, capsys):
     flags = ["--poly-modulus-degree", "8192", "--coeff-modulus-bits", "60,40,60"]
     assert run("keygen", "-q", INSECURE, "--shape", "64", "30", "--out", tmp_path / "k",
                *flags) == 1  # fmt: skip
-    err = _error(capsys)
+    err = one_line_error(capsys)
     # Transposed one-minibatch chunks (the plan's choice): the client adds the last
     # gradient's row sums, so 4 levels, not 5.
     assert "needs 4 levels; N=8192 provides 1" in err

@@ -20,12 +20,14 @@ from .conftest import (
     INSECURE,
     SMALL,
     SMALL_FLAGS,
+    one_line_error,
     refresh_step,
     run,
     snapshot,
     to_client,
     to_server,
     train_step,
+    usage_error,
 )
 
 pytestmark = pytest.mark.ckks
@@ -44,22 +46,6 @@ def _write_weighted_csv(path, X, y, w):
     ]
     path.write_text(header + "\n" + "\n".join(rows) + "\n")
     return path
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-    return err
-
-
-def _usage_error(capsys, *argv) -> str:
-    with pytest.raises(SystemExit) as info:
-        run(*argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "usage:" in err
-    return err
 
 
 def _train_to_the_end(root) -> None:
@@ -183,7 +169,7 @@ def test_bad_weights_are_named_by_row(tmp_path, capsys, cell, says):
     csv.write_text("a,w,label\n" + "\n".join(rows) + "\n")
     assert run("keygen", "--data", csv, "--sample-weight-column", "w", "--out",
                tmp_path / "keys", *SMALL_FLAGS) == 1  # fmt: skip
-    assert says in _error(capsys)
+    assert says in one_line_error(capsys)
     assert not (tmp_path / "keys").exists()
 
 
@@ -195,26 +181,26 @@ def test_bad_weight_inputs_are_refused_with_what_to_do(tmp_path, capsys):
     np.save(tmp_path / "short.npy", np.ones(5))
     assert run("keygen", "--data", tmp_path / "X.npy", "--sample-weights",
                tmp_path / "short.npy", *common) == 1  # fmt: skip
-    assert "holds 5 weights for 8 rows" in _error(capsys)
+    assert "holds 5 weights for 8 rows" in one_line_error(capsys)
     np.save(tmp_path / "two.npy", np.ones((8, 2)))
     assert run("keygen", "--data", tmp_path / "X.npy", "--sample-weights",
                tmp_path / "two.npy", *common) == 1  # fmt: skip
-    assert "must hold one column; it has 2" in _error(capsys)
+    assert "must hold one column; it has 2" in one_line_error(capsys)
     assert run("keygen", "--data", tmp_path / "X.npy", "--sample-weight-column", "9",
                *common) == 1  # fmt: skip
-    assert "has 4 columns; --sample-weight-column 9 is out of range" in _error(capsys)
+    assert "has 4 columns; --sample-weight-column 9 is out of range" in one_line_error(capsys)
     assert run("keygen", "--data", tmp_path / "X.npy", "--sample-weights",
                tmp_path / "missing.npy", *common) == 1  # fmt: skip
-    assert "missing.npy does not exist" in _error(capsys)
+    assert "missing.npy does not exist" in one_line_error(capsys)
     # Weights that leave one class: the class is named.
     np.save(tmp_path / "one-class.npy", (y == 1).astype(float))
     assert run("keygen", "--data", tmp_path / "X.npy", "--sample-weights",
                tmp_path / "one-class.npy", *common) == 1  # fmt: skip
-    assert "nonzero sample_weight hold one class only" in _error(capsys)
+    assert "nonzero sample_weight hold one class only" in one_line_error(capsys)
     np.save(tmp_path / "zeros.npy", np.zeros(8))
     assert run("keygen", "--data", tmp_path / "X.npy", "--sample-weights",
                tmp_path / "zeros.npy", *common) == 1  # fmt: skip
-    assert "zero" in _error(capsys)
+    assert "zero" in one_line_error(capsys)
     assert not (tmp_path / "keys").exists()
 
 
@@ -245,14 +231,14 @@ def test_contradictory_weight_options_are_usage_errors(
     ):
         if command == "encrypt" and "same column" in conflict:
             continue  # found when the file is read: encrypt needs keys first
-        err = _usage_error(capsys, command, "--data", "X.npy", *extra, *where)
+        err = usage_error(capsys, command, "--data", "X.npy", *extra, *where)
         assert conflict in err, err
     assert snapshot(tmp_path) == before
 
 
 def test_shape_conflicts_with_the_weight_options(tmp_path, capsys):
     for extra in (["--sample-weight-column", "0"], ["--sample-weights", "w.npy"]):
-        err = _usage_error(capsys, "keygen", "--shape", "40", "3", *extra,
+        err = usage_error(capsys, "keygen", "--shape", "40", "3", *extra,
                            "--out", tmp_path / "keys", *SMALL_FLAGS)  # fmt: skip
         assert f"--shape and {extra[0]} conflict" in err
     assert not (tmp_path / "keys").exists()
@@ -270,7 +256,7 @@ def test_class_weight_option_through_the_command_line(tmp_path, cancer_small, ca
     ds = EncryptedDataset.open(tmp_path / "ds")
     assert ds.plan.weighted == (np.bincount(y)[0] != np.bincount(y)[1])
     bad = ["--param", 'class_weight={"0": 2}', "--out", tmp_path / "keys2"]
-    err = _usage_error(capsys, "keygen", "--data", tmp_path / "X.npy", *bad, *SMALL_FLAGS)
+    err = usage_error(capsys, "keygen", "--data", tmp_path / "X.npy", *bad, *SMALL_FLAGS)
     assert "--param class_weight takes 'balanced'" in err
     assert "--sample-weight-column or --sample-weights" in err
     assert not (tmp_path / "keys2").exists()
