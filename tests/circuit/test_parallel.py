@@ -582,9 +582,17 @@ def test_measured_fallback_keeps_the_faster_way(keys, circuits):
     for _ in range(7):
         assert_identical(ev.run(compiled, enc), want)  # bit-identical either way
         modes.append(ev.last_run_.mode)
-    # Warm-up, two measured parallel runs, one in-process probe; this tiny
-    # circuit is far faster in-process, so that is where it stays.
-    assert modes == ["parallel"] * 3 + ["serial"] * 4
+    # Warm-up, two measured parallel runs, one in-process probe; then the way
+    # that measured faster. (This tiny circuit is usually far faster in-process,
+    # but which way wins is the machine's to say: asserting "serial" failed about
+    # one run in eight on a busy 2-core machine.)
+    assert modes[:4] == ["parallel"] * 3 + ["serial"]
+    (timings,) = ev._timings.values()
+    parallel, serial = timings.parallel[:2], timings.serial[0]  # what the probe compared
+    from sklearn_he.circuit._parallel import _median
+
+    faster = "serial" if serial < _median(parallel) else "parallel"
+    assert modes[4] == faster, (modes, parallel, serial)
     # serial_fallback=False: always the schedule's way.
     forced = ParallelCKKSEvaluator(keys, n_jobs=2, transfer=FREE, serial_fallback=False)
     for _ in range(5):
