@@ -66,6 +66,9 @@ class FitReport:
     tile_shape: tuple[int, int]
     #: Minibatches encrypted as ``Z^T`` (``transpose_data``, as planned).
     transposed: bool
+    #: Row blocks of the data and of the state in complex pairs (two per
+    #: ciphertext), as planned (:class:`~sklearn_he.linalg.PairedMatrix`).
+    paired: bool
     poly_modulus_degree: int
     coeff_modulus_bits: tuple[int, ...]
     scale_bits: int
@@ -820,6 +823,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             n_batches=plan.n_batches,
             tile_shape=(plan.shape.rows, plan.shape.cols),
             transposed=plan.transposed,
+            paired=plan.paired,
             poly_modulus_degree=p.poly_modulus_degree,
             coeff_modulus_bits=tuple(p.coeff_modulus_bits),
             scale_bits=p.scale_bits,

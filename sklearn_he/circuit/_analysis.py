@@ -92,7 +92,14 @@ class CircuitReport:
         return "\n".join(lines)
 
 
-_COSTLY = {Op.MUL.value, Op.DOT.value, Op.MUL_PLAIN.value, Op.MUL_SCALAR.value, Op.ROTATE.value}
+_COSTLY = {
+    Op.MUL.value,
+    Op.DOT.value,
+    Op.MUL_PLAIN.value,
+    Op.MUL_SCALAR.value,
+    Op.ROTATE.value,
+    Op.CONJUGATE.value,
+}
 
 
 class AnalysisEvaluator:

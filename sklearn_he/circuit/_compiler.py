@@ -51,7 +51,8 @@ class CompiledCircuit:
     depth : int
         Multiplicative depth: the largest depth of any node.
     rotation_steps : frozenset of int
-        Exactly the rotation keys the circuit needs.
+        Exactly the rotation keys the circuit needs (0: the conjugation key,
+        as SEAL files it).
     traced_nodes : int
         Number of nodes before optimisation.
     """
@@ -290,6 +291,8 @@ def compile_circuit(
     out.outputs = {k: new_id[v] for k, v in pruned.outputs.items()}
     out.check()
     steps = frozenset(int(n.attr) for n in out.nodes if n.op is Op.ROTATE)
+    if any(n.op is Op.CONJUGATE for n in out.nodes):
+        steps |= {0}  # SEAL files the conjugation key under rotation step 0
     return CompiledCircuit(
         circuit=out,
         depths=new_depths,

@@ -179,6 +179,10 @@ class CostModel:
             return 0.0
         if op is Op.DOT:
             return self.op_seconds(Op.MUL, n, level) + (pairs - 1) * self._fit(op, n, level)
+        if op is Op.CONJUGATE and op.value not in self.fits.get(int(n), {}):
+            # Estimate where unmeasured: a rotation's key switch, and the
+            # passes over the ciphertext that build its three-polynomial form.
+            return self._fit(Op.ROTATE, n, level) + 4 * self._fit(Op.ADD, n, level)
         if op is Op.MODSWITCH and drop > 1:
             # Dropping a prime is a pass over the ciphertext, like an addition.
             return (drop - 1) * self.op_seconds(Op.ADD, n, level) + self.op_seconds(

@@ -93,10 +93,11 @@ class PlaintextEvaluator:
 
 
 def _pad(values: Any, slots: int, name: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64).ravel()
+    arr = np.asarray(values)
+    arr = arr.astype(np.complex128 if np.iscomplexobj(arr) else np.float64).ravel()
     if arr.size > slots:
         raise ValueError(f"input {name!r} has {arr.size} values; the circuit has {slots} slots")
-    out = np.zeros(slots)
+    out = np.zeros(slots, dtype=arr.dtype)
     out[: arr.size] = arr
     return out
 
@@ -122,6 +123,8 @@ def _plain_step(compiled: CompiledCircuit, n: Node, a: list[np.ndarray]) -> np.n
         return a[0] + (val if kind == "scalar" else compiled.circuit.constants[val])
     if op is Op.ROTATE:
         return np.roll(a[0], -n.attr)
+    if op is Op.CONJUGATE:
+        return np.conj(a[0])
     if op is Op.MODSWITCH:
         return a[0]
     raise AssertionError(f"unhandled op {op}")  # pragma: no cover
@@ -243,6 +246,8 @@ def _ckks_step(
         return ctx.add_plain(a[0], val if kind == "scalar" else consts[val])
     if op is Op.ROTATE:
         return ctx.rotate(a[0], n.attr)
+    if op is Op.CONJUGATE:
+        return ctx.conjugate(a[0])
     if op is Op.MODSWITCH:
         return ctx.mod_switch_to(a[0], a[0].level - n.attr)
     raise AssertionError(f"unhandled op {op}")  # pragma: no cover
@@ -314,7 +319,7 @@ class DebugEvaluator(Generic[V]):
         report = DebugReport(atol=self.atol, errors=[0.0] * len(compiled.nodes))
 
         def check(n: Node, ct: Ciphertext) -> None:
-            got = ctx.decrypt(ct)[: compiled.slots]
+            got = ctx.decrypt(ct, complex=np.iscomplexobj(ref[n.id]))[: compiled.slots]
             err = float(np.abs(got - ref[n.id]).max())
             report.errors[n.id] = err
             if err > self.atol and report.first_bad is None:
@@ -328,6 +333,9 @@ class DebugEvaluator(Generic[V]):
 
         enc = {k: ctx.encrypt(np.tile(v, reps)) for k, v in plain_in.items()}
         out = CKKSEvaluator(ctx).run(compiled, enc, on_value=check)
-        report.outputs = {k: ctx.decrypt(v)[: compiled.slots] for k, v in out.items()}
+        report.outputs = {
+            k: ctx.decrypt(v, complex=np.iscomplexobj(ref_out[k]))[: compiled.slots]
+            for k, v in out.items()
+        }
         report.reference = ref_out
         return report

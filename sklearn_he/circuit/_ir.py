@@ -37,6 +37,9 @@ class Op(str, enum.Enum):
     MUL_PLAIN = "mul_plain"  #: attr = constant key; rescaled: 1 level
     MUL_SCALAR = "mul_scalar"  #: attr = c; 1 level, 0 for small integers
     ROTATE = "rotate"  #: attr = steps (left), normalised to [1, slots)
+    #: complex conjugate of every slot: a key switch like a rotation, with
+    #: the key SEAL files under rotation step 0; 0 levels
+    CONJUGATE = "conjugate"
     MODSWITCH = "modswitch"  #: attr = levels dropped (inserted by the compiler)
 
     @property

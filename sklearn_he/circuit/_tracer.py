@@ -254,6 +254,13 @@ class Tracer:
             return self.multiply_plain(Sym(self, node.args[0]), -vec)
         return self._emit(Op.MUL_PLAIN, (x,), key)
 
+    def conjugate(self, a: Sym) -> Sym:
+        x = self._arg(a)
+        node = self.circuit.nodes[x]
+        if node.op is Op.CONJUGATE:  # conj(conj(a)) = a
+            return Sym(self, node.args[0])
+        return self._emit(Op.CONJUGATE, (x,))
+
     def rotate(self, a: Sym, steps: int) -> Sym:
         x = self._arg(a)
         k = int(steps) % self.slots

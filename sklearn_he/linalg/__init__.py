@@ -7,6 +7,8 @@
 * :mod:`._toolkit` - :class:`LinAlg`: sums, products, matrix-vector and
   matrix-matrix products, re-orientation, with documented level and
   rotation costs;
+* :mod:`._paired` - complex pairing: two row blocks per ciphertext
+  (:class:`PairedMatrix`, :class:`PairedColVector`, :class:`PairedRowSums`);
 * :mod:`._poly` - :func:`poly_eval` at minimal depth and :func:`poly_depth`.
 """
 
@@ -28,6 +30,7 @@ from ._encoding import (
     encode_row_sums,
     encode_row_vector,
 )
+from ._paired import PairedColVector, PairedMatrix, PairedRowSums, is_paired
 from ._poly import poly_depth, poly_eval
 from ._toolkit import LinAlg
 
@@ -36,6 +39,9 @@ __all__ = [
     "EncMatrix",
     "LinAlg",
     "NumpySlots",
+    "PairedColVector",
+    "PairedMatrix",
+    "PairedRowSums",
     "RowSums",
     "RowVector",
     "SlotAlgebra",
@@ -50,6 +56,7 @@ __all__ = [
     "encode_matrix",
     "encode_row_sums",
     "encode_row_vector",
+    "is_paired",
     "poly_depth",
     "poly_eval",
 ]

@@ -19,6 +19,7 @@ multiply               1       0
 multiply_plain         1       0
 multiply_scalar        1 (0 for integers up to 2**20)
 rotate                 0       1
+conjugate              0       1 (a key switch, like a rotation)
 =====================  ======  =========
 """
 
@@ -38,7 +39,8 @@ class SlotAlgebra(Protocol[T]):
     """Operations on vectors of ``slots`` real numbers (encrypted or not).
 
     ``rotate(a, k)`` rotates left: slot ``i`` of the result holds slot
-    ``(i + k) mod slots`` of ``a``.
+    ``(i + k) mod slots`` of ``a``. Slots are complex: real data uses the
+    real parts, :mod:`paired <sklearn_he.linalg._paired>` containers both.
     """
 
     @property
@@ -60,9 +62,13 @@ class SlotAlgebra(Protocol[T]):
 
     def rotate(self, a: T, steps: int) -> T: ...
 
+    def conjugate(self, a: T) -> T:
+        """Complex conjugate of every slot (CKKS slots are complex numbers)."""
+        ...
+
 
 class NumpySlots:
-    """:class:`SlotAlgebra` on plaintext float64 vectors: the exact reference.
+    """:class:`SlotAlgebra` on plaintext float64 (or complex128) vectors: the exact reference.
 
     Parameters
     ----------
@@ -81,10 +87,11 @@ class NumpySlots:
 
     def vector(self, values: Any) -> np.ndarray:
         """Zero-pad ``values`` to a slot vector (the analogue of encryption)."""
-        arr = np.asarray(values, dtype=np.float64).ravel()
+        arr = np.asarray(values)
+        arr = arr.astype(np.complex128 if np.iscomplexobj(arr) else np.float64).ravel()
         if arr.size > self._slots:
             raise ValueError(f"{arr.size} values do not fit {self._slots} slots")
-        out = np.zeros(self._slots)
+        out = np.zeros(self._slots, dtype=arr.dtype)
         out[: arr.size] = arr
         return out
 
@@ -116,3 +123,6 @@ class NumpySlots:
 
     def rotate(self, a: np.ndarray, steps: int) -> np.ndarray:
         return np.roll(a, -int(steps))
+
+    def conjugate(self, a: np.ndarray) -> np.ndarray:
+        return np.conj(a)

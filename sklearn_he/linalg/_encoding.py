@@ -159,8 +159,13 @@ def _check_shape(shape: Any) -> TileShape:
 
 
 def _tile(values: Any, shape: TileShape, what: str) -> np.ndarray:
-    """A decoded slot vector as an ``h x w`` array (client side)."""
-    arr = np.asarray(values, dtype=np.float64)
+    """A decoded slot vector as an ``h x w`` array (client side).
+
+    Complex slots (a product with a paired container, on NumPy) keep their
+    real part: a real container's imaginary parts are zero by construction.
+    """
+    arr = np.asarray(values)
+    arr = np.asarray(arr.real if np.iscomplexobj(arr) else arr, dtype=np.float64)
     if arr.shape != (shape.slots,):
         raise ValueError(
             f"{what} must be a vector of {shape.slots} slots for tile shape "

@@ -62,6 +62,7 @@ from ._encoding import (
     _check_same,
     _describe,
 )
+from ._paired import PairedRowSums, is_paired
 from ._poly import _coefficients, poly_eval
 
 __all__ = ["LinAlg"]
@@ -83,6 +84,24 @@ def _real_scalar(c: Any, what: str) -> float:
     if not np.isfinite(value):
         raise ValueError(f"{what} must be finite; got {value}")
     return value
+
+
+def _same_pairing(M: Any, u: Any, op: str) -> bool:
+    """Whether ``M`` and ``u`` are both paired (raise when only one is)."""
+    if is_paired(M) != is_paired(u):
+        raise TypeError(
+            f"{op} needs a PairedMatrix with a PairedColVector, or neither; got "
+            f"{type(M).__name__} and {type(u).__name__}"
+        )
+    return is_paired(M)
+
+
+def _paired_needs_no_reduce(M: Any, reduce: bool, op: str) -> None:
+    if is_paired(M) and reduce:
+        raise ValueError(
+            f"{op} of a PairedMatrix returns its products before the sums within the rows "
+            "(reduce=False): the sums would mix the two row blocks of a pair"
+        )
 
 
 class LinAlg(Generic[T]):
@@ -353,6 +372,7 @@ class LinAlg(Generic[T]):
                 "matvec(reduce=False) has no mask to carry a scale; fold it into v "
                 f"(got scale={scale})"
             )
+        _paired_needs_no_reduce(M, reduce, "matvec")
         blocks = []
         for rb, row in enumerate(M.tiles):
             acc = self._sum([self.alg.multiply(t, b) for t, b in zip(row, v.blocks, strict=True)])
@@ -363,7 +383,8 @@ class LinAlg(Generic[T]):
             acc = self.alg.multiply_plain(acc, self._column0_mask(rb, M.n_rows, scale))
             blocks.append(self._replicate_right(acc) if replicate else acc)
         if not reduce:
-            return RowSums(blocks, self.shape, M.n_rows)
+            kind = PairedRowSums if is_paired(M) else RowSums
+            return kind(blocks, self.shape, M.n_rows)
         return ColVector(blocks, self.shape, M.n_rows)
 
     def rmatvec(self, M: EncMatrix[T], u: ColVector[T], *, scale: float = 1.0) -> RowVector[T]:
@@ -402,6 +423,7 @@ class LinAlg(Generic[T]):
                 f"rmatvec needs a ColVector of length n_rows={M.n_rows} for a "
                 f"{M.n_rows}x{M.n_cols} matrix; got length {u.length}"
             )
+        paired = _same_pairing(M, u, "rmatvec")
         if scale != 1.0:
             M = self.scale(M, scale)
         blocks = []
@@ -409,7 +431,10 @@ class LinAlg(Generic[T]):
             acc = self._sum(
                 [self.alg.multiply(row[cb], b) for row, b in zip(M.tiles, u.blocks, strict=True)]
             )
-            blocks.append(self._sum_down(acc))
+            acc = self._sum_down(acc)
+            if paired:  # 2 Re(acc): the two halves' sums, exactly (see _paired)
+                acc = self.alg.add(acc, self.alg.conjugate(acc))
+            blocks.append(acc)
         return RowVector(blocks, self.shape, M.n_cols)
 
     # ------------------------------------------- fused polynomial products
@@ -543,6 +568,7 @@ class LinAlg(Generic[T]):
             raise ValueError(
                 f"matvec_poly needs a RowVector of length n_cols={M.n_cols}; got {v.length}"
             )
+        _paired_needs_no_reduce(M, reduce, "matvec_poly")
         powers = [self._powers(b, len(cs) - 1) for b in v.blocks]
         blocks = []
         for rb, row in enumerate(M.tiles):
@@ -555,7 +581,8 @@ class LinAlg(Generic[T]):
             acc = self.alg.multiply_plain(acc, self._column0_mask(rb, M.n_rows, scale))
             blocks.append(self._replicate_right(acc) if replicate else acc)
         if not reduce:
-            return RowSums(blocks, self.shape, M.n_rows)
+            kind = PairedRowSums if is_paired(M) else RowSums
+            return kind(blocks, self.shape, M.n_rows)
         return ColVector(blocks, self.shape, M.n_rows)
 
     def diagonal_matvec_poly(

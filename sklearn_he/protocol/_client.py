@@ -1248,6 +1248,7 @@ class Client:
             n_batches=plan.n_batches,
             tile_shape=(plan.shape.rows, plan.shape.cols),
             transposed=plan.transposed,
+            paired=plan.paired,
             poly_modulus_degree=p.poly_modulus_degree,
             coeff_modulus_bits=tuple(p.coeff_modulus_bits),
             scale_bits=p.scale_bits,

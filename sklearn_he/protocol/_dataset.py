@@ -31,6 +31,7 @@ from ..training import (
     NAGSchedule,
     Plan,
     chunk_specs,
+    data_matrix,
     memory_budget_bytes,
     state_io,
     state_names,
@@ -94,14 +95,14 @@ _PLAN_KEYS = {"shape": "tile_shape"}
 
 #: Plan fields written only when they differ from their default, so that
 #: plans without them are written as before (``weighted``: sample weights).
-_PLAN_OPTIONAL = ("weighted",)
+_PLAN_OPTIONAL = ("weighted", "paired")
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
     """The public training plan as JSON-able data (every field of :class:`Plan`).
 
-    ``weighted`` is written only when true: an unweighted plan's record is
-    the same as before sample weights existed.
+    ``weighted`` and ``paired`` are written only when true: such a plan's
+    record is the same as before sample weights and pairing existed.
     """
     out = {}
     for f in dataclasses.fields(plan):
@@ -356,7 +357,8 @@ class DirectoryData:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key][0]
-        M = EncMatrix.from_index(
+        # Minibatches (and their weighted copies) in the plan's pairing; Gram blocks plain.
+        M = data_matrix(self.plan.paired and key[0] in ("Z", "SZ")).from_index(
             self.plan.shape,
             n_rows,
             n_cols,

@@ -35,6 +35,9 @@ from ..linalg import (
     ColVector,
     EncMatrix,
     LinAlg,
+    PairedColVector,
+    PairedMatrix,
+    PairedRowSums,
     RowSums,
     RowVector,
     TileShape,
@@ -49,9 +52,11 @@ __all__ = [
     "batch_matrix",
     "build_chunk",
     "build_gram_circuit",
+    "can_pair",
     "can_transpose",
     "check_transposable",
     "client_momentum",
+    "data_matrix",
     "output_scales",
     "output_vector",
     "state_blocks",
@@ -80,6 +85,8 @@ class ChunkCircuit:
     layout: str = "alternating"
     transposed: bool = False
     weighted: bool = False
+    #: Row blocks of the data and of ``v``/``dw`` in complex pairs (:func:`can_pair`).
+    paired: bool = False
     #: Public factors the client applies to outputs after decrypting them
     #: (``dw`` of a chunk that leaves its row sums to the client); 1 when absent.
     output_scales: dict[str, float] = field(default_factory=dict)
@@ -142,6 +149,23 @@ def client_momentum(transposed: bool, n_steps: int) -> bool:
     return bool(transposed) and n_steps == 1
 
 
+def can_pair(transposed: bool, n_steps: int) -> bool:
+    """Whether a chunk can hold its row blocks in complex pairs (``build_chunk(paired=True)``).
+
+    The chunks that leave the update to the client (:func:`client_momentum`)
+    can: their margins are sums down the rows of ``Z^T`` times ``v`` (real
+    after adding the complex conjugate) and their output is the products
+    before the sums within the rows, which the client separates. Any other
+    chunk would have to mix the two halves of a pair.
+    """
+    return client_momentum(transposed, n_steps)
+
+
+def data_matrix(paired: bool) -> type[EncMatrix[Any]] | type[PairedMatrix[Any]]:
+    """The container of a minibatch's tiles: :class:`~sklearn_he.linalg.PairedMatrix` when paired."""
+    return PairedMatrix if paired else EncMatrix
+
+
 def state_io(transposed: bool, n_steps: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The state vectors a chunk reads and the ones it returns, by name."""
     if client_momentum(transposed, n_steps):
@@ -154,32 +178,43 @@ def batch_matrix(batch_size: int, n_features: int, transposed: bool) -> tuple[in
     return (n_features, batch_size) if transposed else (batch_size, n_features)
 
 
-def state_blocks(shape: TileShape, n_features: int, transposed: bool) -> int:
+def state_blocks(shape: TileShape, n_features: int, transposed: bool, paired: bool = False) -> int:
     """Ciphertexts per state vector (``v`` or ``w``) in the encoding :func:`state_vector` names."""
-    return len(state_vector(transposed).from_index(shape, n_features, lambda b: b).blocks)
+    vector = state_vector(transposed, paired)
+    return len(vector.from_index(shape, n_features, lambda b: b).blocks)
 
 
-def state_vector(transposed: bool) -> type[RowVector[Any]] | type[ColVector[Any]]:
+def state_vector(
+    transposed: bool, paired: bool = False
+) -> type[RowVector[Any]] | type[ColVector[Any]]:
     """The vector class of the model state: RowVector, or ColVector in transposed chunks.
+
+    :class:`~sklearn_he.linalg.PairedColVector` in paired chunks
+    (:func:`can_pair`).
 
     Both decoders read what a chunk's outputs hold: row 0 of a RowVector,
     column 0 of a ColVector (a transposed chunk leaves its last gradient in
     column 0 and does not replicate it across the rows).
     """
+    if paired:
+        return PairedColVector
     return ColVector if transposed else RowVector
 
 
 def output_vector(
-    name: str, transposed: bool
+    name: str, transposed: bool, paired: bool = False
 ) -> type[RowVector[Any]] | type[ColVector[Any]] | type[RowSums[Any]]:
     """How a chunk's output vector ``name`` decodes.
 
     ``dw`` (the gradient term of a chunk that leaves the update to the
     client, :func:`client_momentum`) is a :class:`~sklearn_he.linalg.RowSums`:
     the products before the sums within the rows, which the client adds
-    after decrypting; ``v`` and ``w`` are :func:`state_vector`.
+    after decrypting (a :class:`~sklearn_he.linalg.PairedRowSums` in a
+    paired chunk); ``v`` and ``w`` are :func:`state_vector`.
     """
-    return RowSums if name == "dw" else state_vector(transposed)
+    if name == "dw":
+        return PairedRowSums if paired else RowSums
+    return state_vector(transposed, paired)
 
 
 def output_scales(steps: Sequence[tuple[float, ...]], transposed: bool) -> dict[str, float]:
@@ -243,6 +278,7 @@ def build_chunk(
     fuse: bool | None = None,
     transposed: bool = False,
     weighted: bool = False,
+    paired: bool = False,
 ) -> ChunkCircuit:
     """Trace and compile ``len(steps)`` NAG steps (``steps[t] = (a_t, e_t[, d_t])``).
 
@@ -288,6 +324,14 @@ def build_chunk(
         themselves (:func:`weighted_gram`). The circuit has the same depth,
         operations and rotations as the unweighted one; only its inputs
         differ (one more matrix per minibatch).
+    paired : bool, default=False
+        Hold the row blocks of ``Z^T`` (and of ``SZ``), ``v`` and ``dw`` in
+        complex pairs (:mod:`sklearn_he.linalg._paired`): inputs
+        ``Z{t}[p,cb]`` and ``v[p]`` and outputs ``dw[p]`` per pair ``p`` of
+        row blocks. Half the products of the margins and gradients, half
+        the state ciphertexts each way and half the data; one conjugation
+        (a key switch, no level) per column block. Only where
+        :func:`can_pair`.
     """
     if circuit not in CIRCUITS:
         raise ValueError(f"circuit must be one of {CIRCUITS}; got {circuit!r}")
@@ -296,6 +340,12 @@ def build_chunk(
     diagonal = circuit == "pipelined" and layout == "diagonal"
     if transposed:
         check_transposable(circuit, len(steps), layout)
+    if paired and not can_pair(transposed, len(steps)):
+        raise ValueError(
+            "paired row blocks need a chunk that leaves the update to the client: "
+            f"transposed tiles and one minibatch per circuit; got transposed={transposed} "
+            f"with {len(steps)} per circuit"
+        )
     if diagonal and batch_size > shape.cols:
         raise ValueError(
             f"the diagonal layout needs batch_size <= tile width ({shape.cols}); got {batch_size}"
@@ -304,15 +354,14 @@ def build_chunk(
     la = LinAlg(tracer, shape)
     m, f = batch_size, n_features
     rows_, cols_ = batch_matrix(m, f, transposed)
+    matrix = data_matrix(paired)
     Z = [
-        EncMatrix.from_index(
-            shape, rows_, cols_, lambda rb, cb, t=t: tracer.input(z_name(t, rb, cb))
-        )
+        matrix.from_index(shape, rows_, cols_, lambda rb, cb, t=t: tracer.input(z_name(t, rb, cb)))
         for t in range(len(steps))
     ]
     SZ = (
         [
-            EncMatrix.from_index(
+            matrix.from_index(
                 shape, rows_, cols_, lambda rb, cb, t=t: tracer.input(sz_name(t, rb, cb))
             )
             for t in range(len(steps))
@@ -320,7 +369,7 @@ def build_chunk(
         if weighted
         else None
     )
-    vector = state_vector(transposed)
+    vector = state_vector(transposed, paired)
     reads, _ = state_io(transposed, len(steps))
     state = {
         name: vector.from_index(shape, f, lambda b, name=name: tracer.input(f"{name}[{b}]"))
@@ -391,6 +440,7 @@ def build_chunk(
         layout=layout if pipelined else "alternating",
         transposed=transposed,
         weighted=bool(weighted),
+        paired=bool(paired),
         output_scales=scales,
     )
 

@@ -26,6 +26,7 @@ from ._circuits import (
     batch_matrix,
     build_chunk,
     build_gram_circuit,
+    can_pair,
     can_transpose,
     check_transposable,
     state_blocks,
@@ -75,11 +76,15 @@ class Plan:
     #: Set after planning; it changes no depth, operation or rotation, only
     #: the data uploaded.
     weighted: bool = False
+    #: Row blocks of the data, ``v`` and ``dw`` in complex pairs
+    #: (``build_chunk(paired=True)``): half the ciphertexts of the data set
+    #: and of every round trip, half the products; one conjugation per chunk.
+    paired: bool = False
 
     @property
     def state_blocks(self) -> int:
         """Ciphertexts per state vector (``v`` or ``w``)."""
-        return state_blocks(self.shape, self.n_features, self.transposed)
+        return state_blocks(self.shape, self.n_features, self.transposed, self.paired)
 
     @property
     def batch_matrix(self) -> tuple[int, int]:
@@ -114,6 +119,7 @@ class Plan:
             fuse=self.fuse,
             transposed=self.transposed,
             weighted=self.weighted,
+            paired=self.paired,
         )
 
 
@@ -140,6 +146,7 @@ def _chunk(
     layout: str = "alternating",
     fuse: bool | None = None,
     transposed: bool = False,
+    paired: bool = False,
 ) -> ChunkCircuit:
     steps = [(0.1, 0.1)] * k  # structure and depth do not depend on the constants
     return build_chunk(
@@ -153,6 +160,7 @@ def _chunk(
         layout=layout,
         fuse=fuse,
         transposed=transposed,
+        paired=paired,
     )
 
 
@@ -200,7 +208,7 @@ def estimate_seconds_per_minibatch(
     serial = work_seconds(chunk.compiled, params, costs)
     work = factor * serial
     n = params.poly_modulus_degree
-    blocks = state_blocks(chunk.shape, chunk.n_features, chunk.transposed)
+    blocks = state_blocks(chunk.shape, chunk.n_features, chunk.transposed, chunk.paired)
     reads, returns = state_io(chunk.transposed, chunk.n_steps)  # v and w, or v in, w out
     encrypted = blocks * len(reads)
     # The client decrypts the outputs where the chunk left them and encrypts
@@ -234,7 +242,7 @@ def refresh_traffic(chunk: ChunkCircuit, params: CKKSParameters) -> tuple[int, i
     a spent state is smaller). From :func:`ciphertext_bytes`: an estimate,
     for planning; ``report_`` counts the bytes serialised.
     """
-    blocks = state_blocks(chunk.shape, chunk.n_features, chunk.transposed)
+    blocks = state_blocks(chunk.shape, chunk.n_features, chunk.transposed, chunk.paired)
     reads, returns = state_io(chunk.transposed, chunk.n_steps)
     out_level = max(0, params.max_level - chunk.depth)
     return (
@@ -303,6 +311,7 @@ def estimate_plan_seconds_per_sample(
         layout=plan.layout,
         fuse=plan.fuse,
         transposed=plan.transposed,
+        paired=plan.paired,
     )
     return _chunk_cost(chunk, plan.params, plan.gram_source, costs, max(1, n_jobs), epochs, link)
 
@@ -704,6 +713,7 @@ def _plan(
         tr: bool,
         *,
         serial: bool = False,
+        pr: bool = False,
     ) -> Plan | None:
         """The candidate costed (for one worker with ``serial``), or None if it does not fit."""
         if k == 1 and source != sources[0]:
@@ -720,6 +730,7 @@ def _plan(
             layout=layout,
             fuse=fuse,
             transposed=tr,
+            paired=pr,
         )
         budget = params.max_level if params is not None else ring_depth(n_ring)
         if chunk.depth > budget:
@@ -729,7 +740,19 @@ def _plan(
         cost = _chunk_cost(chunk, chosen, source, costs, 1, epochs, link)
         n_batches = _n_batches(n_samples, m)
         plan = Plan(
-            circuit, shape, m, n_features, n_batches, k, chosen, source, cost, layout, fuse, tr
+            circuit,
+            shape,
+            m,
+            n_features,
+            n_batches,
+            k,
+            chosen,
+            source,
+            cost,
+            layout,
+            fuse,
+            tr,
+            paired=pr,
         )
         return plan if serial else with_workers(plan)
 
@@ -760,8 +783,11 @@ def _plan(
                 # Shapes for the matrix the tiles hold: Z (m x f) or Z^T (f x m).
                 rows, cols = batch_matrix(m, n_features, tr)
                 for shape in candidate_shapes(cols, rows, n_ring // 2):
-                    for source, fuse in itertools.product(sources, fusions):
-                        plan = evaluate(n_ring, shape, m, k1, source, fuse, tr, serial=True)
+                    pairings = [False, True] if can_pair(tr, k1) else [False]
+                    for source, fuse, pr in itertools.product(sources, fusions, pairings):
+                        plan = evaluate(
+                            n_ring, shape, m, k1, source, fuse, tr, serial=True, pr=pr
+                        )
                         if plan is not None:
                             ones.append(plan)
         # Schedules for workers in order of serial cost: the cheap candidates

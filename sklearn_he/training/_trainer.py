@@ -39,10 +39,11 @@ from joblib import effective_n_jobs
 from ..backend import Ciphertext, CKKSParameters, KeySet, ZeroPool
 from ..circuit import CKKSEvaluator, CostModel, ParallelCKKSEvaluator, PlaintextEvaluator
 from ..exceptions import TrainingDivergedError
-from ..linalg import EncMatrix, encode_diagonals
+from ..linalg import EncMatrix, encode_diagonals, is_paired
 from ._circuits import (
     ChunkCircuit,
     build_gram_circuit,
+    data_matrix,
     diagonal_name,
     gram_name,
     output_vector,
@@ -262,23 +263,26 @@ class TrainingClient:
             return self.zeros.encrypt(tile)
         return context.encrypt(tile)
 
-    def decrypt_tile(self, value: Any) -> np.ndarray:
-        """Decrypt one slot vector (identity on the plaintext backend)."""
-        if self.backend == "plaintext":
-            return value
-        return self._require_keys().context.decrypt(value)
+    def decrypt_tile(self, value: Any, *, complex: bool = False) -> np.ndarray:
+        """Decrypt one slot vector (identity on the plaintext backend).
 
-    def encrypt_matrix(self, M: np.ndarray) -> EncMatrix[Any]:
-        """Tile and encrypt a matrix in the plan's tile shape."""
-        return EncMatrix.from_array(M, self.plan.shape, self.encrypt_tile)
+        ``complex``: keep the imaginary parts (a paired vector's second half).
+        """
+        if self.backend == "plaintext":
+            return value if complex else np.real(value)
+        return self._require_keys().context.decrypt(value, complex=complex)
+
+    def encrypt_matrix(self, M: np.ndarray, *, paired: bool = False) -> EncMatrix[Any]:
+        """Tile and encrypt a matrix in the plan's tile shape (row blocks in pairs: ``paired``)."""
+        return data_matrix(paired).from_array(M, self.plan.shape, self.encrypt_tile)
 
     def _as_read(self, Z: np.ndarray) -> np.ndarray:
         """A minibatch as the plan's chunks read it: ``Z``, or ``Z^T``."""
         return Z.T if self.plan.transposed else Z
 
     def encrypt_batch(self, Z: np.ndarray) -> EncMatrix[Any]:
-        """Tile and encrypt a minibatch as the plan's chunks read it: ``Z``, or ``Z^T``."""
-        return self.encrypt_matrix(self._as_read(Z))
+        """Tile and encrypt a minibatch as the plan's chunks read it: ``Z``, or ``Z^T`` (paired)."""
+        return self.encrypt_matrix(self._as_read(Z), paired=self.plan.paired)
 
     def encrypt_batches(
         self,
@@ -286,31 +290,36 @@ class TrainingClient:
         encrypt_many: Callable[[list[np.ndarray]], list[Any]] | None = None,
     ) -> list[EncMatrix[Any]]:
         """:meth:`encrypt_matrices` of the minibatches, as :meth:`encrypt_batch` lays them out."""
-        return self.encrypt_matrices([self._as_read(Z) for Z in batches], encrypt_many)
+        return self.encrypt_matrices(
+            [self._as_read(Z) for Z in batches], encrypt_many, paired=self.plan.paired
+        )
 
     def encrypt_matrices(
         self,
         matrices: Sequence[np.ndarray],
         encrypt_many: Callable[[list[np.ndarray]], list[Any]] | None = None,
+        *,
+        paired: bool = False,
     ) -> list[EncMatrix[Any]]:
-        """Tile and encrypt several matrices, all tiles in one batch.
+        """Tile and encrypt several matrices, all tiles in one batch (row blocks in pairs: ``paired``).
 
         ``encrypt_many`` encrypts a list of slot vectors at once (e.g.
         :meth:`~sklearn_he.circuit.ParallelCKKSEvaluator.encrypt`, in local
         worker processes); by default they are encrypted one by one here.
         """
         if self.backend == "plaintext" or encrypt_many is None:
-            return [self.encrypt_matrix(M) for M in matrices]
+            return [self.encrypt_matrix(M, paired=paired) for M in matrices]
         tiles: list[np.ndarray] = []
 
         def collect(tile: np.ndarray) -> int:
             tiles.append(tile)
             return len(tiles) - 1
 
-        indexed = [EncMatrix.from_array(M, self.plan.shape, collect) for M in matrices]
+        matrix = data_matrix(paired)
+        indexed = [matrix.from_array(M, self.plan.shape, collect) for M in matrices]
         cts = encrypt_many(tiles)
         return [
-            EncMatrix.from_index(
+            matrix.from_index(
                 self.plan.shape, E.n_rows, E.n_cols, lambda rb, cb, E=E: cts[E.tiles[rb][cb]]
             )
             for E in indexed
@@ -338,7 +347,7 @@ class TrainingClient:
         ``vectors``: the ones the next chunk reads (:func:`chunk_state`).
         """
         out: dict[str, Any] = {}
-        vector = state_vector(self.plan.transposed)
+        vector = state_vector(self.plan.transposed, self.plan.paired)
         values = {"v": v, "w": w}
         for name in vectors:
             blocks = vector.from_array(np.asarray(values[name], float), self.plan.shape).blocks
@@ -372,8 +381,11 @@ class TrainingClient:
         scales = scales or {}
         return {
             name: scales.get(name, 1.0)
-            * output_vector(name, p.transposed)(
-                [self.decrypt_tile(state[f"{name}[{cb}]"]) for cb in range(n_blk)],
+            * output_vector(name, p.transposed, p.paired)(
+                [
+                    self.decrypt_tile(state[f"{name}[{cb}]"], complex=p.paired)
+                    for cb in range(n_blk)
+                ],
                 p.shape,
                 p.n_features,
             ).decode()
@@ -686,6 +698,7 @@ class _Spilled:
     shape: Any
     n_rows: int
     n_cols: int
+    paired: bool = False
 
 
 class _InProcessData:
@@ -761,7 +774,7 @@ class _InProcessData:
                 path = os.path.join(self.spill_dir, f"{key}_{rb}_{cb}.ct")
                 with open(path, "wb") as fh:
                     fh.write(tile.to_bytes())
-        return _Spilled(key, M.shape, M.n_rows, M.n_cols)
+        return _Spilled(key, M.shape, M.n_rows, M.n_cols, is_paired(M))
 
     def _get(self, kept: Any) -> EncMatrix[Any]:
         if not isinstance(kept, _Spilled):
@@ -773,7 +786,7 @@ class _InProcessData:
             with open(path, "rb") as fh:
                 return ctx.ciphertext_from_bytes(fh.read(), source=path)
 
-        return EncMatrix.from_index(kept.shape, kept.n_rows, kept.n_cols, load)
+        return data_matrix(kept.paired).from_index(kept.shape, kept.n_rows, kept.n_cols, load)
 
     def gram(self, a: int, b: int) -> EncMatrix[Any]:
         if (a, b) not in self._grams:

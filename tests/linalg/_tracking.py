@@ -44,10 +44,12 @@ class TrackingSlots:
         self.rotations = 0
         self.multiplies = 0
         self.plain_multiplies = 0
+        self.conjugations = 0
         self.steps: set[int] = set()
 
     def input(self, values: np.ndarray, depth: int = 0) -> Tracked:
-        arr = np.asarray(values, dtype=np.float64)
+        arr = np.asarray(values)
+        arr = arr.astype(np.complex128 if np.iscomplexobj(arr) else np.float64)
         assert arr.shape == (self.slots,)
         return Tracked(arr.copy(), depth)
 
@@ -106,3 +108,8 @@ class TrackingSlots:
         self.rotations += 1
         self.steps.add(k)
         return Tracked(np.roll(a.value, -steps), a.depth)
+
+    def conjugate(self, a: Tracked) -> Tracked:
+        self._check(a)
+        self.conjugations += 1
+        return Tracked(np.conj(a.value), a.depth)

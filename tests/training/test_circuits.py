@@ -20,7 +20,7 @@ from sklearn_he.training import (
     sigmoid_poly,
     weights_step,
 )
-from sklearn_he.training._circuits import output_vector, state_io, state_vector
+from sklearn_he.training._circuits import data_matrix, output_vector, state_io, state_vector
 from sklearn_he.training._program import Gram, Lin, MatVec
 
 
@@ -28,14 +28,14 @@ def _inputs(chunk, batches, v0, w0, shape):
     ins = {}
     for t, Z in enumerate(batches):
         Z = Z.T if chunk.transposed else Z
-        for rb, row in enumerate(EncMatrix.from_array(Z, shape).tiles):
+        for rb, row in enumerate(data_matrix(chunk.paired).from_array(Z, shape).tiles):
             for cb, tile in enumerate(row):
                 ins[f"Z{t}[{rb},{cb}]"] = tile
     for a, b in chunk.grams:
         for rb, row in enumerate(EncMatrix.from_array(batches[a] @ batches[b].T, shape).tiles):
             for cb, tile in enumerate(row):
                 ins[f"G{a},{b}[{rb},{cb}]"] = tile
-    vector = state_vector(chunk.transposed)
+    vector = state_vector(chunk.transposed, chunk.paired)
     reads, _ = state_io(chunk.transposed, chunk.n_steps)
     for name, vec in (("v", v0), ("w", w0)):
         if name in reads:
@@ -48,12 +48,12 @@ def _run(chunk, batches, v0, w0, shape, steps=None):
     """The chunk's new ``w`` and ``v``, the client's momentum step included when it has one."""
     out = PlaintextEvaluator().run(chunk.compiled, _inputs(chunk, batches, v0, w0, shape))
     f = len(v0)
-    vector = state_vector(chunk.transposed)
+    vector = state_vector(chunk.transposed, chunk.paired)
     n = len(vector.from_array(v0, shape).blocks)
     _, returns = state_io(chunk.transposed, chunk.n_steps)
     got = {
         k: chunk.output_scales.get(k, 1.0)
-        * output_vector(k, chunk.transposed)(
+        * output_vector(k, chunk.transposed, chunk.paired)(
             [out[f"{k}[{b}]"] for b in range(n)], shape, f
         ).decode()
         for k in returns
@@ -85,10 +85,15 @@ def test_baseline_pipelined_and_numpy_agree(k, m, f, start, degree, shape, l2):
     coeffs = sigmoid_poly(degree)
     w_ref, v_ref = nag_reference(batches, sched, coeffs, start=start, w=w0, v=v0)
     steps = sched.steps(start, k, m)
-    variants = [("baseline", None, False), ("pipelined", None, False), ("baseline", None, True)]
-    if k == 1:  # transposed tiles: chunks without Gram blocks
-        variants += [("pipelined", True, True), ("pipelined", False, True)]
-    for circuit, fuse, transposed in variants:
+    variants = [
+        ("baseline", None, False, False),
+        ("pipelined", None, False, False),
+        ("baseline", None, True, False),
+    ]
+    if k == 1:  # transposed tiles: chunks without Gram blocks; pairs: one step
+        variants += [(c, fuse, True, pr) for c in ("pipelined", "baseline") for fuse, pr in
+                     [(True, False), (False, False), (True, True), (False, True)]]
+    for circuit, fuse, transposed, paired in variants:
         chunk = build_chunk(
             steps,
             coeffs,
@@ -98,8 +103,9 @@ def test_baseline_pipelined_and_numpy_agree(k, m, f, start, degree, shape, l2):
             n_features=f,
             fuse=fuse,
             transposed=transposed,
+            paired=paired,
         )
-        assert chunk.transposed == transposed
+        assert chunk.transposed == transposed and chunk.paired == paired
         got = _run(chunk, batches, v0, w0, shape, steps)
         assert chunk.client_momentum == (transposed and k == 1)
         scale = max(np.abs(w_ref).max(), 1e-12)
@@ -365,3 +371,32 @@ def test_one_step_transposed_chunks_leave_the_momentum_step_to_the_client():
     np.testing.assert_allclose(momentum_step(w, w_prev, (0.1, 0.25)), [0.75, 2.5])
     np.testing.assert_allclose(weights_step(w, w_prev, (0.1, 0.25)), [1.0, 6.0])
     np.testing.assert_allclose(weights_step(w, w_prev, (0.1, 0.25, 0.5)), [0.5, 5.0])
+
+
+def test_paired_chunks_halve_products_and_state_for_one_conjugation():
+    """Pairs of row blocks: half the state ciphertexts each way and half the products
+    of the margins and gradients; the same depth; one conjugation (key "step 0")."""
+    kw = {"coeffs": sigmoid_poly(3), "shape": TileShape(8, 16), "batch_size": 16}
+    for f, blocks in [(32, 4), (40, 5)]:  # 4 and 5 row blocks of 8 features
+        plain, paired = (
+            build_chunk([(0.1, 0.5)], circuit="pipelined", transposed=True, paired=pr,
+                        n_features=f, **kw)
+            for pr in (False, True)
+        )
+        a, b = analyze(plain.compiled), analyze(paired.compiled)
+        assert paired.depth == plain.depth
+        assert b.op_counts.get("conjugate") == 1 and "conjugate" not in a.op_counts
+        products = lambda r: r.op_counts.get("mul", 0) + r.op_counts.get("dot", 0)  # noqa: E731
+        assert products(b) < products(a)
+        assert sorted(paired.compiled.rotation_steps) == [0, *sorted(plain.compiled.rotation_steps)]
+        n_in = lambda c: sum(n.startswith("v[") for n in c.compiled.circuit.inputs)  # noqa: E731
+        n_out = lambda c: len(c.compiled.circuit.outputs)  # noqa: E731
+        assert (n_in(plain), n_out(plain)) == (blocks, blocks)
+        assert (n_in(paired), n_out(paired)) == ((blocks + 1) // 2,) * 2
+
+
+@pytest.mark.parametrize("transposed, k", [(False, 1), (True, 2)])
+def test_paired_row_blocks_need_a_client_momentum_chunk(transposed, k):
+    with pytest.raises(ValueError, match="paired row blocks need"):
+        build_chunk([(0.1, 0.5)] * k, sigmoid_poly(3), circuit="baseline", shape=TileShape(8, 8),
+                    batch_size=8, n_features=20, transposed=transposed, paired=True)
