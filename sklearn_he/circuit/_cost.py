@@ -38,6 +38,7 @@ _KINDS = (
     Op.MUL_PLAIN,
     Op.MUL_SCALAR,
     Op.ROTATE,
+    Op.CONJUGATE,
     Op.ADD,
     Op.SUB,
     Op.NEG,
@@ -304,7 +305,8 @@ class CostModel:
     ) -> CostModel:
         """Time every operation kind at three levels for ``params`` (seconds to a minute)."""
         keys = KeySet.generate(
-            params, rotation_steps=[1], allow_insecure_for_testing=allow_insecure_for_testing
+            # Step 0: the conjugation key (SEAL's convention).
+            params, rotation_steps=[0, 1], allow_insecure_for_testing=allow_insecure_for_testing
         )
         ctx = keys.context
         top = params.max_level
@@ -324,6 +326,7 @@ class CostModel:
             Op.MUL_PLAIN: lambda a, b: ctx.multiply_plain(a, x),
             Op.MUL_SCALAR: lambda a, b: ctx.multiply_scalar(a, 0.5),
             Op.ROTATE: lambda a, b: ctx.rotate(a, 1),
+            Op.CONJUGATE: lambda a, b: ctx.conjugate(a),
             Op.ADD: lambda a, b: ctx.add(a, b),
             Op.SUB: lambda a, b: ctx.sub(a, b),  # distinct operands: a - a is special-cased
             Op.NEG: lambda a, b: ctx.negate(a),

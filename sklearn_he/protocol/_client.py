@@ -1071,8 +1071,11 @@ class Client:
         _keep_model(entry, plan, specs, w, v)
         entry["seconds"] = time.perf_counter() - t0  # the refresh's compute, for report_
         # The ledger first: a crash before the state is written leaves an entry
-        # whose fresh file is missing, which the next refresh redoes.
-        self._write_ledger(record["dataset"], [*kept, entry])
+        # whose fresh file is missing, which the next refresh redoes. Only the
+        # last two entries' models can be read again (the next refresh's, and
+        # the one a redo of it reads): older ones are dropped, so that the
+        # ledger rewritten at every round trip does not grow by a model each.
+        self._write_ledger(record["dataset"], [*_drop_models(kept[:-1]), kept[-1], entry])
         store.write(out, data)
         return out
 
@@ -1384,6 +1387,11 @@ def _keep_model(
     returns = trained_names(plan, specs, done + 1) if done < len(specs) else []
     if any(name.startswith("dw[") for name in returns):
         entry["model"] = {"w": [float(x) for x in w], "v": [float(x) for x in v]}
+
+
+def _drop_models(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ledger entries without the plaintext models :func:`_keep_model` kept in them."""
+    return [{k: v for k, v in e.items() if k != "model"} for e in entries]
 
 
 def _kept_model(
