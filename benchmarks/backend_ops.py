@@ -3,7 +3,10 @@
 Measures, for N = 8192, 16384 and 32768 with the largest 128-bit-secure
 chain of 40-bit primes (60-bit first and special primes), the median time of
 each backend operation on a fresh ciphertext (top level) and on one at
-level 1 (near the bottom of the chain), single process.
+level 1 (near the bottom of the chain), single process. The keys include
+the conjugation key (rotation step 0) beside the key of step 1: ``keygen_s``
+counts both; ``conjugate_build_s`` is the one-off preparation of the
+conjugation key on the first ``conjugate``.
 
 Usage::
 
@@ -44,17 +47,21 @@ def measure(n: int, repeats: int) -> dict:
     depth = (MAX_COEFF_MODULUS_BITS_128[n] - 120) // 40
     params = CKKSParameters.for_depth(depth, min_poly_modulus_degree=n)
     t0 = time.perf_counter()
-    keys = KeySet.generate(params, rotation_steps=[1])
+    keys = KeySet.generate(params, rotation_steps=[0, 1])
     keygen_s = time.perf_counter() - t0
     ctx = keys.context
     x = np.random.default_rng(0).uniform(-1, 1, params.slots)
     top = ctx.encrypt(x)
     low = ctx.mod_switch_to(top, 1)
+    t0 = time.perf_counter()
+    ctx.conjugate(top)
+    conjugate_build_s = time.perf_counter() - t0
     row = {
         "poly_modulus_degree": n,
         "primes": len(params.coeff_modulus_bits),
         "depth": params.max_level,
         "keygen_s": keygen_s,
+        "conjugate_build_s": conjugate_build_s,
         "ciphertext_mb": len(top.to_bytes()) / 1e6,
         "encrypt_ms": _median_ms(lambda: ctx.encrypt(x), repeats),
         "decrypt_ms": _median_ms(lambda: ctx.decrypt(top), repeats),
@@ -67,6 +74,7 @@ def measure(n: int, repeats: int) -> dict:
             lambda ct=ct: ctx.multiply_plain(ct, x), repeats
         )
         row[f"rotate_{name}_ms"] = _median_ms(lambda ct=ct: ctx.rotate(ct, 1), repeats)
+        row[f"conjugate_{name}_ms"] = _median_ms(lambda ct=ct: ctx.conjugate(ct), repeats)
         row[f"add_{name}_ms"] = _median_ms(lambda ct=ct: ctx.add(ct, ct), repeats)
     return row
 
@@ -81,6 +89,11 @@ COLUMNS = [
         "{:.1f} / {:.1f}",
     ),
     ("rotate ms (top / level 1)", ("rotate_top_ms", "rotate_level1_ms"), "{:.1f} / {:.1f}"),
+    (
+        "conjugate ms (top / level 1)",
+        ("conjugate_top_ms", "conjugate_level1_ms"),
+        "{:.1f} / {:.1f}",
+    ),
     ("ptxt mul+rescale ms (top)", "mul_plain_rescale_top_ms", "{:.1f}"),
     ("add ms (top)", "add_top_ms", "{:.2f}"),
     ("ciphertext MB", "ciphertext_mb", "{:.1f}"),

@@ -30,6 +30,8 @@ __all__ = [
     "pack_seeded",
     "packed_seeded_size",
     "packed_size",
+    "resize_ciphertext_header",
+    "transplant_kswitch_key",
     "unpack_limbs",
     "unpack_seeded",
 ]
@@ -139,9 +141,61 @@ def unpack_seeded(
     return unpack_limbs(packed, n, 1, kept, source=source) + np.asarray(a, dtype="<u8").tobytes()
 
 
-# ------------------------------------------------------------ key-switching keys
+# ------------------------------------------------------------ ciphertext headers
 _HEADER = 16  # SEAL's serialization header: magic, sizes, version, compression, total size
 _KSWITCH_HEAD = _HEADER + 32  # header, then the parms_id (four 64-bit words)
+#: Fields of a saved SEAL 4.1 ciphertext (offsets in bytes): the outer
+#: header's total size, then after the parms_id and the NTT-form byte the
+#: polynomial count, N and the prime count; the scale and the correction
+#: factor; the coefficient array's own header (total size) and its element
+#: count; the coefficients.
+_CT_TOTAL, _CT_SIZE, _CT_N, _CT_LIMBS = 8, 49, 57, 65
+_CT_DATA_TOTAL, _CT_DATA_COUNT, _CT_HEAD = 97, 105, 113
+
+
+def resize_ciphertext_header(head: bytes, n: int, limbs: int, old: int, new: int) -> bytes:
+    """SEAL's header of a ciphertext of ``old`` polynomials, rewritten for ``new`` of them.
+
+    ``head`` is what a saved (uncompressed) ciphertext of ``old`` polynomials
+    of ``limbs`` limbs holds before its coefficients; followed by ``new x
+    limbs x n`` words it loads as a ciphertext of ``new`` polynomials with
+    the same parameters, level, scale and NTT form. Every field rewritten is
+    first checked to hold what the shape implies.
+
+    Raises
+    ------
+    ValueError
+        The header is not laid out as SEAL 4.1 lays it out (another SEAL
+        version): nothing is guessed.
+    """
+    if len(head) != _CT_HEAD:
+        raise ValueError(f"a ciphertext header of {len(head)} bytes, not {_CT_HEAD}")
+    words = limbs * n
+    expected = {
+        _CT_TOTAL: _CT_HEAD + old * words * _WORD,
+        _CT_SIZE: old,
+        _CT_N: n,
+        _CT_LIMBS: limbs,
+        _CT_DATA_TOTAL: _HEADER + 8 + old * words * _WORD,
+        _CT_DATA_COUNT: old * words,
+    }
+    for pos, value in expected.items():
+        found = int.from_bytes(head[pos : pos + 8], "little")
+        if found != value:
+            raise ValueError(f"the 64-bit field at byte {pos} holds {found}, not {value}")
+    out = bytearray(head)
+    rewritten = {
+        _CT_TOTAL: _CT_HEAD + new * words * _WORD,
+        _CT_SIZE: new,
+        _CT_DATA_TOTAL: _HEADER + 8 + new * words * _WORD,
+        _CT_DATA_COUNT: new * words,
+    }
+    for pos, value in rewritten.items():
+        out[pos : pos + 8] = value.to_bytes(8, "little")
+    return bytes(out)
+
+
+# ------------------------------------------------------------ key-switching keys
 
 
 def _u64(data: bytes, pos: int, source: str) -> int:
@@ -279,3 +333,56 @@ def kswitch_ciphertexts(
     return [
         (a, b, i, j) for a, b, _, i, j in _walk_kswitch(seal, n, kept, packed=False, source=source)
     ]
+
+
+def transplant_kswitch_key(
+    dst: bytearray | np.ndarray,
+    src: bytes | np.ndarray,
+    n: int,
+    n_limbs: int,
+    *,
+    src_index: int,
+    dst_index: int = 0,
+    src_source: str = "rotation",
+    dst_source: str = "relin",
+) -> None:
+    """Copy key ``src_index``'s coefficients in ``src`` over key ``dst_index``'s in ``dst``.
+
+    Both are SEAL's (unpacked) key-switching keys over the same ``n_limbs``
+    key-level primes (``dst`` writable: a bytearray or a memory map of a key
+    file). Key ciphertext ``j`` of the one key replaces key ciphertext ``j``
+    of the other; headers and structure of ``dst`` stay. What makes the
+    conjugation key usable as a relinearisation key (``src_index = N - 1``
+    of the Galois keys, ``dst_index = 0`` of the relinearisation keys).
+
+    Raises
+    ------
+    LookupError
+        ``src`` holds no key ``src_index`` (or ``dst`` none ``dst_index``).
+    ValueError
+        The two keys differ in their decomposition or their key ciphertexts' sizes.
+    """
+    out = memoryview(dst).cast("B")
+    data = memoryview(src).cast("B")
+
+    def key(view: memoryview, index: int, source: str) -> list[tuple[int, int]]:
+        found = {
+            j: (a, b)
+            for a, b, i, j in kswitch_ciphertexts(view, n, n_limbs, source=source)
+            if i == index
+        }
+        if not found:
+            raise LookupError(f"{source} holds no key {index}")
+        return [found[j] for j in sorted(found)]
+
+    there, here = key(data, src_index, src_source), key(out, dst_index, dst_source)
+    if len(there) != len(here):
+        raise ValueError(
+            f"key {src_index} of {src_source} has {len(there)} key ciphertexts, key {dst_index} "
+            f"of {dst_source} {len(here)}"
+        )
+    words = 2 * n_limbs * n * _WORD
+    for (a, b), (c, d) in zip(there, here, strict=True):
+        if b - a != d - c or b - a < words:
+            raise ValueError("the key ciphertexts of the two keys differ in size")
+        out[d - words : d] = data[b - words : b]

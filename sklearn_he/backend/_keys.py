@@ -77,7 +77,8 @@ class KeySet:
         32 hex digits identifying the key set (a hash of the parameters and
         the public key). Every ciphertext, bundle and secret-key file carries it.
     rotation_steps : frozenset of int
-        Steps (mod ``slots``) for which rotation keys exist.
+        Steps (mod ``slots``) for which rotation keys exist; 0 when the
+        conjugation key exists (``context.conjugate``).
     has_secret_key : bool
         True on the client, False for a key set loaded from a public bundle.
     context : CKKSContext
@@ -147,6 +148,10 @@ class KeySet:
         rotation_steps : iterable of int, default=()
             Rotation keys to generate (only these: each costs memory and
             bandwidth). A compiled circuit reports the steps it needs.
+            Step 0 stands for the conjugation key (SEAL's convention),
+            which :meth:`~sklearn_he.backend.CKKSContext.conjugate` needs:
+            one more key of a rotation key's size. Other multiples of
+            ``slots`` are the identity and need no key.
         allow_insecure_for_testing : bool, default=False
             Accept parameters below 128-bit security (tests only; warns).
 
