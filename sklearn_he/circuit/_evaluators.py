@@ -253,6 +253,11 @@ def _ckks_step(
     raise AssertionError(f"unhandled op {op}")  # pragma: no cover
 
 
+def _decrypt(ctx: CKKSContext, ct: Ciphertext, complex_: bool) -> np.ndarray:
+    """Decrypt the way the plaintext reference holds the value: complex, or real parts."""
+    return ctx.decrypt_complex(ct) if complex_ else ctx.decrypt(ct)
+
+
 @dataclass
 class DebugReport:
     """Per-node comparison of a CKKS run with the plaintext reference.
@@ -319,7 +324,7 @@ class DebugEvaluator(Generic[V]):
         report = DebugReport(atol=self.atol, errors=[0.0] * len(compiled.nodes))
 
         def check(n: Node, ct: Ciphertext) -> None:
-            got = ctx.decrypt(ct, complex=np.iscomplexobj(ref[n.id]))[: compiled.slots]
+            got = _decrypt(ctx, ct, np.iscomplexobj(ref[n.id]))[: compiled.slots]
             err = float(np.abs(got - ref[n.id]).max())
             report.errors[n.id] = err
             if err > self.atol and report.first_bad is None:
@@ -334,7 +339,7 @@ class DebugEvaluator(Generic[V]):
         enc = {k: ctx.encrypt(np.tile(v, reps)) for k, v in plain_in.items()}
         out = CKKSEvaluator(ctx).run(compiled, enc, on_value=check)
         report.outputs = {
-            k: ctx.decrypt(v, complex=np.iscomplexobj(ref_out[k]))[: compiled.slots]
+            k: _decrypt(ctx, v, np.iscomplexobj(ref_out[k]))[: compiled.slots]
             for k, v in out.items()
         }
         report.reference = ref_out

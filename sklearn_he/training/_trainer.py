@@ -270,7 +270,8 @@ class TrainingClient:
         """
         if self.backend == "plaintext":
             return value if complex else np.real(value)
-        return self._require_keys().context.decrypt(value, complex=complex)
+        context = self._require_keys().context
+        return context.decrypt_complex(value) if complex else context.decrypt(value)
 
     def encrypt_matrix(self, M: np.ndarray, *, paired: bool = False) -> EncMatrix[Any]:
         """Tile and encrypt a matrix in the plan's tile shape (row blocks in pairs: ``paired``)."""
