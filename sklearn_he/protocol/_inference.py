@@ -63,6 +63,9 @@ class _MixedSlots:
     def multiply_plain(self, a: Ciphertext, values: Any) -> Ciphertext:
         return self.context.multiply_plain(a, values)
 
+    def conjugate(self, a: Ciphertext) -> Ciphertext:
+        return self.context.conjugate(a)
+
     def multiply_scalar(self, a: Ciphertext, c: float) -> Ciphertext:
         return self.context.multiply_scalar(a, c)
 

@@ -43,6 +43,7 @@ def every_op_circuit(slots=SLOTS):
     t.output("f", f)
     t.output("c", t.rotate(c, 2))
     t.output("g", g)
+    t.output("h", t.add(a, t.conjugate(a)))  # 1: conj of real slots is themselves
     return compile_circuit(t.circuit)
 
 
@@ -51,7 +52,7 @@ def reference(x, y, slots=SLOTS):
     mask[::3] = 1.5
     c = x * y - np.roll(x, -1) * mask - np.roll(y, 4)
     e = 3 * c * (0.3 * x) + 0.25
-    return {"f": e * e + mask, "c": np.roll(c, -2), "g": c * y + x * x}
+    return {"f": e * e + mask, "c": np.roll(c, -2), "g": c * y + x * x, "h": 2 * x * y}
 
 
 @pytest.fixture
