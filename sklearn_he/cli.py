@@ -912,6 +912,7 @@ def _inspect_dataset(path: Path, verify: bool) -> dict[str, Any]:
             f"{plan.circuit} circuit, {plan.layout} layout, {plan.n_batches} minibatches of "
             f"{plan.batch_size} in {plan.shape.rows}x{plan.shape.cols} tiles"
             + (" (transposed: Z^T, the client does the momentum step)" if plan.transposed else "")
+            + (", row blocks in complex pairs (two per ciphertext)" if plan.paired else "")
             + f", {plan.k} per circuit, Gram blocks from the {plan.gram_source}"
         ),
         "training": f"{ds.epochs} epochs, {ds.n_chunks} chunks",

@@ -306,7 +306,9 @@ class CostModel:
         """Time every operation kind at three levels for ``params`` (seconds to a minute)."""
         keys = KeySet.generate(
             # Step 0: the conjugation key (SEAL's convention).
-            params, rotation_steps=[0, 1], allow_insecure_for_testing=allow_insecure_for_testing
+            params,
+            rotation_steps=[0, 1],
+            allow_insecure_for_testing=allow_insecure_for_testing,
         )
         ctx = keys.context
         top = params.max_level

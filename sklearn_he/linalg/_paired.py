@@ -247,7 +247,9 @@ class PairedColVector(ColVector[T]):
         return cls([fn(0.5 * b) for b in pair_tiles(blocks, 1.0)], shape, length)
 
     @classmethod
-    def from_array(cls, v: Any, shape: TileShape, fn: Callable[[np.ndarray], T] = _identity) -> Any:
+    def from_array(
+        cls, v: Any, shape: TileShape, fn: Callable[[np.ndarray], T] = _identity
+    ) -> Any:
         v = _real_array(v, 1, cls._what)
         return cls.from_encoded(encode_col_vector(v, shape), shape, v.size, fn)
 
@@ -286,7 +288,9 @@ class PairedRowSums(ColVector[T]):
         return cls([fn(p) for p in range(n)], shape, length)
 
     @classmethod
-    def from_array(cls, v: Any, shape: TileShape, fn: Callable[[np.ndarray], T] = _identity) -> Any:
+    def from_array(
+        cls, v: Any, shape: TileShape, fn: Callable[[np.ndarray], T] = _identity
+    ) -> Any:
         """``v`` in column 0 of each real block, paired (any tiles with these row sums will do)."""
         v = _real_array(v, 1, cls._what)
         h, w = shape.rows, shape.cols

@@ -162,7 +162,7 @@ def can_pair(transposed: bool, n_steps: int) -> bool:
 
 
 def data_matrix(paired: bool) -> type[EncMatrix[Any]] | type[PairedMatrix[Any]]:
-    """The container of a minibatch's tiles: :class:`~sklearn_he.linalg.PairedMatrix` when paired."""
+    """A minibatch's container: :class:`~sklearn_he.linalg.PairedMatrix` when ``paired``."""
     return PairedMatrix if paired else EncMatrix
 
 

@@ -785,9 +785,7 @@ def _plan(
                 for shape in candidate_shapes(cols, rows, n_ring // 2):
                     pairings = [False, True] if can_pair(tr, k1) else [False]
                     for source, fuse, pr in itertools.product(sources, fusions, pairings):
-                        plan = evaluate(
-                            n_ring, shape, m, k1, source, fuse, tr, serial=True, pr=pr
-                        )
+                        plan = evaluate(n_ring, shape, m, k1, source, fuse, tr, serial=True, pr=pr)
                         if plan is not None:
                             ones.append(plan)
         # Schedules for workers in order of serial cost: the cheap candidates

@@ -282,7 +282,7 @@ class TrainingClient:
         return Z.T if self.plan.transposed else Z
 
     def encrypt_batch(self, Z: np.ndarray) -> EncMatrix[Any]:
-        """Tile and encrypt a minibatch as the plan's chunks read it: ``Z``, or ``Z^T`` (paired)."""
+        """Tile and encrypt a minibatch as the plan's chunks read it: ``Z`` or ``Z^T``, paired."""
         return self.encrypt_matrix(self._as_read(Z), paired=self.plan.paired)
 
     def encrypt_batches(
@@ -302,7 +302,7 @@ class TrainingClient:
         *,
         paired: bool = False,
     ) -> list[EncMatrix[Any]]:
-        """Tile and encrypt several matrices, all tiles in one batch (row blocks in pairs: ``paired``).
+        """Tile and encrypt several matrices, all tiles in one batch (in pairs: ``paired``).
 
         ``encrypt_many`` encrypts a list of slot vectors at once (e.g.
         :meth:`~sklearn_he.circuit.ParallelCKKSEvaluator.encrypt`, in local

@@ -304,3 +304,37 @@ def test_transposed_chunks_of_two_then_one_minibatch(cancer_small, tmp_path):
     plain.fit(X, y)
     w_plain = plain._state[0][0]
     assert np.abs(model._state[0][0] - w_plain).max() < 1e-4 * np.linalg.norm(w_plain)
+
+
+def test_paired_run_matches_fit_and_the_plaintext_backend(tmp_path):
+    """65 columns in 64-row tiles: two row blocks, held as one complex pair.
+
+    Each fresh state is one ciphertext ``v[0]`` (both halves of ``v``), each
+    trained state one ``dw[0]``; the data set holds half the tiles; the
+    bundle has the conjugation key; the model is fit's and the plaintext
+    backend's up to CKKS noise.
+    """
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(64, 64, n_informative=10, random_state=0)
+    options = {"max_iter": 2, "batch_size": 32, "random_state": 3}
+    ds, _, model = _protocol(tmp_path / "p", X, y, options)
+    plan = ds.plan
+    assert plan.transposed and plan.paired and plan.state_blocks == 1
+    assert (plan.shape.rows, plan.n_features) == (64, 65)  # two row blocks of Z^T
+    states = tmp_path / "p" / "states"
+    assert _sections(states / "state-00000.fresh.skhe") == ["v[0]"]
+    assert _sections(states / "state-00001.trained.skhe") == ["dw[0]"]
+    assert len(list((tmp_path / "p" / "dataset" / "Z").glob("b00000_*.ct"))) == 1
+    assert 0 in _bundle_steps(tmp_path / "p")
+    ref = EncryptedLogisticRegression(
+        ckks_params=SMALL, allow_insecure_for_testing=True, **options
+    )
+    ref.fit(X, y)
+    plain = EncryptedLogisticRegression(backend="plaintext", ckks_params=SMALL, **options)
+    plain.fit(X, y)
+    assert ref.report_.paired and model.report_.paired and plain.report_.paired
+    w, w_ref, w_plain = model._state[0][0], ref._state[0][0], plain._state[0][0]
+    tol = 1e-4 * np.linalg.norm(w_plain)
+    assert np.abs(w - w_plain).max() < tol and np.abs(w_ref - w_plain).max() < tol
+    np.testing.assert_array_equal(model.predict(X), plain.predict(X))

@@ -91,8 +91,11 @@ def test_baseline_pipelined_and_numpy_agree(k, m, f, start, degree, shape, l2):
         ("baseline", None, True, False),
     ]
     if k == 1:  # transposed tiles: chunks without Gram blocks; pairs: one step
-        variants += [(c, fuse, True, pr) for c in ("pipelined", "baseline") for fuse, pr in
-                     [(True, False), (False, False), (True, True), (False, True)]]
+        variants += [
+            (c, fuse, True, pr)
+            for c in ("pipelined", "baseline")
+            for fuse, pr in [(True, False), (False, False), (True, True), (False, True)]
+        ]
     for circuit, fuse, transposed, paired in variants:
         chunk = build_chunk(
             steps,
@@ -379,8 +382,9 @@ def test_paired_chunks_halve_products_and_state_for_one_conjugation():
     kw = {"coeffs": sigmoid_poly(3), "shape": TileShape(8, 16), "batch_size": 16}
     for f, blocks in [(32, 4), (40, 5)]:  # 4 and 5 row blocks of 8 features
         plain, paired = (
-            build_chunk([(0.1, 0.5)], circuit="pipelined", transposed=True, paired=pr,
-                        n_features=f, **kw)
+            build_chunk(
+                [(0.1, 0.5)], circuit="pipelined", transposed=True, paired=pr, n_features=f, **kw
+            )
             for pr in (False, True)
         )
         a, b = analyze(plain.compiled), analyze(paired.compiled)
@@ -388,15 +392,26 @@ def test_paired_chunks_halve_products_and_state_for_one_conjugation():
         assert b.op_counts.get("conjugate") == 1 and "conjugate" not in a.op_counts
         products = lambda r: r.op_counts.get("mul", 0) + r.op_counts.get("dot", 0)  # noqa: E731
         assert products(b) < products(a)
-        assert sorted(paired.compiled.rotation_steps) == [0, *sorted(plain.compiled.rotation_steps)]
+        assert sorted(paired.compiled.rotation_steps) == [
+            0,
+            *sorted(plain.compiled.rotation_steps),
+        ]
         n_in = lambda c: sum(n.startswith("v[") for n in c.compiled.circuit.inputs)  # noqa: E731
         n_out = lambda c: len(c.compiled.circuit.outputs)  # noqa: E731
         assert (n_in(plain), n_out(plain)) == (blocks, blocks)
         assert (n_in(paired), n_out(paired)) == ((blocks + 1) // 2,) * 2
 
 
-@pytest.mark.parametrize("transposed, k", [(False, 1), (True, 2)])
+@pytest.mark.parametrize(("transposed", "k"), [(False, 1), (True, 2)])
 def test_paired_row_blocks_need_a_client_momentum_chunk(transposed, k):
     with pytest.raises(ValueError, match="paired row blocks need"):
-        build_chunk([(0.1, 0.5)] * k, sigmoid_poly(3), circuit="baseline", shape=TileShape(8, 8),
-                    batch_size=8, n_features=20, transposed=transposed, paired=True)
+        build_chunk(
+            [(0.1, 0.5)] * k,
+            sigmoid_poly(3),
+            circuit="baseline",
+            shape=TileShape(8, 8),
+            batch_size=8,
+            n_features=20,
+            transposed=transposed,
+            paired=True,
+        )

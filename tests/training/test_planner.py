@@ -291,3 +291,19 @@ def test_workers_keep_the_one_worker_plan_unless_a_split_is_clearly_faster(monke
         estimate_plan_seconds_per_sample(p, kw["coeffs"], epochs=5) for p in (one, split)
     ]
     assert in_process[1] > 1.05 * in_process[0]  # in process the split shape is slower
+
+
+def test_planner_pairs_row_blocks_where_it_pays():
+    """MNIST's transposed one-minibatch plan holds its four row blocks in two pairs; with one
+    row block (breast cancer) the conjugation would buy nothing and the plan stays real."""
+    mnist = plan_training(1587, 197, circuit="pipelined", coeffs=sigmoid_poly(5), epochs=5)
+    assert mnist.transposed and mnist.k == 1 and mnist.paired
+    assert mnist.state_blocks == 2 and mnist.compile_chunk([(0.1, 0.1)], sigmoid_poly(5)).paired
+    assert 0 in mnist.compile_chunk([(0.1, 0.1)], sigmoid_poly(5)).compiled.rotation_steps
+    cancer = plan_training(455, 31, circuit="pipelined", coeffs=sigmoid_poly(5), epochs=5)
+    assert cancer.transposed and not cancer.paired and cancer.state_blocks == 1
+    # Rows of Z: no pairs (margins would need the sums within rows of both halves).
+    rows = plan_training(
+        1587, 197, circuit="pipelined", coeffs=sigmoid_poly(5), epochs=5, transposed=False
+    )
+    assert not rows.paired
