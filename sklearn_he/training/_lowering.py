@@ -35,6 +35,12 @@ Two modes:
     saves the ``log2(w)`` rotations per row block, the column-0 mask's
     level and the rotation keys of those steps.
 
+With *paired* inputs (:class:`~sklearn_he.linalg.PairedMatrix` minibatches
+and a :class:`~sklearn_he.linalg.PairedColVector` ``v``, only in chunks that
+leave the update to the client) nothing here changes: the toolkit's
+``rmatvec`` adds the complex conjugate of its down-the-rows sums and
+``matvec(reduce=False)`` returns :class:`~sklearn_he.linalg.PairedRowSums`.
+
 Linear combinations are depth-aware: a term that is not on the critical path
 is scaled with a product (one level it can afford), the deepest terms get
 their coefficient folded into the operation that produces them (free).
@@ -80,7 +86,8 @@ class ChunkInputs:
     Attributes
     ----------
     Z : list of EncMatrix
-        ``Z_t`` (``m x f``) per step of the chunk.
+        ``Z_t`` (``m x f``) per step of the chunk (``Z_t^T`` when transposed,
+        a :class:`~sklearn_he.linalg.PairedMatrix` when paired).
     state : dict
         ``"v"`` and ``"w"`` RowVectors (length ``f``).
     gram : callable
