@@ -234,6 +234,8 @@ def new_states(names: Iterable[str], kind: str, sent: set[str]) -> list[str]:
 def fmt_seconds(s: float | None) -> str:
     if s is None or (isinstance(s, float) and math.isnan(s)):
         return "-"
+    if s < 0.1:  # per sample-epoch
+        return f"{s * 1e3:.2f} ms"
     return f"{s:.2f} s" if s < 100 else f"{s:.0f} s"
 
 
@@ -945,6 +947,7 @@ def run_profile(
             link,
             computed,
             sample_epochs=args.epochs * n_samples,
+            epochs=args.epochs,
             t_launch=t_launch,
             chunk_starts=chunk_starts,
             refresh_seconds=run["refresh_compute_seconds"],
@@ -962,6 +965,7 @@ def analyse(
     *,
     sample_epochs: int,
     t_launch: float,
+    epochs: int = 1,
     chunk_starts: dict[int, float],
     refresh_seconds: float,
 ) -> dict[str, Any]:
@@ -1011,6 +1015,14 @@ def analyse(
     server_turn.insert(0, sent[trained(1)]["t_seen"] - t_chunk1)
     startup = t_chunk1 - t_state0
     wall = delivered[trained(n)]["t_delivered"] - sent[fresh(0)]["t_start"] - startup
+    # Epochs after the first: from the first fresh state of epoch 2 leaving the
+    # client to the last trained state's arrival (no start-up in them).
+    per_epoch = n // epochs if epochs > 1 and n % epochs == 0 else 0
+    later = (
+        delivered[trained(n)]["t_delivered"] - sent[fresh(per_epoch)]["t_start"]
+        if per_epoch
+        else None
+    )
 
     up_bytes = report.bytes_uploaded - report.setup_bytes
     down_bytes = report.bytes_downloaded
@@ -1044,6 +1056,9 @@ def analyse(
         "server_startup_seconds": startup,
         "train_launched_after_state0_seconds": t_launch - t_state0,
         "training_wall_seconds": wall,
+        "epochs": epochs,
+        "later_epochs_seconds": later,
+        "later_epochs_sample_epochs": sample_epochs * (epochs - 1) // epochs if later else None,
         "estimated_state_transfer_seconds": est_states,
         "estimated_setup_seconds": est_setup,
         "report_estimated_setup_seconds": report.estimated_setup_seconds,
@@ -1094,6 +1109,22 @@ def comparison(run: dict[str, Any]) -> list[dict[str, Any]]:
             "per round trip",
             run["training_wall_seconds"] / n,
             run["estimated_training_wall_seconds"] / n,
+        ),
+        (
+            "per sample-epoch",
+            run["training_wall_seconds"] / run["sample_epochs"],
+            run["estimated_training_wall_seconds"] / run["sample_epochs"],
+        ),
+        *(
+            [
+                (
+                    f"per sample-epoch, epochs 2-{run['epochs']}",
+                    run["later_epochs_seconds"] / run["later_epochs_sample_epochs"],
+                    None,
+                )
+            ]
+            if run.get("later_epochs_seconds")
+            else []
         ),
         (
             "estimate + expected polling (poll / 2 per wait)",
