@@ -183,9 +183,12 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         and costs no level.
     sigmoid_degree : {3, 5, 7}, default=5
         Degree of the least-squares sigmoid approximation on [-8, 8]. Degree
-        5 is the default because its surrogate loss is convex (the leading
-        coefficient is negative), so margins that leave [-8, 8] are pushed back
-        rather than further out; large learning rates can still overshoot.
+        5 is the default because its leading coefficient is negative, so
+        margins that leave [-8, 8] are pushed back (its gradient weight
+        turns negative beyond about 8.5) rather than further out; large
+        learning rates can still overshoot. Its surrogate loss is convex
+        but for margins between 4.5 and 6.7 in magnitude, where the weight
+        rises again (by at most 0.03).
         Degrees 3 and 7 (the paper's 3 costs one level less) turn back up
         outside the interval, which can make training diverge on data with
         outliers.
