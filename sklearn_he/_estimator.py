@@ -589,10 +589,11 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         pass over them (in the order given, cut into the plan's minibatches:
         shuffle beforehand if the order is not random) from the current
         model state, and decrypts the model. The first call (on an unfitted
-        estimator) learns the standardisation from its rows, fixes the plan
-        (ring, tile shape, batch size) and makes the key set, or uses
-        ``keys``; later calls reuse all three, so the server keeps the same
-        evaluation keys. The key set is kept in memory between calls and is
+        estimator) learns the standardisation from its rows, starts each
+        model's intercept at the log-odds of its class share among them,
+        fixes the plan (ring, tile shape, batch size) and makes the key
+        set, or uses ``keys``; later calls reuse all of these, so the server
+        keeps the same evaluation keys. The key set is kept in memory between calls and is
         never pickled: after unpickling, ``partial_fit`` needs ``keys=`` (the
         client's KeySet). After :meth:`fit`, ``partial_fit`` continues the
         fitted model with its standardisation. ``max_iter``, ``tol`` and
