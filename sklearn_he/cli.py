@@ -426,7 +426,7 @@ _TRAINING_OPTIONS = {
     # flag: (estimator parameter, type, help)
     "epochs": ("max_iter", int, "passes over the data (default 5)"),
     "batch-size": ("batch_size", int, "minibatch size (default: fills a tile)"),
-    "learning-rate": ("learning_rate", float, "initial learning rate (default 10)"),
+    "learning-rate": ("learning_rate", float, "initial learning rate (default 30)"),
     "circuit": ("circuit", str, "pipelined (default) or baseline"),
     "layout": ("layout", str, "alternating (default) or diagonal"),
     "gram-source": ("gram_source", str, "auto (default), client or server"),

@@ -42,7 +42,13 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils import check_random_state
 
-from .._estimator import EncryptedLogisticRegression, FitReport, _drop_zero_weights, _mean_one
+from .._estimator import (
+    EncryptedLogisticRegression,
+    FitReport,
+    _cap_row_norms,
+    _drop_zero_weights,
+    _mean_one,
+)
 from .._version import __version__
 from ..backend import CKKSParameters, KeySet, ZeroPool
 from ..backend._keys import PUBLIC_BUNDLE_FILE, SECRET_KEY_FILE
@@ -549,7 +555,7 @@ class Client:
         keys = self.keys
         clf = _make_estimator(config["options"], keys.params, self.allow_insecure)
         X, y, classes, sw, dropped = _binary_data(clf, X, y, sample_weight)
-        design = clf._design(X, fit=True, sample_weight=sw)
+        design = _cap_row_norms(clf._design(X, fit=True, sample_weight=sw))
         weights = _mean_one(sw)
         trainer = clf._trainer(X.shape[0], design.shape[1], weighted=weights is not None)
         plan = trainer.plan
@@ -663,17 +669,19 @@ class Client:
                 kind=DATASET_FORMAT,
             )
             ds = EncryptedDataset.open(tmp)
-            zeros = np.zeros(plan.n_features)
+            # The first state, as fit starts it (intercept at the class prior).
+            sign = np.where(y == classes[1], 1.0, -1.0)
+            start = clf._prior_start(sign, weights, plan.n_features)
             first = StateFile(store.path(0, fresh=True), 0, True)
             data = pack_state(
                 first,
-                self._encrypt_fresh(plan, specs, 0, zeros, zeros),
+                self._encrypt_fresh(plan, specs, 0, start, start),
                 fingerprint=keys.fingerprint,
                 meta={"dataset": ds.id, "n_chunks": len(specs), "step": 0, "server_seconds": 0.0},
             )
             written.append(store.write(first, data))
             entry = _ledger_entry(first, 0, None, data)
-            _keep_model(entry, plan, specs, zeros, zeros)
+            _keep_model(entry, plan, specs, start, start)
             written.append(self._write_ledger(ds.id, [entry], overwrite=False))
             record_path = self._record_path(ds.id)
             write_json(
