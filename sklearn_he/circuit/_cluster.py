@@ -286,7 +286,10 @@ class DaskSession:
         reads the user's Dask configuration (``distributed.comm.tls.*``,
         ``distributed.comm.require-encryption``): TLS certificates and
         authentication are Dask's. Waits at most ``timeout`` seconds
-        (:data:`CONNECT_SECONDS`) for the connection and for one worker.
+        (:data:`CONNECT_SECONDS`) for the connection and for one worker
+        (each wait is bounded, also against a server that accepts the
+        connection and never answers); a client built here that did not
+        connect is closed before the error is raised.
 
         Raises
         ------
