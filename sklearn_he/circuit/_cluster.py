@@ -47,6 +47,7 @@ import os
 import pickle
 import socket
 import tempfile
+import threading
 import time
 import uuid
 import weakref
@@ -99,6 +100,9 @@ __all__ = [
 
 #: Longest wait (seconds) to connect to a scheduler address and find a worker.
 CONNECT_SECONDS = 20.0
+#: Beyond a wait bounded by distributed itself, how long its own error may take to arrive
+#: before the helper thread waiting on it gives up (seconds).
+_GRACE_SECONDS = 2.0
 #: Size of the throughput probe of :meth:`DaskSession.measure_link` (bytes each way).
 PROBE_BYTES = 2_000_000
 #: Round trips of the latency probe (the median is kept; one more warms up).
@@ -193,6 +197,55 @@ def _mbps(nbytes: int, seconds: float) -> float:
     return min(8 * nbytes / wire / 1e6, PROBE_MAX_MBPS)
 
 
+# ------------------------------------------------------- bounded client calls
+def _within(seconds: float, call: Callable[[], Any], what: str) -> Any:
+    """``call()`` in a helper thread, waited on for at most ``seconds``.
+
+    Returns what it returns or raises what it raises; raises ``TimeoutError(what)``
+    if it is still running then (it is left to end on its own: the caller closes
+    the client it waits on). A ``distributed.Client`` bounds its connection
+    attempts by ``timeout`` but not the handshake that follows them, nor a reply
+    of a scheduler that stopped answering: waited on here, no call of
+    :meth:`DaskSession.connect` or :meth:`DaskSession.close` can block forever.
+    """
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name="sklearn-he-dask-call", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        raise TimeoutError(what)
+    ok, value = outcome[0]
+    if ok:
+        return value
+    raise value
+
+
+def _close_client(client: Any, timeout: float) -> None:
+    """Close a client this module built, started or not, in bounded time; never raises.
+
+    A client whose start failed is not closed by distributed (its event-loop
+    thread keeps running), and one left open to the garbage collector closes
+    itself from its finaliser, which takes distributed's class-wide
+    ``LoopRunner`` lock: when the collector runs in a thread that holds that
+    lock (distributed holds it while it starts the next client's event loop,
+    where the allocations trigger collections), the process deadlocks. So every
+    client built here is closed here, and its event loop stopped.
+    """
+    with contextlib.suppress(Exception):
+        client.close(timeout=timeout)
+    runner = getattr(client, "_loop_runner", None)  # close() skips a client that never started
+    if runner is not None:
+        with contextlib.suppress(Exception):
+            runner.stop(timeout=timeout)
+
+
 # --------------------------------------------------------------- the session
 class DaskSession:
     """The Dask cluster serving one fit: its client, the keys it holds, the bytes sent.
@@ -233,7 +286,10 @@ class DaskSession:
         reads the user's Dask configuration (``distributed.comm.tls.*``,
         ``distributed.comm.require-encryption``): TLS certificates and
         authentication are Dask's. Waits at most ``timeout`` seconds
-        (:data:`CONNECT_SECONDS`) for the connection and for one worker.
+        (:data:`CONNECT_SECONDS`) for the connection and for one worker
+        (each wait is bounded, also against a server that accepts the
+        connection and never answers); a client built here that did not
+        connect is closed before the error is raised.
 
         Raises
         ------
@@ -259,11 +315,22 @@ class DaskSession:
                     "(e.g. 'tcp://10.0.0.5:8786', printed by `dask scheduler`) or a Client"
                 )
             security = distributed.security.Security()  # the user's Dask configuration
+            # Held before it starts: a client that does not start is closed here, at once.
+            client = distributed.Client.__new__(distributed.Client)
             try:
-                client = distributed.Client(
-                    address, security=security, timeout=wait, set_as_default=False
+                _within(
+                    wait + _GRACE_SECONDS,
+                    lambda: client.__init__(
+                        address, security=security, timeout=wait, set_as_default=False
+                    ),
+                    f"no answer within {wait:g} s: the connection or Dask's handshake did not "
+                    "complete (is a Dask scheduler listening there, with this protocol, "
+                    "tcp:// or tls://?)",
                 )
-            except Exception as exc:
+            except BaseException as exc:
+                _close_client(client, wait)
+                if not isinstance(exc, Exception):  # KeyboardInterrupt
+                    raise
                 raise ClusterConnectionError(
                     f"could not connect to the Dask scheduler at {address!r} within {wait:g} s "
                     f"({type(exc).__name__}: {exc}). Check that the scheduler runs "
@@ -279,12 +346,19 @@ class DaskSession:
                 f"'tcp://10.0.0.5:8786'; got {type(server).__name__}"
             )
         try:
-            session.client.wait_for_workers(1, timeout=wait)
-        except Exception as exc:
+            _within(
+                wait + _GRACE_SECONDS,
+                lambda: session.client.wait_for_workers(1, timeout=wait),
+                f"the scheduler did not answer within {wait:g} s",
+            )
+        except BaseException as exc:
             session.close()
+            if not isinstance(exc, Exception):
+                raise
             raise ClusterConnectionError(
-                f"the Dask scheduler at {session.address} has no worker after {wait:g} s; "
-                "start some (`dask worker <scheduler address>` on each machine) and try again"
+                f"the Dask scheduler at {session.address} has no worker after {wait:g} s "
+                f"({type(exc).__name__}: {exc}); start some (`dask worker <scheduler address>` "
+                "on each machine) and try again"
             ) from exc
         return session
 
@@ -413,11 +487,14 @@ class DaskSession:
             ev.release()
         with contextlib.suppress(Exception):
             for name in self._plugins.values():
-                self.client.unregister_worker_plugin(name)
+                _within(
+                    self.timeout,
+                    lambda name=name: self.client.unregister_worker_plugin(name),
+                    "the scheduler did not answer",
+                )
         self._plugins.clear()
         if self.owns_client:
-            with contextlib.suppress(Exception):
-                self.client.close(timeout=self.timeout)
+            _close_client(self.client, self.timeout)
 
 
 # ------------------------------------------------------------- the evaluator
