@@ -630,11 +630,30 @@ def prepare_data(args: argparse.Namespace, work: Path) -> tuple[Path, Path, tupl
         from sklearn.datasets import load_breast_cancer
 
         X, y = load_breast_cancer(return_X_y=True)
-    X, _, y, _ = train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
+    X, Xte, y, yte = train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
     xp, yp = work / "X.npy", work / "y.npy"
     np.save(xp, X)
     np.save(yp, y)
+    # The test split, for the decrypted model's accuracy (the client's side only).
+    np.save(work / "X_test.npy", Xte)
+    np.save(work / "y_test.npy", yte)
     return xp, yp, X.shape
+
+
+def accuracy(model: Any, xp: Path, yp: Path) -> dict[str, float]:
+    """Test accuracy of the decrypted model and of scikit-learn's ``LogisticRegression``."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = np.load(xp), np.load(yp)
+    Xte, yte = np.load(xp.with_name("X_test.npy")), np.load(yp.with_name("y_test.npy"))
+    ref = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
+    return {
+        "accuracy": float(model.score(Xte, yte)),
+        "sklearn_accuracy": float(ref.score(Xte, yte)),
+    }
 
 
 def chunk_seconds(states: Path) -> dict[int, float]:
@@ -936,7 +955,9 @@ def run_profile(
     cmd = [h.cli, "decrypt", "-q", *insecure, "--keys", str(keys), "--states", str(cstates)]
     h.in_ns(h.client_ns, [*cmd, "--out", str(model)], timeout=600)
     with open(model, "rb") as fh:
-        report = pickle.load(fh).report_
+        fitted = pickle.load(fh)
+    report = fitted.report_
+    run.update(accuracy(fitted, *data))
     computed = chunk_seconds(server / "states")
     run["poll_seconds"] = library_polls()
     run.update(time_client_and_read(keys, cstates, server / "states", args.insecure_small))
@@ -1118,7 +1139,8 @@ def comparison(run: dict[str, Any]) -> list[dict[str, Any]]:
         *(
             [
                 (
-                    f"per sample-epoch, epochs 2-{run['epochs']}",
+                    "per sample-epoch, "
+                    + (f"epochs 2-{run['epochs']}" if run["epochs"] > 2 else "epoch 2"),
                     run["later_epochs_seconds"] / run["later_epochs_sample_epochs"],
                     None,
                 )
@@ -1211,7 +1233,14 @@ def render(runs: list[dict[str, Any]]) -> str:
             f"{run['report']['poly_modulus_degree']}, {run['round_trips']} round trips; "
             f"load {run['load_before']:.1f} -> {run['load_after']:.1f}; packets dropped "
             f"by tbf during training: {run['training_drops']['up']} up, "
-            f"{run['training_drops']['down']} down\n\n"
+            f"{run['training_drops']['down']} down"
+            + (
+                f"; test accuracy {run['accuracy']:.4f} (scikit-learn "
+                f"{run['sklearn_accuracy']:.4f})"
+                if "accuracy" in run
+                else ""
+            )
+            + "\n\n"
             + markdown_table(["quantity", "measured", "estimated", "error"], comparison_rows(run))
         )
     return "\n\n".join(parts)
