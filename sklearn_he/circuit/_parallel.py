@@ -452,7 +452,7 @@ class ParallelCKKSEvaluator:
 
     # ------------------------------------------------------------ encryption
     def encrypt(self, vectors: Sequence[np.ndarray]) -> list[Ciphertext]:
-        """Encrypt ``vectors`` (each at most ``slots`` reals), sharing the work with the workers.
+        """Encrypt ``vectors`` (each at most ``slots`` reals or complex numbers), with the workers.
 
         Client-side work: the training data set, client-computed Gram blocks.
         Encryption needs only the public key, so workers use the bundle they
@@ -472,7 +472,7 @@ class ParallelCKKSEvaluator:
         refused before any work starts.
         """
         ctx = self.context
-        arrays = [ctx._vector(v, f"vector {i}") for i, v in enumerate(vectors)]
+        arrays = [ctx._vector(v, f"vector {i}", allow_complex=True) for i, v in enumerate(vectors)]
         workers = min(effective_n_jobs(self.n_jobs), os.cpu_count() or 1)
         estimate = len(arrays) * CostModel.encrypt_seconds(ctx.params.poly_modulus_degree)
         warm = self._keys_in_local_workers  # no workers to start, no keys to load

@@ -32,6 +32,7 @@ from .test_parallel import (
     chunk_circuit,
     encrypt_inputs,
     matvec_circuit,
+    paired_circuit,
     reference_run,
 )
 
@@ -51,7 +52,7 @@ CONNECT = 60
 
 @pytest.fixture(scope="module")
 def circuits():
-    return {"matvec": matvec_circuit(), "chunk": chunk_circuit()}
+    return {"matvec": matvec_circuit(), "chunk": chunk_circuit(), "paired": paired_circuit()}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def io_loops() -> int:
 
 
 # --------------------------------------------------------------------- results
-@pytest.mark.parametrize("name", ["matvec", "chunk"])
+@pytest.mark.parametrize("name", ["matvec", "chunk", "paired"])
 @pytest.mark.parametrize("tasks", ["split", "whole"])
 def test_same_ciphertexts_as_ckks_evaluator_all_on_the_workers(
     session, keys, circuits, name, tasks

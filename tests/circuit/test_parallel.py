@@ -74,9 +74,28 @@ def chunk_circuit() -> CompiledCircuit:
     return chunk.compiled
 
 
+def paired_circuit() -> CompiledCircuit:
+    """A transposed one-step chunk with its 40 features' row blocks in complex pairs.
+
+    Three row blocks of 16 in two ciphertexts, and a conjugation: the op the
+    workers must run with the conjugation key.
+    """
+    chunk = build_chunk(
+        [(0.5, 0.1)],
+        sigmoid_poly(3),
+        circuit="pipelined",
+        shape=SHAPE,
+        batch_size=64,
+        n_features=40,
+        transposed=True,
+        paired=True,
+    )
+    return chunk.compiled
+
+
 @pytest.fixture(scope="module")
 def circuits() -> dict[str, CompiledCircuit]:
-    return {"matvec": matvec_circuit(), "chunk": chunk_circuit()}
+    return {"matvec": matvec_circuit(), "chunk": chunk_circuit(), "paired": paired_circuit()}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +125,7 @@ def assert_identical(got, want):
 
 # --------------------------------------------------------------------- results
 @pytest.mark.ckks
-@pytest.mark.parametrize("name", ["matvec", "chunk"])
+@pytest.mark.parametrize("name", ["matvec", "chunk", "paired"])
 def test_same_ciphertexts_as_ckks_evaluator(keys, circuits, name):
     compiled = circuits[name]
     plain, enc = encrypt_inputs(keys, compiled)
@@ -433,7 +452,7 @@ class _Remote(ParallelCKKSEvaluator):
 
 
 @pytest.mark.ckks
-@pytest.mark.parametrize("name", ["matvec", "chunk"])
+@pytest.mark.parametrize("name", ["matvec", "chunk", "paired"])
 def test_dataflow_run_is_bit_identical(keys, circuits, name):
     compiled = circuits[name]
     enc, want = reference_run(keys, compiled)
@@ -866,6 +885,12 @@ def test_parallel_encryption_keeps_order_and_values(keys, monkeypatch):
     for ct, x in zip(small + cts[3:], vectors, strict=True):
         assert ct.level == keys.params.max_level
         np.testing.assert_allclose(keys.context.decrypt(ct), x, atol=1e-5)
+    # Complex vectors (paired row blocks) too, in the workers and here.
+    pairs = [v + 1j * np.roll(v, 1) for v in vectors[:4]]
+    with parallel_config(backend="threading"):
+        cts = ev.encrypt(pairs)
+    for ct, z in zip(cts, pairs, strict=True):
+        np.testing.assert_allclose(keys.context.decrypt_complex(ct), z, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -338,3 +338,10 @@ def test_paired_run_matches_fit_and_the_plaintext_backend(tmp_path):
     tol = 1e-4 * np.linalg.norm(w_plain)
     assert np.abs(w - w_plain).max() < tol and np.abs(w_ref - w_plain).max() < tol
     np.testing.assert_array_equal(model.predict(X), plain.predict(X))
+    # Two worker processes: paired tiles encrypted and chunks (with their
+    # conjugation) evaluated there give the same model.
+    two = EncryptedLogisticRegression(
+        ckks_params=SMALL, allow_insecure_for_testing=True, n_jobs=2, **options
+    ).fit(X, y)
+    assert two.report_.paired
+    assert np.abs(two._state[0][0] - w_plain).max() < tol
