@@ -159,6 +159,9 @@ def planner_choices(n: int, f: int, epochs: int) -> dict[str, dict[str, Any]]:
             "circuit": plan.circuit,
             "k": plan.k,
             "N": plan.params.poly_modulus_degree,
+            "tile": f"{plan.shape.rows}x{plan.shape.cols}" + (" Z^T" if plan.transposed else ""),
+            "paired": plan.paired,
+            "fuse": plan.fuse,
             "estimated_seconds_per_sample_epoch": plan.estimated_seconds_per_sample,
         }
     return out
@@ -185,6 +188,16 @@ def crossing_rtt_ms(
         return math.inf
     rtt = (cb - ca) / (ra - rb)
     return rtt * 1e3 if rtt >= 0 else math.inf
+
+
+def _plan_label(pick: dict[str, Any]) -> str:
+    """``pipelined k=1 (N=16384, 64x128 Z^T, paired)``: what the planner chose for a profile."""
+    extra = [f"N={pick['N']}"]
+    if "tile" in pick:  # results written before these were recorded lack them
+        extra.append(pick["tile"] + (", paired" if pick.get("paired") else ""))
+        if pick.get("fuse"):
+            extra.append("fused")
+    return f"{pick['circuit']} k={pick['k']} ({', '.join(extra)})"
 
 
 def summarize(results: dict[str, Any]) -> list[str]:
@@ -249,9 +262,7 @@ def summarize(results: dict[str, Any]) -> list[str]:
                     )
                     cross = "never" if math.isinf(rtt) else f"{rtt / 1e3:.3g} s"
             lines.append(
-                f"| {name} | "
-                + " | ".join(row)
-                + f" | {pick['circuit']} k={pick['k']} (N={pick['N']}) | {ratio} | {cross} |"
+                f"| {name} | " + " | ".join(row) + f" | {_plan_label(pick)} | {ratio} | {cross} |"
             )
         lines.append("")
     return lines
