@@ -112,6 +112,17 @@ def test_planner_prices_the_link(mnist_plans):
         link=LINK_PROFILES["offline"],
     )
     assert offline.estimated_seconds_per_sample < one.estimated_seconds_per_sample / 2
+    # On a slow link bytes cost more than compute: a plan with fewer, and paired,
+    # state ciphertexts per round trip, even if its chunk is dearer.
+    from sklearn_he.training._planner import refresh_traffic
+
+    def traffic(plan):
+        chunk = plan.compile_chunk([(0.1, 0.1)], sigmoid_poly(3))
+        return sum(refresh_traffic(chunk, plan.params))
+
+    wan, slow = mnist_plans["wan"], mnist_plans["slow"]
+    assert wan.paired and slow.paired
+    assert traffic(slow) < traffic(wan)
 
 
 def test_local_link_plans_as_without_a_link():
