@@ -14,8 +14,7 @@ from sklearn_he import CKKSParameters, KeySet
 
 #: N=4096, three levels, 40-bit scale: insecure, fast.
 SMALL_PARAMS = CKKSParameters(4096, (60, 40, 40, 40, 60), 40, security_level=0)
-#: Rotation steps of the session key set; 0 is the conjugation key (SEAL's convention).
-SMALL_ROTATIONS = (0, 1, 2, 3, 4, 8, 16, 32, -1, -4, 100)
+SMALL_ROTATIONS = (1, 2, 3, 4, 8, 16, 32, -1, -4, 100)
 
 
 @pytest.fixture(scope="session")

@@ -453,12 +453,12 @@ class EncMatrix(Generic[T]):
 
     def map(self, fn: Callable[[T], U]) -> EncMatrix[U]:
         """The same matrix with ``fn`` applied to every tile (e.g. ``ctx.decrypt``)."""
-        return EncMatrix([[fn(t) for t in row] for row in self.tiles], *self._meta())
+        return type(self)([[fn(t) for t in row] for row in self.tiles], *self._meta())
 
     def zip_map(self, other: EncMatrix[U], fn: Callable[[T, U], V]) -> EncMatrix[V]:
         """Combine the tiles of two matrices of the same size and tile shape pairwise."""
         _check_same(self, other)
-        return EncMatrix(
+        return type(self)(
             [
                 [fn(a, b) for a, b in zip(r, s, strict=True)]
                 for r, s in zip(self.tiles, other.tiles, strict=True)

@@ -124,15 +124,6 @@ class PairedMatrix(EncMatrix[T]):
         """Row blocks of the real matrix, ``ceil(n_rows / h)``."""
         return _blocks(self.n_rows, self.shape.rows)
 
-    def map(self, fn: Callable[[T], Any]) -> PairedMatrix[Any]:
-        return PairedMatrix([[fn(t) for t in row] for row in self.tiles], *self._meta())
-
-    def zip_map(self, other: EncMatrix[Any], fn: Callable[[T, Any], Any]) -> PairedMatrix[Any]:
-        if not isinstance(other, PairedMatrix):
-            raise TypeError("zip_map of a PairedMatrix needs another PairedMatrix")
-        out = super().zip_map(other, fn)
-        return PairedMatrix(out.tiles, *self._meta())
-
     @classmethod
     def from_encoded(
         cls,
@@ -210,18 +201,12 @@ def _post_init_paired(vec: Any) -> None:
     object.__setattr__(vec, "blocks", list(vec.blocks))
 
 
-@dataclass(frozen=True, eq=False)
-class PairedColVector(ColVector[T]):
-    """A :class:`~sklearn_he.linalg.ColVector` in complex pairs, halved.
-
-    Block ``p`` holds ``(u[2p] + i u[2p+1]) / 2`` replicated across the
-    columns (row blocks ``2p`` and ``2p + 1`` of the real vector): the
-    operand of :meth:`LinAlg.rmatvec <sklearn_he.linalg.LinAlg.rmatvec>`
-    with a :class:`PairedMatrix`, whose conjugate sum doubles it back.
-    """
+class _PairedRows:
+    """What paired vectors share: ``ceil(row blocks / 2)`` blocks, built per pair."""
 
     paired: ClassVar[bool] = True
-    _what = "paired column vector"
+    length: int
+    shape: TileShape
 
     def __post_init__(self) -> None:
         _post_init_paired(self)
@@ -231,9 +216,23 @@ class PairedColVector(ColVector[T]):
         return paired_blocks(_blocks(self.length, self.shape.rows))
 
     @classmethod
-    def from_index(cls, shape: TileShape, length: int, fn: Callable[[int], T]) -> Any:
+    def from_index(cls, shape: TileShape, length: int, fn: Callable[[int], Any]) -> Any:
+        """Build from ``fn(p)`` per pair of row blocks, without data (e.g. tracer inputs)."""
         n = paired_blocks(_blocks(_positive_int(length, "length"), _check_shape(shape).rows))
-        return cls([fn(p) for p in range(n)], shape, length)
+        return cls([fn(p) for p in range(n)], shape, length)  # type: ignore[call-arg]
+
+
+@dataclass(frozen=True, eq=False)
+class PairedColVector(_PairedRows, ColVector[T]):
+    """A :class:`~sklearn_he.linalg.ColVector` in complex pairs, halved.
+
+    Block ``p`` holds ``(u[2p] + i u[2p+1]) / 2`` replicated across the
+    columns (row blocks ``2p`` and ``2p + 1`` of the real vector): the
+    operand of :meth:`LinAlg.rmatvec <sklearn_he.linalg.LinAlg.rmatvec>`
+    with a :class:`PairedMatrix`, whose conjugate sum doubles it back.
+    """
+
+    _what = "paired column vector"
 
     @classmethod
     def from_encoded(
@@ -264,7 +263,7 @@ class PairedColVector(ColVector[T]):
 
 
 @dataclass(frozen=True, eq=False)
-class PairedRowSums(ColVector[T]):
+class PairedRowSums(_PairedRows, ColVector[T]):
     """Row sums in complex pairs: what ``M g`` stops at for a :class:`PairedMatrix` ``M``.
 
     Block ``p`` holds ``T[2p] ⊙ g - i T[2p+1] ⊙ g``: the decrypting side
@@ -272,20 +271,7 @@ class PairedRowSums(ColVector[T]):
     minus the imaginary part (row block ``2p + 1``). Only for decoding.
     """
 
-    paired: ClassVar[bool] = True
     _what = "paired row-sums vector"
-
-    def __post_init__(self) -> None:
-        _post_init_paired(self)
-
-    @property
-    def n_blocks(self) -> int:
-        return paired_blocks(_blocks(self.length, self.shape.rows))
-
-    @classmethod
-    def from_index(cls, shape: TileShape, length: int, fn: Callable[[int], T]) -> Any:
-        n = paired_blocks(_blocks(_positive_int(length, "length"), _check_shape(shape).rows))
-        return cls([fn(p) for p in range(n)], shape, length)
 
     @classmethod
     def from_array(

@@ -19,12 +19,24 @@ from sklearn_he.circuit import (
     select_parameters,
 )
 from sklearn_he.exceptions import DepthExhaustedError, MissingKeyError, ParameterError
-from tests.conftest import SMALL_ROTATIONS
+from tests.conftest import SMALL_PARAMS, SMALL_ROTATIONS
 
 SLOTS = 2048
 #: Tolerance for CKKS at scale 2**40 on values of order 1 after up to three
 #: products and a few rotation sums (errors measured around 1e-6).
 ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def small_keys() -> KeySet:
+    """The session's small key set plus the conjugation key (rotation step 0) every op needs.
+
+    Overrides the conftest fixture in this module only: the backend's tests
+    check what a key set without step 0 does.
+    """
+    return KeySet.generate(
+        SMALL_PARAMS, rotation_steps=(0, *SMALL_ROTATIONS), allow_insecure_for_testing=True
+    )
 
 
 def every_op_circuit(slots=SLOTS):

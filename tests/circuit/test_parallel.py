@@ -62,7 +62,7 @@ def matvec_circuit() -> CompiledCircuit:
     return compile_circuit(t.circuit)
 
 
-def chunk_circuit() -> CompiledCircuit:
+def chunk_circuit(**options: bool) -> CompiledCircuit:
     chunk = build_chunk(  # one NAG step on a 64 x 40 minibatch: four row tiles
         [(0.5, 0.1)],
         sigmoid_poly(3),
@@ -70,6 +70,7 @@ def chunk_circuit() -> CompiledCircuit:
         shape=SHAPE,
         batch_size=64,
         n_features=40,
+        **options,
     )
     return chunk.compiled
 
@@ -80,17 +81,7 @@ def paired_circuit() -> CompiledCircuit:
     Three row blocks of 16 in two ciphertexts, and a conjugation: the op the
     workers must run with the conjugation key.
     """
-    chunk = build_chunk(
-        [(0.5, 0.1)],
-        sigmoid_poly(3),
-        circuit="pipelined",
-        shape=SHAPE,
-        batch_size=64,
-        n_features=40,
-        transposed=True,
-        paired=True,
-    )
-    return chunk.compiled
+    return chunk_circuit(transposed=True, paired=True)
 
 
 @pytest.fixture(scope="module")
