@@ -31,6 +31,7 @@ from .circuit import CostModel, WorkerStart, start_workers
 from .exceptions import SklearnHEError
 from .training import (
     Link,
+    Minibatches,
     NAGSchedule,
     Plan,
     Trainer,
@@ -737,13 +738,10 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         with self._progress(specs_total) as bar:
             for i, target in enumerate(targets):
                 sign = np.where(y == target, 1.0, -1.0)
-                Z = sign[:, None] * design
-                batches = self._minibatches(Z, order, plan)
-                weighted = (
-                    None
-                    if weights is None
-                    else self._minibatches(weights[:, None] * Z, order, plan)
-                )
+                # Cut from the design matrix as they are encrypted: no signed
+                # copy of the data, no list of minibatch copies.
+                batches = Minibatches(design, sign, order, m, plan.n_batches)
+                weighted = None if weights is None else batches.weighted(weights)
                 if previous is not None:
                     w0, v0, step0 = previous[i]
                 else:
@@ -752,11 +750,11 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 monitor = _Convergence(
                     tol=tol,
                     n_iter_no_change=self.n_iter_no_change,
-                    Z=Z,
+                    rows=(design, sign),
                     l2=trainer.schedule.l2,
-                    Z_val=None
+                    rows_val=None
                     if design_val is None
-                    else np.where(y_val == target, 1.0, -1.0)[:, None] * design_val,
+                    else (design_val, np.where(y_val == target, 1.0, -1.0)),
                     weights=weights,
                     weights_val=sw_val,
                 )
@@ -786,7 +784,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 states.append((res.w, res.v, step0 + res.steps))
                 results.append(res)
                 monitors.append(monitor)
-                margins = np.abs(Z @ res.w)
+                margins = np.abs(design @ res.w)
                 res.margin_max = float(margins.max())
         self._state = states
         self._set_coef(np.array([s[0] for s in states]))
@@ -889,6 +887,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                     "weighted_data_bytes": sum(r.weighted_data_bytes for r in results),
                 },
                 "convergence": [mon.history for mon in monitors],
+                "data_on_disk": any(r.data_on_disk for r in results),
                 "estimate_costs": "measured" if self.backend == "ckks" else "nominal",
                 **self._cluster_extra(results),
             },
@@ -1022,11 +1021,20 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             mean, std = _column_statistics(X, center=self.fit_intercept, weights=sample_weight)
         else:
             mean, std = self._mean, self._std
+        # One array, filled in place: the data's only copy besides X (no
+        # data-sized temporaries; the same numbers as (X - mean) / std / r).
+        bias = 1 if self.fit_intercept else 0
+        design = np.empty((X.shape[0], X.shape[1] + bias))
+        Xs = design[:, bias:]
         with np.errstate(over="ignore", invalid="ignore"):
-            Xs = (X - mean) / std
+            np.subtract(X, mean, out=Xs)
+            Xs /= std
         _check_finite_columns(Xs, X, std, getattr(self, "feature_names_in_", None))
         if fit:
-            norms = np.sqrt((Xs**2).sum(axis=1) + (1.0 if self.fit_intercept else 0.0))
+            squares = np.concatenate(
+                [np.square(block).sum(axis=1) for block in _row_blocks(Xs)] or [np.zeros(0)]
+            )
+            norms = np.sqrt(squares + (1.0 if self.fit_intercept else 0.0))
             # Set only now: a refused fit leaves a fitted model's statistics as they were.
             self._mean, self._std = mean, std
             median = (
@@ -1035,10 +1043,10 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 else _weighted_median(norms, sample_weight)
             )
             self._row_scale = float(max(median, 1.0))
-        Xs = Xs / self._row_scale
-        if self.fit_intercept:
-            return np.hstack([np.ones((len(Xs), 1)) / self._row_scale, Xs])
-        return Xs
+        if bias:
+            design[:, 0] = 1.0
+        design /= self._row_scale
+        return design
 
     def _prior_start(
         self, sign: np.ndarray, weights: np.ndarray | None, n_columns: int
@@ -1065,18 +1073,6 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         # The bias column holds 1 / row_scale (see _design).
         w[0] = self._row_scale * np.log(p / (1.0 - p))
         return w
-
-    @staticmethod
-    def _minibatches(Z: np.ndarray, order: np.ndarray, plan: Any) -> list[np.ndarray]:
-        """Rows of ``Z`` in ``order``, cut into the plan's zero-padded minibatches."""
-        m = plan.batch_size
-        batches = []
-        for b in range(plan.n_batches):
-            block = np.zeros((m, Z.shape[1]))
-            rows = Z[order[b * m : (b + 1) * m]]
-            block[: len(rows)] = rows
-            batches.append(block)
-        return batches
 
     def _set_coef(self, W: np.ndarray) -> None:
         """``coef_`` and ``intercept_`` from decrypted weights (one row per model)."""
@@ -1389,12 +1385,17 @@ def _cap_row_norms(design: np.ndarray, cap: float = ROW_NORM_CAP) -> np.ndarray:
     row keeps its direction (its sign of the margin); it only bounds its
     weight in the gradient, as per-sample gradient clipping does. Client
     side, on the rows to be encrypted; scoring uses the uncapped rows.
+
+    In place: ``design`` is the fit's own array (from ``_design``), changed
+    and returned, a block of rows at a time, so that the data is not copied
+    again (the same numbers as ``design * factor[:, None]``).
     """
-    norms = np.sqrt((design**2).sum(axis=1))
-    factor = np.minimum(1.0, cap / np.maximum(norms, np.finfo(float).tiny))
-    if (factor == 1.0).all():
-        return design
-    return design * factor[:, None]
+    for block in _row_blocks(design):
+        norms = np.sqrt(np.square(block).sum(axis=1))
+        factor = np.minimum(1.0, cap / np.maximum(norms, np.finfo(float).tiny))
+        if (factor < 1.0).any():
+            block *= factor[:, None]
+    return design
 
 
 def _mean_one(sw: np.ndarray | None) -> np.ndarray | None:
@@ -1419,6 +1420,17 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(v[k])
 
 
+#: Rows per block when the client's statistics and standardisation pass over
+#: the data: their temporaries are this many rows, not the data set.
+_ROW_BLOCK = 16384
+
+
+def _row_blocks(A: np.ndarray) -> Iterator[np.ndarray]:
+    """Consecutive blocks of up to :data:`_ROW_BLOCK` rows of ``A`` (views)."""
+    for start in range(0, A.shape[0], _ROW_BLOCK):
+        yield A[start : start + _ROW_BLOCK]
+
+
 def _column_statistics(
     X: np.ndarray, *, center: bool, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -1437,15 +1449,27 @@ def _column_statistics(
     ``weights`` (positive) weight the means and variances, as
     ``StandardScaler.fit(X, sample_weight=weights)`` does.
     """
-    peak = np.abs(X).max(axis=0) if len(X) else np.zeros(X.shape[1])
+    peak = np.zeros(X.shape[1])
+    for block in _row_blocks(X):
+        np.maximum(peak, np.abs(block).max(axis=0), out=peak)
     unit = np.where(peak > 0, peak, 1.0)
-    Xn = X / unit  # every value in [-1, 1]
-    if weights is None:
-        mean_n, var_n = Xn.mean(axis=0), Xn.var(axis=0)
-    else:
-        mean_n = np.average(Xn, axis=0, weights=weights)
-        var_n = np.average((Xn - mean_n) ** 2, axis=0, weights=weights)
-    n, eps = X.shape[0], np.finfo(np.float64).eps
+    # Sums over blocks of rows of X / unit (every value in [-1, 1]): no
+    # data-sized temporaries. One block (up to _ROW_BLOCK rows) gives
+    # exactly numpy's mean and var (average, with weights).
+    n = X.shape[0]
+    w_blocks = [None] * -(-n // _ROW_BLOCK) if weights is None else list(_row_blocks(weights))
+    total = float(n) if weights is None else sum(w.sum() for w in w_blocks)
+    sums = np.zeros(X.shape[1])
+    for block, w in zip(_row_blocks(X), w_blocks, strict=True):
+        Xn = block / unit
+        sums += Xn.sum(axis=0) if w is None else (Xn * w[:, None]).sum(axis=0)
+    mean_n = sums / total
+    sums = np.zeros(X.shape[1])
+    for block, w in zip(_row_blocks(X), w_blocks, strict=True):
+        dev = (block / unit - mean_n) ** 2
+        sums += dev.sum(axis=0) if w is None else (dev * w[:, None]).sum(axis=0)
+    var_n = sums / total
+    eps = np.finfo(np.float64).eps
     constant = var_n <= n * eps * var_n + (n * mean_n * eps) ** 2
     std = np.where(constant, np.maximum(peak, 1.0), np.sqrt(var_n) * unit)
     mean = mean_n * unit if center else np.zeros(X.shape[1])
@@ -1458,7 +1482,10 @@ def _check_finite_columns(
     """Raise a ValueError naming the first column that cannot be standardised in float64."""
     with np.errstate(divide="ignore", over="ignore"):
         tiny = ~np.isfinite(1.0 / std)  # a scale whose inverse (in coef_) overflows
-    bad = tiny | ~np.isfinite(Xs).all(axis=0)
+    finite = np.ones(Xs.shape[1], dtype=bool)
+    for block in _row_blocks(Xs):
+        finite &= np.isfinite(block).all(axis=0)
+    bad = tiny | ~finite
     if not bad.any():
         return
     j = int(np.flatnonzero(bad)[0])
@@ -1473,6 +1500,15 @@ def _check_finite_columns(
         f"{name}: {problem}; rescale the feature (multiply or divide it by a power of ten, "
         "in the training and the scoring data alike)"
     )
+
+
+def _margins(rows: tuple[np.ndarray, np.ndarray], w: np.ndarray) -> np.ndarray:
+    """``Z w`` for the signed rows ``Z = diag(sign) design``, without forming ``Z``.
+
+    Equal to ``(sign[:, None] * design) @ w`` to the bit (a sign flip is exact).
+    """
+    design, sign = rows
+    return sign * (design @ w)
 
 
 class _Convergence:
@@ -1491,32 +1527,32 @@ class _Convergence:
         *,
         tol: float | None,
         n_iter_no_change: int,
-        Z: np.ndarray,
+        rows: tuple[np.ndarray, np.ndarray],
         l2: float,
-        Z_val: np.ndarray | None,
+        rows_val: tuple[np.ndarray, np.ndarray] | None,
         weights: np.ndarray | None = None,
         weights_val: np.ndarray | None = None,
     ) -> None:
         self.tol, self.patience = tol, int(n_iter_no_change)
-        self.Z, self.l2, self.Z_val = Z, float(l2), Z_val
+        self.rows, self.l2, self.rows_val = rows, float(l2), rows_val
         self.weights, self.weights_val = weights, weights_val
-        self.best = -np.inf if Z_val is not None else np.inf
+        self.best = -np.inf if rows_val is not None else np.inf
         self.count = 0
         self.history: list[float] = []
         self.stopped = False
 
     @property
     def measure(self) -> str:
-        return "validation accuracy" if self.Z_val is not None else "training loss"
+        return "validation accuracy" if self.rows_val is not None else "training loss"
 
     def epoch_end(self, w: np.ndarray) -> bool:
         """Record this epoch; True when training should stop."""
-        if self.Z_val is not None:
-            value = float(np.average(self.Z_val @ w > 0, weights=self.weights_val))
+        if self.rows_val is not None:
+            value = float(np.average(_margins(self.rows_val, w) > 0, weights=self.weights_val))
             worse = self.tol is not None and value < self.best + self.tol
             self.best = max(self.best, value)
         else:
-            loss = np.average(np.logaddexp(0.0, -(self.Z @ w)), weights=self.weights)
+            loss = np.average(np.logaddexp(0.0, -_margins(self.rows, w)), weights=self.weights)
             value = float(loss + 0.5 * self.l2 * (w @ w))
             worse = self.tol is not None and value > self.best - self.tol
             self.best = min(self.best, value)
@@ -1532,9 +1568,9 @@ class _Convergence:
         """Why training ended, for ``report_.stop_reason``."""
         if not self.stopped:
             return f"max_iter: {max_iter} epochs"
-        change = "rose" if self.Z_val is not None else "fell"
+        change = "rose" if self.rows_val is not None else "fell"
         return (
-            f"{'early stopping' if self.Z_val is not None else 'converged'} after "
+            f"{'early stopping' if self.rows_val is not None else 'converged'} after "
             f"{len(self.history)} epochs: the {self.measure} {change} by less than "
             f"tol={self.tol:g} for {self.patience} epochs"
         )

@@ -30,7 +30,7 @@ from ._encoding import (
     encode_row_sums,
     encode_row_vector,
 )
-from ._paired import PairedColVector, PairedMatrix, PairedRowSums, is_paired
+from ._paired import PairedColVector, PairedMatrix, PairedRowSums, is_paired, paired_blocks
 from ._poly import poly_depth, poly_eval
 from ._toolkit import LinAlg
 
@@ -57,6 +57,7 @@ __all__ = [
     "encode_row_sums",
     "encode_row_vector",
     "is_paired",
+    "paired_blocks",
     "poly_depth",
     "poly_eval",
 ]

@@ -64,6 +64,7 @@ from ..linalg import ColVector, EncMatrix, RowSums
 from ..training import (
     ChunkSpec,
     Link,
+    Minibatches,
     Plan,
     TrainingClient,
     chunk_specs,
@@ -572,9 +573,9 @@ class Client:
                 f"{config['n_features']}); run `sklearn-he keygen` for this data shape"
             )
         order = check_random_state(clf.random_state).permutation(X.shape[0])
-        Z = np.where(y == classes[1], 1.0, -1.0)[:, None] * design
-        batches = clf._minibatches(Z, order, plan)
-        weighted = None if weights is None else clf._minibatches(weights[:, None] * Z, order, plan)
+        sign = np.where(y == classes[1], 1.0, -1.0)
+        batches = Minibatches(design, sign, order, plan.batch_size, plan.n_batches)
+        weighted = None if weights is None else batches.weighted(weights)
         specs = chunk_specs(plan, clf.max_iter)
         grams: set[tuple[int, int]] = set()
         diagonals: set[tuple[int, int]] = set()

@@ -13,6 +13,7 @@ from ._circuits import (
     state_vector,
 )
 from ._link import LINK_PROFILES, Link
+from ._minibatches import Minibatches
 from ._planner import Plan, choose_shape, estimate_plan_seconds_per_sample, plan_training
 from ._program import Program, evaluate, momentum_step, nag_program, pipeline, weights_step
 from ._schedule import NAGSchedule, nag_reference
@@ -36,6 +37,7 @@ __all__ = [
     "ChunkCircuit",
     "ChunkSpec",
     "Link",
+    "Minibatches",
     "NAGSchedule",
     "Plan",
     "Program",

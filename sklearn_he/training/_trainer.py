@@ -29,7 +29,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,7 +40,7 @@ from joblib import effective_n_jobs
 from ..backend import Ciphertext, CKKSParameters, KeySet, ZeroPool
 from ..circuit import CKKSEvaluator, CostModel, ParallelCKKSEvaluator, PlaintextEvaluator
 from ..exceptions import TrainingDivergedError
-from ..linalg import EncMatrix, encode_diagonals, is_paired
+from ..linalg import EncMatrix, encode_diagonals, is_paired, paired_blocks
 from ._circuits import (
     ChunkCircuit,
     build_gram_circuit,
@@ -112,6 +113,9 @@ class TrainResult:
     chunk_processes: set[tuple[str, int, str]] = field(default_factory=set)
     #: The weighted copies' share of ``data_bytes`` (0 without sample weights).
     weighted_data_bytes: int = 0
+    #: Whether the encrypted data set was kept on disk (above
+    #: :func:`memory_budget_bytes`) and read back chunk by chunk.
+    data_on_disk: bool = False
 
 
 @dataclass(frozen=True)
@@ -473,6 +477,7 @@ class TrainingServer:
         self.last_run: Any = None
         self._circuits: dict[tuple[int, int], ChunkCircuit] = {}
         self._grams: dict[tuple[int, int], EncMatrix[Any]] = {}
+        self._grams_of: weakref.ref[Any] | None = None  # the data set they were computed from
         self._parallel: Any = None  # ParallelCKKSEvaluator or ClusterCKKSEvaluator
 
     # ------------------------------------------------------------- circuits
@@ -592,15 +597,31 @@ class TrainingServer:
         """Gram block ``Z_a Z_b^T``: the client's upload, or computed here (and cached)."""
         if self.plan.gram_source == "client":
             return data.gram(a, b)
-        if (a, b) not in self._grams:
+        cache = self._gram_cache(data)
+        if (a, b) not in cache:
             if self.plan.weighted:  # the weights go with the earlier minibatch
                 wa, wb = weighted_gram(a, b)
                 A = data.weighted_batch(a) if wa else data.batch(a)
                 B = data.weighted_batch(b) if wb else data.batch(b)
             else:
                 A, B = data.batch(a), data.batch(b)
-            self._grams[(a, b)] = self.server_gram(A, B)
-        return self._grams[(a, b)]
+            cache[(a, b)] = self.server_gram(A, B)
+        return cache[(a, b)]
+
+    def _gram_cache(self, data: TrainingData) -> MutableMapping[tuple[int, int], Any]:
+        """Where the Gram blocks computed here from ``data`` are kept, for ``data`` alone.
+
+        The data set's own store when it has one (``server_grams``: in
+        process, on disk with its tiles when they are spilled), else a
+        dictionary here that a new data set (another one-vs-rest model's
+        signed rows, whose blocks differ) starts afresh.
+        """
+        store = getattr(data, "server_grams", None)
+        if store is not None:
+            return store
+        if self._grams_of is None or self._grams_of() is not data:
+            self._grams, self._grams_of = {}, weakref.ref(data)
+        return self._grams
 
     def chunk_inputs(
         self, spec: ChunkSpec, data: TrainingData, state: Mapping[str, Any]
@@ -702,6 +723,30 @@ class _Spilled:
     paired: bool = False
 
 
+class _KeptBlocks(MutableMapping[tuple[int, int], EncMatrix[Any]]):
+    """Blocks ``(a, b)`` kept by an :class:`_InProcessData`: in memory, or on disk if it spills."""
+
+    def __init__(self, data: _InProcessData, prefix: str) -> None:
+        self.data, self.prefix = data, prefix
+        self._kept: dict[tuple[int, int], Any] = {}
+
+    def __getitem__(self, ab: tuple[int, int]) -> EncMatrix[Any]:
+        return self.data._get(self._kept[ab])
+
+    def __setitem__(self, ab: tuple[int, int], M: EncMatrix[Any]) -> None:
+        key = f"{self.prefix}{ab[0]}_{ab[1]}"
+        self._kept[ab] = self.data._keep(key, M, count=False)
+
+    def __delitem__(self, ab: tuple[int, int]) -> None:
+        del self._kept[ab]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self._kept)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
 class _InProcessData:
     """The client's encrypted data set, held in memory or on disk, extended on demand.
 
@@ -730,6 +775,9 @@ class _InProcessData:
         self.spill_dir = spill_dir
         self._grams: dict[tuple[int, int], Any] = {}
         self._diagonals: dict[tuple[int, int], Any] = {}
+        #: Gram blocks the server role computes from this data set (not uploaded:
+        #: not counted), on disk with the tiles when spilling.
+        self.server_grams = _KeptBlocks(self, "S")
         self.batches: list[Any] = []
         self.weighted: list[Any] = []
         for key, plain, out in (("Z", batches, self.batches), ("SZ", weighted, self.weighted)):
@@ -765,9 +813,10 @@ class _InProcessData:
                 self.nbytes += self._nbytes(tile)
         return M
 
-    def _keep(self, key: str, M: EncMatrix[Any]) -> Any:
-        """``M`` counted, and on disk when spilling (then a handle to load it)."""
-        self._count(M)
+    def _keep(self, key: str, M: EncMatrix[Any], *, count: bool = True) -> Any:
+        """``M`` counted (the client uploads it), and on disk when spilling (then a handle)."""
+        if count:
+            self._count(M)
         if self.spill_dir is None:
             return M
         for rb, row in enumerate(M.tiles):
@@ -947,12 +996,16 @@ class Trainer:
     def data_memory_bytes(self, n_batches: int) -> int:
         """Estimated memory of the encrypted minibatches (SEAL's 8 bytes per coefficient).
 
-        A weighted plan holds two copies of each minibatch (``Z`` and ``S Z``).
+        A weighted plan holds two copies of each minibatch (``Z`` and ``S Z``);
+        a paired plan one ciphertext per two row blocks.
         """
         p = self.plan
         params = p.params or CKKSParameters.for_depth(1)
         rows, cols = p.batch_matrix
-        tiles = -(-rows // p.shape.rows) * -(-cols // p.shape.cols)
+        row_blocks = -(-rows // p.shape.rows)
+        if p.paired:
+            row_blocks = paired_blocks(row_blocks)
+        tiles = row_blocks * -(-cols // p.shape.cols)
         per_tile = 2 * params.poly_modulus_degree * (params.max_level + 1) * 8
         return (2 if p.weighted else 1) * n_batches * tiles * per_tile
 
@@ -1074,6 +1127,7 @@ class Trainer:
             bytes_downloaded=states_down,
             data_bytes=data.nbytes,
             weighted_data_bytes=data.weighted_nbytes,
+            data_on_disk=spill_dir is not None,
             round_trips=done.index + 1 if done is not None else 0,
             client_seconds=client_s,
             bytes_counted=self.backend == "ckks",
