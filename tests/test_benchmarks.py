@@ -8,6 +8,7 @@ of CKKS runs with two worker counts are checked on made-up results.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -310,3 +311,61 @@ def test_outsourced_benchmark_runs(tmp_path):
     assert run["round_trips_per_epoch"] == 8 and run["up_bytes_per_epoch"] > 0
     assert set(run["e2e_seconds_per_sample_epoch"]) == {"local", "lan", "wan", "slow", "offline"}
     assert "| wan |" in doc.read_text() and "baseline k=1" in done.stdout
+
+
+SCALE = SCRIPT.parent / "scale.py"
+
+
+@pytest.mark.slow
+@pytest.mark.ckks
+def test_scale_benchmark_measures_each_fit_in_its_own_process(tmp_path):
+    """Tiny sets and small insecure parameters; a zero budget sends the data set to disk."""
+    out, doc = tmp_path / "scale.json", tmp_path / "scale.md"
+    small = {
+        "ckks_params": {
+            "poly_modulus_degree": 4096,
+            "coeff_modulus_bits": [60, 40, 40, 40, 40, 40, 40, 60],
+            "scale_bits": 40,
+            "security_level": 0,
+        },
+        "allow_insecure_for_testing": True,
+        "batch_size": 32,
+    }
+    argv = ["--rows", "200", "400", "--features", "6", "--test-rows", "100", "--no-mnist"]
+    files = ["--out", str(out), "--doc", str(doc)]
+    done = subprocess.run(
+        [sys.executable, str(SCALE), *argv, "--params", json.dumps(small), *files],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "SKLEARN_HE_MEMORY_BUDGET_MB": "0"},
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    runs = results["runs"]
+    assert [(r["name"], r["rows"], r["status"]) for r in runs] == [
+        ("synthetic 200", 200, "ok"),
+        ("synthetic 400", 400, "ok"),
+    ]
+    for r in runs:
+        assert r["data_on_disk"] is True
+        # The kernel's peak for the child, at least what it held before the fit.
+        assert r["peak_rss_mb"] >= r["rss_before_fit_mb"] > 0
+        assert abs(r["vm_hwm_mb"] - r["peak_rss_mb"]) < 0.1 * r["peak_rss_mb"]
+        assert r["rss_timeline_mb"] and r["bytes_uploaded"] > r["setup_bytes"] > 0
+        assert 0.5 < r["accuracy"] <= 1 and 0.5 < r["sklearn"]["accuracy"] <= 1
+        assert set(r["predicted_seconds_per_sample_epoch"]) == {"1", "2", "4", "8", "16", "64"}
+    summary = results["summary"]
+    assert summary["ratios"]["200"] == 1.0 and summary["linear"] in (True, False)
+    page = doc.read_text()
+    assert "| synthetic 400 | 400 |" in page and "**estimates**" in page
+    assert "Linear in n" in page
+    doc.unlink()
+    again = subprocess.run(
+        [sys.executable, str(SCALE), "--render-only", *files],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr
+    assert doc.read_text() == page
