@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -109,6 +110,51 @@ class _Sampler(threading.Thread):
             self.stop.wait(self.period)
 
 
+def _mark_phases(marks: list[tuple[str, float]], t0: float) -> None:
+    """Record when the fit's steps start and end (diagnostics: where the peak is).
+
+    Wraps the library's steps where they exist (older versions lack some),
+    adding a clock reading around each call and nothing else.
+    """
+    from sklearn_he import _estimator
+    from sklearn_he.training import _trainer
+
+    def wrap(owner: Any, name: str, label: str) -> None:
+        real = getattr(owner, name, None)
+        if real is None:
+            return
+
+        def timed(*args: Any, **kw: Any) -> Any:
+            marks.append((f"{label} start", time.perf_counter() - t0))
+            try:
+                return real(*args, **kw)
+            finally:
+                marks.append((f"{label} end", time.perf_counter() - t0))
+
+        setattr(owner, name, timed)
+
+    wrap(_estimator.EncryptedLogisticRegression, "_design", "standardise")
+    wrap(_trainer._InProcessData, "__init__", "encrypt")
+    wrap(_trainer.Trainer, "fit", "train")
+
+
+def _phase_peaks(
+    samples: list[tuple[float, float]], marks: list[tuple[str, float]], start: float, end: float
+) -> dict[str, float]:
+    """Peak sampled RSS (MiB) in each phase between the marks: what held memory when."""
+    edges = sorted([("fit start", start), *marks, ("fit end", end)], key=lambda m: m[1])
+    out: dict[str, float] = {}
+    for (a, ta), (b, tb) in itertools.pairwise(edges):
+        inside = [mb for t, mb in samples if ta <= t <= tb]
+        if inside:
+            key = f"{a} -> {b}"
+            out[key] = max(out.get(key, 0.0), max(inside))
+    after = [mb for t, mb in samples if t >= end]
+    if after:
+        out["after fit"] = max(after)
+    return out
+
+
 def child(spec_path: str) -> int:
     """Fit one run as the spec file says; write what it measured next to it."""
     spec = json.loads(Path(spec_path).read_text())
@@ -126,6 +172,8 @@ def child(spec_path: str) -> int:
     params = dict(spec["params"])
     if isinstance(params.get("ckks_params"), dict):  # --params gives them as JSON
         params["ckks_params"] = CKKSParameters(**params["ckks_params"])
+    marks: list[tuple[str, float]] = []
+    _mark_phases(marks, sampler.t0)
     before_kb = _status_kb("VmRSS")
     t_fit = time.perf_counter() - sampler.t0
     clf = EncryptedLogisticRegression(**params)
@@ -166,6 +214,8 @@ def child(spec_path: str) -> int:
         "fit_started_s": round(t_fit, 2),
         "fit_ended_s": round(t_done, 2),
         "rss_timeline_mb": sampler.samples,
+        "phase_marks_s": marks,
+        "phase_peak_rss_mb": _phase_peaks(sampler.samples, marks, t_fit, t_done),
         "accuracy": accuracy,
         "seconds_per_sample_epoch": rep.seconds_per_sample_epoch,
         "estimated_seconds_per_sample_epoch": rep.estimated_seconds_per_sample_epoch,
@@ -414,6 +464,30 @@ def render(results: dict[str, Any], doc: Path) -> str:
                 f"{p[str(w)] * 1e3:.3f}" + (f" ({x[str(w)]:.2f}x)" if str(w) in x else "")
                 for w in s["workers_predicted"]
             )
+            + " |"
+        )
+    phases = [
+        ("standardise start -> standardise end", "standardise"),
+        ("standardise end -> train start", "plan and keys"),
+        ("encrypt start -> encrypt end", "encrypt"),
+        ("encrypt end -> train end", "chunks"),
+        ("after fit", "after fit"),
+    ]
+    pred += [
+        "",
+        "Where the client's memory peaked: the largest RSS sampled (every 0.25 s) in each "
+        "step of the fit, MiB (blank: shorter than a sample):",
+        "",
+        "| run | before fit | " + " | ".join(label for _, label in phases) + " |",
+        "|---|---|" + "---|" * len(phases),
+    ]
+    for r in results["runs"]:
+        if r["status"] != "ok" or "phase_peak_rss_mb" not in r:
+            continue
+        got = r["phase_peak_rss_mb"]
+        pred.append(
+            f"| {r['name']} | {r['rss_before_fit_mb']:,.0f} | "
+            + " | ".join(f"{got[k]:,.0f}" if k in got else "" for k, _ in phases)
             + " |"
         )
     verdict = ""
