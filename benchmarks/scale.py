@@ -18,8 +18,10 @@ estimator's 5), with ``batch_size`` 128 and 256 and ``n_jobs`` 1 and 2.
 **Measured per run, each fit in its own child process** (started with the
 data on disk, so that the child's memory is the client's: the training
 rows as a user holds them, the fit, nothing of the parent): peak resident
-memory from the kernel (``os.wait4``'s ``ru_maxrss`` for the child; its own
-``VmHWM`` agrees), the resident memory just before ``fit`` (Python,
+memory from the kernel (the child's ``VmHWM``, its high-water mark since
+exec, read as it ends; ``os.wait4``'s ``ru_maxrss`` is recorded too but is
+at least the parent's RSS at the fork, which Linux carries into it), the
+resident memory just before ``fit`` (Python,
 libraries and the data) and a timeline sampled every 0.25 s by a thread in
 the child; from ``report_``: seconds per sample-epoch (training only),
 encryption and training seconds, bytes uploaded and the data set's share,
@@ -193,8 +195,8 @@ def child(spec_path: str) -> int:
         )
         for w in WORKERS
     }
-    # The schedule's own speed-up for a full chunk, even where the evaluator
-    # would keep the chunk in process (the estimate above then uses 1).
+    # The best schedule's predicted speed-up for a full chunk (1 when that
+    # schedule runs it in process; the estimate above then uses 1 too).
     compiled = trainer.chunk_circuit(0, plan.k).compiled
     speedup = {
         str(w): plan_schedule(
@@ -284,8 +286,10 @@ def run_child(name: str, params: dict[str, Any], data: dict[str, np.ndarray], wo
         "rows": len(data["y_train"]),
         "features": int(data["X_train"].shape[1]),
         "status": "ok" if proc.returncode == 0 else f"exit {proc.returncode}",
-        # ru_maxrss is in KiB on Linux: the child's own peak, not its workers'.
-        "peak_rss_mb": usage.ru_maxrss / 1024,
+        # ru_maxrss (KiB on Linux) is not the child's alone: Linux carries the
+        # high-water mark of the forked copy of this process into it at exec,
+        # so it is at least this process's RSS at the fork. Kept for the record.
+        "ru_maxrss_mb": usage.ru_maxrss / 1024,
         "wall_seconds": time.perf_counter() - t0,
         "load_average": {"mean": float(np.mean(load)), "max": float(np.max(load))},
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -293,6 +297,10 @@ def run_child(name: str, params: dict[str, Any], data: dict[str, np.ndarray], wo
     result = Path(spec["result"])
     if proc.returncode == 0 and result.exists():
         row.update(json.loads(result.read_text()))
+        # The child's own high-water mark since exec (VmHWM, read as it ended).
+        row["peak_rss_mb"] = row["vm_hwm_mb"]
+    else:
+        row["peak_rss_mb"] = None
     for key in data:
         (run_dir / f"{key}.npy").unlink(missing_ok=True)
     return row
@@ -335,7 +343,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sklearn-he-scale-") as tmp:
         work = Path(tmp)
         X, y, X_test, y_test = synthetic(args.rows, args.features, args.test_rows, args.seed)
-        for n in args.rows:
+        for n in args.rows if "synthetic" in args.datasets else []:
             data = {"X_train": X[:n], "y_train": y[:n], "X_test": X_test, "y_test": y_test}
             params = {"max_iter": args.epochs, "random_state": 0, **extra}
             _progress(f"synthetic {n} x {args.features}: fit in a child process ...")
@@ -347,7 +355,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             _progress(_line(row))
         del X, y, X_test, y_test
         mnist = Path(args.mnist)
-        if not args.no_mnist and (mnist / "t10k-images-idx3-ubyte.gz").exists():
+        run_mnist = "mnist" in args.datasets and not args.no_mnist
+        if run_mnist and (mnist / "t10k-images-idx3-ubyte.gz").exists():
             from sklearn.model_selection import train_test_split
 
             from sklearn_he.datasets import load_mnist_3_vs_8
@@ -372,7 +381,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     row["sklearn"] = reference
                     results["runs"].append(row)
                     _progress(_line(row))
-        elif not args.no_mnist:
+        elif run_mnist:
             _progress(f"no MNIST files in {mnist}: skipped")
     return results
 
@@ -405,6 +414,11 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _yes_no(value: bool | None) -> str:
+    """yes / no, or n/a where the library did not report it (older versions)."""
+    return "n/a" if value is None else ("yes" if value else "no")
+
+
 def render(results: dict[str, Any], doc: Path) -> str:
     s = results["settings"]
     head = (
@@ -417,9 +431,10 @@ def render(results: dict[str, Any], doc: Path) -> str:
         f"{s['mnist_epochs']} epochs) with batch 128 and 256 on 1 and 2 workers"
         + (f"; further parameters {s['params']}" if s.get("params") else "")
         + ". Each fit "
-        "ran in its own child process: *peak RSS* is the kernel's figure for that process "
-        "(the client: its data, keys, encryption, the evaluation in process; not the "
-        "workers'), *before fit* its resident memory with the data loaded. The script's "
+        "ran in its own child process: *peak RSS* is the kernel's high-water mark of that "
+        "process (`VmHWM`: the client's data, keys, encryption and the evaluation in "
+        "process; not the workers'), *before fit* its resident memory with the data loaded. "
+        "The script's "
         "docstring says what is measured and how.\n\n"
     )
     lines = [
@@ -437,7 +452,7 @@ def render(results: dict[str, Any], doc: Path) -> str:
         lines.append(
             f"| {r['name']} | {r['rows']:,} | {r['seconds_per_sample_epoch'] * 1e3:.3f} "
             f"| {'' if ratio is None else f'{ratio:.3f}'} | {r['peak_rss_mb']:,.0f} "
-            f"| {r['rss_before_fit_mb']:,.0f} | {'yes' if r['data_on_disk'] else 'no'} "
+            f"| {r['rss_before_fit_mb']:,.0f} | {_yes_no(r.get('data_on_disk'))} "
             f"| {r['bytes_uploaded'] / 1e9:.2f} ({r['setup_bytes'] / 1e9:.2f}) "
             f"| {r['encrypt_seconds']:.1f} | {r['train_seconds']:.1f} | {r['accuracy']:.4f} "
             f"| {r['sklearn']['accuracy']:.4f} | {r['load_average']['mean']:.1f} |"
@@ -447,8 +462,9 @@ def render(results: dict[str, Any], doc: Path) -> str:
         "Predicted ms per sample-epoch (**estimates**, not measurements: the library's "
         "cost model with this machine's operation costs and the parallel schedule for W "
         "workers, which keeps a chunk in process when splitting it gains too little; W "
-        "above 2 is simulated). In brackets the schedule's own predicted speed-up of one "
-        "chunk circuit over W workers (transfers between local processes included):",
+        "above 2 is simulated). In brackets the predicted speed-up of the best schedule "
+        "`plan_schedule` finds for one chunk circuit on W workers, transfers between local "
+        "processes included (1.00x: its best schedule runs the chunk in process):",
         "",
         "| run | " + " | ".join(f"W={w}" for w in s["workers_predicted"]) + " |",
         "|---|" + "---|" * len(s["workers_predicted"]),
@@ -514,6 +530,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mnist-epochs", type=int, default=5)
     p.add_argument("--no-mnist", action="store_true")
     p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["synthetic", "mnist"],
+        choices=["synthetic", "mnist"],
+        help="run these; the other's runs are kept from --out when it exists",
+    )
+    p.add_argument(
         "--params",
         default=None,
         help="JSON of further estimator parameters for every fit (tests use small ones)",
@@ -530,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(out.read_text())
     else:
         results = measure(args)
+        if out.exists():  # keep the runs of the data sets not run now
+            before = json.loads(out.read_text())["runs"]
+            kept = [r for r in before if r["kind"] not in args.datasets]
+            results["runs"] = kept + results["runs"]
+            results["runs"].sort(key=lambda r: r["kind"] != "synthetic")
         results["summary"] = summarize(results)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1))
