@@ -21,6 +21,19 @@ from tests._scripts import load_benchmark
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "training.py"
 
 
+def _render_again(script, files, doc, page: str) -> None:
+    """``script --render-only`` rebuilds the same page from its results files alone."""
+    doc.unlink()
+    again = subprocess.run(
+        [sys.executable, str(script), "--render-only", *files],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr
+    assert doc.read_text() == page
+
+
 @pytest.fixture(scope="module")
 def training():
     return load_benchmark("training")
@@ -59,15 +72,7 @@ def test_training_benchmark_runs(tmp_path):
     assert "s per minibatch 1w / 2w" in page
     assert "python benchmarks/training.py --datasets breast_cancer" in page
 
-    doc.unlink()
-    again = subprocess.run(
-        [sys.executable, str(SCRIPT), "--render-only", *files],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert again.returncode == 0, again.stderr
-    assert doc.read_text() == page
+    _render_again(SCRIPT, files, doc, page)
 
 
 def _run(name, split, n_jobs=None, **extra):
@@ -362,12 +367,4 @@ def test_scale_benchmark_measures_each_fit_in_its_own_process(tmp_path):
     page = doc.read_text()
     assert "| synthetic 400 | 400 |" in page and "**estimates**" in page
     assert "Linear in n" in page
-    doc.unlink()
-    again = subprocess.run(
-        [sys.executable, str(SCALE), "--render-only", *files],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert again.returncode == 0, again.stderr
-    assert doc.read_text() == page
+    _render_again(SCALE, files, doc, page)
