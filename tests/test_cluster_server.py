@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_breast_cancer
+from sklearn.datasets import load_breast_cancer, make_classification
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sklearn_he import CKKSParameters, EncryptedLogisticRegression
@@ -49,6 +49,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Where the project is bound aside inside a worker's mount namespace, while
 #: the hidden folders get their tmpfs (only that namespace sees the mount).
 KEEP_ASIDE = "/run/sklearn-he-test-keep"
+
+
+#: Wide enough for two row blocks (a complex pair) in the small ring's tiles.
+WIDE = make_classification(64, 64, n_informative=10, random_state=0)
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +217,10 @@ def test_a_cluster_sharing_no_files_runs_every_chunk(data, in_process, tmp_path)
             # Once the fit ends, the keys are gone from the workers.
             held = client.run(_worker.cache_info)
             assert all(clf.report_.key_fingerprint not in str(c) for c in held.values())
+            # 65 columns in 64-row tiles: row blocks in complex pairs, whose chunks
+            # conjugate with a key the private workers build from the bundle alone.
+            wide_kw = {**KW, "batch_size": 32}
+            wide = EncryptedLogisticRegression(server=address, **wide_kw).fit(*WIDE)
         r = clf.report_
         cluster = r.extra["cluster"]
         # Every chunk's circuit ran on the private workers, none in this process.
@@ -241,6 +249,11 @@ def test_a_cluster_sharing_no_files_runs_every_chunk(data, in_process, tmp_path)
             assert sent[i] == state[i] == state[i - per_epoch], i
         assert sum(sent[:per_epoch]) - sum(state[:per_epoch]) == r.cluster_setup_bytes - keys
         assert r.link.startswith("measured")
+        w = wide.report_
+        assert w.paired and w.chunks_on_workers == w.round_trips and w.chunks_in_client == 0
+        ref = EncryptedLogisticRegression(**wide_kw).fit(*WIDE)
+        assert ref.report_.paired
+        np.testing.assert_allclose(wide.coef_, ref.coef_, atol=5e-3 * np.abs(ref.coef_).max())
         print(
             f"\ncluster: {r.chunks_on_workers}/{r.round_trips} chunks on workers, setup "
             f"{r.cluster_setup_bytes} B (keys {keys}), per chunk after epoch 1 {sent[-1]} B, "
