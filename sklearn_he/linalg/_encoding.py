@@ -443,8 +443,13 @@ class EncMatrix(Generic[T]):
 
     @property
     def n_row_blocks(self) -> int:
-        """Number of tile rows, ``ceil(n_rows / h)``."""
-        return _blocks(self.n_rows, self.shape.rows)
+        """Number of tile rows, ``ceil(n_rows / h)`` (see :meth:`_grid_rows`)."""
+        return self._grid_rows(_blocks(self.n_rows, self.shape.rows))
+
+    @classmethod
+    def _grid_rows(cls, row_blocks: int) -> int:
+        """Tile rows that hold ``row_blocks`` row blocks: one each (pairs in a subclass)."""
+        return row_blocks
 
     @property
     def n_col_blocks(self) -> int:
@@ -499,7 +504,7 @@ class EncMatrix(Generic[T]):
 
         For symbolic inputs, e.g. ``lambda rb, cb: tracer.input(f"Z[{rb},{cb}]")``.
         """
-        n_rb = _blocks(_positive_int(n_rows, "n_rows"), _check_shape(shape).rows)
+        n_rb = cls._grid_rows(_blocks(_positive_int(n_rows, "n_rows"), _check_shape(shape).rows))
         n_cb = _blocks(_positive_int(n_cols, "n_cols"), shape.cols)
         return cls(
             [[fn(rb, cb) for cb in range(n_cb)] for rb in range(n_rb)], shape, n_rows, n_cols
@@ -550,8 +555,13 @@ class _Vector(Generic[T]):
 
     @property
     def n_blocks(self) -> int:
-        """Number of blocks, ``ceil(length / block size)``."""
-        return _blocks(self.length, getattr(self.shape, self._axis))
+        """Number of blocks, ``ceil(length / block size)`` (see :meth:`_stored_blocks`)."""
+        return self._stored_blocks(_blocks(self.length, getattr(self.shape, self._axis)))
+
+    @classmethod
+    def _stored_blocks(cls, blocks: int) -> int:
+        """Slot vectors that hold ``blocks`` blocks: one each (pairs in a subclass)."""
+        return blocks
 
     def map(self, fn: Callable[[T], U]) -> Any:
         """The same vector with ``fn`` applied to every block."""
@@ -582,7 +592,7 @@ class _Vector(Generic[T]):
     def from_index(cls, shape: TileShape, length: int, fn: Callable[[int], T]) -> Any:
         """Build a vector from ``fn(block)`` per block, without data (e.g. tracer inputs)."""
         n = _blocks(_positive_int(length, "length"), getattr(_check_shape(shape), cls._axis))
-        return cls([fn(b) for b in range(n)], shape, length)
+        return cls([fn(b) for b in range(cls._stored_blocks(n))], shape, length)
 
     @classmethod
     def from_array(
@@ -667,7 +677,11 @@ def _post_init_vector(vec: RowVector[Any] | ColVector[Any], axis: str) -> None:
     object.__setattr__(vec, "length", _positive_int(vec.length, f"{kind}.length"))
     if isinstance(vec.blocks, (str, bytes)) or not isinstance(vec.blocks, Sequence):
         raise TypeError(f"{kind}.blocks must be a list; got {type(vec.blocks).__name__}")
-    _check_count(vec.blocks, _blocks(vec.length, block), f"a {kind} of length {vec.length}")
+    _check_count(
+        vec.blocks,
+        type(vec)._stored_blocks(_blocks(vec.length, block)),
+        f"a {kind} of length {vec.length}",
+    )
     object.__setattr__(vec, "blocks", list(vec.blocks))
 
 

@@ -42,7 +42,6 @@ from ._encoding import (
     _positive_int,
     _real_array,
     encode_col_vector,
-    encode_matrix,
 )
 
 __all__ = [
@@ -114,10 +113,10 @@ class PairedMatrix(EncMatrix[T]):
 
     paired: ClassVar[bool] = True
 
-    @property
-    def n_row_blocks(self) -> int:
-        """Number of tile rows: pairs of the real matrix's row blocks."""
-        return paired_blocks(self.n_real_row_blocks)
+    @classmethod
+    def _grid_rows(cls, row_blocks: int) -> int:
+        """Tile rows: pairs of the real matrix's row blocks."""
+        return paired_blocks(row_blocks)
 
     @property
     def n_real_row_blocks(self) -> int:
@@ -145,27 +144,6 @@ class PairedMatrix(EncMatrix[T]):
             n_cols,
         )
 
-    @classmethod
-    def from_index(
-        cls, shape: TileShape, n_rows: int, n_cols: int, fn: Callable[[int, int], T]
-    ) -> PairedMatrix[T]:
-        """Build from ``fn(p, cb)`` per pair of row blocks and column block (symbolic inputs)."""
-        n_rb = _blocks(_positive_int(n_rows, "n_rows"), _check_shape(shape).rows)
-        n_cb = _blocks(_positive_int(n_cols, "n_cols"), shape.cols)
-        return cls(
-            [[fn(p, cb) for cb in range(n_cb)] for p in range(paired_blocks(n_rb))],
-            shape,
-            n_rows,
-            n_cols,
-        )
-
-    @classmethod
-    def from_array(
-        cls, M: Any, shape: TileShape, fn: Callable[[np.ndarray], T] = _identity
-    ) -> PairedMatrix[T]:
-        M = _real_array(M, 2, "matrix")
-        return cls.from_encoded(encode_matrix(M, shape), shape, M.shape[0], M.shape[1], fn)
-
     def valid_masks(self) -> EncMatrix[np.ndarray]:
         raise TypeError(
             "a PairedMatrix has no 0/1 masks (its slots hold two entries each); "
@@ -189,37 +167,14 @@ class PairedMatrix(EncMatrix[T]):
         return full[: self.n_rows, : self.n_cols].copy()
 
 
-def _post_init_paired(vec: Any) -> None:
-    kind = type(vec).__name__
-    h = _check_shape(vec.shape).rows
-    object.__setattr__(vec, "length", _positive_int(vec.length, f"{kind}.length"))
-    if isinstance(vec.blocks, (str, bytes)) or not isinstance(vec.blocks, Sequence):
-        raise TypeError(f"{kind}.blocks must be a list; got {type(vec.blocks).__name__}")
-    _check_count(
-        vec.blocks, paired_blocks(_blocks(vec.length, h)), f"a {kind} of length {vec.length}"
-    )
-    object.__setattr__(vec, "blocks", list(vec.blocks))
-
-
 class _PairedRows:
-    """What paired vectors share: ``ceil(row blocks / 2)`` blocks, built per pair."""
+    """What paired vectors share: ``ceil(row blocks / 2)`` blocks, one per pair."""
 
     paired: ClassVar[bool] = True
-    length: int
-    shape: TileShape
-
-    def __post_init__(self) -> None:
-        _post_init_paired(self)
-
-    @property
-    def n_blocks(self) -> int:
-        return paired_blocks(_blocks(self.length, self.shape.rows))
 
     @classmethod
-    def from_index(cls, shape: TileShape, length: int, fn: Callable[[int], Any]) -> Any:
-        """Build from ``fn(p)`` per pair of row blocks, without data (e.g. tracer inputs)."""
-        n = paired_blocks(_blocks(_positive_int(length, "length"), _check_shape(shape).rows))
-        return cls([fn(p) for p in range(n)], shape, length)  # type: ignore[call-arg]
+    def _stored_blocks(cls, blocks: int) -> int:
+        return paired_blocks(blocks)
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,6 +17,8 @@ from typing import overload
 
 import numpy as np
 
+from ._planner import _n_batches
+
 __all__ = ["Minibatches"]
 
 
@@ -59,7 +61,7 @@ class Minibatches(Sequence[np.ndarray]):
         self.order = np.asarray(order)
         self.batch_size = int(batch_size)
         self.n_batches = (
-            -(-len(self.order) // self.batch_size) if n_batches is None else int(n_batches)
+            _n_batches(len(self.order), self.batch_size) if n_batches is None else int(n_batches)
         )
         self.weights = weights
 

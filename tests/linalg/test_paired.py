@@ -86,3 +86,21 @@ def test_mixing_paired_and_real_operands_is_refused():
         la.matvec(P, RowVector.from_array(np.ones(8), shape))
     assert is_paired(P) and not is_paired(EncMatrix.from_array(M, shape))
     assert not is_paired(RowSums.from_array(np.ones(8), shape))
+
+
+def test_paired_containers_refuse_masks_and_wrong_block_counts():
+    """Masks would mark two entries per slot: refused, naming the real container to use;
+    a paired vector or matrix with one slot vector per real block (not per pair) is refused."""
+    shape = TileShape(4, 8)
+    M = np.ones((12, 8))  # three row blocks: two pairs
+    with pytest.raises(TypeError, match="use the EncMatrix of the same size"):
+        PairedMatrix.from_array(M, shape).valid_masks()
+    with pytest.raises(TypeError, match="use the ColVector of the same length"):
+        PairedColVector.from_array(np.ones(12), shape).valid_masks()
+    with pytest.raises(TypeError, match="only for decoding"):
+        PairedRowSums.from_array(np.ones(12), shape).valid_masks()
+    real = ColVector.from_array(np.ones(12), shape).blocks
+    with pytest.raises(ValueError, match="has 3 entries; expected 2"):
+        PairedColVector(real, shape, 12)
+    with pytest.raises(ValueError, match="has 3 entries; expected 2"):
+        PairedMatrix(EncMatrix.from_array(M, shape).tiles, shape, 12, 8)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sklearn_he import CKKSParameters, EncryptedLogisticRegression
+from sklearn_he import CKKSParameters, EncryptedLogisticRegression, KeySet
 from sklearn_he.backend._serialization import Kind, pack, unpack
 from sklearn_he.protocol import Client, StateStore, keygen, load_public_keys, score, train
 from sklearn_he.protocol._files import read_json, write_json
@@ -51,6 +51,16 @@ def _ledger(keys: Path) -> list[dict]:
 def _bundle_steps(root: Path) -> set[int]:
     env = unpack((root / "keys" / "public.bundle").read_bytes(), expected_kind=Kind.PUBLIC_BUNDLE)
     return set(env.meta["rotation_steps"])
+
+
+def _train_to_the_end(root: Path) -> tuple[Client, KeySet, Path]:
+    """Train the copied run's chunks and refresh after each, up to the last trained state."""
+    client = Client(root / "client" / "keys", allow_insecure_for_testing=True)
+    public = load_public_keys(root / "server" / "public.bundle", allow_insecure_for_testing=True)
+    states = root / "client" / "states"
+    while not train(public, root / "client" / "dataset", states).finished:
+        client.refresh(states)
+    return client, public, states
 
 
 def _protocol(root: Path, X: np.ndarray, y: np.ndarray, options: dict) -> tuple:
@@ -136,11 +146,7 @@ def test_transposed_run_matches_fit_the_plaintext_backend_and_the_row_run(cancer
 def test_score_with_the_final_state_of_a_transposed_run(fresh_copy, cancer_small, capsys):
     """The final refresh writes the weights as row vectors: what score multiplies rows by."""
     root = fresh_copy
-    client = Client(root / "client" / "keys", allow_insecure_for_testing=True)
-    public = load_public_keys(root / "server" / "public.bundle", allow_insecure_for_testing=True)
-    states = root / "client" / "states"
-    while not train(public, root / "client" / "dataset", states).finished:
-        client.refresh(states)
+    client, public, states = _train_to_the_end(root)
     model = client.decrypt(states)
     final = client.refresh(states)  # for encrypted scoring
     assert final.name == "state-00002.fresh.skhe"
@@ -243,11 +249,7 @@ def test_a_transposed_plan_with_gram_blocks_is_refused_before_keys(cancer_small,
 def test_decrypt_after_an_interrupted_final_refresh(fresh_copy, monkeypatch):
     """The ledger entry of a refresh whose file was never written is not the model's base."""
     root = fresh_copy
-    client = Client(root / "client" / "keys", allow_insecure_for_testing=True)
-    public = load_public_keys(root / "server" / "public.bundle", allow_insecure_for_testing=True)
-    states = root / "client" / "states"
-    while not train(public, root / "client" / "dataset", states).finished:
-        client.refresh(states)
+    client, _, states = _train_to_the_end(root)
     before = client.decrypt(states)
 
     def crash(self, state, data):
