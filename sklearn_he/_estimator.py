@@ -125,6 +125,9 @@ class FitReport:
     cluster_bytes_per_chunk: list[int] = field(default_factory=list)
     #: With ``server``: of those, the model state's ciphertexts.
     cluster_state_bytes_per_chunk: list[int] = field(default_factory=list)
+    #: Data groups each minibatch's sample blocks were split into for the
+    #: workers (row-block data parallelism, as planned; 1: none).
+    data_groups: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -842,6 +845,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             tile_shape=(plan.shape.rows, plan.shape.cols),
             transposed=plan.transposed,
             paired=plan.paired,
+            data_groups=plan.groups,
             poly_modulus_degree=p.poly_modulus_degree,
             coeff_modulus_bits=tuple(p.coeff_modulus_bits),
             scale_bits=p.scale_bits,

@@ -26,7 +26,7 @@ from ._evaluators import (
     PlaintextEvaluator,
     PrecisionError,
 )
-from ._ir import Circuit, Node, Op
+from ._ir import JOIN, SHARED, Circuit, Node, Op, node_groups
 from ._parallel import ParallelCKKSEvaluator, WorkerStart, start_workers, temp_folder
 from ._params import select_parameters
 from ._schedule import MIN_PARALLEL_GAIN, Schedule, TransferCosts, plan_schedule
@@ -47,7 +47,9 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "JOIN",
     "MIN_PARALLEL_GAIN",
+    "SHARED",
     "AnalysisEvaluator",
     "CKKSEvaluator",
     "Circuit",
@@ -72,6 +74,7 @@ __all__ = [
     "WorkerStart",
     "analyze",
     "compile_circuit",
+    "node_groups",
     "op_profile",
     "plan_schedule",
     "select_parameters",

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._ir import Circuit, Node, Op
+from ._ir import Circuit, Node, Op, node_groups
 
 __all__ = ["CompiledCircuit", "compile_circuit"]
 
@@ -117,6 +117,7 @@ def _prune(circuit: Circuit) -> tuple[Circuit, dict[int, int]]:
         slots=circuit.slots,
         constants={},
         input_depths=dict(circuit.input_depths),
+        input_groups=dict(circuit.input_groups),
     )
     for n in circuit.nodes:
         if not live[n.id]:
@@ -140,11 +141,14 @@ def _fuse_products(circuit: Circuit) -> Circuit:
     ADD is its only consumer and it is not an output. An ADD that is not
     absorbed is the root of a sum tree; when the tree has at least two MUL
     leaves, the products become one DOT node and the tree's other leaves
-    are added to it, in their original order.
+    are added to it, in their original order. Products of different data
+    groups (:func:`~sklearn_he.circuit.node_groups`) go to different DOT
+    nodes, added after them.
     """
     nodes = circuit.nodes
     consumers = circuit.consumers()
     outputs = set(circuit.outputs.values())
+    groups = node_groups(circuit)
 
     def absorbed(nid: int) -> bool:
         n = nodes[nid]
@@ -178,7 +182,10 @@ def _fuse_products(circuit: Circuit) -> Circuit:
         return circuit
     skip = {m for pairs, _, inner in fused.values() for m in (*pairs, *inner)}
     out = Circuit(
-        slots=circuit.slots, constants=circuit.constants, input_depths=dict(circuit.input_depths)
+        slots=circuit.slots,
+        constants=circuit.constants,
+        input_depths=dict(circuit.input_depths),
+        input_groups=dict(circuit.input_groups),
     )
     new_id: dict[int, int] = {}
 
@@ -194,7 +201,20 @@ def _fuse_products(circuit: Circuit) -> Circuit:
             new_id[n.id] = emit(n.op, tuple(new_id[a] for a in n.args), n.attr)
             continue
         pairs, rest, _ = fused[n.id]
-        acc = emit(Op.DOT, tuple(new_id[a] for m in pairs for a in nodes[m].args))
+        # One DOT per data group (a lone product of a group stays a product):
+        # each group's partial sum can then be computed apart from the others.
+        by_group: dict[int, list[int]] = {}
+        for m in pairs:
+            by_group.setdefault(groups[m], []).append(m)
+        acc = None
+        for members in by_group.values():
+            if len(members) >= 2:
+                part = emit(Op.DOT, tuple(new_id[a] for m in members for a in nodes[m].args))
+            else:
+                (m,) = members
+                part = emit(Op.MUL, tuple(new_id[a] for a in nodes[m].args), nodes[m].attr)
+            acc = part if acc is None else emit(Op.ADD, tuple(sorted((acc, part))))
+        assert acc is not None
         for r in rest:
             acc = emit(Op.ADD, tuple(sorted((acc, new_id[r]))))
         new_id[n.id] = acc
@@ -256,7 +276,10 @@ def compile_circuit(
 
     # Rebuild with explicit mod-switches.
     out = Circuit(
-        slots=pruned.slots, constants=pruned.constants, input_depths=dict(pruned.input_depths)
+        slots=pruned.slots,
+        constants=pruned.constants,
+        input_depths=dict(pruned.input_depths),
+        input_groups=dict(pruned.input_groups),
     )
     new_id: dict[int, int] = {}
     new_depths: list[int] = []

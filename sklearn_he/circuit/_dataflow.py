@@ -76,6 +76,7 @@ def plan_dataflow(
     stored: float,
     penalty: float = 0.0,
     priority: Sequence[float] | None = None,
+    pin: Sequence[int | None] | None = None,
 ) -> DataflowPlan:
     """List-schedule ``graph`` on ``workers`` workers exchanging values directly.
 
@@ -83,7 +84,9 @@ def plan_dataflow(
     worker loads it), ``stored`` (a circuit input from the worker's store)
     and ``serialize`` (a returned value, into the pipe) are seconds per MB.
     Ready nodes are taken by decreasing ``priority`` (default: the bottom
-    level, critical path first).
+    level, critical path first). ``pin[n]``, where not None, is the only
+    worker node ``n`` may run on (a data group's worker, see
+    :meth:`~sklearn_he.circuit._schedule._Planner.partition`).
     """
     nodes, cost, mb = graph.nodes, graph.cost, graph.mb
     inputs = graph.inputs
@@ -127,7 +130,8 @@ def plan_dataflow(
         args = list(dict.fromkeys(nodes[n].args))
         best: tuple[tuple[float, int, int], float, list[tuple[int, float, float, str]]] | None
         best = None
-        for w in range(workers):
+        allowed = range(workers) if pin is None or pin[n] is None else (pin[n],)
+        for w in allowed:
             got = [(a, *fetch(w, a)) for a in args]
             start = max([free[w], *(t for _, t, _, _ in got)]) + sum(s for _, _, s, _ in got)
             # Earliest finish; ties: fewer values moved, then the lower worker.

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..backend import scalar_level_cost
 
-__all__ = ["Circuit", "Node", "Op"]
+__all__ = ["JOIN", "SHARED", "Circuit", "Node", "Op", "node_groups"]
 
 
 class Op(str, enum.Enum):
@@ -111,6 +111,16 @@ class Circuit:
     input_depths : dict
         Input name -> levels already consumed when the input arrives
         (0 for fresh ciphertexts).
+    input_groups : dict
+        Input name -> *data group*, for the inputs that belong to one: a
+        circuit whose work splits by the data it reads (a minibatch's
+        sample blocks, say) labels each block's inputs with a group, and
+        every node then belongs to the group of the labelled inputs it
+        depends on (:func:`node_groups`). The compiler never fuses products
+        of different groups into one ``DOT`` (so each group's partial sums
+        can be computed apart and joined by additions), and the scheduler
+        tries schedules that keep each group on one worker. Unlabelled
+        inputs (the model state every group reads) belong to none.
     """
 
     slots: int
@@ -119,6 +129,7 @@ class Circuit:
     outputs: dict[str, int] = field(default_factory=dict)
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     input_depths: dict[str, int] = field(default_factory=dict)
+    input_groups: dict[str, int] = field(default_factory=dict)
 
     def consumers(self) -> list[list[int]]:
         """For each node id, the ids of the nodes that use it."""
@@ -156,3 +167,32 @@ class Circuit:
 
 def remap_outputs(outputs: Mapping[str, int], mapping: Mapping[int, int]) -> dict[str, int]:
     return {name: mapping[nid] for name, nid in outputs.items()}
+
+
+#: :func:`node_groups` label of a node that depends on no labelled input.
+SHARED = -1
+#: :func:`node_groups` label of a node that joins values of several groups.
+JOIN = -2
+
+
+def node_groups(circuit: Circuit) -> list[int]:
+    """The data group of every node (see :attr:`Circuit.input_groups`).
+
+    A node that depends on labelled inputs of one group only belongs to
+    that group; one that depends on none is :data:`SHARED` (the state, its
+    mod-switches); one that depends on several groups is a :data:`JOIN`.
+    """
+    names = {nid: name for name, nid in circuit.inputs.items()}
+    label = [SHARED] * len(circuit.nodes)
+    for n in circuit.nodes:
+        if n.op is Op.INPUT:
+            label[n.id] = int(circuit.input_groups.get(names.get(n.id, ""), SHARED))
+            continue
+        seen = {label[a] for a in n.args} - {SHARED}
+        if not seen:
+            label[n.id] = SHARED
+        elif len(seen) == 1:
+            label[n.id] = seen.pop()
+        else:
+            label[n.id] = JOIN
+    return label

@@ -93,14 +93,14 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ._compiler import CompiledCircuit
 from ._cost import CostModel
 from ._dataflow import plan_dataflow
-from ._ir import Op
+from ._ir import SHARED, Op, node_groups
 
 __all__ = [
     "MIN_PARALLEL_GAIN",
@@ -355,6 +355,8 @@ class _Planner:
         #: Earliest start of each node with unlimited workers (its top level).
         self.earliest = [t - c for t, c in zip(top, self.cost, strict=True)]
         self.work = sum(self.cost)
+        #: Data group of every node (SHARED and JOIN below 0; see node_groups).
+        self.groups = node_groups(circuit)
 
     # ------------------------------------------------------------- greedy
     def _acquire(
@@ -472,7 +474,13 @@ class _Planner:
         return steps
 
     # ---------------------------------------------------------- dataflow
-    def dataflow(self, workers: int, penalty: float, lateness: float = 0.0) -> Schedule:
+    def dataflow(
+        self,
+        workers: int,
+        penalty: float,
+        lateness: float = 0.0,
+        pin: Sequence[int | None] | None = None,
+    ) -> Schedule:
         """One task per worker exchanging values directly (see ``_dataflow``).
 
         Ready nodes go by bottom level less ``lateness`` times their top
@@ -493,6 +501,7 @@ class _Planner:
             stored=tr.stored,
             penalty=penalty,
             priority=priority,
+            pin=pin,
         )
         tasks = []
         for w, order in enumerate(plan.orders):
@@ -533,6 +542,60 @@ class _Planner:
             - sum(1 for n in self.nodes if n.op is not Op.INPUT),
             mode="dataflow",
         )
+
+    # ------------------------------------------------------- data groups
+    def partition(self, workers: int) -> list[int | None] | None:
+        """The worker of every node of a data group (None: any), or None.
+
+        Groups (:func:`~sklearn_he.circuit.node_groups`) go to workers
+        largest first, each to the least loaded worker; None when the
+        circuit has fewer than two groups or there is one worker.
+        """
+        work: dict[int, float] = {}
+        for n, g in enumerate(self.groups):
+            if g >= 0:
+                work[g] = work.get(g, 0.0) + self.cost[n]
+        if len(work) < 2 or workers < 2:
+            return None
+        load = [0.0] * workers
+        owner: dict[int, int] = {}
+        for g in sorted(work, key=lambda g: (-work[g], g)):
+            w = min(range(workers), key=lambda i: (load[i], i))
+            owner[g] = w
+            load[w] += work[g]
+        return [owner[g] if g >= 0 else None for g in self.groups]
+
+    def partitioned(self, pin: Sequence[int | None]) -> list[list[list[int]]] | None:
+        """Supersteps of a data-parallel split: the groups, then what joins them.
+
+        Superstep 0 runs each worker's groups, with copies of the shared
+        values they read (the model state's mod-switches: cheap, and
+        recomputing them spares transfers); superstep 1 the joins (one
+        addition per output block and group) and whatever else is left.
+        None when a group reads a join (then it is not a split by data).
+        """
+        workers = 1 + max(w for w in pin if w is not None)
+        first: list[set[int]] = [set() for _ in range(workers)]
+        for n in self.nodes:
+            w = pin[n.id]
+            if w is None or n.op is Op.INPUT:
+                continue
+            first[w].add(n.id)
+            stack = list(n.args)
+            while stack:
+                a = stack.pop()
+                if a in self.inputs or a in first[w]:
+                    continue
+                if pin[a] is not None or self.groups[a] != SHARED:
+                    return None  # another worker's group, or a join
+                first[w].add(a)
+                stack.extend(self.nodes[a].args)
+        placed = set().union(*first)
+        rest = sorted(n.id for n in self.nodes if n.op is not Op.INPUT and n.id not in placed)
+        steps = [[sorted(f) for f in first if f]]
+        if rest:
+            steps.append([rest])
+        return steps
 
     # ---------------------------------------------------------- finishing
     def finish(self, steps: list[list[list[int]]], workers: int, close_at: int) -> Schedule:
@@ -721,6 +784,13 @@ def plan_schedule(
             if best is None or sched.predicted_seconds < best.predicted_seconds:
                 best = sched
     assert best is not None
+    # Row-block data parallelism: each data group on one worker, then the joins.
+    pin = planner.partition(n_workers)
+    steps = planner.partitioned(pin) if pin is not None else None
+    if steps is not None:
+        split = planner.finish(steps, n_workers, n_workers)
+        if split.predicted_seconds < best.predicted_seconds:
+            best = split
     if mode != "bsp" and n_workers > 1:
         penalties = (0.0, 0.5 * tr.task, tr.task, 2.5 * tr.task, 5 * tr.task)
         flows = [
@@ -728,6 +798,8 @@ def plan_schedule(
             for lateness in DATAFLOW_LATENESS
             for penalty in penalties
         ]
+        if pin is not None:
+            flows += [planner.dataflow(n_workers, penalty, pin=pin) for penalty in penalties]
         flow = min(flows, key=lambda f: f.predicted_seconds)
         if mode == "dataflow" or (
             flow.parallel and flow.predicted_seconds < best.predicted_seconds

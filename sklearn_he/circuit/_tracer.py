@@ -161,14 +161,24 @@ class Tracer:
         return key, self.circuit.constants[key]
 
     # ------------------------------------------------------ inputs/outputs
-    def input(self, name: str, *, depth: int = 0) -> Sym:
-        """Declare an encrypted input (``depth``: levels it has already consumed)."""
+    def input(self, name: str, *, depth: int = 0, group: int | None = None) -> Sym:
+        """Declare an encrypted input.
+
+        ``depth``: levels it has already consumed; ``group``: the data group
+        it belongs to (see :attr:`~sklearn_he.circuit.Circuit.input_groups`),
+        a non-negative integer, or None for none.
+        """
         if name in self.circuit.inputs:
             raise ValueError(f"input {name!r} declared twice")
+        bad = isinstance(group, bool) or not isinstance(group, int) or group < 0
+        if group is not None and bad:
+            raise ValueError(f"group of input {name!r} must be an int >= 0 or None; got {group!r}")
         sym = self._emit(Op.INPUT, (), name)
         self._depth[sym.id] = int(depth)
         self.circuit.inputs[name] = sym.id
         self.circuit.input_depths[name] = int(depth)
+        if group is not None:
+            self.circuit.input_groups[name] = int(group)
         return sym
 
     def output(self, name: str, value: Sym) -> None:

@@ -95,14 +95,15 @@ _PLAN_KEYS = {"shape": "tile_shape"}
 
 #: Plan fields written only when they differ from their default, so that
 #: plans without them are written as before (``weighted``: sample weights).
-_PLAN_OPTIONAL = ("weighted", "paired")
+_PLAN_OPTIONAL = ("weighted", "paired", "groups")
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
     """The public training plan as JSON-able data (every field of :class:`Plan`).
 
-    ``weighted`` and ``paired`` are written only when true: such a plan's
-    record is the same as before sample weights and pairing existed.
+    ``weighted`` and ``paired`` are written only when true, ``groups``
+    only when above 1: such a plan's record is the same as before sample
+    weights, pairing and data groups existed.
     """
     out = {}
     for f in dataclasses.fields(plan):
@@ -139,6 +140,9 @@ def plan_from_dict(d: Any, *, source: str = "manifest") -> Plan:
             value = d[key]
             if f.name == "shape":
                 value = TileShape(int(value[0]), int(value[1]))
+            elif f.name == "groups":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise TypeError(f"{key} must be an integer >= 1, not {value!r}")
             elif f.name in _PLAN_OPTIONAL and not isinstance(value, bool):
                 raise TypeError(f"{key} must be true or false, not {value!r}")
             elif f.name == "params":

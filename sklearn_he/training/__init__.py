@@ -9,6 +9,7 @@ from ._circuits import (
     can_transpose,
     client_momentum,
     data_matrix,
+    sample_blocks,
     state_io,
     state_vector,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "nag_reference",
     "pipeline",
     "plan_training",
+    "sample_blocks",
     "sigmoid_poly",
     "state_io",
     "state_names",

@@ -59,6 +59,7 @@ __all__ = [
     "data_matrix",
     "output_scales",
     "output_vector",
+    "sample_blocks",
     "state_blocks",
     "state_io",
     "state_vector",
@@ -90,6 +91,8 @@ class ChunkCircuit:
     #: Public factors the client applies to outputs after decrypting them
     #: (``dw`` of a chunk that leaves its row sums to the client); 1 when absent.
     output_scales: dict[str, float] = field(default_factory=dict)
+    #: Data groups the chunk's sample blocks are split into (``build_chunk(groups=)``).
+    groups: int = 1
 
     @property
     def depth(self) -> int:
@@ -176,6 +179,17 @@ def state_io(transposed: bool, n_steps: int) -> tuple[tuple[str, ...], tuple[str
 def batch_matrix(batch_size: int, n_features: int, transposed: bool) -> tuple[int, int]:
     """Rows and columns of the matrix a minibatch's tiles hold: ``Z`` (``m x f``) or ``Z^T``."""
     return (n_features, batch_size) if transposed else (batch_size, n_features)
+
+
+def sample_blocks(shape: TileShape, batch_size: int, transposed: bool) -> int:
+    """Blocks of a minibatch's samples: tile columns of ``Z^T``, or tile rows of ``Z``.
+
+    Each block's margins, sigmoid and gradient products read only its own
+    tiles (and the model state): the units of row-block data parallelism
+    (``build_chunk(groups=)``).
+    """
+    per_block = shape.cols if transposed else shape.rows
+    return max(1, -(-int(batch_size) // per_block))
 
 
 def state_blocks(shape: TileShape, n_features: int, transposed: bool, paired: bool = False) -> int:
@@ -279,6 +293,7 @@ def build_chunk(
     transposed: bool = False,
     weighted: bool = False,
     paired: bool = False,
+    groups: int = 1,
 ) -> ChunkCircuit:
     """Trace and compile ``len(steps)`` NAG steps (``steps[t] = (a_t, e_t[, d_t])``).
 
@@ -332,6 +347,16 @@ def build_chunk(
         the state ciphertexts each way and half the data; one conjugation
         (a key switch, no level) per column block. Only where
         :func:`can_pair`.
+    groups : int, default=1
+        Split a one-step chunk by samples (:func:`sample_blocks`) into this
+        many *data groups* for row-block data parallelism: the tiles of each
+        group's sample blocks are labelled with the group
+        (:attr:`~sklearn_he.circuit.Circuit.input_groups`), so each group's
+        margins, sigmoid and partial gradient are computed apart (no
+        product of one group is fused with another's) and one addition per
+        output block joins them; the scheduler keeps a group on one worker.
+        The same model as ``groups=1``; at most one more key switch per
+        output block and group.
     """
     if circuit not in CIRCUITS:
         raise ValueError(f"circuit must be one of {CIRCUITS}; got {circuit!r}")
@@ -354,15 +379,37 @@ def build_chunk(
     la = LinAlg(tracer, shape)
     m, f = batch_size, n_features
     rows_, cols_ = batch_matrix(m, f, transposed)
+    n_blocks = sample_blocks(shape, m, transposed)
+    groups = int(groups)
+    if groups != 1 and not (len(steps) == 1 and 1 <= groups <= n_blocks):
+        raise ValueError(
+            f"groups must be 1, or for a one-minibatch chunk at most its {n_blocks} sample "
+            f"block(s) (batch {m} in {shape.rows}x{shape.cols} tiles); got {groups} with "
+            f"{len(steps)} minibatch(es) per circuit"
+        )
+
+    def group(rb: int, cb: int) -> int | None:
+        if groups == 1:
+            return None
+        return (cb if transposed else rb) * groups // n_blocks
+
     matrix = data_matrix(paired)
     Z = [
-        matrix.from_index(shape, rows_, cols_, lambda rb, cb, t=t: tracer.input(z_name(t, rb, cb)))
+        matrix.from_index(
+            shape,
+            rows_,
+            cols_,
+            lambda rb, cb, t=t: tracer.input(z_name(t, rb, cb), group=group(rb, cb)),
+        )
         for t in range(len(steps))
     ]
     SZ = (
         [
             matrix.from_index(
-                shape, rows_, cols_, lambda rb, cb, t=t: tracer.input(sz_name(t, rb, cb))
+                shape,
+                rows_,
+                cols_,
+                lambda rb, cb, t=t: tracer.input(sz_name(t, rb, cb), group=group(rb, cb)),
             )
             for t in range(len(steps))
         ]
@@ -442,6 +489,7 @@ def build_chunk(
         weighted=bool(weighted),
         paired=bool(paired),
         output_scales=scales,
+        groups=groups,
     )
 
 

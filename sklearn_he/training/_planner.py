@@ -29,6 +29,7 @@ from ._circuits import (
     can_pair,
     can_transpose,
     check_transposable,
+    sample_blocks,
     state_blocks,
     state_io,
 )
@@ -80,6 +81,10 @@ class Plan:
     #: (``build_chunk(paired=True)``): half the ciphertexts of the data set
     #: and of every round trip, half the products; one conjugation per chunk.
     paired: bool = False
+    #: Data groups each minibatch's sample blocks are split into for
+    #: row-block data parallelism (``build_chunk(groups=)``): chosen for a
+    #: worker count; 1 for none. The same model for any value.
+    groups: int = 1
 
     @property
     def state_blocks(self) -> int:
@@ -120,6 +125,7 @@ class Plan:
             transposed=self.transposed,
             weighted=self.weighted,
             paired=self.paired,
+            groups=self.groups,
         )
 
 
@@ -147,6 +153,7 @@ def _chunk(
     fuse: bool | None = None,
     transposed: bool = False,
     paired: bool = False,
+    groups: int = 1,
 ) -> ChunkCircuit:
     steps = [(0.1, 0.1)] * k  # structure and depth do not depend on the constants
     return build_chunk(
@@ -161,6 +168,7 @@ def _chunk(
         fuse=fuse,
         transposed=transposed,
         paired=paired,
+        groups=groups,
     )
 
 
@@ -714,6 +722,7 @@ def _plan(
         *,
         serial: bool = False,
         pr: bool = False,
+        gr: int = 1,
     ) -> Plan | None:
         """The candidate costed (for one worker with ``serial``), or None if it does not fit."""
         if k == 1 and source != sources[0]:
@@ -731,6 +740,7 @@ def _plan(
             fuse=fuse,
             transposed=tr,
             paired=pr,
+            groups=gr,
         )
         budget = params.max_level if params is not None else ring_depth(n_ring)
         if chunk.depth > budget:
@@ -753,6 +763,7 @@ def _plan(
             fuse,
             tr,
             paired=pr,
+            groups=gr,
         )
         return plan if serial else with_workers(plan)
 
@@ -784,8 +795,16 @@ def _plan(
                 rows, cols = batch_matrix(m, n_features, tr)
                 for shape in candidate_shapes(cols, rows, n_ring // 2):
                     pairings = [False, True] if can_pair(tr, k1) else [False]
-                    for source, fuse, pr in itertools.product(sources, fusions, pairings):
-                        plan = evaluate(n_ring, shape, m, k1, source, fuse, tr, serial=True, pr=pr)
+                    # Row-block data parallelism: a group of sample blocks per worker.
+                    splits = [1]
+                    if n_jobs > 1 and k1 == 1 and sample_blocks(shape, m, tr) > 1:
+                        splits.append(min(n_jobs, sample_blocks(shape, m, tr)))
+                    for source, fuse, pr, gr in itertools.product(
+                        sources, fusions, pairings, splits
+                    ):
+                        plan = evaluate(
+                            n_ring, shape, m, k1, source, fuse, tr, serial=True, pr=pr, gr=gr
+                        )
                         if plan is not None:
                             ones.append(plan)
         # Schedules for workers in order of serial cost: the cheap candidates

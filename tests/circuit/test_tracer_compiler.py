@@ -249,3 +249,40 @@ def test_a_dot_node_needs_factor_pairs():
     c.inputs, c.outputs = {"x": 0}, {"y": 1}
     with pytest.raises(ValueError, match="factor pairs"):
         c.check()
+
+
+def test_data_groups_label_nodes_and_keep_dots_apart():
+    """Products of two data groups become one DOT per group, added after; labels follow."""
+    from sklearn_he.circuit import JOIN, SHARED, node_groups
+
+    t = Tracer(8)
+    v = t.input("v")  # the state both groups read: no group
+    a0, a1 = t.input("a0", group=0), t.input("a1", group=0)
+    b0, b1 = t.input("b0", group=1), t.input("b1", group=1)
+    sums = [t.add(t.multiply(x, v), t.multiply(y, v)) for x, y in ((a0, a1), (b0, b1))]
+    t.output("s", t.add(*sums))
+    t.output("p", t.add(t.multiply(a0, b0), t.multiply(a1, b1)))  # every product a join
+    compiled = compile_circuit(t.circuit)
+    assert compiled.circuit.input_groups == {"a0": 0, "a1": 0, "b0": 1, "b1": 1}
+    labels = node_groups(compiled.circuit)
+    dots = [n for n in compiled.nodes if n.op is Op.DOT]
+    assert sorted(labels[n.id] for n in dots) == [JOIN, 0, 1]
+    assert labels[compiled.circuit.inputs["v"]] == SHARED
+    assert labels[compiled.circuit.outputs["s"]] == JOIN
+    # Without labels the two groups' products make one DOT, as before.
+    for name in ("a0", "a1", "b0", "b1"):
+        del t.circuit.input_groups[name]
+    plain = compile_circuit(t.circuit)
+    assert sum(n.op is Op.DOT for n in plain.nodes) == 2
+    assert set(node_groups(plain.circuit)) == {SHARED}
+    rng = np.random.default_rng(0)
+    vals = {k: rng.uniform(-1, 1, 8) for k in ("v", "a0", "a1", "b0", "b1")}
+    got, want = (PlaintextEvaluator().run(c, vals) for c in (compiled, plain))
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-12)
+
+
+@pytest.mark.parametrize("group", [-1, 1.5, "0", True])
+def test_an_input_group_is_a_non_negative_int(group):
+    with pytest.raises(ValueError, match="group of input 'x'"):
+        Tracer(8).input("x", group=group)

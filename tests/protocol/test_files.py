@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -70,6 +71,14 @@ def test_plan_round_trip():
     assert isinstance(again, Plan) and again == plan
     with pytest.raises(FormatError, match="malformed training plan"):
         plan_from_dict({"circuit": "pipelined"})
+    # Data groups: written only above 1 (older readers see the plan as before).
+    assert "groups" not in plan_to_dict(plan)
+    grouped = dataclasses.replace(plan, groups=2)
+    record = json.loads(json.dumps(plan_to_dict(grouped)))
+    assert record["groups"] == 2 and plan_from_dict(record) == grouped
+    for bad in (0, True, 1.5):
+        with pytest.raises(FormatError, match="groups must be an integer"):
+            plan_from_dict({**record, "groups": bad})
 
 
 @pytest.mark.ckks

@@ -415,3 +415,72 @@ def test_paired_row_blocks_need_a_client_momentum_chunk(transposed, k):
             transposed=transposed,
             paired=True,
         )
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    transposed=st.booleans(),
+    paired=st.booleans(),
+    fuse=st.booleans(),
+    groups=st.sampled_from([2, 3]),
+    weighted=st.booleans(),
+)
+def test_data_groups_split_a_chunk_without_changing_its_model(
+    transposed, paired, fuse, groups, weighted
+):
+    """``groups``: each group's margins, sigmoid and partial gradient apart; same outputs."""
+    from sklearn_he.circuit import JOIN, node_groups
+    from sklearn_he.training import sample_blocks
+
+    paired = paired and transposed
+    shape, m, f = (TileShape(8, 16) if transposed else TileShape(16, 8)), 48, 20
+    assert sample_blocks(shape, m, transposed) == 3
+    kw = {
+        "coeffs": sigmoid_poly(3),
+        "circuit": "pipelined",
+        "shape": shape,
+        "batch_size": m,
+        "n_features": f,
+        "fuse": fuse,
+        "transposed": transposed,
+        "paired": paired,
+        "weighted": weighted,
+    }
+    one = build_chunk([(0.3, 0.2)], **kw)
+    split = build_chunk([(0.3, 0.2)], groups=groups, **kw)
+    assert split.groups == groups and split.depth == one.depth
+    labels = node_groups(split.compiled.circuit)
+    assert set(labels) - {JOIN, -1} == set(range(groups))
+    # A group's products never take another group's operands: every product is
+    # in a group. Transposed chunks leave their row sums to the client, so only
+    # additions join the groups; ``Z`` tiles sum their gradient down the rows
+    # once, after the join.
+    costly = ("mul", "dot", "conjugate", *(("rotate",) if transposed else ()))
+    for n in split.compiled.nodes:
+        if n.op.value in costly:
+            assert labels[n.id] >= 0, n
+    rng = np.random.default_rng(1)
+    ins = {name: rng.uniform(-1, 1, shape.slots) for name in one.compiled.circuit.inputs}
+    assert set(ins) == set(split.compiled.circuit.inputs)
+    got = PlaintextEvaluator().run(split.compiled, ins)
+    want = PlaintextEvaluator().run(one.compiled, ins)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("k", "groups", "match"),
+    [(2, 2, "2 minibatch"), (1, 4, "at most its 3 sample block"), (1, 0, "got 0")],
+)
+def test_data_groups_need_one_minibatch_and_enough_sample_blocks(k, groups, match):
+    with pytest.raises(ValueError, match=match):
+        build_chunk(
+            [(0.1, 0.5)] * k,
+            sigmoid_poly(3),
+            circuit="baseline",
+            shape=TileShape(8, 16),
+            batch_size=48,
+            n_features=20,
+            transposed=True,
+            groups=groups,
+        )
