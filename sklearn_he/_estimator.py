@@ -27,7 +27,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from tqdm import tqdm
 
 from .backend import CKKSParameters, KeySet
-from .circuit import CostModel, WorkerStart, start_workers
+from .circuit import CostModel, TransferCosts, WorkerStart, start_workers
 from .exceptions import SklearnHEError
 from .training import (
     Link,
@@ -829,6 +829,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 self._machine_costs(p),
                 n_jobs=self._n_workers(),
                 epochs=epochs,
+                transfer=self._transfer_costs(),
             )
         bundle = max(r.bundle_bytes for r in results)
         setup = bundle + sum(r.data_bytes for r in results)
@@ -1143,7 +1144,19 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
             machine_costs=self._machine_costs if self.backend == "ckks" else None,
             transposed=self.transpose_data,
             link=None if self._link().free else self._link(),
+            transfer=self._transfer_costs(),
         )
+
+    def _transfer_costs(self) -> TransferCosts | None:
+        """A cluster's costs of moving values between its workers (measured), else None.
+
+        A cluster moves values over its own transport (Dask's TCP), not the
+        local process pool's pipes and files: plans and estimates for it use
+        :meth:`~sklearn_he.circuit.DaskSession.transfer_costs`.
+        """
+        if self._session is None or self._session.n_workers < 2:
+            return None
+        return self._session.transfer_costs()
 
     def _validation_split(self, X: np.ndarray, y: np.ndarray, sw: np.ndarray | None) -> list[Any]:
         """Training and held-out rows for ``early_stopping`` (stratified, client side).

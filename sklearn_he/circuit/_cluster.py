@@ -43,6 +43,7 @@ given ``server=``.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pickle
 import socket
@@ -107,6 +108,10 @@ _GRACE_SECONDS = 2.0
 PROBE_BYTES = 2_000_000
 #: Round trips of the latency probe (the median is kept; one more warms up).
 PROBE_ROUND_TRIPS = 5
+#: Bytes moved from one worker to another to measure the cluster's transfer
+#: cost per MB (:meth:`DaskSession.transfer_costs`): about ten ciphertexts at
+#: N=16384, enough to rise above the milliseconds a task's round trip varies by.
+TRANSFER_PROBE_BYTES = 16_000_000
 #: A probe faster than this is reported as this (Mbit/s): loopback is not a link.
 PROBE_MAX_MBPS = 100_000.0
 #: Floor of ``timeout="auto"`` (seconds), as for the local evaluator.
@@ -192,6 +197,19 @@ def _random_bytes(n: int) -> bytes:
     return os.urandom(n)
 
 
+def _length(x: Any) -> int:
+    return len(x)
+
+
+def _median_seconds(call: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def _mbps(nbytes: int, seconds: float) -> float:
     wire = max(seconds, 8 * nbytes / (PROBE_MAX_MBPS * 1e6))
     return min(8 * nbytes / wire / 1e6, PROBE_MAX_MBPS)
@@ -274,6 +292,7 @@ class DaskSession:
         )
         self._plugins: dict[str, str] = {}  # fingerprint -> plugin name
         self._evaluators: list[ClusterCKKSEvaluator] = []
+        self._transfer: TransferCosts | None = None
         self.closed = False
 
     # ------------------------------------------------------------ connecting
@@ -457,6 +476,84 @@ class DaskSession:
             bytes=self.sent["probe"],
         )
 
+    def transfer_costs(self) -> TransferCosts:
+        """What moving values and running tasks costs on this cluster, for the scheduler.
+
+        Measured once per session through Dask itself (its TCP transport, its
+        scheduler), not taken from the local process pool's figures:
+
+        * ``superstep``: one round of one tiny task per worker, submitted and
+          awaited (the median of :data:`PROBE_ROUND_TRIPS` rounds);
+        * ``task``: what each further task of a round adds (rounds of four
+          tasks per worker against rounds of one);
+        * ``pipe``: seconds per MB for a value one worker made to reach a
+          task on another (:data:`TRANSFER_PROBE_BYTES` against one byte,
+          the best of three tries each), which is how values pass between the tasks of a
+          cluster run: worker to worker, never through the client;
+        * ``stored``: 0, resident inputs stay in the workers' memory;
+        * ``exchange``: infinite, the workers share no exchange directory
+          (no dataflow schedule is ever predicted to pay).
+
+        Serialising and loading ciphertexts (SEAL's, per MB) keep the
+        :class:`~sklearn_he.circuit.TransferCosts` defaults. With one worker
+        nothing moves between workers: ``pipe`` is then the client-to-worker
+        figure of a scattered payload.
+        """
+        if self._transfer is not None:
+            return self._transfer
+        c, wait = self.client, self.timeout
+        workers = self.workers()
+        n = len(workers)
+        rounds = PROBE_ROUND_TRIPS
+
+        def round_of(per_worker: int) -> None:
+            futs = [
+                c.submit(_echo, i, pure=False, workers=[workers[i % n]])
+                for i in range(per_worker * n)
+            ]
+            self._wait(futs, wait)
+
+        round_of(1)  # warm-up
+        one = _median_seconds(lambda: round_of(1), rounds)
+        four = _median_seconds(lambda: round_of(4), rounds)
+        task = max(0.0, (four - one) / (3 * n))
+
+        def hop(nbytes: int) -> float:
+            src, dst = workers[0], workers[-1]
+            made = c.submit(_random_bytes, nbytes, pure=False, workers=[src])
+            self._wait([made], wait)
+            t0 = time.perf_counter()
+            used = c.submit(_length, made, pure=False, workers=[dst])
+            self._wait([used], wait)
+            seconds = time.perf_counter() - t0
+            made.release()
+            used.release()
+            return seconds
+
+        if n > 1:
+            big = min(hop(TRANSFER_PROBE_BYTES) for _ in range(3))
+            per_mb = (big - min(hop(1) for _ in range(3))) / (TRANSFER_PROBE_BYTES / 1e6)
+        else:
+            payload = os.urandom(PROBE_BYTES)
+
+            def scatter(data: bytes) -> float:
+                t0 = time.perf_counter()
+                fut = c.scatter(data, hash=False)
+                self._wait([fut], wait)
+                self.sent["probe"] += len(data)
+                fut.release()
+                return time.perf_counter() - t0
+
+            per_mb = min(scatter(payload) - scatter(b"x") for _ in range(2)) / (PROBE_BYTES / 1e6)
+        self._transfer = TransferCosts(
+            pipe=max(0.0, per_mb),
+            stored=0.0,
+            exchange=math.inf,  # no exchange directory: no dataflow schedules
+            superstep=one,
+            task=task,
+        )
+        return self._transfer
+
     # ------------------------------------------------------------ evaluators
     def evaluator(
         self,
@@ -550,6 +647,8 @@ class ClusterCKKSEvaluator:
         self._local = ParallelCKKSEvaluator(
             keys, n_jobs=n_jobs, costs=costs, mode="bsp", check_levels=check_levels
         )
+        # Replaced by the cluster's measured costs before the first schedule.
+        self._default_transfer = self._local.transfer
         self._resident: weakref.WeakKeyDictionary[Ciphertext, dict[int, Any]] = (
             weakref.WeakKeyDictionary()
         )
@@ -564,7 +663,16 @@ class ClusterCKKSEvaluator:
 
     @property
     def transfer(self) -> TransferCosts:
+        """The costs of moving values the scheduler plans with (the cluster's, measured)."""
+        self._use_cluster_costs()
         return self._local.transfer
+
+    def _use_cluster_costs(self) -> None:
+        """Plan with the session's measured costs, unless someone set other ones."""
+        if self._local.transfer is self._default_transfer:
+            self._local.transfer = self.session.transfer_costs()
+            self._local._schedules.clear()
+            self._default_transfer = self._local.transfer
 
     def preload_keys(self) -> None:
         """Install the public keys on every worker now (once per session)."""
@@ -575,7 +683,12 @@ class ClusterCKKSEvaluator:
         return True
 
     def schedule(self, compiled: CompiledCircuit, n_workers: int | None = None) -> Schedule:
-        """The scheduler's plan for the cluster's worker count."""
+        """The scheduler's plan for the cluster's worker count and transfer costs.
+
+        The costs of moving values are this cluster's, measured once per
+        session (:meth:`DaskSession.transfer_costs`).
+        """
+        self._use_cluster_costs()
         workers = self.session.n_workers if n_workers is None else int(n_workers)
         return self._local.schedule(compiled, workers)
 

@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from ..backend import MAX_COEFF_MODULUS_BITS_128, CKKSParameters
-from ..circuit import MIN_PARALLEL_GAIN, CostModel, Op, plan_schedule, work_seconds
+from ..circuit import (
+    MIN_PARALLEL_GAIN,
+    CostModel,
+    Op,
+    TransferCosts,
+    plan_schedule,
+    work_seconds,
+)
 from ..linalg import TileShape
 from ._circuits import (
     ChunkCircuit,
@@ -173,7 +180,11 @@ def _chunk(
 
 
 def parallel_factor(
-    chunk: ChunkCircuit, params: CKKSParameters, n_jobs: int, costs: CostModel | None = None
+    chunk: ChunkCircuit,
+    params: CKKSParameters,
+    n_jobs: int,
+    costs: CostModel | None = None,
+    transfer: TransferCosts | None = None,
 ) -> float:
     """Predicted time with ``n_jobs`` workers over serial time, for one chunk circuit.
 
@@ -181,6 +192,9 @@ def parallel_factor(
     would use (:func:`~sklearn_he.circuit.plan_schedule`, transfers
     included); 1 when it would run in-process (predicted speed-up below
     :data:`~sklearn_he.circuit.MIN_PARALLEL_GAIN`) or ``n_jobs`` is 1.
+    ``transfer``: the workers' costs of moving values (default: the local
+    process pool's; a Dask cluster's from
+    :meth:`~sklearn_he.circuit.DaskSession.transfer_costs`).
     """
     if n_jobs <= 1:
         return 1.0
@@ -190,6 +204,7 @@ def parallel_factor(
         poly_modulus_degree=params.poly_modulus_degree,
         max_level=params.max_level,
         costs=costs,
+        transfer=transfer,
     )
     if not sched.parallel or sched.predicted_speedup < MIN_PARALLEL_GAIN:
         return 1.0  # the evaluator would run it in-process
@@ -202,6 +217,7 @@ def estimate_seconds_per_minibatch(
     costs: CostModel | None = None,
     n_jobs: int = 1,
     link: Link | None = None,
+    transfer: TransferCosts | None = None,
 ) -> float:
     """Estimated server time of one chunk, its client refresh and its round trip, per minibatch.
 
@@ -211,7 +227,7 @@ def estimate_seconds_per_minibatch(
     down (at the level the chunk leaves it) at the link's bandwidths
     (:func:`refresh_traffic`); without one it costs nothing (``"local"``).
     """
-    factor = parallel_factor(chunk, params, n_jobs, costs)
+    factor = parallel_factor(chunk, params, n_jobs, costs, transfer)
     costs = costs or CostModel.nominal()
     serial = work_seconds(chunk.compiled, params, costs)
     work = factor * serial
@@ -265,9 +281,11 @@ def estimate_seconds_per_sample(
     costs: CostModel | None = None,
     n_jobs: int = 1,
     link: Link | None = None,
+    transfer: TransferCosts | None = None,
 ) -> float:
     """:func:`estimate_seconds_per_minibatch` divided by the batch size."""
-    return estimate_seconds_per_minibatch(chunk, params, costs, n_jobs, link) / chunk.batch_size
+    per_minibatch = estimate_seconds_per_minibatch(chunk, params, costs, n_jobs, link, transfer)
+    return per_minibatch / chunk.batch_size
 
 
 def _chunk_cost(
@@ -278,9 +296,10 @@ def _chunk_cost(
     n_jobs: int,
     epochs: int,
     link: Link | None = None,
+    transfer: TransferCosts | None = None,
 ) -> float:
     """Seconds per sample-epoch of a plan running ``chunk``: circuit, refresh, link, Grams."""
-    cost = estimate_seconds_per_sample(chunk, params, costs, n_jobs, link)
+    cost = estimate_seconds_per_sample(chunk, params, costs, n_jobs, link, transfer)
     if chunk.grams:
         g = gram_block_costs(chunk.shape, chunk.batch_size, chunk.n_features, params, costs, link)
         per_chunk = len(chunk.grams) * g[f"{gram_source}_seconds"]
@@ -296,6 +315,7 @@ def estimate_plan_seconds_per_sample(
     n_jobs: int = 1,
     epochs: int = 1,
     link: Link | None = None,
+    transfer: TransferCosts | None = None,
 ) -> float:
     """Estimated seconds per sample-epoch of ``plan`` under ``costs``.
 
@@ -304,7 +324,8 @@ def estimate_plan_seconds_per_sample(
     it is the estimate for *this* machine (ops, refresh and the parallel
     schedule's prediction for ``n_jobs`` workers all measured here). With a
     ``link``, each round trip's latency and bytes are added (end-to-end
-    time); without one the network costs nothing.
+    time); without one the network costs nothing. ``transfer``: the
+    workers' costs of moving values (see :func:`parallel_factor`).
     """
     if plan.params is None:
         raise ValueError("the plan has no CKKS parameters to estimate with")
@@ -320,8 +341,11 @@ def estimate_plan_seconds_per_sample(
         fuse=plan.fuse,
         transposed=plan.transposed,
         paired=plan.paired,
+        groups=plan.groups,
     )
-    return _chunk_cost(chunk, plan.params, plan.gram_source, costs, max(1, n_jobs), epochs, link)
+    return _chunk_cost(
+        chunk, plan.params, plan.gram_source, costs, max(1, n_jobs), epochs, link, transfer
+    )
 
 
 #: Client upload bandwidth assumed when weighing client-computed Gram blocks
@@ -471,6 +495,7 @@ def plan_training(
     machine_costs: Callable[[CKKSParameters], CostModel] | None = None,
     transposed: bool | str = "auto",
     link: Link | None = None,
+    transfer: TransferCosts | None = None,
 ) -> Plan:
     """Choose ring, tile shape, batch size, ``k``, Gram source (and CKKS parameters).
 
@@ -561,6 +586,7 @@ def plan_training(
         max(1, int(n_jobs)),
         transposed,
         link,
+        transfer,
     )
     # The same question with some answers fixed (and other costs or workers).
     again = functools.partial(
@@ -575,6 +601,7 @@ def plan_training(
         layout=layout,
         transposed=transposed,
         link=link,
+        transfer=transfer,
     )
     if n_jobs > 1 and machine_costs is not None:
         # Ring, chain and batch size as for one worker, the split for n_jobs
@@ -586,7 +613,7 @@ def plan_training(
         mine = machine_costs(params)
         split = again(batch_size=batch_size, params=params, costs=mine, n_jobs=n_jobs)
         kept = again(batch_size=batch_size, params=params, costs=mine)
-        return _prefer_unsplit(split, kept, coeffs, mine, n_jobs, epochs, link)
+        return _prefer_unsplit(split, kept, coeffs, mine, n_jobs, epochs, link, transfer)
     if n_jobs > 1:
         if batch_size == "auto":
             # The minibatch size changes the model; the worker count must not. Fix
@@ -595,7 +622,7 @@ def plan_training(
             args = (*args[:4], batch_size, *args[5:])
         split = _plan_nominal(*args) if costs is None else _plan_costed(args, costs)
         kept = again(batch_size=batch_size, params=params, costs=costs)
-        return _prefer_unsplit(split, kept, coeffs, costs, n_jobs, epochs, link)
+        return _prefer_unsplit(split, kept, coeffs, costs, n_jobs, epochs, link, transfer)
     # The same question under the same costs always has the same answer (cached).
     return _plan_nominal(*args) if costs is None else _plan_costed(args, costs)
 
@@ -619,12 +646,13 @@ def _prefer_unsplit(
     n_jobs: int,
     epochs: int,
     link: Link | None = None,
+    transfer: TransferCosts | None = None,
 ) -> Plan:
     """``split`` unless the one-worker plan ``kept`` is within :data:`MIN_SPLIT_GAIN` of it."""
     if _same_circuit(split, kept):
         return split
     t_kept = estimate_plan_seconds_per_sample(
-        kept, coeffs, costs, n_jobs=n_jobs, epochs=epochs, link=link
+        kept, coeffs, costs, n_jobs=n_jobs, epochs=epochs, link=link, transfer=transfer
     )
     if split.estimated_seconds_per_sample * MIN_SPLIT_GAIN <= t_kept:
         return split
@@ -683,6 +711,7 @@ def _plan(
     n_jobs: int,
     transposed: bool | str,
     link: Link | None,
+    transfer: TransferCosts | None,
     costs: CostModel | None,
 ) -> Plan:
     rings = [params.poly_modulus_degree] if params is not None else [16384, 32768]
@@ -777,7 +806,7 @@ def _plan(
         # that could still win.
         if best is None or cost / n_jobs < best[0]:
             cost = estimate_plan_seconds_per_sample(
-                plan, coeffs, costs, n_jobs=n_jobs, epochs=epochs, link=link
+                plan, coeffs, costs, n_jobs=n_jobs, epochs=epochs, link=link, transfer=transfer
             )
         else:
             cost /= n_jobs  # a lower bound: never chosen, only ranked

@@ -299,6 +299,22 @@ def test_the_link_is_measured_through_the_client(session):
     assert probe.bytes == session.sent["probe"] > 2_000_000
 
 
+def test_the_transfer_costs_are_measured_through_dask_once(session, keys, circuits):
+    """Values move worker to worker over Dask's TCP: the scheduler plans with those costs."""
+    import math
+
+    costs = session.transfer_costs()
+    assert costs is session.transfer_costs()  # once per session
+    assert 0 < costs.superstep < 5 and 0 <= costs.task < 1
+    assert 0 < costs.pipe < 1  # seconds per MB, worker to worker
+    assert costs.stored == 0 and math.isinf(costs.exchange)
+    ev = ClusterCKKSEvaluator(keys, session)
+    sched = ev.schedule(circuits["paired"], 2)
+    assert ev.transfer is costs and sched.mode == "bsp"
+    # Costs a caller set stay (the tests above split tiny circuits with FREE ones).
+    assert split(ClusterCKKSEvaluator(keys, session)).transfer is FREE
+
+
 # ----------------------------------------------------------- bad servers
 def _free_port() -> int:
     with socket.socket() as s:
