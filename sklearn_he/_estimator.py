@@ -1259,6 +1259,10 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         if session is None:
             return {}
         probe = self._measured[1] if self._measured is not None else None
+        retried, offset = [], 0  # chunk: the position in cluster_bytes_per_chunk
+        for r in results:
+            retried += [{**d, "chunk": d["chunk"] + offset} for d in r.chunk_retries]
+            offset += len(r.chunk_where)
         return {
             "cluster": {
                 "scheduler": session.address,
@@ -1267,6 +1271,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 "sent_bytes": dict(session.sent),
                 "circuit_bytes_per_chunk": [d["circuit"] for r in results for d in r.chunk_sent],
                 "link_probe": dataclasses.asdict(probe) if probe is not None else None,
+                "retried_chunks": retried,
             }
         }
 

@@ -7,6 +7,10 @@ under ``/work``, stays visible), fits against the scheduler's address, and
 checks that every chunk ran on those workers, that the weights are the
 in-process fit's up to CKKS noise, and that after the first epoch only
 model-state ciphertexts travel. Everything listens on 127.0.0.1.
+
+The tests at the end kill a worker with ``kill -9`` while it runs a chunk
+(``tests/_killing.py``): the chunk runs again and the model is right, or,
+with no worker left, the fit fails clearly and the next one works.
 """
 
 from __future__ import annotations
@@ -149,6 +153,45 @@ def _need_private_mounts(hide: list[str], marker: str) -> None:
         )
 
 
+def _launch(
+    commands: list[list[str]],
+    tmp_path: Path,
+    port: int,
+    procs: list[subprocess.Popen],
+    logs: list,
+    *,
+    wrap=lambda command: command,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Start ``commands`` (each in a new session, its output in a log under ``tmp_path``),
+    appended to ``procs`` and ``logs`` as they start (the caller stops them), and wait
+    (bounded) until the scheduler's ``port`` opens. Fails, with its log, if one ends."""
+    first = len(procs)
+    for command in commands:
+        log = open(tmp_path / f"process-{len(procs)}.log", "wb")  # noqa: SIM115 - caller closes
+        logs.append(log)
+        procs.append(
+            subprocess.Popen(
+                wrap(command),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
+        )
+    deadline = time.monotonic() + START_SECONDS
+    for _ in range(int(START_SECONDS / POLL)):  # the scheduler's port opens
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs[first:]):
+            break
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(POLL)
+    dead = [i for i, p in enumerate(procs) if i >= first and p.poll() is not None]
+    assert not dead, (tmp_path / f"process-{dead[0]}.log").read_text() if dead else ""
+
+
 def _stop(procs: list[subprocess.Popen]) -> None:
     """End each process the test started, by its pid: SIGTERM, then SIGKILL (bounded waits)."""
     for p in procs:
@@ -184,28 +227,7 @@ def test_a_cluster_sharing_no_files_runs_every_chunk(data, in_process, tmp_path)
             [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
             *([*worker, "--no-nanny", "--no-dashboard", "--name", f"private-{i}"] for i in (0, 1)),
         ]
-        for i, command in enumerate(commands):
-            log = open(tmp_path / f"process-{i}.log", "wb")  # noqa: SIM115 - closed below
-            logs.append(log)
-            procs.append(
-                subprocess.Popen(
-                    _private(command, hide),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-        deadline = time.monotonic() + START_SECONDS
-        for _ in range(int(START_SECONDS / POLL)):  # the scheduler's port opens
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                break
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(POLL)
-        dead = [i for i, p in enumerate(procs) if p.poll() is not None]
-        assert not dead, (tmp_path / f"process-{dead[0]}.log").read_text() if dead else ""
+        _launch(commands, tmp_path, port, procs, logs, wrap=lambda c: _private(c, hide))
         with distributed.Client(address, timeout=START_SECONDS, set_as_default=False) as client:
             client.wait_for_workers(2, timeout=START_SECONDS)
             pids = set(client.run(os.getpid).values())
@@ -328,3 +350,166 @@ def test_an_unreachable_scheduler_is_a_clear_error_in_bounded_time(data, monkeyp
     with pytest.raises(ClusterConnectionError, match="could not connect to the Dask scheduler"):
         clf.fit(*data)
     assert time.perf_counter() - t0 < 30
+
+
+# ------------------------------------------------------------- dying workers
+class _Cluster:
+    """A scheduler and ``--no-nanny`` workers in processes of their own (127.0.0.1).
+
+    The workers import the tests' task functions (``PYTHONPATH``: the
+    project's root). :meth:`add_worker` starts one more; leaving the
+    ``with`` block stops every process started, by its pid.
+    """
+
+    def __init__(self, tmp_path: Path, n_workers: int) -> None:
+        self.tmp_path = tmp_path
+        self.n_workers = n_workers
+        self.port = _free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list = []
+        path = os.environ.get("PYTHONPATH")
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), path]))}
+        self.dask = os.path.join(os.path.dirname(sys.executable), "dask")
+
+    def _worker(self) -> list[str]:
+        name = f"w{len(self.procs) - 1}"  # the scheduler is process 0
+        worker = [self.dask, "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1"]
+        return [*worker, "--no-nanny", "--no-dashboard", "--name", name]
+
+    def add_worker(self) -> None:
+        _launch([self._worker()], self.tmp_path, self.port, self.procs, self.logs, env=self.env)
+
+    def __enter__(self) -> _Cluster:
+        try:
+            scheduler = [self.dask, "scheduler", "--host", "127.0.0.1", "--port", str(self.port)]
+            _launch(
+                [[*scheduler, "--no-dashboard"]],
+                self.tmp_path,
+                self.port,
+                self.procs,
+                self.logs,
+                env=self.env,
+            )
+            for _ in range(self.n_workers):
+                self.add_worker()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _stop(self.procs)
+        for log in self.logs:
+            log.close()
+
+
+@pytest.fixture
+def killing(tmp_path, in_process, monkeypatch):
+    """Chunk tasks that stop, on a chunk of the second epoch, until the test kills their worker
+    (the data set is resident by then); returns that chunk's number (1-based)."""
+    from sklearn_he.circuit._cluster import ClusterCKKSEvaluator
+
+    from ._killing import task_function
+
+    at = in_process.report_.round_trips // KW["max_iter"] + 2
+    monkeypatch.setattr(
+        ClusterCKKSEvaluator, "_task_function", staticmethod(task_function(tmp_path, at))
+    )
+    return at
+
+
+@pytest.mark.ckks
+@pytest.mark.slow
+def test_a_worker_killed_mid_chunk_is_retried_and_the_model_is_right(
+    data, in_process, killing, tmp_path
+):
+    """kill -9 of the worker running a chunk (no nanny: it stays dead) in the second epoch:
+    the chunk runs again on the other worker, with the data it took away sent again, and
+    the fit ends with the in-process model."""
+    from ._killing import Killer
+
+    with (
+        _Cluster(tmp_path, 2) as cluster,
+        distributed.Client(cluster.address, timeout=START_SECONDS, set_as_default=False) as client,
+    ):
+        client.wait_for_workers(2, timeout=START_SECONDS)
+        workers = {pid: address for address, pid in client.run(os.getpid).items()}
+        assert set(workers) == {p.pid for p in cluster.procs[1:]}  # the processes started here
+        clf = EncryptedLogisticRegression(server=cluster.address, link="local", **KW)
+        with (
+            Killer(tmp_path, lambda: workers) as killer,
+            pytest.warns(RuntimeWarning, match="died while running task 0"),
+        ):
+            clf.fit(*data)
+        ended = time.monotonic()
+        pid = killer.check()
+        assert set(client.run(os.getpid).values()) == set(workers) - {pid}
+    assert ended - killer.killed_at < 60
+    r, ref = clf.report_, in_process.report_
+    assert r.round_trips == ref.round_trips and r.chunks_on_workers == r.round_trips
+    (retry,) = r.extra["cluster"]["retried_chunks"]
+    assert retry["chunk"] == killing - 1 and retry["tasks"] == [0]
+    assert retry["workers"] == [workers[pid]] and retry["pids"] == [pid]
+    assert retry["lost_inputs"] >= 1
+    # That chunk sent its state and the data its worker took away; the next one its state.
+    sent, state = r.cluster_bytes_per_chunk, r.cluster_state_bytes_per_chunk
+    assert sent[killing - 1] > state[killing - 1] and sent[killing] >= state[killing]
+    scale = np.abs(in_process.coef_).max()
+    np.testing.assert_allclose(clf.coef_, in_process.coef_, atol=5e-3 * scale)
+    np.testing.assert_allclose(clf.intercept_, in_process.intercept_, atol=5e-3 * scale)
+    print(
+        f"\nkilled pid {pid} in chunk {killing}: fit ended {ended - killer.killed_at:.1f} s later"
+    )
+
+
+@pytest.mark.ckks
+@pytest.mark.slow
+def test_the_last_worker_killed_mid_chunk_is_a_clear_error_and_a_new_fit_works(
+    data, in_process, killing, tmp_path, monkeypatch
+):
+    """The only worker killed (no nanny to start it again): the fit waits for a worker as long
+    as it waits to connect, then names the chunk, the worker and the way out; the same
+    estimator fits once a worker is back."""
+    import sklearn_he.circuit._cluster as cluster_module
+    from sklearn_he.exceptions import ParallelEvaluationError
+
+    from ._killing import Killer
+
+    monkeypatch.setattr(cluster_module, "CONNECT_SECONDS", 5.0)
+    chunks = in_process.report_.round_trips
+    with (
+        _Cluster(tmp_path, 1) as cluster,
+        distributed.Client(cluster.address, timeout=START_SECONDS, set_as_default=False) as client,
+    ):
+        client.wait_for_workers(1, timeout=START_SECONDS)
+        workers = {pid: address for address, pid in client.run(os.getpid).items()}
+        clf = EncryptedLogisticRegression(server=cluster.address, link="local", **KW)
+        with (
+            Killer(tmp_path, lambda: workers) as killer,
+            pytest.raises(ParallelEvaluationError) as info,
+        ):
+            clf.fit(*data)
+        failed = time.monotonic()
+        pid = killer.check()
+        assert failed - killer.killed_at < 60  # the 5 s wait for a worker, on a loaded machine
+        message = str(info.value)
+        assert message.startswith(f"chunk {killing} of {chunks} (epoch 2, minibatches ")
+        assert (
+            f"the Dask worker {workers[pid]} (name 'w0', pid {pid}) died while running task 0 "
+            "(superstep 0, worker, " in message
+        )
+        assert f"no worker was left to run it again (waited 5 s for one at {cluster.address})" in (
+            message
+        )
+        assert "Restart the worker or start another" in message
+        assert "--memory-limit" in message
+        # A worker again: the same estimator fits (the tasks no longer stop).
+        cluster.add_worker()
+        client.wait_for_workers(1, timeout=START_SECONDS)
+        clf.fit(*data)
+    r = clf.report_
+    assert r.chunks_on_workers == r.round_trips == chunks
+    assert r.extra["cluster"]["retried_chunks"] == []
+    scale = np.abs(in_process.coef_).max()
+    np.testing.assert_allclose(clf.coef_, in_process.coef_, atol=5e-3 * scale)

@@ -36,6 +36,21 @@ Every byte the client sends is counted where it is sent, from the lengths
 of the serialised key bundle and ciphertexts (:attr:`DaskSession.sent`),
 and every task reports the process and Dask worker it ran in.
 
+**A worker that dies** (killed, crashed, out of memory) takes the scattered
+inputs it alone held with it: Dask cannot recompute data it was given, so
+it cancels every task that reads them. The evaluator finds the worker in
+the scheduler's ``remove-worker`` events, forgets the lost inputs, waits
+(bounded) until the cluster has a worker, and runs the circuit again,
+sending the lost inputs once more (:data:`RETRIES` times at most; each run
+is deterministic, so the outputs are those of an undisturbed run, bit for
+bit). The keys need nothing: the scheduler hands the :class:`KeysPlugin`
+to every worker that joins, restarted ones included, before they run a
+task. More deaths than that, or no worker left, end the run with a
+:class:`~sklearn_he.exceptions.ParallelEvaluationError` that names the
+worker and the tasks and says what to do. (A task whose inputs all
+survive elsewhere Dask runs again by itself; after a few deaths it gives
+up with its ``KilledWorker``, reported the same way.)
+
 This module imports ``distributed`` and is imported only when a fit is
 given ``server=``.
 """
@@ -51,9 +66,11 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import CancelledError
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -93,6 +110,7 @@ except ImportError as exc:  # pragma: no cover - the test environment has it
 
 __all__ = [
     "CONNECT_SECONDS",
+    "RETRIES",
     "ClusterCKKSEvaluator",
     "DaskSession",
     "KeysPlugin",
@@ -116,6 +134,16 @@ TRANSFER_PROBE_BYTES = 16_000_000
 PROBE_MAX_MBPS = 100_000.0
 #: Floor of ``timeout="auto"`` (seconds), as for the local evaluator.
 _AUTO_TIMEOUT = 120.0
+#: Times a run is started again after workers died under it (default of
+#: :class:`ClusterCKKSEvaluator`'s ``retries``).
+RETRIES = 2
+#: What to do when workers die, the end of every such error message.
+_ADVICE = (
+    "Restart the worker or start another (`dask worker <scheduler address>`; with its "
+    "default nanny a killed worker restarts by itself) and fit again. If workers die "
+    "whenever they run this circuit they may be running out of memory: give them more "
+    "(`dask worker --memory-limit`) or use a smaller batch_size"
+)
 
 
 # ------------------------------------------------------------------ the keys
@@ -280,7 +308,10 @@ class DaskSession:
         bundles), ``"resident"`` (inputs scattered once: the encrypted data
         set), ``"transient"`` (inputs sent for one run: the model state),
         ``"circuit"`` (the tasks' pickled descriptions: nodes and public
-        plaintext constants) and ``"probe"`` (:meth:`measure_link`).
+        plaintext constants) and ``"probe"`` (:meth:`measure_link`). Inputs
+        sent again after a worker died with them count again.
+    pids : dict
+        Process id of each worker, by address, as its tasks reported it.
     """
 
     def __init__(self, client: Any, *, owns_client: bool, timeout: float = CONNECT_SECONDS):
@@ -293,6 +324,8 @@ class DaskSession:
         self._plugins: dict[str, str] = {}  # fingerprint -> plugin name
         self._evaluators: list[ClusterCKKSEvaluator] = []
         self._transfer: TransferCosts | None = None
+        #: Process id of each worker (by address) as its tasks reported it.
+        self.pids: dict[str, int] = {}
         self.closed = False
 
     # ------------------------------------------------------------ connecting
@@ -387,12 +420,50 @@ class DaskSession:
 
     def workers(self) -> list[str]:
         """Addresses of the cluster's workers now."""
-        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+        return sorted(self.worker_info())
+
+    def worker_info(self) -> dict[str, dict[str, Any]]:
+        """The scheduler's description of each worker now (name, host, ...), by address."""
+        return dict(self.client.scheduler_info(n_workers=-1)["workers"])
 
     @property
     def n_workers(self) -> int:
         """Worker processes (a SEAL call holds the GIL: threads of one process do not add up)."""
         return max(1, len(self.workers()))
+
+    def removed_workers(self) -> list[dict[str, Any]]:
+        """The scheduler's ``remove-worker`` events (oldest first; [] if it does not answer).
+
+        Each names the worker's address and the keys it took away: the
+        tasks it was running (``processing-tasks``), results Dask will
+        compute again (``lost-computed-tasks``) and scattered data nobody
+        else held (``lost-scattered-tasks``).
+        """
+        try:
+            events = _within(
+                self.timeout,
+                lambda: self.client.get_events("all"),
+                "the scheduler did not answer",
+            )
+        except Exception:
+            return []
+        return [
+            msg
+            for _, msg in events
+            if isinstance(msg, dict) and msg.get("action") == "remove-worker"
+        ]
+
+    def wait_for_a_worker(self, seconds: float) -> bool:
+        """Whether the cluster has a worker within ``seconds`` (a restarted one, say)."""
+        try:
+            _within(
+                seconds + _GRACE_SECONDS,
+                lambda: self.client.wait_for_workers(1, timeout=seconds),
+                "the scheduler did not answer",
+            )
+        except Exception:
+            return False
+        return True
 
     def __enter__(self) -> DaskSession:
         return self
@@ -595,6 +666,38 @@ class DaskSession:
 
 
 # ------------------------------------------------------------- the evaluator
+@dataclass
+class _Attempt:
+    """One submission of a run's tasks to the cluster (a run is tried again if a worker dies)."""
+
+    run_id: str
+    tasks: list[Task]
+    sched: Schedule
+    #: The workers when the attempt started (address -> the scheduler's description).
+    workers: dict[str, dict[str, Any]]
+    futures: dict[int, Any] = field(default_factory=dict)
+    results_f: dict[int, Any] = field(default_factory=dict)
+    #: Resident inputs read (node -> (the ciphertext they came from, its level, future)).
+    resident: dict[int, tuple[Ciphertext, int, Any]] = field(default_factory=dict)
+    #: Every Dask key the attempt submitted or read.
+    keys: set[str] = field(default_factory=set)
+
+    def task_key(self, number: int) -> str:
+        return f"sklearn-he-{self.run_id}-task-{number}"
+
+    def everything(self) -> list[Any]:
+        return list(self.futures.values()) + list(self.results_f.values())
+
+
+class _WorkerLostError(Exception):
+    """Workers died under an attempt (internal: the run is tried again, or fails clearly)."""
+
+    def __init__(self, record: dict[str, Any], cause: BaseException) -> None:
+        super().__init__(record["what"])
+        self.record = record
+        self.cause = cause
+
+
 class ClusterCKKSEvaluator:
     """Run compiled circuits on the workers of a Dask cluster (see the module docstring).
 
@@ -617,13 +720,21 @@ class ClusterCKKSEvaluator:
     timeout : float, "auto" or None, default="auto"
         Seconds a run may take before it is abandoned with a
         :class:`~sklearn_he.exceptions.ParallelEvaluationError`; "auto":
-        120 s plus 20 times the predicted time of the run.
+        120 s plus 20 times the predicted time of the run. A run started
+        again after a worker died gets the same time again.
+    retries : int, default=RETRIES
+        Times a run is started again when workers die under it (the inputs
+        they held are sent again; the outputs are those of an undisturbed
+        run). Before each new start the evaluator waits up to the session's
+        ``timeout`` for the cluster to have a worker.
 
     Attributes
     ----------
     last_run_ : RunReport or None
         The last run: mode ``"cluster"``, its tasks (process, host and
-        worker address of each) and the bytes sent for it.
+        worker address of each), the bytes sent for it and, in
+        ``retries``, the workers that died under it (``stored_resent``:
+        the resident inputs it sent again because their worker had died).
     """
 
     #: The function each task runs on a worker (tests substitute a failing one).
@@ -638,11 +749,13 @@ class ClusterCKKSEvaluator:
         n_jobs: int | None = None,
         check_levels: bool = True,
         timeout: float | str | None = "auto",
+        retries: int = RETRIES,
     ) -> None:
         self._keys = keys
         self.session = session
         self.check_levels = check_levels
         self.timeout = timeout
+        self.retries = int(retries)
         # Planning, input checks and local encryption are the local evaluator's.
         self._local = ParallelCKKSEvaluator(
             keys, n_jobs=n_jobs, costs=costs, mode="bsp", check_levels=check_levels
@@ -653,6 +766,7 @@ class ClusterCKKSEvaluator:
             weakref.WeakKeyDictionary()
         )
         self.last_run_: RunReport | None = None
+        self._resent = 0  # resident inputs sent again in the run under way
 
     @property
     def context(self) -> CKKSContext:
@@ -717,6 +831,18 @@ class ClusterCKKSEvaluator:
         the next runs (keyed by the ciphertext object). ``meanwhile()`` is
         called once the tasks are submitted (the client's own work while
         the cluster computes); an error it raises is raised after the run.
+
+        When workers die under the run, it is started again (at most
+        ``retries`` times) with the inputs they held sent again; the
+        outputs are those of an undisturbed run, bit for bit, and
+        ``last_run_.retries`` says what happened (a ``RuntimeWarning`` too).
+
+        Raises
+        ------
+        ParallelEvaluationError
+            A task failed, the run exceeded ``timeout``, or workers died
+            more than ``retries`` times or left no worker to start it again
+            (naming the workers and the tasks, and saying what to do).
         """
         if self.session.closed:
             raise ParallelEvaluationError("the Dask session of this evaluator is closed")
@@ -726,52 +852,39 @@ class ClusterCKKSEvaluator:
             raise ValueError(f"transient inputs {sorted(unknown)} are not inputs of the circuit")
         ready = self._local._check_inputs(compiled, inputs)
         self.session.install_keys(self._keys)
-        workers = self.session.n_workers
-        sched = self.schedule(compiled, workers)
-        tasks = self._tasks(compiled, sched, workers)
-        report = RunReport("cluster", workers, schedule=sched)
         names = {nid: name for name, nid in compiled.circuit.inputs.items()}
         originals = {nid: inputs[name] for name, nid in compiled.circuit.inputs.items()}
         sent_before = dict(self.session.sent)
-        payloads, prior = self._payloads(tasks, ready, originals, names, set(transient))
-        client = self.session.client
-        ref = BundleRef(self._keys.fingerprint, None, self._keys.allow_insecure_for_testing)
-        fn = type(self)._task_function
-        top = self.context.max_level
-        outputs = set(compiled.circuit.outputs.values())
-        run_id = uuid.uuid4().hex[:12]
-        futures: dict[int, Any] = {}
-        for t in tasks:
-            spec = _task_spec(compiled, t, top, self.check_levels)
-            self.session.sent["circuit"] += len(pickle.dumps(spec, protocol=5))
-            futures[t.number] = client.submit(
-                fn,
-                ref,
-                spec,
-                payloads[t.number],
-                [futures[n] for n in prior[t.number]],
-                key=f"sklearn-he-{run_id}-task-{t.number}",
-                pure=False,
-            )
-        wanted = {t.number for t in tasks if outputs & set(t.returns)}
-        results_f = {
-            n: (f if n in wanted else client.submit(strip_values, f, pure=False))
-            for n, f in futures.items()
-        }
+        self._resent = 0
         caller_error: BaseException | None = None
-        if meanwhile is not None:
+        called = False  # meanwhile, once: not again when the run starts again
+        lost: list[dict[str, Any]] = []
+        while True:
             try:
-                meanwhile()
-            except BaseException as exc:  # raised once the tasks are done
-                caller_error = exc
-        results = self._collect(compiled, tasks, futures, results_f, sched)
+                att = self._submit(compiled, ready, originals, names, set(transient))
+                if meanwhile is not None and not called:
+                    called = True
+                    try:
+                        meanwhile()
+                    except BaseException as exc:  # raised once the tasks are done
+                        caller_error = exc
+                results = self._collect(compiled, att)
+                break
+            except _WorkerLostError as loss:
+                lost.append(loss.record)
+                self._retry_or_raise(lost, loss.cause)
         if caller_error is not None:
             raise caller_error
+        report = RunReport("cluster", len(att.workers) or 1, schedule=att.sched)
+        report.retries = lost
+        report.stored_resent = self._resent
         blobs: dict[int, WireCiphertext] = {}
         for res in results:
             blobs.update(res.values)
             res.values = {}
             report.tasks.append(res)
+            if res.address:
+                self.session.pids[res.address] = res.pid
         ctx = self.context
         out = {}
         for name, nid in compiled.circuit.outputs.items():
@@ -783,10 +896,49 @@ class ClusterCKKSEvaluator:
             setattr(report, f"{kind}_bytes", self.session.sent[kind] - sent_before[kind])
         report.wall_seconds = time.perf_counter() - t0
         report.supersteps.append(
-            {"tasks": len(tasks), "local": False, "seconds": report.wall_seconds}
+            {"tasks": len(att.tasks), "local": False, "seconds": report.wall_seconds}
         )
         self.last_run_ = report
         return out
+
+    def _submit(
+        self,
+        compiled: CompiledCircuit,
+        ready: Mapping[int, Ciphertext],
+        originals: Mapping[int, Ciphertext],
+        names: Mapping[int, str],
+        transient: set[str],
+    ) -> _Attempt:
+        """Plan for the workers there are now, send what the cluster lacks, submit the tasks."""
+        info = self.session.worker_info()
+        sched = self.schedule(compiled, max(1, len(info)))
+        tasks = self._tasks(compiled, sched, max(1, len(info)))
+        att = _Attempt(uuid.uuid4().hex[:12], tasks, sched, info)
+        payloads, prior = self._payloads(att, ready, originals, names, transient)
+        client = self.session.client
+        ref = BundleRef(self._keys.fingerprint, None, self._keys.allow_insecure_for_testing)
+        fn = type(self)._task_function
+        top = self.context.max_level
+        outputs = set(compiled.circuit.outputs.values())
+        for t in tasks:
+            spec = _task_spec(compiled, t, top, self.check_levels)
+            self.session.sent["circuit"] += len(pickle.dumps(spec, protocol=5))
+            att.futures[t.number] = client.submit(
+                fn,
+                ref,
+                spec,
+                payloads[t.number],
+                [att.futures[n] for n in prior[t.number]],
+                key=att.task_key(t.number),
+                pure=False,
+            )
+        wanted = {t.number for t in tasks if outputs & set(t.returns)}
+        att.results_f = {
+            n: (f if n in wanted else client.submit(strip_values, f, pure=False))
+            for n, f in att.futures.items()
+        }
+        att.keys |= {f.key for f in att.everything()}
+        return att
 
     def _tasks(self, compiled: CompiledCircuit, sched: Schedule, workers: int) -> list[Task]:
         """The schedule's tasks, all for the workers; one task when splitting does not pay.
@@ -819,14 +971,19 @@ class ClusterCKKSEvaluator:
 
     def _payloads(
         self,
-        tasks: Sequence[Task],
+        att: _Attempt,
         ready: Mapping[int, Ciphertext],
         originals: Mapping[int, Ciphertext],
         names: Mapping[int, str],
         transient: set[str],
     ) -> tuple[dict[int, dict[int, Any]], dict[int, list[int]]]:
-        """Per task: its inputs (futures or wires), and the earlier tasks it reads values of."""
+        """Per task: its inputs (futures or wires), and the earlier tasks it reads values of.
+
+        A resident input whose future is no longer ``finished`` (its worker
+        died with it) is sent again.
+        """
         ctx = self.context
+        tasks = att.tasks
         producers: dict[int, list[Task]] = {}
         for t in tasks:
             for v in t.returns:
@@ -855,9 +1012,13 @@ class ClusterCKKSEvaluator:
                 continue
             per_level = self._resident.setdefault(originals[v], {})
             fut = per_level.get(ct.level)
-            if fut is not None:
+            if fut is not None and fut.status == "finished":
                 futures[v] = fut
+                att.resident[v] = (originals[v], ct.level, fut)
                 continue
+            if fut is not None:  # lost with a worker that died: send it again
+                del per_level[ct.level]
+                self._resent += 1
             wire = ctx.ciphertext_to_wire(ct, compact=True)
             ref = StoredCiphertext(
                 os.urandom(12).hex(),
@@ -871,11 +1032,16 @@ class ClusterCKKSEvaluator:
             self.session.sent["resident"] += len(wire.data)
             to_scatter.append((v, ref))
         if to_scatter:
-            scattered = self.session.client.scatter([obj for _, obj in to_scatter], hash=False)
+            try:
+                scattered = self.session.client.scatter([obj for _, obj in to_scatter], hash=False)
+            except Exception as exc:  # a worker died while it received them, say
+                raise self._loss(att, exc, stage="sending the circuit's inputs failed") from exc
             for (v, obj), fut in zip(to_scatter, scattered, strict=True):
                 futures[v] = fut
                 if isinstance(obj, StoredCiphertext):
                     self._resident[originals[v]][ready[v].level] = fut
+                    att.resident[v] = (originals[v], ready[v].level, fut)
+        att.keys |= {f.key for f in futures.values()}
         payloads: dict[int, dict[int, Any]] = {}
         prior: dict[int, list[int]] = {}
         for t in tasks:
@@ -899,32 +1065,150 @@ class ClusterCKKSEvaluator:
             return _AUTO_TIMEOUT + 20 * max(sched.predicted_seconds, sched.serial_seconds)
         return None if self.timeout is None else float(self.timeout)
 
-    def _collect(
-        self,
-        compiled: CompiledCircuit,
-        tasks: Sequence[Task],
-        futures: Mapping[int, Any],
-        results_f: Mapping[int, Any],
-        sched: Schedule,
-    ) -> list[TaskResult]:
-        """Wait for every task (bounded), then gather; failures name the task."""
-        pending = {t.number: t for t in tasks}
-        everything = list(futures.values()) + list(results_f.values())
-        timeout = self._timeout(sched)
+    def _collect(self, compiled: CompiledCircuit, att: _Attempt) -> list[TaskResult]:
+        """Wait for every task (bounded), then gather; failures name the task.
+
+        Raises :class:`_WorkerLostError` when tasks were cancelled because a worker
+        died (the caller starts the run again) and ParallelEvaluationError
+        for everything else.
+        """
+        pending = {t.number: t for t in att.tasks}
+        everything = att.everything()
+        timeout = self._timeout(att.sched)
+        t0 = time.monotonic()
         try:
             self.session._wait(everything, timeout)
         except TimeoutError as exc:
-            self.session.client.cancel(everything)
+            self._cancel(everything)
             raise _task_error(exc, pending, compiled) from exc
-        for n, fut in futures.items():
+        except CancelledError as exc:  # distributed's wait raises for cancelled futures
+            raise self._loss(att, exc, compiled) from exc
+        for fut in att.futures.values():
             if fut.status == "error":
                 exc = fut.exception()
-                self.session.client.cancel(everything)
-                raise _task_error(exc, pending, compiled) from exc
-            if fut.status == "cancelled":
-                self.session.client.cancel(everything)
-                raise ParallelEvaluationError(
-                    f"{pending[n].describe(compiled)} was cancelled on the cluster (a worker "
-                    "or the scheduler went away?)"
-                )
-        return list(self.session.client.gather(list(results_f.values())))
+                self._cancel(everything)
+                err = _task_error(exc, pending, compiled)
+                if type(exc).__name__ == "KilledWorker":  # Dask gave up on the task
+                    err = ParallelEvaluationError(f"{err} {_ADVICE}")
+                raise err from exc
+        if any(f.status != "finished" for f in everything):  # cancelled or lost
+            raise self._loss(att, CancelledError("a task's future was cancelled"), compiled)
+
+        def gather() -> list[TaskResult]:
+            # Outputs held by a worker that dies now are computed again (or cancelled).
+            return list(self.session.client.gather(list(att.results_f.values())))
+
+        try:
+            if timeout is None:
+                return gather()
+            left = max(1.0, timeout - (time.monotonic() - t0))
+            return _within(left, gather, "gathering the outputs exceeded the timeout")
+        except CancelledError as exc:
+            raise self._loss(att, exc, compiled) from exc
+        except TimeoutError as exc:
+            self._cancel(everything)
+            raise _task_error(exc, pending, compiled) from exc
+
+    def _cancel(self, futures: Sequence[Any]) -> None:
+        with contextlib.suppress(Exception):
+            self.session.client.cancel(list(futures))
+
+    # ------------------------------------------------------------ dead workers
+    def _loss(
+        self,
+        att: _Attempt,
+        exc: BaseException,
+        compiled: CompiledCircuit | None = None,
+        *,
+        stage: str = "the cluster cancelled the run's tasks",
+    ) -> Exception:
+        """Why ``att`` failed (``stage``, with ``exc``): :class:`_WorkerLostError`, after
+        forgetting the lost inputs, when the scheduler removed a worker that held its tasks
+        or inputs (or any worker it had when it started), else a ParallelEvaluationError."""
+        self._cancel(att.everything())
+        tasks = {att.task_key(t.number): t for t in att.tasks}
+        hits = []
+        events = self.session.removed_workers()
+        for e in events:
+            keys = {
+                str(k)
+                for kind in ("processing-tasks", "lost-computed-tasks", "lost-scattered-tasks")
+                for k in (e.get(kind) or ())
+            }
+            if keys & att.keys:
+                hits.append((e, keys))
+        if not hits:  # died while it received inputs, or before it reported a key of ours
+            gone = set(att.workers)
+            with contextlib.suppress(Exception):
+                gone -= set(self.session.worker_info())
+                hits = [(e, set()) for e in events if e.get("worker") in gone]
+                hits = list({e.get("worker"): (e, k) for e, k in hits}.values())
+        if not hits:
+            return ParallelEvaluationError(
+                f"{stage}, and no worker died (was the scheduler restarted, or the client "
+                f"closed?): {type(exc).__name__}: {exc}"
+            )
+        lost_keys = {str(k) for e, _ in hits for k in (e.get("lost-scattered-tasks") or ())}
+        dropped = 0
+        for original, level, fut in att.resident.values():
+            if fut.key in lost_keys or fut.status != "finished":
+                per_level = self._resident.get(original)
+                if per_level is not None and per_level.get(level) is fut:
+                    del per_level[level]
+                dropped += 1
+        self._resent += dropped
+        running = sorted(
+            {tasks[k].number for _, keys in hits for k in keys if k in tasks},
+        )
+        workers = [str(e.get("worker")) for e, _ in hits]
+        who = "; ".join(self._describe_worker(w, att) for w in workers)
+        what = f"the Dask worker{'s' if len(workers) > 1 else ''} {who} died"
+        if running:
+            what += " while running " + ", ".join(
+                tasks[att.task_key(n)].describe(compiled) if compiled else f"task {n}"
+                for n in running
+            )
+        if dropped:
+            what += f", taking with it {dropped} of the circuit's inputs scattered there"
+        record = {
+            "workers": workers,
+            "pids": [self.session.pids.get(w) for w in workers],
+            "tasks": running,
+            "lost_inputs": dropped,
+            "cause": f"{type(exc).__name__}: {exc}",
+            "what": what,
+        }
+        return _WorkerLostError(record, exc)
+
+    def _describe_worker(self, address: str, att: _Attempt) -> str:
+        """``address`` (name, host, pid): as much as the client knows of a worker."""
+        parts = []
+        name = att.workers.get(address, {}).get("name")
+        if name is not None and str(name) != address:
+            parts.append(f"name {name!r}")
+        pid = self.session.pids.get(address)
+        if pid is not None:
+            parts.append(f"pid {pid}")
+        return f"{address} ({', '.join(parts)})" if parts else address
+
+    def _retry_or_raise(self, lost: list[dict[str, Any]], cause: BaseException) -> None:
+        """Before a new start after ``lost[-1]``: warn, or raise when it may not start again."""
+        what = lost[-1]["what"]
+        earlier = f" (and {len(lost) - 1} time(s) before)" if len(lost) > 1 else ""
+        if len(lost) > self.retries:
+            raise ParallelEvaluationError(
+                f"{what}{earlier}; the run was started {len(lost)} time(s), as often as "
+                f"retries={self.retries} allows. {_ADVICE}"
+            ) from cause
+        wait = self.session.timeout
+        if not self.session.wait_for_a_worker(wait):
+            raise ParallelEvaluationError(
+                f"{what}{earlier}; no worker was left to run it again (waited {wait:g} s for "
+                f"one at {self.session.address}). {_ADVICE}"
+            ) from cause
+        warnings.warn(
+            f"{what}; starting the run again (attempt {len(lost) + 1} of {self.retries + 1}), "
+            "sending again what it held",
+            RuntimeWarning,
+            stacklevel=3,
+        )

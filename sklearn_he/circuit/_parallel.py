@@ -145,11 +145,18 @@ class RunReport:
         worker could not read the key files.
     stored_resent : int
         Stored inputs sent as bytes because a worker could neither find them
-        in its cache nor read their file.
+        in its cache nor read their file; cluster runs: resident inputs sent
+        again because the worker holding them had died.
     resident_bytes, transient_bytes, circuit_bytes : int
         Cluster runs: bytes the client sent for this run - inputs scattered
         to stay on the cluster, inputs sent for this run only (the model
         state), and the tasks' pickled descriptions.
+    retries : list of dict
+        Cluster runs: one entry per time workers died under the run and it
+        was started again (``workers``: their addresses, ``pids``: their
+        process ids where known, ``tasks``: the numbers of the tasks they
+        were running, ``lost_inputs``: inputs sent again, ``cause``,
+        ``what``: all of it in words).
     """
 
     mode: str
@@ -163,6 +170,7 @@ class RunReport:
     resident_bytes: int = 0
     transient_bytes: int = 0
     circuit_bytes: int = 0
+    retries: list[dict[str, Any]] = field(default_factory=list)
 
     def where(self) -> str:
         """``"workers"`` when every task ran in another process than this one, else ``"client"``.

@@ -39,7 +39,7 @@ from joblib import effective_n_jobs
 
 from ..backend import Ciphertext, CKKSParameters, KeySet, ZeroPool
 from ..circuit import CKKSEvaluator, CostModel, ParallelCKKSEvaluator, PlaintextEvaluator
-from ..exceptions import TrainingDivergedError
+from ..exceptions import ParallelEvaluationError, TrainingDivergedError
 from ..linalg import EncMatrix, encode_diagonals, is_paired, paired_blocks
 from ._circuits import (
     ChunkCircuit,
@@ -111,6 +111,10 @@ class TrainResult:
     chunk_sent: list[dict[str, int]] = field(default_factory=list)
     #: The processes chunk tasks ran in: ``(host, pid, Dask worker address or "")``.
     chunk_processes: set[tuple[str, int, str]] = field(default_factory=set)
+    #: With a cluster: each time workers died under a chunk and it was run again
+    #: (the cluster evaluator's ``RunReport.retries`` entries, plus ``chunk``:
+    #: the chunk's position in the run, 0-based).
+    chunk_retries: list[dict[str, Any]] = field(default_factory=list)
     #: The weighted copies' share of ``data_bytes`` (0 without sample weights).
     weighted_data_bytes: int = 0
     #: Whether the encrypted data set was kept on disk (above
@@ -1050,6 +1054,7 @@ class Trainer:
         where: list[str] = []
         sent: list[dict[str, int]] = []
         processes: set[tuple[str, int, str]] = set()
+        retries: list[dict[str, Any]] = []
         states_up = sum(self._nbytes(ct) for ct in state.values())
         states_down = 0
         n_state = max((len(state_names(p, chunk_state(p, s)[0])) for s in specs), default=0)
@@ -1070,11 +1075,18 @@ class Trainer:
                             zeros.fill()
 
                 before = dict(self.cluster.sent) if self.cluster is not None else None
-                out = server.run_chunk(spec, data, state, meanwhile=prepare)
+                try:
+                    out = server.run_chunk(spec, data, state, meanwhile=prepare)
+                except ParallelEvaluationError as exc:  # say which chunk
+                    raise ParallelEvaluationError(
+                        f"chunk {spec.index + 1} of {len(specs)} (epoch {spec.epoch + 1}, "
+                        f"minibatches {spec.first + 1}-{spec.first + spec.length}): {exc}"
+                    ) from exc
                 run = server.last_run
                 where.append(run.where() if run is not None else "client")
                 if run is not None:
                     processes |= {(t.host, t.pid, t.address) for t in run.tasks}
+                    retries += [{"chunk": spec.index, **r} for r in run.retries]
                 if before is not None:
                     sent.append({k: n - before.get(k, 0) for k, n in self.cluster.sent.items()})
                 returned = chunk_state(p, spec)[1]
@@ -1134,6 +1146,7 @@ class Trainer:
             chunk_where=where,
             chunk_sent=sent,
             chunk_processes=processes,
+            chunk_retries=retries,
             chunk_depths=depths,
             depth_per_minibatch=max(per_mb) if per_mb else 0.0,
             encrypt_seconds=encrypt_s,

@@ -3,7 +3,8 @@
 A module-wide ``LocalCluster`` of two worker processes stands in for the
 cluster (its workers do share the file system; ``tests/test_cluster_server.py``
 proves the estimator on workers that do not). The circuits and keys are
-those of ``test_parallel.py``.
+those of ``test_parallel.py``. The tests that kill a worker have a cluster
+of their own.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -25,6 +27,7 @@ from sklearn_he.circuit import TransferCosts, _worker
 from sklearn_he.circuit._worker import BundleRef, StoredCiphertext, TaskSpec
 from sklearn_he.exceptions import ClusterConnectionError, FormatError, ParallelEvaluationError
 
+from .._killing import Killer, task_function
 from .test_parallel import (
     FREE,
     PARAMS,
@@ -246,6 +249,144 @@ def test_closing_the_session_removes_the_keys_from_the_workers(cluster, keys, ci
         client.close()
     with pytest.raises(ParallelEvaluationError, match="session of this evaluator is closed"):
         s.evaluator(keys).run(compiled, enc)
+
+
+# ------------------------------------------------------------- dying workers
+@pytest.fixture(scope="module")
+def mortal():
+    """A cluster of its own for the tests that kill its worker: one worker process under a
+    nanny, which starts it again (new address, new pid) when it dies. One worker, so that
+    a killed worker takes every scattered input with it: Dask cannot run the task again by
+    itself (with copies of its inputs elsewhere it would, and nothing here would notice)."""
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as lc:
+        yield lc
+
+
+@pytest.fixture
+def mortal_session(mortal):
+    with DaskSession.connect(mortal.scheduler_address, timeout=CONNECT) as s:
+        yield s  # connect waits for a worker: the nanny restarted the last test's
+
+
+def killable(keys: KeySet, session: DaskSession, folder, **options) -> ClusterCKKSEvaluator:
+    """An evaluator whose tasks stop, once armed, until the test kills their worker."""
+    function = staticmethod(task_function(str(folder)))
+    return type("Killable", (ClusterCKKSEvaluator,), {"_task_function": function})(
+        keys, session, **options
+    )
+
+
+def test_a_worker_killed_mid_run_is_restarted_and_the_run_retried(
+    mortal_session, keys, circuits, tmp_path
+):
+    """kill -9 of the worker while it runs a chunk whose data set an earlier run left on it:
+    the run starts again once the nanny's new worker is there (the keys plugin gave it the
+    keys), with every input sent again, and returns the undisturbed ciphertexts, bit for bit."""
+    s = mortal_session
+    compiled = circuits["chunk"]
+    enc, want = reference_run(keys, compiled)
+    state = [n for n in compiled.circuit.inputs if n.startswith(("v[", "w["))]
+    ev = killable(keys, s, tmp_path)
+    assert_identical(ev.run(compiled, enc, transient=state), want)
+    data_bytes = ev.last_run_.resident_bytes
+    workers = {pid: address for address, pid in s.client.run(os.getpid).items()}
+    with (
+        Killer(tmp_path, lambda: workers) as killer,
+        pytest.warns(RuntimeWarning, match=r"died while running task 0 .*\(attempt 2 of 3\)"),
+    ):
+        got = ev.run(compiled, enc, transient=state)
+    ended = time.monotonic()
+    pid = killer.check()
+    assert ended - killer.killed_at < 60  # seconds: a nanny restart and a run, on a loaded machine
+    assert_identical(got, want)
+    rep = ev.last_run_
+    (retry,) = rep.retries
+    assert retry["workers"] == [workers[pid]] and retry["pids"] == [pid]
+    assert retry["tasks"] == [0] and retry["lost_inputs"] == len(enc) - len(state)
+    assert rep.stored_resent == retry["lost_inputs"] and rep.resident_bytes == data_bytes
+    # It ran on the nanny's new worker, which the keys plugin gave the key set.
+    (new,) = {r.pid for r in rep.tasks}
+    assert new != pid and set(s.client.run(os.getpid).values()) == {new}
+    held = s.client.run(lambda: [i["fingerprint"] for i in _worker.cache_info()])
+    assert [keys.fingerprint in fps for fps in held.values()] == [True]
+    # Nothing is missing any more: the next run sends the state alone.
+    assert_identical(ev.run(compiled, enc, transient=state), want)
+    assert ev.last_run_.resident_bytes == 0 and ev.last_run_.retries == []
+
+
+def test_more_deaths_than_retries_allow_are_a_clear_error_and_the_evaluator_recovers(
+    mortal_session, keys, circuits, tmp_path
+):
+    s = mortal_session
+    compiled = circuits["matvec"]
+    enc, want = reference_run(keys, compiled)
+    ev = killable(keys, s, tmp_path, retries=0)
+    ev.run(compiled, enc)  # the worker's pid is known from a task it ran
+    data_bytes = ev.last_run_.resident_bytes
+    workers = {pid: address for address, pid in s.client.run(os.getpid).items()}
+    with (
+        Killer(tmp_path, lambda: workers) as killer,
+        pytest.raises(ParallelEvaluationError) as info,
+    ):
+        ev.run(compiled, enc)
+    failed = time.monotonic()
+    pid = killer.check()
+    assert failed - killer.killed_at < 60
+    message = str(info.value)
+    assert message.startswith(
+        f"the Dask worker {workers[pid]} (name 0, pid {pid}) died while running task 0 "
+        "(superstep 0, worker, "
+    )
+    assert "the run was started 1 time(s), as often as retries=0 allows" in message
+    assert "Restart the worker or start another" in message
+    # Once the nanny has started the worker again, the same evaluator runs the circuit,
+    # sending the inputs the dead worker took away (all of them) again.
+    s.client.wait_for_workers(1, timeout=CONNECT)
+    assert_identical(ev.run(compiled, enc), want)
+    assert ev.last_run_.resident_bytes == data_bytes and ev.last_run_.retries == []
+
+
+def test_inputs_lost_with_a_worker_between_runs_are_sent_again(mortal_session, keys, circuits):
+    """A worker that dies while no task runs: the next run sends the inputs it held again
+    before it starts (nothing to retry) and returns the same ciphertexts."""
+    s = mortal_session
+    compiled = circuits["matvec"]
+    enc, want = reference_run(keys, compiled)
+    ev = s.evaluator(keys)
+    ev.run(compiled, enc)
+    data_bytes = ev.last_run_.resident_bytes
+    resident = [f for per_level in ev._resident.values() for f in per_level.values()]
+    assert len(resident) == len(enc)
+    (pid,) = s.client.run(os.getpid).values()
+    os.kill(pid, signal.SIGKILL)  # the worker process of this test's cluster
+    deadline = time.monotonic() + CONNECT
+    while time.monotonic() < deadline and any(f.status == "finished" for f in resident):
+        time.sleep(0.05)  # the scheduler tells the client that they are gone
+    assert not any(f.status == "finished" for f in resident)
+    s.client.wait_for_workers(1, timeout=CONNECT)
+    assert_identical(ev.run(compiled, enc), want)
+    rep = ev.last_run_
+    assert rep.retries == [] and rep.stored_resent == len(enc)
+    assert rep.resident_bytes == data_bytes
+
+
+def test_tasks_cancelled_while_every_worker_lives_are_an_error_not_a_retry(session, keys):
+    """Only a worker the scheduler removed with the run's keys (or since the run started)
+    makes the run start again; any other cancellation is an error saying so."""
+    from concurrent.futures import CancelledError
+
+    from sklearn_he.circuit._cluster import _Attempt
+
+    ev = session.evaluator(keys)
+    att = _Attempt("r", [], None, session.worker_info(), keys={"sklearn-he-r-task-0"})
+    got = ev._loss(att, CancelledError("cancelled by someone"))
+    assert isinstance(got, ParallelEvaluationError)
+    assert str(got) == (
+        "the cluster cancelled the run's tasks, and no worker died (was the scheduler "
+        "restarted, or the client closed?): CancelledError: cancelled by someone"
+    )
 
 
 # ------------------------------------------------------------ no shared files
