@@ -33,10 +33,11 @@ but ``batch_size`` and ``max_iter``:
 
 Each measured row gives the fit's own estimate beside it (``report_``).
 
-Runs (``--runs``): ``synthetic-2048`` (``make_classification``, 20,000 x
-200, seed 0, ``batch_size=2048``, 1 epoch), ``mnist-128`` and
-``mnist-256`` (MNIST 3-vs-8, 80% split, batch 128 / 256, 1 epoch; needs
-``--mnist DIR``, default ``../shared/data/mnist``; skipped when absent).
+Runs (``--runs``, the minibatch size after the dash): ``synthetic-2048``
+(``make_classification``, ``--rows`` 20,000 x ``--features`` 200, seed 0,
+``batch_size=2048``), ``mnist-128`` and ``mnist-256`` (MNIST 3-vs-8, 80%
+split; needs ``--mnist DIR``, default ``../shared/data/mnist``; skipped
+when absent); ``--epochs`` (default 1) each.
 
 Usage::
 
@@ -76,13 +77,19 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def load_run(name: str, mnist: Path) -> tuple[np.ndarray, np.ndarray, int] | None:
+def load_run(
+    name: str, mnist: Path, rows: int = 20_000, features: int = 200
+) -> tuple[np.ndarray, np.ndarray, int] | None:
     """Training rows, labels and batch size of run ``name`` (None: data absent)."""
     if name.startswith("synthetic"):
         from sklearn.datasets import make_classification
 
         X, y = make_classification(
-            n_samples=20_000, n_features=200, n_informative=10, n_redundant=10, random_state=0
+            n_samples=rows,
+            n_features=features,
+            n_informative=min(10, features),
+            n_redundant=min(10, max(features - 10, 0)),
+            random_state=0,
         )
         return X, y, int(name.split("-")[1])
     if not (mnist / "t10k-images-idx3-ubyte.gz").exists():
@@ -96,22 +103,29 @@ def load_run(name: str, mnist: Path) -> tuple[np.ndarray, np.ndarray, int] | Non
     return Xa, ya, int(name.split("-")[1])
 
 
-def predict(n: int, f: int, batch: int, epochs: int, transfer: Any) -> dict[str, Any]:
+def predict(
+    n: int, f: int, batch: int, epochs: int, transfer: Any, params: Any = None
+) -> dict[str, Any]:
     """The planner's plan and estimate for every W; the W=16 plan's estimate at every W."""
     from sklearn_he.circuit import CostModel
     from sklearn_he.training import estimate_plan_seconds_per_sample, plan_training, sigmoid_poly
 
     coeffs = sigmoid_poly(5)
     kw = {"circuit": "pipelined", "coeffs": coeffs, "batch_size": batch, "epochs": epochs}
-    one = plan_training(n, f, **kw)
-    mine = CostModel.for_params(one.params)
+    one = plan_training(n, f, params=params, **kw)
+    insecure = params is not None and params.security_level == 0
+
+    def machine(p: Any) -> Any:
+        return CostModel.for_params(p, allow_insecure_for_testing=insecure)
+
+    mine = machine(one.params)
     plans = {}
     for w in WORKERS:
         if w == 1:
             plans[w] = plan_training(n, f, params=one.params, costs=mine, **kw)
         else:
             plans[w] = plan_training(
-                n, f, n_jobs=w, machine_costs=CostModel.for_params, transfer=transfer, **kw
+                n, f, params=params, n_jobs=w, machine_costs=machine, transfer=transfer, **kw
             )
 
     def estimate(plan: Any, w: int) -> float:
@@ -172,8 +186,12 @@ def fit_row(label: str, clf: Any, X: np.ndarray, y: np.ndarray) -> dict[str, Any
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import distributed
 
-    from sklearn_he import EncryptedLogisticRegression
+    from sklearn_he import CKKSParameters, EncryptedLogisticRegression
     from sklearn_he.circuit import DaskSession
+
+    extra = json.loads(args.params) if args.params else {}
+    if isinstance(extra.get("ckks_params"), dict):
+        extra["ckks_params"] = CKKSParameters(**extra["ckks_params"])
 
     class _Recording(EncryptedLogisticRegression):
         """The estimator, keeping the plan its fit used."""
@@ -207,15 +225,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         results["transfer_costs"] = dataclasses.asdict(transfer)
         _progress(f"Dask transfer costs: {transfer}")
         for name in args.runs:
-            data = load_run(name, Path(args.mnist))
+            data = load_run(name, Path(args.mnist), args.rows, args.features)
             if data is None:
                 _progress(f"{name}: no data, skipped")
                 continue
             X, y, batch = data
-            kw = {"batch_size": batch, "max_iter": args.epochs, "random_state": 0}
+            kw = {"batch_size": batch, "max_iter": args.epochs, "random_state": 0, **extra}
             _progress(f"{name}: {X.shape[0]} x {X.shape[1]}, batch {batch}")
             row: dict[str, Any] = {"name": name, "rows": X.shape[0], "features": X.shape[1]}
-            row["predicted"] = predict(X.shape[0], X.shape[1] + 1, batch, args.epochs, transfer)
+            row["predicted"] = predict(
+                X.shape[0], X.shape[1] + 1, batch, args.epochs, transfer, extra.get("ckks_params")
+            )
             one = fit_row("W=1", EncryptedLogisticRegression(n_jobs=1, **kw), X, y)
             two_clf = _Recording(server=address, **kw)
             two = fit_row(f"W={args.workers} (Dask)", two_clf, X, y)
@@ -297,14 +317,30 @@ def render(results: dict[str, Any], doc: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
+    ap.add_argument(
+        "--runs",
+        nargs="+",
+        default=list(RUNS),
+        help="synthetic-BATCH and mnist-BATCH (the minibatch size after the dash)",
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--mnist", default=str(DEFAULT_MNIST))
+    ap.add_argument("--rows", type=int, default=20_000, help="synthetic rows")
+    ap.add_argument("--features", type=int, default=200, help="synthetic features")
+    ap.add_argument(
+        "--params",
+        default=None,
+        help="JSON of further estimator parameters for every fit (tests use small ones)",
+    )
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--doc", default=str(DEFAULT_DOC))
     ap.add_argument("--render-only", action="store_true")
     args = ap.parse_args(argv)
+    for name in args.runs:
+        kind, _, batch = name.partition("-")
+        if kind not in ("synthetic", "mnist") or not batch.isdigit():
+            ap.error(f"--runs: {name!r} is not synthetic-BATCH or mnist-BATCH")
     out, doc = Path(args.out), Path(args.doc)
     if args.render_only:
         results = json.loads(out.read_text())

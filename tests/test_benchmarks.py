@@ -368,3 +368,45 @@ def test_scale_benchmark_measures_each_fit_in_its_own_process(tmp_path):
     assert "| synthetic 400 | 400 |" in page and "**estimates**" in page
     assert "Linear in n" in page
     _render_again(SCALE, files, doc, page)
+
+
+CLUSTER_SCALING = SCRIPT.parent / "cluster_scaling.py"
+
+
+@pytest.mark.slow
+@pytest.mark.ckks
+def test_cluster_scaling_benchmark_measures_one_and_two_workers(tmp_path):
+    """Tiny set, small insecure parameters, a 2-worker LocalCluster over TCP."""
+    pytest.importorskip("distributed")
+    out, doc = tmp_path / "cs.json", tmp_path / "cs.md"
+    small = {
+        "ckks_params": {
+            "poly_modulus_degree": 4096,
+            "coeff_modulus_bits": [60, 40, 40, 40, 40, 40, 40, 60],
+            "scale_bits": 40,
+            "security_level": 0,
+        },
+        "allow_insecure_for_testing": True,
+    }
+    argv = ["--runs", "synthetic-128", "--rows", "300", "--features", "6"]
+    files = ["--out", str(out), "--doc", str(doc)]
+    done = subprocess.run(
+        [sys.executable, str(CLUSTER_SCALING), *argv, "--params", json.dumps(small), *files],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    costs = results["transfer_costs"]
+    assert costs["superstep"] > 0 and costs["pipe"] >= 0 and costs["stored"] == 0
+    (run,) = results["runs"]
+    one, two, same = run["measured"]
+    assert one["chunks_in_client"] == one["round_trips"] > 0
+    # Every chunk of the 2-worker fit ran on the cluster's workers.
+    assert two["chunks_on_workers"] == two["round_trips"] and two["chunks_in_client"] == 0
+    assert same["tile_shape"] == two["tile_shape"] and same["data_groups"] == two["data_groups"]
+    assert set(run["predicted"]["planner"]) == {"1", "2", "4", "8", "16", "64"}
+    page = doc.read_text()
+    assert "## synthetic-128 (300 x 6)" in page and "**estimates**" in page
+    _render_again(CLUSTER_SCALING, files, doc, page)
