@@ -319,6 +319,16 @@ def test_outsourced_benchmark_runs(tmp_path):
 
 
 SCALE = SCRIPT.parent / "scale.py"
+#: Estimator parameters of the benchmarks' smoke tests: a small insecure ring.
+SMALL = {
+    "ckks_params": {
+        "poly_modulus_degree": 4096,
+        "coeff_modulus_bits": [60, 40, 40, 40, 40, 40, 40, 60],
+        "scale_bits": 40,
+        "security_level": 0,
+    },
+    "allow_insecure_for_testing": True,
+}
 
 
 @pytest.mark.slow
@@ -326,16 +336,7 @@ SCALE = SCRIPT.parent / "scale.py"
 def test_scale_benchmark_measures_each_fit_in_its_own_process(tmp_path):
     """Tiny sets and small insecure parameters; a zero budget sends the data set to disk."""
     out, doc = tmp_path / "scale.json", tmp_path / "scale.md"
-    small = {
-        "ckks_params": {
-            "poly_modulus_degree": 4096,
-            "coeff_modulus_bits": [60, 40, 40, 40, 40, 40, 40, 60],
-            "scale_bits": 40,
-            "security_level": 0,
-        },
-        "allow_insecure_for_testing": True,
-        "batch_size": 32,
-    }
+    small = {**SMALL, "batch_size": 32}
     argv = ["--rows", "200", "400", "--features", "6", "--test-rows", "100", "--no-mnist"]
     files = ["--out", str(out), "--doc", str(doc)]
     done = subprocess.run(
@@ -379,15 +380,7 @@ def test_cluster_scaling_benchmark_measures_one_and_two_workers(tmp_path):
     """Tiny set, small insecure parameters, a 2-worker LocalCluster over TCP."""
     pytest.importorskip("distributed")
     out, doc = tmp_path / "cs.json", tmp_path / "cs.md"
-    small = {
-        "ckks_params": {
-            "poly_modulus_degree": 4096,
-            "coeff_modulus_bits": [60, 40, 40, 40, 40, 40, 40, 60],
-            "scale_bits": 40,
-            "security_level": 0,
-        },
-        "allow_insecure_for_testing": True,
-    }
+    small = SMALL
     argv = ["--runs", "synthetic-128", "--rows", "300", "--features", "6"]
     files = ["--out", str(out), "--doc", str(doc)]
     done = subprocess.run(

@@ -13,6 +13,7 @@ import os
 import pickle
 import time
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,15 +63,15 @@ def matvec_circuit() -> CompiledCircuit:
     return compile_circuit(t.circuit)
 
 
-def chunk_circuit(**options: bool) -> CompiledCircuit:
+def chunk_circuit(**options: Any) -> CompiledCircuit:
+    kw = {"batch_size": 64, **options}
     chunk = build_chunk(  # one NAG step on a 64 x 40 minibatch: four row tiles
         [(0.5, 0.1)],
         sigmoid_poly(3),
         circuit="pipelined",
         shape=SHAPE,
-        batch_size=64,
         n_features=40,
-        **options,
+        **kw,
     )
     return chunk.compiled
 
@@ -84,20 +85,9 @@ def paired_circuit() -> CompiledCircuit:
     return chunk_circuit(transposed=True, paired=True)
 
 
-def grouped_circuit() -> CompiledCircuit:
+def grouped_circuit(groups: int = 2) -> CompiledCircuit:
     """A paired transposed chunk of 128 samples: two sample blocks of 64, one group each."""
-    chunk = build_chunk(
-        [(0.5, 0.1)],
-        sigmoid_poly(3),
-        circuit="pipelined",
-        shape=SHAPE,
-        batch_size=128,
-        n_features=40,
-        transposed=True,
-        paired=True,
-        groups=2,
-    )
-    return chunk.compiled
+    return chunk_circuit(batch_size=128, transposed=True, paired=True, groups=groups)
 
 
 @pytest.fixture(scope="module")
@@ -1085,16 +1075,7 @@ def test_a_grouped_chunk_is_split_one_group_per_worker(circuits):
     # Two equal halves: nearly twice as fast as in-process when moving values is free.
     assert split.predicted_speedup > 1.8
     # The same circuit without labels has no split by groups to find.
-    ungrouped = build_chunk(
-        [(0.5, 0.1)],
-        sigmoid_poly(3),
-        circuit="pipelined",
-        shape=SHAPE,
-        batch_size=128,
-        n_features=40,
-        transposed=True,
-        paired=True,
-    ).compiled
+    ungrouped = grouped_circuit(groups=1)
     assert not ungrouped.circuit.input_groups
     planner = _Planner(ungrouped, 2048, 4, CostModel.nominal(), FREE)
     assert planner.partition(2) is None
