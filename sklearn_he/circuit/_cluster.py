@@ -324,6 +324,8 @@ class DaskSession:
         self._plugins: dict[str, str] = {}  # fingerprint -> plugin name
         self._evaluators: list[ClusterCKKSEvaluator] = []
         self._transfer: TransferCosts | None = None
+        #: The last :meth:`measure_link` of this session (None before one).
+        self.probe: LinkProbe | None = None
         #: Process id of each worker (by address) as its tasks reported it.
         self.pids: dict[str, int] = {}
         self.closed = False
@@ -540,12 +542,13 @@ class DaskSession:
 
         up_s = min(up(payload) - up(b"x") for _ in range(2))
         down_s = min(down(PROBE_BYTES) - down(1) for _ in range(2))
-        return LinkProbe(
+        self.probe = LinkProbe(
             rtt_ms=rtt * 1e3,
             up_mbps=_mbps(PROBE_BYTES, up_s),
             down_mbps=_mbps(PROBE_BYTES, down_s),
             bytes=self.sent["probe"],
         )
+        return self.probe
 
     def transfer_costs(self) -> TransferCosts:
         """What moving values and running tasks costs on this cluster, for the scheduler.
@@ -762,6 +765,8 @@ class ClusterCKKSEvaluator:
         )
         # Replaced by the cluster's measured costs before the first schedule.
         self._default_transfer = self._local.transfer
+        #: (seconds to expand a compact state ciphertext, bytes it saves), timed once.
+        self._expand: tuple[float, int] | None = None
         self._resident: weakref.WeakKeyDictionary[Ciphertext, dict[int, Any]] = (
             weakref.WeakKeyDictionary()
         )
@@ -1000,10 +1005,11 @@ class ClusterCKKSEvaluator:
         futures: dict[int, Any] = {}
         for v in sorted(readers):
             ct = ready[v]
-            # From the client to the cluster, bytes cross a network: the compact,
-            # seeded envelope (a third of SEAL's bytes for a fresh ciphertext).
+            # From the client to the cluster: the compact, seeded envelope (a third
+            # of SEAL's bytes for a fresh ciphertext) where the link is slow enough
+            # for the bytes it saves to outweigh expanding it in every reader.
             if names[v] in transient:
-                wire = ctx.ciphertext_to_wire(ct, compact=True)
+                wire = ctx.ciphertext_to_wire(ct, compact=self._compact_state(ct, readers[v]))
                 self.session.sent["transient"] += len(wire.data)
                 if readers[v] > 1:
                     to_scatter.append((v, wire))
@@ -1059,6 +1065,32 @@ class ClusterCKKSEvaluator:
             payloads[t.number] = payload
             prior[t.number] = before
         return payloads, prior
+
+    def _compact_state(self, ct: Ciphertext, readers: int) -> bool:
+        """Whether a state ciphertext read by ``readers`` tasks goes in the compact form.
+
+        The compact, seeded envelope is a third of SEAL's bytes for a fresh
+        ciphertext, but each task that reads it expands the seed (5 ms at
+        ``N=16384`` on an idle core, 30 ms measured on a 2-core machine
+        shared with the client, against well under 1 ms for SEAL's bytes).
+        So it is sent compact only when the time its saved bytes take over
+        the link measured to the cluster (:meth:`DaskSession.measure_link`,
+        up) exceeds ``readers`` times the expansion, timed here once per
+        evaluator on the client's own copy.
+        """
+        probe = self.session.probe or self.session.measure_link()
+        if self._expand is None:
+            ctx = self.context
+            wire = ctx.ciphertext_to_wire(ct, compact=True)
+            raw = ctx.ciphertext_to_wire(ct)
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                ctx.ciphertext_from_wire(wire)
+                times.append(time.perf_counter() - t0)
+            self._expand = (min(times), len(raw.data) - len(wire.data))
+        expand, saved = self._expand
+        return saved * 8 / (probe.up_mbps * 1e6) > readers * expand
 
     def _timeout(self, sched: Schedule) -> float | None:
         if self.timeout == "auto":

@@ -154,6 +154,11 @@ def test_resident_inputs_are_sent_once_and_the_state_with_every_run(session, key
     assert state and len(state) < len(enc)
     ev = split(session.evaluator(keys))
     want = reference_run(keys, compiled)[1]  # same seed: same plaintexts, other noise
+    # A slow link (1 Mbit/s): the state too goes compact (on a fast one, as
+    # SEAL's bytes: see test_the_state_goes_compact_only_where_the_link_is_slow).
+    from sklearn_he.circuit._cluster import LinkProbe
+
+    session.probe = LinkProbe(rtt_ms=1.0, up_mbps=1.0, down_mbps=1.0, bytes=0)
     first = ev.run(compiled, enc, transient=state)
     ctx = keys.context
     # What crosses to the cluster is each ciphertext's compact, seeded envelope.
@@ -454,6 +459,34 @@ def test_the_transfer_costs_are_measured_through_dask_once(session, keys, circui
     assert ev.transfer is costs and sched.mode == "bsp"
     # Costs a caller set stay (the tests above split tiny circuits with FREE ones).
     assert split(ClusterCKKSEvaluator(keys, session)).transfer is FREE
+
+
+def test_the_state_goes_compact_only_where_the_link_is_slow(session, keys, circuits):
+    """Compact, seeded state saves bytes but costs every reader an expansion."""
+    from sklearn_he.circuit._cluster import LinkProbe
+
+    ev = ClusterCKKSEvaluator(keys, session)
+    ct = keys.context.encrypt(np.ones(4))
+    session.probe = LinkProbe(rtt_ms=1.0, up_mbps=1.0, down_mbps=1.0, bytes=0)
+    assert ev._compact_state(ct, 2)  # 1 Mbit/s: the bytes dominate
+    expand, saved = ev._expand
+    assert expand > 0 and saved > 0
+    # Where the saved bytes take less time over the link than the readers' expansions: SEAL's.
+    fast = saved * 8 / (4 * expand) / 1e6
+    session.probe = LinkProbe(rtt_ms=1.0, up_mbps=fast, down_mbps=fast, bytes=0)
+    assert not ev._compact_state(ct, 8) and ev._compact_state(ct, 2)
+    # A run sends the state in the chosen form, and counts those bytes.
+    compiled = circuits["paired"]
+    _, enc = encrypt_inputs(keys, compiled)
+    transient = [n for n in compiled.circuit.inputs if n.startswith("v[")]
+    for mbps, compact in ((1.0, True), (1e9, False)):
+        session.probe = LinkProbe(rtt_ms=1.0, up_mbps=mbps, down_mbps=mbps, bytes=0)
+        before = session.sent["transient"]
+        whole(session.evaluator(keys)).run(compiled, enc, transient=transient)
+        want = sum(
+            len(keys.context.ciphertext_to_wire(enc[n], compact=compact).data) for n in transient
+        )
+        assert session.sent["transient"] - before == want
 
 
 # ----------------------------------------------------------- bad servers
