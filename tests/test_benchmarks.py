@@ -403,3 +403,10 @@ def test_cluster_scaling_benchmark_measures_one_and_two_workers(tmp_path):
     page = doc.read_text()
     assert "## synthetic-128 (300 x 6)" in page and "**estimates**" in page
     _render_again(CLUSTER_SCALING, files, doc, page)
+
+
+def test_cluster_scaling_refuses_a_run_it_cannot_name(capsys):
+    bench = load_benchmark("cluster_scaling")
+    with pytest.raises(SystemExit):
+        bench.main(["--runs", "synthetic-2048", "mnist", "--render-only"])
+    assert "'mnist' is not synthetic-BATCH or mnist-BATCH" in capsys.readouterr().err

@@ -825,9 +825,8 @@ def _plan(
                 for shape in candidate_shapes(cols, rows, n_ring // 2):
                     pairings = [False, True] if can_pair(tr, k1) else [False]
                     # Row-block data parallelism: a group of sample blocks per worker.
-                    splits = [1]
-                    if n_jobs > 1 and k1 == 1 and sample_blocks(shape, m, tr) > 1:
-                        splits.append(min(n_jobs, sample_blocks(shape, m, tr)))
+                    blocks = sample_blocks(shape, m, tr)
+                    splits = [1, min(n_jobs, blocks)] if n_jobs > 1 and k1 == 1 < blocks else [1]
                     for source, fuse, pr, gr in itertools.product(
                         sources, fusions, pairings, splits
                     ):
