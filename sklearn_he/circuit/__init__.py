@@ -16,7 +16,14 @@ Write an algorithm once against the slot algebra (usually through
 [1.0, 5.0, 11.0]
 """
 
-from ._analysis import AnalysisEvaluator, CircuitReport, analyze, op_profile, work_seconds
+from ._analysis import (
+    AnalysisEvaluator,
+    CircuitReport,
+    analyze,
+    op_profile,
+    profile_seconds,
+    work_seconds,
+)
 from ._compiler import CompiledCircuit, compile_circuit
 from ._cost import CostModel
 from ._evaluators import (
@@ -77,6 +84,7 @@ __all__ = [
     "node_groups",
     "op_profile",
     "plan_schedule",
+    "profile_seconds",
     "select_parameters",
     "start_workers",
     "temp_folder",

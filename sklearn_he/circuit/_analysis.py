@@ -210,8 +210,15 @@ def work_seconds(compiled: CompiledCircuit, params: CKKSParameters, costs: CostM
     models for one circuit pays for the walk over its nodes once.
     """
     params.require_depth(compiled.depth)
+    return profile_seconds(op_profile(compiled), params, costs)
+
+
+def profile_seconds(
+    profile: Mapping[tuple[Op, int, int, int], int], params: CKKSParameters, costs: CostModel
+) -> float:
+    """Estimated op time of an :func:`op_profile`, or of part of one (seconds)."""
     top, n = params.max_level, params.poly_modulus_degree
     return math.fsum(
         count * costs.op_seconds(op, n, top - d_in, drop=drop, pairs=pairs)
-        for (op, d_in, drop, pairs), count in op_profile(compiled).items()
+        for (op, d_in, drop, pairs), count in profile.items()
     )

@@ -25,12 +25,14 @@ Outputs: ``w[cb]`` and ``v[cb]``.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from ..circuit import CompiledCircuit, Tracer, compile_circuit
+from ..backend import CKKSParameters
+from ..circuit import CompiledCircuit, CostModel, Op, Tracer, compile_circuit, profile_seconds
 from ..linalg import (
     ColVector,
     EncMatrix,
@@ -57,6 +59,7 @@ __all__ = [
     "check_transposable",
     "client_momentum",
     "data_matrix",
+    "gram_work_seconds",
     "output_scales",
     "output_vector",
     "sample_blocks",
@@ -499,18 +502,98 @@ def build_gram_circuit(shape: TileShape, batch_size: int, n_features: int) -> Co
 
     Inputs ``A[rb,cb]`` and ``B[rb,cb]``; outputs ``G[rb,cb]``. Depth 3.
     The circuit depends only on the shapes, so it is traced once per shape
-    (planning weighs it for every candidate; evaluators do not modify it).
+    (evaluators do not modify it; planning costs it in parts, see
+    :func:`gram_work_seconds`).
     """
+    return _gram_circuit(shape, batch_size, batch_size, n_features)
+
+
+@lru_cache(maxsize=64)
+def _gram_circuit(shape: TileShape, a_rows: int, b_rows: int, n_features: int) -> CompiledCircuit:
+    """``A @ B.T`` for an ``a_rows x f`` matrix ``A`` and a ``b_rows x f`` matrix ``B``."""
     tracer = Tracer(shape.slots)
     la = LinAlg(tracer, shape)
-    m, f = batch_size, n_features
-    A = EncMatrix.from_index(shape, m, f, lambda rb, cb: tracer.input(f"A[{rb},{cb}]"))
-    B = EncMatrix.from_index(shape, m, f, lambda rb, cb: tracer.input(f"B[{rb},{cb}]"))
+    A = EncMatrix.from_index(
+        shape, a_rows, n_features, lambda rb, cb: tracer.input(f"A[{rb},{cb}]")
+    )
+    B = EncMatrix.from_index(
+        shape, b_rows, n_features, lambda rb, cb: tracer.input(f"B[{rb},{cb}]")
+    )
     G = la.matmul_transposed(A, B)
     for rb, row in enumerate(G.tiles):
         for cb, tile in enumerate(row):
             tracer.output(f"G[{rb},{cb}]", tile)
     return compile_circuit(tracer.circuit)
+
+
+def gram_work_seconds(
+    shape: TileShape,
+    batch_size: int,
+    n_features: int,
+    params: CKKSParameters,
+    costs: CostModel | None = None,
+) -> float:
+    """Estimated seconds of :func:`build_gram_circuit`'s work, from small parts of it.
+
+    :meth:`~sklearn_he.linalg.LinAlg.matmul_transposed` makes each output
+    column block (``w`` rows of ``B``) on its own, and within one it does
+    the same work for every row block of ``A``; only what it does to ``A``
+    alone (bringing its tiles down a level) serves every output block. So
+    the work is affine in the row blocks of ``A`` and a sum over the output
+    blocks plus that shared part: the circuits of one and two row blocks of
+    ``A`` against one full output block (and against the partial last one)
+    give it exactly (``tests/training/test_circuits.py`` checks this
+    against whole circuits). Tracing a whole 1,024-row block took 34 s
+    here; its parts take a second.
+    """
+    model = costs or CostModel.nominal()
+    m, h, w = int(batch_size), shape.rows, shape.cols
+    blocks = -(-m // h)
+
+    def affine(b_rows: int) -> tuple[float, float]:
+        """(work on B's rows, work on A alone) for this many rows of B."""
+        parts = [_gram_parts(shape, a, b_rows, n_features) for a in (h, 2 * h)[: min(blocks, 2)]]
+        params.require_depth(_gram_circuit(shape, h, b_rows, n_features).depth)
+        secs = [[profile_seconds(p, params, model) for p in pair] for pair in parts]
+        if blocks == 1:
+            return secs[0][0], secs[0][1]
+        return tuple(  # type: ignore[return-value]
+            secs[0][i] + (blocks - 1) * (secs[1][i] - secs[0][i]) for i in (0, 1)
+        )
+
+    full, rest = divmod(m, w)
+    total = 0.0
+    shared = 0.0
+    for b_rows, times in ((w, full), (rest, 1 if rest else 0)):
+        if times:
+            own, shared = affine(b_rows)
+            total += times * own
+    return total + shared
+
+
+@lru_cache(maxsize=64)
+def _gram_parts(
+    shape: TileShape, a_rows: int, b_rows: int, n_features: int
+) -> tuple[dict[Any, int], dict[Any, int]]:
+    """:func:`op_profile` of :func:`_gram_circuit` split: (nodes reading B, nodes of A alone)."""
+    compiled = _gram_circuit(shape, a_rows, b_rows, n_features)
+    a_only = {nid for name, nid in compiled.circuit.inputs.items() if name.startswith("A[")}
+    depth = list(compiled.depths)
+    on_b: Counter[Any] = Counter()
+    on_a: Counter[Any] = Counter()
+    for n in compiled.nodes:
+        if n.op is Op.INPUT:
+            continue
+        d_in = max(depth[a] for a in n.args)
+        drop = n.level_cost()
+        depth[n.id] = d_in + drop
+        key = (n.op, d_in, drop, n.pairs)
+        if all(a in a_only for a in n.args):
+            a_only.add(n.id)
+            on_a[key] += 1
+        else:
+            on_b[key] += 1
+    return dict(on_b), dict(on_a)
 
 
 def gram_depth() -> int:

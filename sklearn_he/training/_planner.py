@@ -32,10 +32,10 @@ from ._circuits import (
     ChunkCircuit,
     batch_matrix,
     build_chunk,
-    build_gram_circuit,
     can_pair,
     can_transpose,
     check_transposable,
+    gram_work_seconds,
     sample_blocks,
     state_blocks,
     state_io,
@@ -428,7 +428,7 @@ def gram_block_costs(
     tiles = -(-m // plan_shape.rows) * -(-m // plan_shape.cols)
     nbytes = tiles * ciphertext_bytes(params, seeded=True)
     model = costs or CostModel.nominal()
-    work = work_seconds(build_gram_circuit(plan_shape, m, f), params, model)
+    work = gram_work_seconds(plan_shape, m, f, params, model)
     if link is None:
         upload = nbytes / UPLOAD_BYTES_PER_SECOND
     else:

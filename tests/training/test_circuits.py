@@ -347,6 +347,31 @@ def test_work_from_the_op_profile_is_the_analysis_work(kw):
         work_seconds(chunk, CKKSParameters.for_depth(1, min_poly_modulus_degree=8192), nominal)
 
 
+@pytest.mark.parametrize(
+    ("shape", "m", "f"),
+    [
+        (TileShape(8, 16), 8, 10),  # one row block: the circuit itself
+        (TileShape(8, 16), 40, 10),
+        (TileShape(8, 16), 36, 20),  # a partial last row block, two column blocks
+        (TileShape(4, 32), 30, 40),
+        (TileShape(16, 8), 48, 5),
+        (TileShape(16, 8), 20, 5),  # partial output and row blocks
+        (TileShape(4, 4), 10, 9),
+    ],
+)
+def test_gram_work_from_two_row_blocks_is_the_whole_circuits(shape, m, f):
+    """The planner costs a Gram block from parts of it (row and output blocks): exactly."""
+    from sklearn_he import CKKSParameters
+    from sklearn_he.circuit import CostModel, work_seconds
+    from sklearn_he.training import build_gram_circuit, gram_work_seconds
+
+    whole = build_gram_circuit(shape, m, f)
+    params = CKKSParameters.for_depth(whole.depth + 1, min_poly_modulus_degree=8192)
+    for costs in (CostModel.nominal(), None):
+        want = work_seconds(whole, params, costs or CostModel.nominal())
+        assert gram_work_seconds(shape, m, f, params, costs) == pytest.approx(want, rel=1e-12)
+
+
 def test_one_step_transposed_chunks_leave_the_momentum_step_to_the_client():
     """They read v only and return dw only; longer or row-tile chunks keep the full state."""
     kw = {"coeffs": sigmoid_poly(3), "shape": TileShape(8, 8), "batch_size": 8, "n_features": 10}
