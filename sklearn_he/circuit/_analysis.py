@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,7 +176,9 @@ def analyze(
     return AnalysisEvaluator(params, costs).run(compiled)
 
 
-def op_profile(compiled: CompiledCircuit) -> dict[tuple[Op, int, int, int], int]:
+def op_profile(
+    compiled: CompiledCircuit, only: Collection[int] | None = None
+) -> dict[tuple[Op, int, int, int], int]:
     """How many operations of each kind the circuit runs at each operand depth.
 
     Keys are ``(op, operand depth, levels dropped, products)`` (products:
@@ -185,9 +187,12 @@ def op_profile(compiled: CompiledCircuit) -> dict[tuple[Op, int, int, int], int]
     node counts. The work of the circuit under any parameters and cost
     model follows from it (:func:`work_seconds`), without walking the
     nodes again. Computed once per circuit and kept on it.
+
+    ``only``: count these nodes alone (by id; the depths are still the
+    whole circuit's); not kept.
     """
     cached = compiled._op_profile
-    if cached is not None:
+    if cached is not None and only is None:
         return cached
     depth = list(compiled.depths)
     profile: Counter[tuple[Op, int, int, int]] = Counter()
@@ -197,7 +202,10 @@ def op_profile(compiled: CompiledCircuit) -> dict[tuple[Op, int, int, int], int]
         d_in = max(depth[a] for a in n.args)
         drop = n.level_cost()
         depth[n.id] = d_in + drop
-        profile[(n.op, d_in, drop, n.pairs)] += 1
+        if only is None or n.id in only:
+            profile[(n.op, d_in, drop, n.pairs)] += 1
+    if only is not None:
+        return dict(profile)
     compiled._op_profile = dict(profile)
     return compiled._op_profile
 

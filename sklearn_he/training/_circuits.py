@@ -25,14 +25,21 @@ Outputs: ``w[cb]`` and ``v[cb]``.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from ..backend import CKKSParameters
-from ..circuit import CompiledCircuit, CostModel, Op, Tracer, compile_circuit, profile_seconds
+from ..circuit import (
+    CompiledCircuit,
+    CostModel,
+    Op,
+    Tracer,
+    compile_circuit,
+    op_profile,
+    profile_seconds,
+)
 from ..linalg import (
     ColVector,
     EncMatrix,
@@ -578,22 +585,11 @@ def _gram_parts(
     """:func:`op_profile` of :func:`_gram_circuit` split: (nodes reading B, nodes of A alone)."""
     compiled = _gram_circuit(shape, a_rows, b_rows, n_features)
     a_only = {nid for name, nid in compiled.circuit.inputs.items() if name.startswith("A[")}
-    depth = list(compiled.depths)
-    on_b: Counter[Any] = Counter()
-    on_a: Counter[Any] = Counter()
     for n in compiled.nodes:
-        if n.op is Op.INPUT:
-            continue
-        d_in = max(depth[a] for a in n.args)
-        drop = n.level_cost()
-        depth[n.id] = d_in + drop
-        key = (n.op, d_in, drop, n.pairs)
-        if all(a in a_only for a in n.args):
+        if n.op is not Op.INPUT and all(a in a_only for a in n.args):
             a_only.add(n.id)
-            on_a[key] += 1
-        else:
-            on_b[key] += 1
-    return dict(on_b), dict(on_a)
+    on_b = {n.id for n in compiled.nodes if n.id not in a_only}
+    return op_profile(compiled, on_b), op_profile(compiled, a_only)
 
 
 def gram_depth() -> int:
