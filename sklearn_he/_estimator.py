@@ -40,7 +40,6 @@ from .training import (
     plan_training,
     sigmoid_poly,
 )
-from .training._planner import _n_batches, gram_block_costs
 
 __all__ = ["EncryptedLogisticRegression", "FitReport", "SigmoidRangeWarning"]
 
@@ -675,11 +674,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         weights = _mean_one(sw)
         if plan is None:  # the first part fixes the plan (ring, tiles, batch size)
             plan = self._incremental_plan = self._trainer(X.shape[0], design.shape[1]).plan
-        plan = dataclasses.replace(
-            plan,
-            n_batches=_n_batches(X.shape[0], plan.batch_size),
-            weighted=weights is not None,
-        )
+        plan = dataclasses.replace(plan.for_rows(X.shape[0]), weighted=weights is not None)
         trainer = self._trainer(X.shape[0], design.shape[1], plan=plan)
         if keys is None and self.backend == "ckks":
             keys = self._incremental_keys = self._keys_for(trainer)
@@ -883,7 +878,7 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
                 for c, mon in zip(targets, monitors, strict=True)
             ),
             extra={
-                **self._gram_report(trainer),
+                **trainer.gram_report(),
                 "sample_weight": None
                 if weights is None and not dropped
                 else {
@@ -1295,25 +1290,6 @@ class EncryptedLogisticRegression(LinearClassifierMixin, ClassifierMixin, BaseEs
         with self._server_session():
             trainer = self._trainer(int(n_samples), int(n_features) + int(self.fit_intercept))
             return trainer.plan.params, trainer.rotation_steps()
-
-    @staticmethod
-    def _gram_report(trainer: Trainer) -> dict[str, Any]:
-        plan = trainer.plan
-        chunks = [trainer.chunk_circuit(0, length) for _, length in plan.chunks()]
-        grams = sum(len(c.grams) for c in chunks)
-        diagonals = sum(len(c.diagonals) for c in chunks)
-        if diagonals:  # layout="diagonal": diagonal-major blocks, made by the client
-            return {"gram_source": "client", "diagonal_gram_blocks_per_epoch": diagonals}
-        if not grams:
-            return {"gram_source": None}
-        g = gram_block_costs(plan.shape, plan.batch_size, plan.n_features, plan.params, None)
-        return {
-            "gram_source": plan.gram_source,
-            "gram_blocks_per_epoch": grams,
-            "gram_block_upload_bytes": int(g["client_bytes"]),
-            "gram_block_server_seconds_estimate": g["server_seconds"],
-            "gram_depth": plan.gram_depth,
-        }
 
     def _keys_for(self, trainer: Trainer) -> KeySet:
         need = trainer.rotation_steps()

@@ -107,6 +107,14 @@ class Plan:
         """(first batch, length) of each chunk of one epoch."""
         return [(s, min(self.k, self.n_batches - s)) for s in range(0, self.n_batches, self.k)]
 
+    def for_rows(self, n_samples: int) -> Plan:
+        """The same plan for ``n_samples`` rows: only the minibatches per epoch change.
+
+        What ``partial_fit`` trains each part with: the first part fixes the
+        ring, the tiles and the batch size.
+        """
+        return dataclasses.replace(self, n_batches=_n_batches(n_samples, self.batch_size))
+
     @property
     def gram_depth(self) -> int:
         return 3 if self.gram_source == "server" and self.circuit == "pipelined" else 0

@@ -54,7 +54,7 @@ from ._circuits import (
     weighted_gram,
     z_name,
 )
-from ._planner import Plan, ciphertext_bytes
+from ._planner import Plan, ciphertext_bytes, gram_block_costs
 from ._program import momentum_step, weights_step
 from ._schedule import NAGSchedule
 
@@ -927,6 +927,33 @@ class Trainer:
     def rotation_steps(self) -> set[int]:
         """Every rotation the plan's circuits (and Gram precomputation) use."""
         return self.server.rotation_steps()
+
+    def gram_report(self) -> dict[str, Any]:
+        """What the plan's chunks need of Gram blocks, for a fit's report.
+
+        ``gram_source``: who makes the blocks (None when the chunks use
+        none); with blocks, their count per epoch, the bytes a client-made
+        block uploads and the estimated server seconds of making one
+        (the planner's Gram costs, :func:`gram_work_seconds`, at nominal op costs);
+        with diagonal-major blocks (``layout="diagonal"``, always made by the
+        client), their count per epoch.
+        """
+        plan = self.plan
+        chunks = [self.chunk_circuit(0, length) for _, length in plan.chunks()]
+        grams = sum(len(c.grams) for c in chunks)
+        diagonals = sum(len(c.diagonals) for c in chunks)
+        if diagonals:
+            return {"gram_source": "client", "diagonal_gram_blocks_per_epoch": diagonals}
+        if not grams:
+            return {"gram_source": None}
+        g = gram_block_costs(plan.shape, plan.batch_size, plan.n_features, plan.params, None)
+        return {
+            "gram_source": plan.gram_source,
+            "gram_blocks_per_epoch": grams,
+            "gram_block_upload_bytes": int(g["client_bytes"]),
+            "gram_block_server_seconds_estimate": g["server_seconds"],
+            "gram_depth": plan.gram_depth,
+        }
 
     def _nbytes(self, value: Any, *, fresh: bool = True) -> int:
         """Serialised bytes of a ciphertext; the plaintext backend's vectors are estimated.
