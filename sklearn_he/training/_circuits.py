@@ -557,23 +557,24 @@ def gram_work_seconds(
     m, h, w = int(batch_size), shape.rows, shape.cols
     blocks = -(-m // h)
 
+    def seconds(a_rows: int, b_rows: int) -> tuple[float, float]:
+        on_b, on_a = _gram_parts(shape, a_rows, b_rows, n_features)
+        return profile_seconds(on_b, params, model), profile_seconds(on_a, params, model)
+
     def affine(b_rows: int) -> tuple[float, float]:
-        """(work on B's rows, work on A alone) for this many rows of B."""
-        parts = [_gram_parts(shape, a, b_rows, n_features) for a in (h, 2 * h)[: min(blocks, 2)]]
+        """(work on B's rows, work on A alone) for all of A and this many rows of B."""
         params.require_depth(_gram_circuit(shape, h, b_rows, n_features).depth)
-        secs = [[profile_seconds(p, params, model) for p in pair] for pair in parts]
+        one_b, one_a = seconds(h, b_rows)
         if blocks == 1:
-            return secs[0][0], secs[0][1]
-        return tuple(  # type: ignore[return-value]
-            secs[0][i] + (blocks - 1) * (secs[1][i] - secs[0][i]) for i in (0, 1)
-        )
+            return one_b, one_a
+        two_b, two_a = seconds(2 * h, b_rows)
+        return one_b + (blocks - 1) * (two_b - one_b), one_a + (blocks - 1) * (two_a - one_a)
 
     full, rest = divmod(m, w)
-    total = 0.0
-    shared = 0.0
+    total = shared = 0.0
     for b_rows, times in ((w, full), (rest, 1 if rest else 0)):
         if times:
-            own, shared = affine(b_rows)
+            own, shared = affine(b_rows)  # the part on A alone: the same for any b_rows
             total += times * own
     return total + shared
 
