@@ -53,6 +53,9 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "defaults.json"
 DEFAULT_DOC = ROOT / "docs" / "benchmark-defaults.md"
 NOTES_MARKER = "<!-- notes: kept when the benchmark rewrites the table above -->"
 ACC_GAP, AUC_GAP = 0.01, 0.01
+#: Slack for float rounding in the gaps: a mean accuracy exactly 1 point below
+#: scikit-learn's (two rows of 200) can come out as -0.01000000000000012.
+GAP_TOLERANCE = 1e-9
 SYNTH = [(n, f, r) for n in (200, 2000, 20000) for f in (5, 50, 200) for r in (1, 9)]
 
 
@@ -87,6 +90,11 @@ def load(name: str) -> tuple[np.ndarray, np.ndarray, bool]:
         )
         return X, y, r != 1
     raise ValueError(f"unknown data set {name!r}; choose from {set_names()}")
+
+
+def passes(accuracy_gap: float, auc_gap: float) -> bool:
+    """Whether ours is at most ``ACC_GAP`` accuracy and ``AUC_GAP`` AUC below scikit-learn's."""
+    return bool(accuracy_gap >= -ACC_GAP - GAP_TOLERANCE and auc_gap >= -AUC_GAP - GAP_TOLERANCE)
 
 
 def cross_validate(estimator: Any, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -142,11 +150,7 @@ def run_one(name: str, backend: str) -> dict[str, Any]:
         "seconds": time.perf_counter() - t0,
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    row["passes"] = bool(
-        row["accuracy_gap"] >= -ACC_GAP
-        and row["auc_gap"] >= -AUC_GAP
-        and (not imbalanced or weighted)
-    )
+    row["passes"] = passes(row["accuracy_gap"], row["auc_gap"]) and (not imbalanced or weighted)
     return row
 
 

@@ -34,3 +34,15 @@ def test_defaults_benchmark_runs_and_renders(tmp_path):
     assert "| wine | 178 x 13 (3) | plaintext |" in text
     assert text.endswith("<!-- notes: kept when the benchmark rewrites the table above -->\nN\n")
     assert "old table" not in text
+
+
+def test_a_gap_of_exactly_one_point_passes_despite_rounding():
+    from tests._scripts import load_benchmark
+
+    defaults = load_benchmark("defaults")
+    on_the_line = 0.99 - 1.0  # -0.010000000000000009: fails a bare >= -0.01
+    assert on_the_line < -defaults.ACC_GAP
+    assert defaults.passes(on_the_line, 0.0)
+    assert defaults.passes(-0.01000000000000012, -0.01000000000000012)
+    assert not defaults.passes(-0.0101, 0.0)
+    assert not defaults.passes(0.0, -0.0101)

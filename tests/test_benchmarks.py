@@ -410,3 +410,57 @@ def test_cluster_scaling_refuses_a_run_it_cannot_name(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--runs", "synthetic-2048", "mnist", "--render-only"])
     assert "'mnist' is not synthetic-BATCH or mnist-BATCH" in capsys.readouterr().err
+
+
+SIGMOID_SEARCH = SCRIPT.parent / "sigmoid_search.py"
+
+
+def test_sigmoid_search_runs_one_tiny_set_and_matches_the_estimator(tmp_path):
+    """One epoch of a degree-15 surrogate on n=200 x 5 1:9; the emulator equals ``fit``."""
+    out = tmp_path / "search.json"
+    common = ["--sets", "synth-n200-f5-r9", "--out", str(out)]
+    for what in (["--epochs", "1"], ["--verify"]):
+        done = subprocess.run(
+            [sys.executable, str(SIGMOID_SEARCH), "--setting", "d15R12w3", *what, *common],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    (run,) = results["runs"]
+    assert (run["setting"], run["epochs"], run["seed"], run["n_sets"]) == ("d15R12w3", "1", 0, 1)
+    assert run["source"] == (
+        "regenerated: python benchmarks/sigmoid_search.py --setting d15R12w3 --epochs 1 "
+        "--sets synth-n200-f5-r9"
+    )
+    (row,) = run["sets"]
+    assert row["set"] == "synth-n200-f5-r9" and run["passes"] == int(row["passes"])
+    assert row["accuracy_gap"] == row["ours"]["accuracy"] - row["sklearn"]["accuracy"]
+    assert row["accuracy_gap_points"] == round(100 * row["accuracy_gap"], 2)
+    check = results["verify"]["d15R12w3"]["synth-n200-f5-r9"]
+    assert check["coef_max_abs_diff"] <= 1e-9 * check["coef_max_abs"]
+    assert check["intercept_max_abs_diff"] <= 1e-9 * max(1.0, check["coef_max_abs"])
+
+
+def test_sigmoid_search_schedule_settings_and_fits():
+    from sklearn_he.training import NAGSchedule
+
+    search = load_benchmark("sigmoid_search")
+    rate, e, d = search.schedule_steps(30.0, 0.002, 40)
+    expected = NAGSchedule(30.0, "inverse", "nesterov", l2=0.002).steps(0, 40, 1)
+    np.testing.assert_allclose(np.c_[rate, e, d], np.array(expected), rtol=1e-14)
+    assert search.parse_setting("exact-bias0.5")["bias"] == 0.5
+    d31 = search.parse_setting("d31R20")["coeffs"]
+    assert len(d31) == 32 and d31[0] == 0.5 and not any(d31[2::2])
+    # Constrained to decrease on [0, 2R], unlike the least-squares fit, which turns back up.
+    facts = search.describe(d31, 20.0)
+    assert facts["value_at_1.5R"] < 0 and facts["rises_from_u"] >= 39.9
+    assert search.describe(search.parse_setting("d15R12ls")["coeffs"], 12.0)["value_at_1.5R"] > 0
+    assert facts["max_error"] < 0.05
+    # Weighted: much closer near 0 than at R.
+    w3 = search.describe(search.parse_setting("d15R12w3")["coeffs"], 12.0)
+    assert w3["max_error_u<=2"] < w3["max_error"] / 4
+    assert search.epoch_rule("S1000c80")(10) == 80 and search.epoch_rule("S1000")(400) == 5
+    with pytest.raises(ValueError, match="unknown setting"):
+        search.parse_setting("d15R12x")
