@@ -267,18 +267,12 @@ def plan_for(est: Any, n: int, ncol: int, coeffs: Any) -> tuple[int, int]:
 
 
 def schedule_steps(learning_rate: float, l2: float, T: int) -> tuple[np.ndarray, ...]:
-    """``NAGSchedule(learning_rate, "inverse", "nesterov", l2)``'s rate, e_t, d_t for t < T.
+    """``NAGSchedule(learning_rate, "inverse", "nesterov", l2)``'s rate, e_t, d_t for t < T."""
+    from sklearn_he.training import NAGSchedule
 
-    Vectorised (``NAGSchedule.momentum_weight(t)`` walks t steps each call).
-    """
-    rate = learning_rate / (np.arange(T) + 1.0)
-    e = np.empty(T)
-    s = 0.01
-    for t in range(T):
-        s_next = (1 + math.sqrt(1 + 4 * s * s)) / 2
-        e[t] = (1 - s) / s_next
-        s = s_next
-    return rate, e, 1.0 - rate * l2
+    steps = NAGSchedule(learning_rate, "inverse", "nesterov", l2=l2).steps(0, T, 1)
+    rate, e, d = (np.array(column) for column in zip(*steps, strict=True))
+    return rate, e, d
 
 
 def fit_emulated(

@@ -64,13 +64,21 @@ class NAGSchedule:
         return self.learning_rate / (t + 1) if self.decay == "inverse" else self.learning_rate
 
     def momentum_weight(self, t: int) -> float:
+        return self._momentum_weights(t, 1)[0]
+
+    def _momentum_weights(self, start: int, count: int) -> list[float]:
+        """``e_t`` for ``t`` in ``start .. start + count - 1``, walking the recurrence once."""
         if self.momentum == "none":
-            return 0.0
+            return [0.0] * count
         s = 0.01
-        for _ in range(t):
+        for _ in range(start):
             s = (1 + math.sqrt(1 + 4 * s * s)) / 2
-        s_next = (1 + math.sqrt(1 + 4 * s * s)) / 2
-        return (1 - s) / s_next
+        weights = []
+        for _ in range(count):
+            s_next = (1 + math.sqrt(1 + 4 * s * s)) / 2
+            weights.append((1 - s) / s_next)
+            s = s_next
+        return weights
 
     def decay_factor(self, t: int) -> float:
         """``d_t = 1 - rate_t * l2`` (refused when it would flip the weights' sign)."""
@@ -84,9 +92,10 @@ class NAGSchedule:
 
     def steps(self, start: int, count: int, batch_size: int) -> list[tuple[float, float, float]]:
         """``(a_t, e_t, d_t)`` for steps ``start .. start + count - 1``."""
+        weights = self._momentum_weights(start, count)
         return [
-            (self.rate(t) / batch_size, self.momentum_weight(t), self.decay_factor(t))
-            for t in range(start, start + count)
+            (self.rate(t) / batch_size, e, self.decay_factor(t))
+            for t, e in zip(range(start, start + count), weights, strict=True)
         ]
 
 
