@@ -331,6 +331,20 @@ SMALL = {
 }
 
 
+def _run_with_params(
+    script: Path, argv: list[str], params: dict, *, timeout: float, env: dict | None = None
+) -> None:
+    """Run a benchmark script with ``--params`` (estimator parameters as JSON); it must succeed."""
+    done = subprocess.run(
+        [sys.executable, str(script), *argv, "--params", json.dumps(params)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.ckks
 def test_scale_benchmark_measures_each_fit_in_its_own_process(tmp_path):
@@ -339,14 +353,9 @@ def test_scale_benchmark_measures_each_fit_in_its_own_process(tmp_path):
     small = {**SMALL, "batch_size": 32}
     argv = ["--rows", "200", "400", "--features", "6", "--test-rows", "100", "--no-mnist"]
     files = ["--out", str(out), "--doc", str(doc)]
-    done = subprocess.run(
-        [sys.executable, str(SCALE), *argv, "--params", json.dumps(small), *files],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "SKLEARN_HE_MEMORY_BUDGET_MB": "0"},
+    _run_with_params(
+        SCALE, [*argv, *files], small, timeout=600, env={"SKLEARN_HE_MEMORY_BUDGET_MB": "0"}
     )
-    assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())
     runs = results["runs"]
     assert [(r["name"], r["rows"], r["status"]) for r in runs] == [
@@ -380,16 +389,9 @@ def test_cluster_scaling_benchmark_measures_one_and_two_workers(tmp_path):
     """Tiny set, small insecure parameters, a 2-worker LocalCluster over TCP."""
     pytest.importorskip("distributed")
     out, doc = tmp_path / "cs.json", tmp_path / "cs.md"
-    small = SMALL
     argv = ["--runs", "synthetic-128", "--rows", "300", "--features", "6"]
     files = ["--out", str(out), "--doc", str(doc)]
-    done = subprocess.run(
-        [sys.executable, str(CLUSTER_SCALING), *argv, "--params", json.dumps(small), *files],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr
+    _run_with_params(CLUSTER_SCALING, [*argv, *files], SMALL, timeout=900)
     results = json.loads(out.read_text())
     costs = results["transfer_costs"]
     assert costs["superstep"] > 0 and costs["pipe"] >= 0 and costs["stored"] == 0

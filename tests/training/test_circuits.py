@@ -359,7 +359,7 @@ def test_work_from_the_op_profile_is_the_analysis_work(kw):
         (TileShape(4, 4), 10, 9),
     ],
 )
-def test_gram_work_from_two_row_blocks_is_the_whole_circuits(shape, m, f):
+def test_gram_work_from_its_parts_is_the_whole_circuits(shape, m, f):
     """The planner costs a Gram block from parts of it (row and output blocks): exactly."""
     from sklearn_he import CKKSParameters
     from sklearn_he.circuit import CostModel, work_seconds
