@@ -466,3 +466,18 @@ def test_sigmoid_search_schedule_settings_and_fits():
     assert search.epoch_rule("S1000c80")(10) == 80 and search.epoch_rule("S1000")(400) == 5
     with pytest.raises(ValueError, match="unknown setting"):
         search.parse_setting("d15R12x")
+
+
+def test_planning_benchmark_times_the_planner_and_both_gram_costings(tmp_path, capsys):
+    """A tiny configuration: the Gram costing from parts equals the whole circuit's."""
+    bench = load_benchmark("planning")
+    out = tmp_path / "planning.json"
+    assert bench.main(["--configs", "256x10x64", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["runs"]
+    assert (row["rows"], row["features"], row["batch_size"]) == (256, 10, 64)
+    assert row["plan_seconds"] > 0 and row["parts_seconds"] > 0 and row["whole_seconds"] > 0
+    assert row["relative_difference"] < 1e-12
+    assert "| 256 x 10 | 64 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--configs", "256x10"])
+    assert "'256x10' is not ROWSxFEATURESxBATCH" in capsys.readouterr().err

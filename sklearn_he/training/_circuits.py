@@ -556,6 +556,10 @@ def gram_work_seconds(
     model = costs or CostModel.nominal()
     m, h, w = int(batch_size), shape.rows, shape.cols
     blocks = -(-m // h)
+    if blocks <= 2 and m <= w:  # one output block, at most two row blocks: no smaller parts
+        whole = build_gram_circuit(shape, m, n_features)
+        params.require_depth(whole.depth)
+        return profile_seconds(op_profile(whole), params, model)
 
     def seconds(a_rows: int, b_rows: int) -> tuple[float, float]:
         on_b, on_a = _gram_parts(shape, a_rows, b_rows, n_features)
